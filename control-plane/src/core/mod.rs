@@ -16,7 +16,7 @@ pub use health::HealthPolicy;
 pub use names::{NodeId, validate_address, validate_group, validate_labels, validate_name};
 pub use registry::{
     DEFAULT_GROUP, Discovered, Event, EventKind, GroupView, Limits, MAX_DISCOVER, NewIdentity,
-    NodeView, Now, Registered, Registry, RegistrationRequest, RuntimeStatus, RuntimeView,
+    NodeView, Now, Registered, RegistrationRequest, Registry, RuntimeStatus, RuntimeView,
     StoredNode, Tick,
 };
 

@@ -100,10 +100,14 @@ pub fn validate_address(address: &str) -> Result<(), DomainError> {
             .map_err(|_| bad("has a malformed IPv6 host"));
     }
     let host_ok = !host.is_empty()
-        && host
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-    if host_ok { Ok(()) } else { Err(bad("has a malformed host")) }
+        && host.split('.').all(|part| {
+            !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad("has a malformed host"))
+    }
 }
 
 /// Checks labels: at most 32, keys like names, values up to 255 characters.

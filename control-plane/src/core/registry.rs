@@ -285,7 +285,10 @@ impl Registry {
     /// microseconds).
     pub fn new(policy: HealthPolicy, limits: Limits, first_revision: u64, now: Now) -> Self {
         let mut groups = BTreeMap::new();
-        groups.insert(DEFAULT_GROUP.to_owned(), Group::new(limits.group_capacity, now));
+        groups.insert(
+            DEFAULT_GROUP.to_owned(),
+            Group::new(limits.group_capacity, now),
+        );
         Self {
             policy,
             limits,
@@ -451,7 +454,9 @@ impl Registry {
             ))
         })?;
         if secret.is_empty() {
-            return Err(DomainError::invalid(format!("secret of node {id} is missing")));
+            return Err(DomainError::invalid(format!(
+                "secret of node {id} is missing"
+            )));
         }
         if constant_time_eq(&hash_secret(secret), &record.stored.secret_hash) {
             Ok(id)
@@ -598,7 +603,10 @@ impl Registry {
                 record.reason = if record.last_heartbeat.is_some() {
                     format!("no heartbeat for {:.1}s", silence.as_secs_f64())
                 } else {
-                    format!("no heartbeat {:.1}s after registering", silence.as_secs_f64())
+                    format!(
+                        "no heartbeat {:.1}s after registering",
+                        silence.as_secs_f64()
+                    )
                 };
             }
             self.after_change(id, before, &[]);

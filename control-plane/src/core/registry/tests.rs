@@ -99,19 +99,31 @@ fn reattach_requires_the_secret() {
         ..Default::default()
     };
     let fresh = || NewIdentity { secret: "x".into() };
-    let err = f.registry.register(request.clone(), fresh(), f.now).unwrap_err();
+    let err = f
+        .registry
+        .register(request.clone(), fresh(), f.now)
+        .unwrap_err();
     assert!(matches!(err, DomainError::PermissionDenied(_)), "{err:?}");
 
     request.identity = Some(("n99".into(), "secret-of-node-1".into()));
-    let err = f.registry.register(request.clone(), fresh(), f.now).unwrap_err();
+    let err = f
+        .registry
+        .register(request.clone(), fresh(), f.now)
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound(_)), "{err:?}");
 
     request.identity = Some((first.id.to_string(), "secret-of-node-1".into()));
-    let again = f.registry.register(request, fresh(), f.now).expect("re-attach");
+    let again = f
+        .registry
+        .register(request, fresh(), f.now)
+        .expect("re-attach");
     assert_eq!(again.id, first.id);
     assert!(again.reattached);
     assert!(again.secret.is_none());
-    assert_eq!(f.registry.node(first.id).expect("node").address, "127.0.0.1:7001");
+    assert_eq!(
+        f.registry.node(first.id).expect("node").address,
+        "127.0.0.1:7001"
+    );
 }
 
 #[test]
@@ -135,7 +147,8 @@ fn group_capacity_and_group_count_are_enforced() {
     // `default` and `room` exist: a third group is refused.
     let err = f.try_register("d", "other").unwrap_err();
     assert!(matches!(err, DomainError::ResourceExhausted(_)), "{err:?}");
-    f.try_register("e", "").expect("default group still has room");
+    f.try_register("e", "")
+        .expect("default group still has room");
 }
 
 #[test]
@@ -143,11 +156,17 @@ fn stream_close_makes_unhealthy_at_once_and_undiscoverable() {
     let mut f = Fixture::new();
     let (id, epoch) = f.healthy("node-1", "");
     let labels = BTreeMap::new();
-    let found = f.registry.discover("", 10, &labels, None, &mut f.rng).expect("discover");
+    let found = f
+        .registry
+        .discover("", 10, &labels, None, &mut f.rng)
+        .expect("discover");
     assert_eq!(found.peers.len(), 1);
     f.registry.close_stream(id, epoch);
     assert_eq!(f.state(id), NodeState::Unhealthy);
-    let found = f.registry.discover("", 10, &labels, None, &mut f.rng).expect("discover");
+    let found = f
+        .registry
+        .discover("", 10, &labels, None, &mut f.rng)
+        .expect("discover");
     assert!(found.peers.is_empty());
 }
 
@@ -173,8 +192,16 @@ fn silence_past_the_deadline_makes_unhealthy_but_not_before_min_age() {
     f.advance(200);
     f.registry.tick(f.now);
     assert_eq!(f.state(id), NodeState::Unhealthy);
-    assert!(f.registry.node(id).expect("node").reason.contains("no heartbeat"));
-    f.registry.heartbeat(id, epoch, 0, true, f.now).expect("heartbeat");
+    assert!(
+        f.registry
+            .node(id)
+            .expect("node")
+            .reason
+            .contains("no heartbeat")
+    );
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
     assert_eq!(f.state(id), NodeState::Healthy);
 }
 
@@ -206,8 +233,16 @@ fn empty_groups_are_purged_after_idle_timeout_default_never() {
     f.advance(4_000);
     assert!(f.registry.tick(f.now).purged_groups.is_empty());
     f.advance(1_001);
-    assert_eq!(f.registry.tick(f.now).purged_groups, vec!["room".to_owned()]);
-    let names: Vec<_> = f.registry.list_groups().into_iter().map(|g| g.name).collect();
+    assert_eq!(
+        f.registry.tick(f.now).purged_groups,
+        vec!["room".to_owned()]
+    );
+    let names: Vec<_> = f
+        .registry
+        .list_groups()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
     assert_eq!(names, vec![DEFAULT_GROUP.to_owned()]);
 }
 
@@ -228,7 +263,12 @@ fn leader_is_lowest_healthy_id_and_moves_on_failure() {
     f.registry.close_stream(a, a_epoch);
     assert_eq!(leader(&f), Some(b));
     assert!(f.registry.node(b).expect("node").leader);
-    let changed: Vec<_> = f.registry.take_events().into_iter().map(|e| e.node.id).collect();
+    let changed: Vec<_> = f
+        .registry
+        .take_events()
+        .into_iter()
+        .map(|e| e.node.id)
+        .collect();
     assert!(changed.contains(&a) && changed.contains(&b), "{changed:?}");
 }
 
@@ -239,24 +279,42 @@ fn discover_samples_filters_and_rejects_bad_counts() {
         f.healthy(&format!("node-{i}"), if i % 2 == 0 { "even" } else { "" });
     }
     let none = BTreeMap::new();
-    let a = f.registry.discover("", 5, &none, None, &mut f.rng).expect("discover");
-    let b = f.registry.discover("", 5, &none, None, &mut f.rng).expect("discover");
+    let a = f
+        .registry
+        .discover("", 5, &none, None, &mut f.rng)
+        .expect("discover");
+    let b = f
+        .registry
+        .discover("", 5, &none, None, &mut f.rng)
+        .expect("discover");
     assert_eq!(a.peers.len(), 5);
     assert_eq!(a.matched, 20);
     let ids = |d: &Discovered| d.peers.iter().map(|p| p.id).collect::<BTreeSet<_>>();
     assert_eq!(ids(&a).len(), 5, "no duplicates");
     assert_ne!(ids(&a), ids(&b), "random subsets");
-    let even = f.registry.discover("even", 100, &none, None, &mut f.rng).expect("discover");
+    let even = f
+        .registry
+        .discover("even", 100, &none, None, &mut f.rng)
+        .expect("discover");
     assert_eq!(even.peers.len(), 10);
     assert!(even.peers.iter().all(|p| p.group == "even"));
     for count in [0, MAX_DISCOVER + 1] {
-        let err = f.registry.discover("", count, &none, None, &mut f.rng).unwrap_err();
+        let err = f
+            .registry
+            .discover("", count, &none, None, &mut f.rng)
+            .unwrap_err();
         assert!(matches!(err, DomainError::InvalidArgument(_)));
     }
-    let err = f.registry.discover("nope", 1, &none, None, &mut f.rng).unwrap_err();
+    let err = f
+        .registry
+        .discover("nope", 1, &none, None, &mut f.rng)
+        .unwrap_err();
     assert!(matches!(err, DomainError::NotFound(_)));
     let excluded = f.registry.node(NodeId(1)).expect("node").id;
-    let all = f.registry.discover("", 1000, &none, Some(excluded), &mut f.rng).expect("discover");
+    let all = f
+        .registry
+        .discover("", 1000, &none, Some(excluded), &mut f.rng)
+        .expect("discover");
     assert_eq!(all.peers.len(), 19);
 }
 
@@ -279,7 +337,13 @@ fn runtime_stop_overrides_health_and_is_visible() {
     assert!(view.managed);
     assert_eq!(view.reason, "exited: killed by signal 9");
     let none = BTreeMap::new();
-    assert!(f.registry.discover("", 5, &none, None, &mut f.rng).expect("discover").peers.is_empty());
+    assert!(
+        f.registry
+            .discover("", 5, &none, None, &mut f.rng)
+            .expect("discover")
+            .peers
+            .is_empty()
+    );
 }
 
 #[test]
@@ -315,7 +379,13 @@ fn restore_brings_identities_back_as_starting() {
     };
     let back = g
         .registry
-        .register(request, NewIdentity { secret: "unused".into() }, g.now)
+        .register(
+            request,
+            NewIdentity {
+                secret: "unused".into(),
+            },
+            g.now,
+        )
         .expect("re-attach");
     assert!(back.reattached);
 }

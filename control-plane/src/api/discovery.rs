@@ -1,0 +1,194 @@
+//! `farm.v1.Discovery`: random healthy peers, the membership event stream,
+//! and groups.
+
+use std::{pin::Pin, sync::Arc};
+
+use farm_api::v1::{
+    DiscoverRequest, DiscoverResponse, EventKind as WireKind, GroupInfo, ListGroupsRequest,
+    ListGroupsResponse, WatchEvent, WatchRequest, discovery_server::Discovery,
+};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::{labels, node_info, parse_node_id, peer, timestamp};
+use crate::{
+    core::{Event, EventKind, NodeView, validate_group},
+    state::{FarmState, WatchStart},
+};
+
+/// Events queued per watcher before it counts as slow.
+const WATCH_QUEUE: usize = 256;
+
+/// The Discovery service.
+#[derive(Debug, Clone)]
+pub struct DiscoveryService {
+    state: FarmState,
+    /// Cancelled at shutdown: watch streams end.
+    shutdown: CancellationToken,
+}
+
+impl DiscoveryService {
+    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
+        Self { state, shutdown }
+    }
+}
+
+fn wire_event(revision: u64, kind: WireKind, node: Option<NodeView>) -> WatchEvent {
+    WatchEvent {
+        revision,
+        kind: kind.into(),
+        node: node.map(node_info),
+    }
+}
+
+fn live_event(event: &Event) -> WatchEvent {
+    let kind = match event.kind {
+        EventKind::Joined => WireKind::Joined,
+        EventKind::Left => WireKind::Left,
+        EventKind::Changed => WireKind::Changed,
+    };
+    wire_event(event.revision, kind, Some(event.node.clone()))
+}
+
+/// Feeds one watcher: its starting point, then live events, resetting with
+/// a fresh snapshot whenever it falls too far behind.
+async fn feed_watcher(
+    state: FarmState,
+    group: String,
+    start: WatchStart,
+    mut events: broadcast::Receiver<Arc<Event>>,
+    tx: mpsc::Sender<Result<WatchEvent, Status>>,
+    shutdown: CancellationToken,
+) {
+    let in_group = |node: &NodeView| group.is_empty() || node.group == group;
+    let mut start = Some(start);
+    let mut seen = 0;
+    loop {
+        if let Some(start) = start.take() {
+            let initial: Vec<WatchEvent> = match start {
+                WatchStart::Replay(replayed) => {
+                    seen = replayed.last().map_or(seen, |e| e.revision);
+                    replayed
+                        .iter()
+                        .filter(|e| in_group(&e.node))
+                        .map(live_event)
+                        .collect()
+                }
+                WatchStart::Snapshot(revision, nodes) => {
+                    seen = revision;
+                    nodes
+                        .into_iter()
+                        .map(|node| wire_event(revision, WireKind::Snapshot, Some(node)))
+                        .chain([wire_event(revision, WireKind::Synced, None)])
+                        .collect()
+                }
+            };
+            for event in initial {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let received = tokio::select! {
+            received = events.recv() => received,
+            () = shutdown.cancelled() => return,
+            () = tx.closed() => return,
+        };
+        match received {
+            Ok(event) => {
+                if event.revision <= seen || !in_group(&event.node) {
+                    continue;
+                }
+                seen = event.revision;
+                if tx.send(Ok(live_event(&event))).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if tx
+                    .send(Ok(wire_event(seen, WireKind::Reset, None)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let (fresh, receiver) = state.watch(&group, 0);
+                events = receiver;
+                start = Some(fresh);
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Discovery for DiscoveryService {
+    async fn discover(
+        &self,
+        request: Request<DiscoverRequest>,
+    ) -> Result<Response<DiscoverResponse>, Status> {
+        let request = request.into_inner();
+        let exclude = if request.exclude_id.is_empty() {
+            None
+        } else {
+            Some(parse_node_id("exclude_id", &request.exclude_id)?)
+        };
+        let found = self.state.discover(
+            &request.group,
+            request.count,
+            &labels(request.labels),
+            exclude,
+        )?;
+        Ok(Response::new(DiscoverResponse {
+            peers: found.peers.into_iter().map(peer).collect(),
+            matched: found.matched,
+        }))
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        if !request.group.is_empty() {
+            validate_group(&request.group)?;
+        }
+        let (start, events) = self.state.watch(&request.group, request.from_revision);
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        tokio::spawn(feed_watcher(
+            self.state.clone(),
+            request.group,
+            start,
+            events,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let groups = self
+            .state
+            .list_groups()
+            .into_iter()
+            .map(|g| GroupInfo {
+                name: g.name,
+                members: g.members,
+                healthy: g.healthy,
+                capacity: g.capacity,
+                leader_id: g.leader.map(|id| id.to_string()).unwrap_or_default(),
+                created_at: Some(timestamp(g.created_at)),
+                empty_since: g.empty_since.map(timestamp),
+            })
+            .collect();
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+}

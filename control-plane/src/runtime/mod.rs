@@ -1,0 +1,96 @@
+//! Runtimes start, stop and signal the farm's nodes. Everything that touches
+//! processes (and, later, containers) lives behind the [`Runtime`] trait, so
+//! the supervisor never knows which kind of node it keeps at size.
+
+mod process;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+pub use process::{ProcessRuntime, ProcessRuntimeConfig};
+
+/// What a runtime needs to start one node.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Slot name, which is also the node's name (`node-007`).
+    pub slot: String,
+    /// Group the node joins.
+    pub group: String,
+    /// URL of the control plane as the node reaches it.
+    pub control_plane: String,
+}
+
+/// A running node as the runtime knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub slot: String,
+    /// Runtime handle: `pid:1234` for a process.
+    pub id: String,
+}
+
+/// Notice that an instance ended, for whatever reason.
+#[derive(Debug, Clone)]
+pub struct InstanceExit {
+    pub slot: String,
+    pub id: String,
+    /// How it ended, e.g. `killed by signal 9 (SIGKILL)`.
+    pub reason: String,
+}
+
+/// A signal-like action on a running instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Kill at once, as a crash would.
+    Kill,
+    /// Freeze.
+    Pause,
+    /// Thaw.
+    Unpause,
+}
+
+/// Why a runtime operation failed. Each variant names the slot.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The node could not be started.
+    #[error("cannot start {slot}: {cause}")]
+    Start { slot: String, cause: String },
+    /// The instance could not be signalled or stopped.
+    #[error("cannot {action} {slot} ({id}): {cause}")]
+    Control {
+        action: &'static str,
+        slot: String,
+        id: String,
+        cause: String,
+    },
+    /// The slot's state on disk could not be removed.
+    #[error("cannot remove the state of {slot}: {cause}")]
+    Remove { slot: String, cause: String },
+}
+
+/// Starts and controls nodes. Implementations report every instance's end
+/// on the channel they were built with.
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name for logs: `process`, `docker`.
+    fn name(&self) -> &'static str;
+
+    /// Finds instances left running by an earlier control plane on the same
+    /// data, so they can be adopted instead of started again.
+    async fn adopt(&self) -> Vec<Instance>;
+
+    /// Starts a node.
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
+
+    /// Stops a node: asks it to exit, waits up to `grace`, then kills it.
+    /// Returns once it is gone.
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Kills, pauses or unpauses a node.
+    async fn signal(&self, instance: &Instance, signal: Signal) -> Result<(), RuntimeError>;
+
+    /// Removes what the runtime keeps for a slot (its identity cache, its
+    /// logs), so the next start of that slot is a fresh node.
+    async fn remove(&self, slot: &str) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,295 @@
+//! Shared state of a running control plane: the registry behind a lock, the
+//! store it persists identities to, and the broadcast of membership events.
+//!
+//! Every mutation takes the lock, changes the registry, persists what must
+//! survive a restart, and publishes the registry's new events before letting
+//! go, so watchers see events in revision order and never miss one between a
+//! snapshot and their subscription.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use rand::{RngCore, rng};
+use thiserror::Error;
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::{
+    core::{
+        Discovered, DomainError, Event, GroupView, HealthPolicy, Limits, NewIdentity, NodeId,
+        NodeState, NodeView, Now, Registered, RegistrationRequest, Registry, RuntimeView,
+    },
+    store::{Store, StoreError, wall_micros},
+};
+
+/// Events a slow watcher may fall behind by before it is reset.
+const EVENT_BUFFER: usize = 8192;
+
+/// Why a state operation failed.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// The domain refused the operation.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Cheap handle to the shared state.
+#[derive(Debug, Clone)]
+pub struct FarmState {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// A `std::sync::Mutex`: every critical section is short, never awaits,
+    /// and the heartbeat hot path is a few field writes.
+    registry: Mutex<Registry>,
+    store: Store,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+/// What a new watcher starts from.
+#[derive(Debug)]
+pub enum WatchStart {
+    /// Events after the revision the watcher asked for.
+    Replay(Vec<Event>),
+    /// The current nodes, at this revision.
+    Snapshot(u64, Vec<NodeView>),
+}
+
+impl FarmState {
+    /// Loads stored identities and starts with them.
+    pub fn open(store: Store, policy: HealthPolicy, limits: Limits) -> Result<Self, StoreError> {
+        let now = Now::read();
+        let mut registry = Registry::new(policy, limits, wall_micros(now.wall), now);
+        let stored = store.load_nodes()?;
+        if !stored.is_empty() {
+            info!(
+                nodes = stored.len(),
+                "restored node identities from the store"
+            );
+        }
+        registry.restore(stored, now);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(Self {
+            shared: Arc::new(Shared {
+                registry: Mutex::new(registry),
+                store,
+                events,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // Registry methods leave it consistent at every return; a panic in
+        // one would be a bug, and refusing all further work would not help.
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the registry's new events; called with the lock held.
+    fn publish(&self, registry: &mut Registry) {
+        for event in registry.take_events() {
+            // No receivers is fine: nobody is watching.
+            let _ = self.shared.events.send(Arc::new(event));
+        }
+    }
+
+    /// The health policy nodes are held to.
+    pub fn policy(&self) -> HealthPolicy {
+        self.lock().policy()
+    }
+
+    /// Registers or re-attaches a node; the identity is on disk before this
+    /// returns.
+    pub fn register(&self, request: RegistrationRequest) -> Result<Registered, StateError> {
+        let secret = new_secret();
+        let mut registry = self.lock();
+        let registered = registry.register(request, NewIdentity { secret }, Now::read())?;
+        let persisted = self.shared.store.upsert_node(&registered.stored);
+        if let Err(err) = persisted {
+            if registered.reattached {
+                // The identity is already on disk; only its address or
+                // labels are stale there, which the next re-attach fixes.
+                warn!(node.id = %registered.id, cause = %err, "could not persist re-attachment");
+            } else {
+                registry.forget(registered.id, Now::read());
+                self.publish(&mut registry);
+                return Err(err.into());
+            }
+        }
+        self.publish(&mut registry);
+        Ok(registered)
+    }
+
+    /// Checks a node's credentials and opens its heartbeat stream.
+    pub fn open_stream(&self, id: &str, secret: &str) -> Result<(NodeId, u64), StateError> {
+        let mut registry = self.lock();
+        let id = registry.authenticate(id, secret)?;
+        let epoch = registry.open_stream(id)?;
+        Ok((id, epoch))
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(
+        &self,
+        id: NodeId,
+        epoch: u64,
+        config_version: u64,
+        serving: bool,
+    ) -> Result<(), StateError> {
+        let mut registry = self.lock();
+        registry.heartbeat(id, epoch, config_version, serving, Now::read())?;
+        self.publish(&mut registry);
+        Ok(())
+    }
+
+    /// Records the end of a heartbeat stream.
+    pub fn close_stream(&self, id: NodeId, epoch: u64) {
+        let mut registry = self.lock();
+        registry.close_stream(id, epoch);
+        self.publish(&mut registry);
+    }
+
+    /// Removes a node that proved its identity.
+    pub fn deregister(&self, id: &str, secret: &str) -> Result<NodeId, StateError> {
+        let mut registry = self.lock();
+        let id = registry.deregister(id, secret, Now::read())?;
+        self.publish(&mut registry);
+        drop(registry);
+        self.shared.store.delete_nodes(&[id])?;
+        Ok(id)
+    }
+
+    /// Removes a node and its identity, whoever manages it.
+    pub fn forget(&self, id: NodeId) -> Result<(), StateError> {
+        let mut registry = self.lock();
+        registry.forget(id, Now::read());
+        self.publish(&mut registry);
+        drop(registry);
+        self.shared.store.delete_nodes(&[id])?;
+        Ok(())
+    }
+
+    /// Sets the runtime's view of a managed slot.
+    pub fn set_runtime(&self, name: &str, view: Option<RuntimeView>) {
+        let mut registry = self.lock();
+        registry.set_runtime(name, view);
+        self.publish(&mut registry);
+    }
+
+    /// The id registered under `name`.
+    pub fn id_of(&self, name: &str) -> Option<NodeId> {
+        self.lock().id_of(name)
+    }
+
+    /// Random healthy peers.
+    pub fn discover(
+        &self,
+        group: &str,
+        count: u32,
+        labels: &BTreeMap<String, String>,
+        exclude: Option<NodeId>,
+    ) -> Result<Discovered, DomainError> {
+        self.lock()
+            .discover(group, count, labels, exclude, &mut rng())
+    }
+
+    /// Nodes, ordered by id.
+    pub fn list_nodes(&self, group: &str) -> Result<Vec<NodeView>, DomainError> {
+        self.lock().list_nodes(group)
+    }
+
+    /// One node.
+    pub fn node(&self, id: NodeId) -> Result<NodeView, DomainError> {
+        self.lock().node(id)
+    }
+
+    /// Groups.
+    pub fn list_groups(&self) -> Vec<GroupView> {
+        self.lock().list_groups()
+    }
+
+    /// How many nodes are in each state.
+    pub fn count_by_state(&self, state: NodeState) -> usize {
+        self.lock()
+            .count_by_state()
+            .get(&state)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Subscribes to events and says where the watcher starts: a replay after
+    /// `from_revision` when the history reaches back that far, else a
+    /// snapshot. Both happen under one lock, so no event falls in between.
+    pub fn watch(
+        &self,
+        group: &str,
+        from_revision: u64,
+    ) -> (WatchStart, broadcast::Receiver<Arc<Event>>) {
+        let registry = self.lock();
+        let receiver = self.shared.events.subscribe();
+        let replay = (from_revision > 0)
+            .then(|| registry.events_since(from_revision))
+            .flatten();
+        let start = match replay {
+            Some(events) => WatchStart::Replay(events),
+            None => {
+                let (revision, nodes) = registry.snapshot(group);
+                WatchStart::Snapshot(revision, nodes)
+            }
+        };
+        (start, receiver)
+    }
+
+    /// Subscribes to live events only.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.events.subscribe()
+    }
+
+    /// Applies deadlines and forgets dropped nodes in the store.
+    pub fn tick(&self) {
+        let mut registry = self.lock();
+        let tick = registry.tick(Now::read());
+        self.publish(&mut registry);
+        drop(registry);
+        for name in &tick.purged_groups {
+            info!(group = %name, "purged idle empty group");
+        }
+        if !tick.dropped.is_empty() {
+            info!(nodes = ?tick.dropped.iter().map(ToString::to_string).collect::<Vec<_>>(), "dropped nodes silent past their maximum age");
+            if let Err(err) = self.shared.store.delete_nodes(&tick.dropped) {
+                warn!(cause = %err, "could not forget dropped nodes in the store");
+            }
+        }
+    }
+
+    /// Runs [`FarmState::tick`] every `period` until the returned task is
+    /// aborted.
+    pub fn spawn_ticker(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                state.tick();
+            }
+        })
+    }
+}
+
+/// 32 random bytes, hex-encoded: a node's secret.
+fn new_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
