@@ -7,15 +7,19 @@ use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
     discovery_server::DiscoveryServer, farm_server::FarmServer, registry_server::RegistryServer,
 };
+use futures::future::{BoxFuture, Either, FutureExt};
 use http::{HeaderName, header};
+use http::{Request, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
 use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_web::GrpcWebLayer;
+use tonic_web::{GrpcWebLayer, GrpcWebService};
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
@@ -165,9 +169,80 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         // Outermost: answer CORS preflights before anything else runs.
         .layer(cors())
-        // Translate gRPC-Web to gRPC; other requests pass through untouched.
-        .layer(GrpcWebLayer::new())
+        // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
+        .layer(GrpcWebOrPlainLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
+}
+
+/// Sends gRPC-Web requests (and all HTTP/2) through tonic-web's translation
+/// and every other HTTP/1.1 request straight to the routes: tonic-web alone
+/// answers 400 to plain HTTP/1.1, and this port serves probes too.
+#[derive(Debug, Clone, Copy)]
+struct GrpcWebOrPlainLayer;
+
+impl<S: Clone> Layer<S> for GrpcWebOrPlainLayer {
+    type Service = GrpcWebOrPlain<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcWebOrPlain {
+            web: GrpcWebLayer::new().layer(inner.clone()),
+            plain: inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct GrpcWebOrPlain<S> {
+    web: GrpcWebService<S>,
+    plain: S,
+}
+
+fn is_grpc_web(request: &Request<Body>) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc-web"))
+}
+
+impl<S, B> Service<Request<Body>> for GrpcWebOrPlain<S>
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + std::fmt::Display,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<
+        <GrpcWebService<S> as Service<Request<Body>>>::Future,
+        BoxFuture<'static, Result<Response<Body>, S::Error>>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::ready!(<GrpcWebService<S> as Service<Request<Body>>>::poll_ready(
+            &mut self.web,
+            cx
+        ))?;
+        self.plain.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.version() == http::Version::HTTP_2 || is_grpc_web(&request) {
+            Either::Left(self.web.call(request))
+        } else {
+            Either::Right(
+                self.plain
+                    .call(request)
+                    .map(|result| result.map(|response| response.map(Body::new)))
+                    .boxed(),
+            )
+        }
+    }
 }

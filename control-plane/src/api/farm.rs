@@ -82,8 +82,8 @@ impl Farm for FarmService {
         let request = request.into_inner();
         let id = parse_node_id("node_id", &request.node_id)?;
         let action = action(request.action)?;
-        let supervisor = self.supervisor()?;
         let before = self.state.node(id)?;
+        let supervisor = self.supervisor()?;
         supervisor.act(id, action).await?;
         let node = if action == NodeAction::Remove {
             before

@@ -1,0 +1,346 @@
+//! Shared harness: a whole control plane on `127.0.0.1:0` with real
+//! `farm-node` processes, and a guard that kills every process a test
+//! started, even when the test fails.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use clap::Parser;
+use control_plane::config::{Cli, Command, ServeConfig};
+use farm_api::v1::{
+    DiscoverRequest, ListNodesRequest, NodeActionKind, NodeActionRequest, NodeInfo, NodeState,
+    discovery_client::DiscoveryClient, farm_client::FarmClient, registry_client::RegistryClient,
+};
+use nix::{sys::signal, unistd::Pid};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+
+/// Path of a binary built by this workspace (`control-plane`, `farm-node`).
+pub fn binary(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// Kills every node process recorded under a data folder.
+pub fn kill_recorded_nodes(data_dir: &Path) {
+    let Ok(entries) = fs::read_dir(data_dir.join("nodes")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Ok(text) = fs::read_to_string(entry.path().join("instance"))
+            && let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok())
+        {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A control plane running in this test process.
+pub struct Farm {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), control_plane::serve::ServeError>>>,
+}
+
+/// Flags every test farm uses: fast heartbeats so failures show quickly.
+pub const FAST: &[&str] = &[
+    "--heartbeat-interval",
+    "200ms",
+    "--heartbeat-timeout",
+    "600ms",
+    "--min-age",
+    "0s",
+    "--stop-grace",
+    "3s",
+];
+
+impl Farm {
+    /// Starts a control plane with `nodes` process nodes and extra flags.
+    pub async fn start(nodes: u32, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, nodes, extra).await
+    }
+
+    /// Starts a control plane on an existing data folder. With no nodes it
+    /// runs no runtime at all (`--runtime none`).
+    pub async fn start_in(dir: TempDir, nodes: u32, extra: &[&str]) -> Self {
+        let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+        let count = nodes.to_string();
+        let mut args = vec!["control-plane", "serve", "--data-dir", &data_dir];
+        let node_binary;
+        if nodes == 0 {
+            args.extend(["--runtime", "none"]);
+        } else {
+            node_binary = binary("farm-node").to_str().expect("utf-8 path").to_owned();
+            args.extend(["--runtime", "process", "--nodes", &count]);
+            args.extend(["--node-binary", &node_binary]);
+        }
+        args.extend_from_slice(FAST);
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).expect("flags");
+        let Command::Serve(serve) = cli.command;
+        let config = ServeConfig::try_from(&serve).expect("config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(control_plane::serve::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Shuts down like SIGTERM would and waits; returns the data folder.
+    pub async fn stop(mut self) -> TempDir {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("shutdown within 20 s")
+                .expect("task")
+                .expect("clean shutdown");
+        }
+        // Moving the folder out leaves a dummy behind for Drop.
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .expect("url")
+            .connect_lazy()
+    }
+
+    pub fn farm(&self) -> FarmClient<Channel> {
+        FarmClient::new(self.channel())
+    }
+
+    pub fn discovery(&self) -> DiscoveryClient<Channel> {
+        DiscoveryClient::new(self.channel())
+    }
+
+    pub fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::new(self.channel())
+    }
+
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        self.farm()
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .expect("ListNodes")
+            .into_inner()
+            .nodes
+    }
+
+    /// Waits until `f` holds of the node list, or panics after `timeout`.
+    pub async fn wait_nodes(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[NodeInfo]) -> bool,
+    ) -> Vec<NodeInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes().await;
+            if f(&nodes) {
+                return nodes;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; nodes: {nodes:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until exactly `n` nodes exist and all are healthy.
+    pub async fn wait_healthy(&self, n: usize, timeout: Duration) -> Vec<NodeInfo> {
+        self.wait_nodes(&format!("{n} healthy nodes"), timeout, |nodes| {
+            nodes.len() == n && nodes.iter().all(|node| healthy(node))
+        })
+        .await
+    }
+
+    pub async fn discover(&self, group: &str, count: u32) -> Vec<String> {
+        self.discovery()
+            .discover(DiscoverRequest {
+                group: group.into(),
+                count,
+                ..Default::default()
+            })
+            .await
+            .expect("Discover")
+            .into_inner()
+            .peers
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    }
+
+    pub async fn act(&self, id: &str, action: NodeActionKind) -> Result<NodeInfo, tonic::Status> {
+        self.farm()
+            .node_action(NodeActionRequest {
+                node_id: id.into(),
+                action: action.into(),
+            })
+            .await
+            .map(|r| r.into_inner().node.expect("node"))
+    }
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+        kill_recorded_nodes(self.dir.path());
+    }
+}
+
+pub fn healthy(node: &NodeInfo) -> bool {
+    node.state == NodeState::Healthy as i32
+}
+
+pub fn pid(node: &NodeInfo) -> i32 {
+    node.runtime_id
+        .strip_prefix("pid:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("node {} has no pid: {:?}", node.name, node.runtime_id))
+}
+
+pub fn by_name<'a>(nodes: &'a [NodeInfo], name: &str) -> &'a NodeInfo {
+    nodes
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap_or_else(|| panic!("no node named {name}"))
+}
+
+/// A control plane run as its own process (for kill -9 and signal tests).
+pub struct ControlPlaneProcess {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl ControlPlaneProcess {
+    /// Starts `control-plane serve` on a free port of 127.0.0.1.
+    pub async fn start(data_dir: &Path, nodes: u32) -> Self {
+        // Ask the OS for a free port, then hand it to the child.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = tokio::process::Command::new(binary("control-plane"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--nodes")
+            .arg(nodes.to_string())
+            .args(["--runtime", "process"])
+            .args(FAST)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn control-plane");
+        let process = Self { child, addr };
+        process.wait_ready().await;
+        process
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "control plane did not listen");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("url")
+            .connect_lazy()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(i32::try_from(self.child.id().expect("running")).expect("pid"))
+    }
+
+    pub async fn nodes(&self) -> Vec<NodeInfo> {
+        FarmClient::new(self.channel())
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .map(|r| r.into_inner().nodes)
+            .unwrap_or_default()
+    }
+
+    pub async fn wait_healthy(&self, n: usize, timeout: Duration) -> Vec<NodeInfo> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let nodes = self.nodes().await;
+            if nodes.len() == n && nodes.iter().all(healthy) {
+                return nodes;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} healthy nodes: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// True while a process with this pid exists (and is not a zombie).
+pub fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Every farm-node process whose command line mentions `data_dir`.
+pub fn node_processes(data_dir: &Path) -> Vec<i32> {
+    let needle = data_dir.to_string_lossy().into_owned();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                let cmd = String::from_utf8_lossy(&cmd);
+                cmd.contains("farm-node") && cmd.contains(&needle)
+            })
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}

