@@ -178,7 +178,7 @@ impl Farm {
     /// Waits until exactly `n` nodes exist and all are healthy.
     pub async fn wait_healthy(&self, n: usize, timeout: Duration) -> Vec<NodeInfo> {
         self.wait_nodes(&format!("{n} healthy nodes"), timeout, |nodes| {
-            nodes.len() == n && nodes.iter().all(|node| healthy(node))
+            nodes.len() == n && nodes.iter().all(healthy)
         })
         .await
     }
