@@ -47,7 +47,8 @@ async fn after_a_crash_running_nodes_are_adopted_and_reattach() {
         "nodes outlive a crashed control plane"
     );
 
-    let mut second = ControlPlaneProcess::start(dir.path(), 5).await;
+    // Back on the same address: the nodes reconnect to it by themselves.
+    let mut second = ControlPlaneProcess::start_at(dir.path(), 5, first.addr).await;
     let after = second.wait_healthy(5, Duration::from_secs(20)).await;
     assert_eq!(
         ids_by_name(&before),

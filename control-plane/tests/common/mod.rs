@@ -247,11 +247,15 @@ impl ControlPlaneProcess {
     /// Starts `control-plane serve` on a free port of 127.0.0.1.
     pub async fn start(data_dir: &Path, nodes: u32) -> Self {
         // Ask the OS for a free port, then hand it to the child.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+            .expect("free port");
+        Self::start_at(data_dir, nodes, addr).await
+    }
+
+    /// Starts `control-plane serve` on `addr`: a restarted control plane
+    /// listens where its nodes expect it.
+    pub async fn start_at(data_dir: &Path, nodes: u32, addr: SocketAddr) -> Self {
         let child = tokio::process::Command::new(binary("control-plane"))
             .arg("serve")
             .arg("--listen")

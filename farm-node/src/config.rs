@@ -1,0 +1,290 @@
+//! Command-line flags, each also read from a `FARM_NODE_*` environment
+//! variable, validated into a [`NodeConfig`] before any I/O happens.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+use thiserror::Error;
+
+/// The farm's node agent: registers with a control plane, keeps a heartbeat
+/// stream open, and serves `farm.v1.Workload`, `grpc.health.v1.Health` and
+/// plain HTTP (`/`, `/health`, `/slow?ms=`, `/error/{code}`, `/data/{bytes}`)
+/// on one port.
+#[derive(Debug, Parser)]
+#[command(name = "farm-node", version, about, long_about = None)]
+pub struct NodeArgs {
+    /// Control plane to register with, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, env = "FARM_NODE_CONTROL_PLANE")]
+    pub control_plane: String,
+
+    /// Address to serve on; port 0 picks a free port, and the bound address is
+    /// what the node registers.
+    #[arg(long, env = "FARM_NODE_LISTEN", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+
+    /// Address to register instead of the bound one (`HOST` or `HOST:PORT`;
+    /// without a port the bound port is used). Needed when listening on
+    /// 0.0.0.0 or behind a NAT.
+    #[arg(long, env = "FARM_NODE_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Node name, unique in the farm: 1 to 63 characters of `[A-Za-z0-9._-]`.
+    /// Default: `node-` and the process id.
+    #[arg(long, env = "FARM_NODE_NAME")]
+    pub name: Option<String>,
+
+    /// Group (room) to join.
+    #[arg(long, env = "FARM_NODE_GROUP", default_value = "default")]
+    pub group: String,
+
+    /// A label `KEY=VALUE` that discovery can filter on (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
+    pub labels: Vec<(String, String)>,
+
+    /// Folder where the node keeps its identity (id and secret), so that a
+    /// restarted node re-attaches under the same id. Without it every start
+    /// registers a new identity.
+    #[arg(long, env = "FARM_NODE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bearer token sent to the control plane (its `node` role).
+    #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+fn label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// A flag value that cannot work.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `--control-plane` is not an `http://` or `https://` URL.
+    #[error("--control-plane must be a URL such as http://127.0.0.1:50051, got {0:?}")]
+    ControlPlaneUrl(String),
+    /// `--name` breaks the naming rule.
+    #[error("--name must be 1 to 63 characters of A-Z a-z 0-9 . _ -, got {0:?}")]
+    Name(String),
+    /// `--group` breaks the naming rule.
+    #[error("--group must be 1 to 63 characters of A-Z a-z 0-9 . _ -, got {0:?}")]
+    Group(String),
+    /// `--advertise` is empty or has a bad port.
+    #[error("--advertise must be HOST or HOST:PORT with a non-zero port, got {0:?}")]
+    Advertise(String),
+    /// The same label key was given twice.
+    #[error("--label {0} is given more than once")]
+    DuplicateLabel(String),
+    /// `--token` holds characters that cannot travel in a header.
+    #[error("--token must be printable ASCII")]
+    Token,
+}
+
+/// Validated settings of a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Control plane URL.
+    pub control_plane: String,
+    /// Registered address: `None` means the bound address.
+    pub advertise: Option<Advertise>,
+    pub name: String,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    pub cache_dir: Option<PathBuf>,
+    /// Bearer token, if the control plane asks for one.
+    pub token: Option<String>,
+}
+
+/// What `--advertise` gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advertise {
+    /// A host; the bound port goes with it.
+    Host(String),
+    /// A full `host:port`.
+    HostPort(String),
+}
+
+impl NodeConfig {
+    /// Settings for a node named `name` in the default group, with no cache:
+    /// what tests and embedders start from.
+    pub fn new(control_plane: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            control_plane: control_plane.into(),
+            advertise: None,
+            name: name.into(),
+            group: "default".to_owned(),
+            labels: BTreeMap::new(),
+            cache_dir: None,
+            token: None,
+        }
+    }
+
+    /// The address to register, given the address the node is bound to.
+    pub fn registered_address(&self, bound: SocketAddr) -> String {
+        match &self.advertise {
+            Some(Advertise::HostPort(address)) => address.clone(),
+            Some(Advertise::Host(host)) => format!("{host}:{}", bound.port()),
+            None if bound.ip().is_unspecified() => {
+                // Reachable from this machine, which is all a bare
+                // 0.0.0.0 bind can promise.
+                format!("127.0.0.1:{}", bound.port())
+            }
+            None => bound.to_string(),
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl TryFrom<NodeArgs> for NodeConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: NodeArgs) -> Result<Self, ConfigError> {
+        let url = args.control_plane.trim_end_matches('/').to_owned();
+        let host = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if host.is_none_or(str::is_empty) {
+            return Err(ConfigError::ControlPlaneUrl(args.control_plane));
+        }
+        let name = args
+            .name
+            .unwrap_or_else(|| format!("node-{}", std::process::id()));
+        if !valid_name(&name) {
+            return Err(ConfigError::Name(name));
+        }
+        if !valid_name(&args.group) {
+            return Err(ConfigError::Group(args.group));
+        }
+        let advertise = args.advertise.map(parse_advertise).transpose()?;
+        let mut labels = BTreeMap::new();
+        for (key, value) in args.labels {
+            if labels.insert(key.clone(), value).is_some() {
+                return Err(ConfigError::DuplicateLabel(key));
+            }
+        }
+        let token = args.token.filter(|t| !t.is_empty());
+        if token
+            .as_deref()
+            .is_some_and(|t| !t.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError::Token);
+        }
+        Ok(Self {
+            control_plane: url,
+            advertise,
+            name,
+            group: args.group,
+            labels,
+            cache_dir: args.cache_dir,
+            token,
+        })
+    }
+}
+
+fn parse_advertise(s: String) -> Result<Advertise, ConfigError> {
+    if s.is_empty() {
+        return Err(ConfigError::Advertise(s));
+    }
+    // `[v6]:port`, `host:port`, a bare v6 address, or a bare host.
+    let port = if let Some(rest) = s.strip_prefix('[') {
+        match rest.split_once("]:") {
+            Some((_, port)) => Some(port),
+            None if rest.ends_with(']') => None,
+            None => return Err(ConfigError::Advertise(s)),
+        }
+    } else if s.matches(':').count() == 1 {
+        s.split_once(':').map(|(_, port)| port)
+    } else {
+        None
+    };
+    match port {
+        None => Ok(Advertise::Host(s)),
+        Some(port) if port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(Advertise::HostPort(s)),
+        Some(_) => Err(ConfigError::Advertise(s)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let args = NodeArgs::try_parse_from(
+            ["farm-node", "--control-plane", "http://127.0.0.1:50051"]
+                .iter()
+                .chain(args),
+        )
+        .expect("flags parse");
+        NodeConfig::try_from(args)
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse(&["--name", "a"]).expect("valid");
+        assert_eq!(config.group, "default");
+        assert_eq!(config.control_plane, "http://127.0.0.1:50051");
+        let bound: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        assert_eq!(config.registered_address(bound), "127.0.0.1:4000");
+        let any: SocketAddr = "0.0.0.0:4000".parse().expect("addr");
+        assert_eq!(config.registered_address(any), "127.0.0.1:4000");
+    }
+
+    #[test]
+    fn advertise_forms() {
+        let bound: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        let check = |flag: &str, want: &str| {
+            let config = parse(&["--advertise", flag]).expect("valid");
+            assert_eq!(config.registered_address(bound), want, "{flag}");
+        };
+        check("node-7", "node-7:7000");
+        check("node-7:80", "node-7:80");
+        check("[::1]:80", "[::1]:80");
+        check("[::1]", "[::1]:7000");
+        for bad in ["", "host:0", "host:x", "[::1"] {
+            assert!(
+                matches!(parse(&["--advertise", bad]), Err(ConfigError::Advertise(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values() {
+        #[track_caller]
+        fn check(args: &[&str], want: fn(&ConfigError) -> bool) {
+            let err = parse(args).expect_err("must be refused");
+            assert!(want(&err), "{args:?} gave {err}");
+        }
+        check(&["--name", ""], |e| matches!(e, ConfigError::Name(_)));
+        check(&["--name", "has space"], |e| {
+            matches!(e, ConfigError::Name(_))
+        });
+        check(&["--name", &"x".repeat(64)], |e| {
+            matches!(e, ConfigError::Name(_))
+        });
+        check(&["--group", "a/b"], |e| matches!(e, ConfigError::Group(_)));
+        check(&["--label", "a=1", "--label", "a=2"], |e| {
+            matches!(e, ConfigError::DuplicateLabel(_))
+        });
+        check(&["--token", "bad token"], |e| {
+            matches!(e, ConfigError::Token)
+        });
+        let url = NodeArgs::try_parse_from(["farm-node", "--control-plane", "127.0.0.1:50051"])
+            .expect("flags parse");
+        assert!(matches!(
+            NodeConfig::try_from(url),
+            Err(ConfigError::ControlPlaneUrl(_))
+        ));
+        assert!(
+            NodeArgs::try_parse_from(["farm-node", "--control-plane", "http://x", "--label", "x"])
+                .is_err()
+        );
+    }
+}

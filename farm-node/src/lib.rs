@@ -1,0 +1,128 @@
+//! The farm's node agent. One port serves `farm.v1.Workload`,
+//! `grpc.health.v1.Health` and plain HTTP; beside it the agent registers with
+//! the control plane and keeps a heartbeat stream open, reconnecting with
+//! backoff when the control plane goes away.
+//!
+//! [`run`] receives a bound listener and a shutdown future, so tests and
+//! embedders start nodes on `127.0.0.1:0` in-process; `main.rs` only parses
+//! flags, binds and waits for a signal.
+
+pub mod agent;
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod workload;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use farm_api::v1::workload_server::WorkloadServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tracing::{info, warn};
+
+pub use crate::config::{NodeArgs, NodeConfig};
+use crate::{
+    agent::{Agent, AgentError},
+    workload::{MAX_RESPONSE_BYTES, NodeStatus, WorkloadService},
+};
+
+/// Largest Workload message in either direction: the biggest allowed
+/// response plus room for the other fields.
+const MAX_MESSAGE: usize = MAX_RESPONSE_BYTES as usize + 64 * 1024;
+/// How long open connections may take to finish once shutdown starts.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The listener's address could not be read.
+    #[error("cannot read the listening address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The control plane connection could not be set up.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The server failed.
+    #[error("serving failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Serves the node on `listener` and runs its agent until `shutdown`
+/// resolves; then stops heartbeating (without deregistering: the identity is
+/// kept for the next start), ends open streams and drains connections.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let bound = listener.local_addr().map_err(NodeError::Listener)?;
+    let address = config.registered_address(bound);
+    let status = Arc::new(NodeStatus::new(
+        config.name.clone(),
+        config.group.clone(),
+        address.clone(),
+    ));
+    let cancel = CancellationToken::new();
+    let agent = Agent::new(config, status.clone(), cancel.clone())?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<WorkloadServer<WorkloadService>>()
+        .await;
+    let workload = WorkloadServer::new(WorkloadService::new(status.clone(), cancel.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(workload).add_service(health_service);
+    let mut routes = routes.routes();
+    let grpc = std::mem::take(routes.axum_router_mut());
+    *routes.axum_router_mut() = grpc.merge(http::router(status.clone(), cancel.clone()));
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server_stop = CancellationToken::new();
+    let mut server = tokio::spawn(
+        Server::builder()
+            // Plain HTTP/1.1 for the HTTP endpoints.
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned()),
+    );
+    info!(listen = %bound, address = %address, "serving Workload, health and HTTP");
+    let agent = tokio::spawn(agent.run());
+
+    let failed = tokio::select! {
+        () = shutdown => None,
+        result = &mut server => Some(result),
+    };
+    info!("shutting down");
+    cancel.cancel();
+    health
+        .set_not_serving::<WorkloadServer<WorkloadService>>()
+        .await;
+    if let Err(err) = agent.await {
+        warn!(cause = %err, "the agent task failed");
+    }
+    let result = match failed {
+        Some(result) => result,
+        None => {
+            server_stop.cancel();
+            match tokio::time::timeout(DRAIN, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!(after = ?DRAIN, "connections still open; closing them");
+                    server.abort();
+                    return Ok(());
+                }
+            }
+        }
+    };
+    match result {
+        Ok(served) => served.map_err(NodeError::from),
+        Err(err) => {
+            warn!(cause = %err, "the server task failed");
+            Ok(())
+        }
+    }
+}

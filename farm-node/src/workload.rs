@@ -1,0 +1,333 @@
+//! `farm.v1.Workload`: the work load tests drive. A request asks for CPU
+//! work, a delay, a response size or a failure; the node does exactly that,
+//! so one binary can play a fast, slow, heavy or failing server.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use farm_api::v1::{
+    InfoRequest, InfoResponse, WorkRequest, WorkResponse, workload_server::Workload,
+};
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+/// Longest delay a request may ask for.
+pub const MAX_DELAY_MS: u32 = 60_000;
+/// Largest response a request may ask for.
+pub const MAX_RESPONSE_BYTES: u32 = 4 * 1024 * 1024;
+/// Longest CPU work a request may ask for.
+pub const MAX_CPU_US: u32 = 1_000_000;
+/// Requests of one `WorkStream` served at once; further ones wait.
+pub const STREAM_IN_FLIGHT: usize = 256;
+
+/// What the node is and how it is doing, shared by the agent (which learns
+/// the id), the Workload service and the HTTP endpoints.
+#[derive(Debug)]
+pub struct NodeStatus {
+    pub name: String,
+    pub group: String,
+    /// The registered address, known once the port is bound.
+    pub address: String,
+    started: Instant,
+    node_id: Mutex<String>,
+    connected: AtomicBool,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl NodeStatus {
+    pub fn new(name: String, group: String, address: String) -> Self {
+        Self {
+            name,
+            group,
+            address,
+            started: Instant::now(),
+            node_id: Mutex::new(String::new()),
+            connected: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Id issued by the control plane; empty before the first registration.
+    pub fn node_id(&self) -> String {
+        // A poisoned lock still holds a whole String.
+        self.node_id
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_node_id(&self, id: &str) {
+        let mut current = self.node_id.lock().unwrap_or_else(PoisonError::into_inner);
+        if *current != id {
+            id.clone_into(&mut current);
+        }
+    }
+
+    /// Whether a heartbeat stream is open right now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Requests served by `Work` and `WorkStream`.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the ones answered with a failure.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+/// Checks a request's asks against the limits.
+fn validate(request: &WorkRequest) -> Result<(), Status> {
+    if request.delay_ms > MAX_DELAY_MS {
+        return Err(Status::invalid_argument(format!(
+            "delay_ms {} is above the limit of {MAX_DELAY_MS}",
+            request.delay_ms
+        )));
+    }
+    if request.response_bytes > MAX_RESPONSE_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "response_bytes {} is above the limit of {MAX_RESPONSE_BYTES}",
+            request.response_bytes
+        )));
+    }
+    if request.cpu_us > MAX_CPU_US {
+        return Err(Status::invalid_argument(format!(
+            "cpu_us {} is above the limit of {MAX_CPU_US}",
+            request.cpu_us
+        )));
+    }
+    if request.fail_code > 16 {
+        return Err(Status::invalid_argument(format!(
+            "fail_code {} is not a gRPC status code (1 to 16)",
+            request.fail_code
+        )));
+    }
+    Ok(())
+}
+
+/// Burns the CPU for `micros` on this thread.
+fn spin(micros: u32) {
+    let until = Instant::now() + Duration::from_micros(u64::from(micros));
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for i in 0..256u64 {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(i));
+        }
+    }
+    std::hint::black_box(x);
+}
+
+/// The Workload service.
+#[derive(Debug, Clone)]
+pub struct WorkloadService {
+    status: Arc<NodeStatus>,
+    /// Cancelled at shutdown: waiting requests and open streams end.
+    shutdown: CancellationToken,
+}
+
+impl WorkloadService {
+    pub fn new(status: Arc<NodeStatus>, shutdown: CancellationToken) -> Self {
+        Self { status, shutdown }
+    }
+
+    /// Does what `request` asks. `Err` is the failure it asked for (or a
+    /// refusal of its asks); the caller decides how to deliver it.
+    async fn serve(&self, request: WorkRequest) -> Result<WorkResponse, Status> {
+        self.status.requests.fetch_add(1, Ordering::Relaxed);
+        let result = self.perform(request).await;
+        if result.is_err() {
+            self.status.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn perform(&self, request: WorkRequest) -> Result<WorkResponse, Status> {
+        validate(&request)?;
+        if request.cpu_us > 0 {
+            let micros = request.cpu_us;
+            if micros < 1_000 {
+                spin(micros);
+            } else {
+                // Longer work leaves the async workers free for other requests.
+                tokio::task::spawn_blocking(move || spin(micros))
+                    .await
+                    .map_err(|e| Status::internal(format!("CPU work failed: {e}")))?;
+            }
+        }
+        if request.delay_ms > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(u64::from(request.delay_ms))) => {}
+                () = self.shutdown.cancelled() => {
+                    return Err(Status::unavailable("the node is shutting down"));
+                }
+            }
+        }
+        if request.fail_code != 0 {
+            let message = if request.fail_message.is_empty() {
+                "failure requested by the caller".to_owned()
+            } else {
+                request.fail_message
+            };
+            return Err(Status::new(Code::from(request.fail_code as i32), message));
+        }
+        Ok(WorkResponse {
+            id: request.id,
+            payload: vec![0; request.response_bytes as usize],
+            code: 0,
+            message: String::new(),
+            node_id: self.status.node_id(),
+        })
+    }
+
+    /// A `WorkStream` answer: failures travel in-band.
+    fn in_band(&self, id: u64, result: Result<WorkResponse, Status>) -> WorkResponse {
+        result.unwrap_or_else(|status| WorkResponse {
+            id,
+            payload: Vec::new(),
+            code: status.code() as u32,
+            message: status.message().to_owned(),
+            node_id: self.status.node_id(),
+        })
+    }
+}
+
+/// A request that needs no waiting is answered by the stream's reader itself;
+/// spawning a task for it would cost more than the work.
+fn is_instant(request: &WorkRequest) -> bool {
+    request.delay_ms == 0 && request.cpu_us == 0
+}
+
+#[tonic::async_trait]
+impl Workload for WorkloadService {
+    async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        self.serve(request.into_inner()).await.map(Response::new)
+    }
+
+    type WorkStreamStream =
+        Pin<Box<dyn Stream<Item = Result<WorkResponse, Status>> + Send + 'static>>;
+
+    async fn work_stream(
+        &self,
+        request: Request<Streaming<WorkRequest>>,
+    ) -> Result<Response<Self::WorkStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(STREAM_IN_FLIGHT));
+            loop {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    () = service.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                        return;
+                    }
+                };
+                let request = match next {
+                    Ok(Some(request)) => request,
+                    // The caller closed its side: answers still owed go out,
+                    // then the stream ends when the last sender drops.
+                    Ok(None) => return,
+                    // The caller went away (or sent garbage): nobody to answer.
+                    Err(_) => return,
+                };
+                let id = request.id;
+                if is_instant(&request) {
+                    let response = service.in_band(id, service.serve(request).await);
+                    if tx.send(Ok(response)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let tx = tx.clone();
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let response = service.in_band(id, service.serve(request).await);
+                    let _ = tx.send(Ok(response)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let status = &self.status;
+        Ok(Response::new(InfoResponse {
+            node_id: status.node_id(),
+            name: status.name.clone(),
+            group: status.group.clone(),
+            address: status.address.clone(),
+            pid: std::process::id(),
+            uptime_s: status.uptime().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            requests: status.requests(),
+            connected: status.connected(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked() {
+        let ok = WorkRequest {
+            delay_ms: MAX_DELAY_MS,
+            response_bytes: MAX_RESPONSE_BYTES,
+            cpu_us: MAX_CPU_US,
+            fail_code: 16,
+            ..Default::default()
+        };
+        assert!(validate(&ok).is_ok());
+        for bad in [
+            WorkRequest {
+                delay_ms: MAX_DELAY_MS + 1,
+                ..Default::default()
+            },
+            WorkRequest {
+                response_bytes: MAX_RESPONSE_BYTES + 1,
+                ..Default::default()
+            },
+            WorkRequest {
+                cpu_us: MAX_CPU_US + 1,
+                ..Default::default()
+            },
+            WorkRequest {
+                fail_code: 17,
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(
+                validate(&bad).expect_err("refused").code(),
+                Code::InvalidArgument
+            );
+        }
+    }
+}
