@@ -101,8 +101,24 @@ pub fn routes(
         .route("/readyz", get(readyz))
         .with_state(api.clone());
     let grpc = std::mem::take(routes.axum_router_mut());
-    *routes.axum_router_mut() = grpc.merge(http);
+    *routes.axum_router_mut() = grpc.merge(http).fallback(not_found);
     Ok(routes)
+}
+
+/// For paths nothing serves: gRPC callers get UNIMPLEMENTED as gRPC expects,
+/// browsers and probes an HTTP 404.
+async fn not_found(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented(format!("{} is not served here", request.uri().path()))
+            .into_http()
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
 }
 
 async fn index() -> &'static str {

@@ -55,6 +55,14 @@ async fn probes_answer_over_http1() {
         .await,
     );
     assert!(index.contains("farm.v1.Discovery"), "{index}");
+    let missing = text(
+        &http(
+            farm.addr,
+            b"GET /no-such-page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await,
+    );
+    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
 }
 
 #[tokio::test]

@@ -170,11 +170,12 @@ impl Agent {
             if self.shutdown.is_cancelled() {
                 return;
             }
-            let (identity_now, registered) = match self.register(identity.take()).await {
+            let (identity_now, registered) = match self.register(identity.clone()).await {
                 Ok(registered) => registered,
                 Err(RegisterError::Stale(status)) => {
                     warn!(code = ?status.code(), cause = status.message(), "the control plane refused the cached identity; registering anew");
                     self.identities.clear();
+                    identity = None;
                     continue;
                 }
                 Err(RegisterError::Failed(status)) => {
@@ -210,6 +211,7 @@ impl Agent {
                 StreamEnd::Forgotten(status) => {
                     warn!(node.id = %identity_now.node_id, code = ?status.code(), cause = status.message(), "the control plane forgot this node; registering anew");
                     self.identities.clear();
+                    identity = None;
                 }
                 StreamEnd::Lost(cause) => {
                     warn!(node.id = %identity_now.node_id, %cause, "heartbeat stream lost; re-attaching");

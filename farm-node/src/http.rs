@@ -33,6 +33,21 @@ pub fn router(status: Arc<NodeStatus>, shutdown: CancellationToken) -> Router {
         .with_state(Http { status, shutdown })
 }
 
+/// For paths nothing serves: gRPC callers get UNIMPLEMENTED as gRPC expects,
+/// everyone else an HTTP 404.
+pub async fn not_found(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented(format!("{} is not served here", request.uri().path()))
+            .into_http()
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}
+
 fn bad_request(message: String) -> Response {
     (StatusCode::BAD_REQUEST, message + "\n").into_response()
 }

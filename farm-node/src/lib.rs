@@ -76,7 +76,9 @@ pub async fn run(
     routes.add_service(workload).add_service(health_service);
     let mut routes = routes.routes();
     let grpc = std::mem::take(routes.axum_router_mut());
-    *routes.axum_router_mut() = grpc.merge(http::router(status.clone(), cancel.clone()));
+    *routes.axum_router_mut() = grpc
+        .merge(http::router(status.clone(), cancel.clone()))
+        .fallback(http::not_found);
 
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server_stop = CancellationToken::new();

@@ -22,8 +22,9 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Longest delay a request may ask for.
 pub const MAX_DELAY_MS: u32 = 60_000;
-/// Largest response a request may ask for.
-pub const MAX_RESPONSE_BYTES: u32 = 4 * 1024 * 1024;
+/// Largest response a request may ask for: the whole response message then
+/// stays under the 4 MiB that gRPC clients accept by default.
+pub const MAX_RESPONSE_BYTES: u32 = 4_000_000;
 /// Longest CPU work a request may ask for.
 pub const MAX_CPU_US: u32 = 1_000_000;
 /// Requests of one `WorkStream` served at once; further ones wait.

@@ -16,7 +16,8 @@ use clap::Parser;
 use control_plane::config::{Cli, Command, ServeConfig};
 use farm_api::v1::{
     DiscoverRequest, ListNodesRequest, NodeActionKind, NodeActionRequest, NodeInfo, NodeState,
-    discovery_client::DiscoveryClient, farm_client::FarmClient, registry_client::RegistryClient,
+    Peer, discovery_client::DiscoveryClient, farm_client::FarmClient,
+    registry_client::RegistryClient,
 };
 use nix::{sys::signal, unistd::Pid};
 use tempfile::TempDir;
@@ -184,6 +185,14 @@ impl Farm {
     }
 
     pub async fn discover(&self, group: &str, count: u32) -> Vec<String> {
+        self.discover_peers(group, count)
+            .await
+            .into_iter()
+            .map(|p| p.id)
+            .collect()
+    }
+
+    pub async fn discover_peers(&self, group: &str, count: u32) -> Vec<Peer> {
         self.discovery()
             .discover(DiscoverRequest {
                 group: group.into(),
@@ -194,9 +203,6 @@ impl Farm {
             .expect("Discover")
             .into_inner()
             .peers
-            .into_iter()
-            .map(|p| p.id)
-            .collect()
     }
 
     pub async fn act(&self, id: &str, action: NodeActionKind) -> Result<NodeInfo, tonic::Status> {
