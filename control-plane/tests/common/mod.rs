@@ -217,11 +217,31 @@ impl Farm {
 }
 
 impl Drop for Farm {
+    /// Stops the control plane the way SIGTERM would (its supervisor would
+    /// otherwise replace the nodes killed here), then kills whatever node
+    /// process of this farm is left, even when the test failed half-way.
     fn drop(&mut self) {
-        if let Some(task) = &self.task {
-            task.abort();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle)
+                    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+                {
+                    tokio::task::block_in_place(|| {
+                        handle.block_on(async {
+                            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+                        });
+                    });
+                }
+                _ => task.abort(),
+            }
         }
         kill_recorded_nodes(self.dir.path());
+        for pid in node_processes(self.dir.path()) {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+        }
     }
 }
 
