@@ -5,7 +5,7 @@
 //! - time from SIGKILL of a node to its absence from `Discover`.
 //!
 //! Five runs, medians last. Everything runs on 127.0.0.1 and stops itself.
-//! Run with `cargo bench -p control-plane --bench bringup`.
+//! Run with `cargo build --release && cargo bench -p control-plane --bench bringup`.
 
 use std::{
     net::SocketAddr,
@@ -57,8 +57,31 @@ async fn list(channel: &Channel) -> Vec<NodeInfo> {
         .unwrap_or_default()
 }
 
+/// Kills the nodes recorded under a data folder when a run ends early: a
+/// control plane killed by a failed assertion leaves its nodes running.
+struct KillNodesOnDrop<'a>(&'a Path);
+
+impl Drop for KillNodesOnDrop<'_> {
+    fn drop(&mut self) {
+        let Ok(slots) = std::fs::read_dir(self.0.join("nodes")) else {
+            return;
+        };
+        for slot in slots.flatten() {
+            if let Ok(record) = std::fs::read_to_string(slot.path().join("instance"))
+                && let Some(pid) = record
+                    .split_whitespace()
+                    .next()
+                    .and_then(|p| p.parse().ok())
+            {
+                let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 async fn one_run(binary: &Path) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
+    let _cleanup = KillNodesOnDrop(dir.path());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -80,7 +103,8 @@ async fn one_run(binary: &Path) -> Run {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--nodes", &NODES.to_string()])
-        .env("RUST_LOG", "warn")
+        // Errors only: the kill below is expected and logged as a warning.
+        .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
@@ -154,7 +178,7 @@ async fn main() {
     let node = binary.with_file_name("farm-node");
     assert!(
         node.is_file(),
-        "{} is missing: `cargo build --release -p farm-node` first",
+        "{} is missing: `cargo build --release` first",
         node.display()
     );
     println!("farm bring-up and failure detection, {NODES} process nodes, {RUNS} runs\n");
