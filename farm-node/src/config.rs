@@ -1,7 +1,11 @@
 //! Command-line flags, each also read from a `FARM_NODE_*` environment
 //! variable, validated into a [`NodeConfig`] before any I/O happens.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::Parser;
 use thiserror::Error;
@@ -29,7 +33,7 @@ pub struct NodeArgs {
     pub advertise: Option<String>,
 
     /// Node name, unique in the farm: 1 to 63 characters of `[A-Za-z0-9._-]`.
-    /// Default: `node-` and the process id.
+    /// Default: the host name and the process id (`web-3-1234`).
     #[arg(long, env = "FARM_NODE_NAME")]
     pub name: Option<String>,
 
@@ -121,19 +125,54 @@ impl NodeConfig {
         }
     }
 
-    /// The address to register, given the address the node is bound to.
-    pub fn registered_address(&self, bound: SocketAddr) -> String {
+    /// The address to register, given the address the node is bound to and,
+    /// for a wildcard bind, the local address of the route to the control
+    /// plane (`None`: unknown, loopback is assumed).
+    pub fn registered_address(&self, bound: SocketAddr, route: Option<IpAddr>) -> String {
         match &self.advertise {
             Some(Advertise::HostPort(address)) => address.clone(),
             Some(Advertise::Host(host)) => format!("{host}:{}", bound.port()),
             None if bound.ip().is_unspecified() => {
-                // Reachable from this machine, which is all a bare
-                // 0.0.0.0 bind can promise.
-                format!("127.0.0.1:{}", bound.port())
+                // The address the control plane sees this node come from is
+                // one it (and its other clients) can reach it at: the
+                // container's address on its network, say.
+                let ip = route
+                    .filter(|ip| !ip.is_unspecified())
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                SocketAddr::new(ip, bound.port()).to_string()
             }
             None => bound.to_string(),
         }
     }
+
+    /// `host:port` of the control plane URL.
+    pub fn control_plane_authority(&self) -> &str {
+        let rest = self
+            .control_plane
+            .split_once("://")
+            .map_or(self.control_plane.as_str(), |(_, rest)| rest);
+        rest.split('/').next().unwrap_or(rest)
+    }
+}
+
+/// `<hostname>-<pid>`: unique among processes of one machine, and among
+/// containers (whose processes are all pid 1, but whose hostnames differ).
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    let host = if host.is_empty() { "node" } else { &host };
+    format!("{host}-{}", std::process::id())
 }
 
 fn valid_name(s: &str) -> bool {
@@ -153,9 +192,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
         if host.is_none_or(str::is_empty) {
             return Err(ConfigError::ControlPlaneUrl(args.control_plane));
         }
-        let name = args
-            .name
-            .unwrap_or_else(|| format!("node-{}", std::process::id()));
+        let name = args.name.unwrap_or_else(default_name);
         if !valid_name(&name) {
             return Err(ConfigError::Name(name));
         }
@@ -231,9 +268,20 @@ mod tests {
         assert_eq!(config.group, "default");
         assert_eq!(config.control_plane, "http://127.0.0.1:50051");
         let bound: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
-        assert_eq!(config.registered_address(bound), "127.0.0.1:4000");
+        assert_eq!(config.registered_address(bound, None), "127.0.0.1:4000");
         let any: SocketAddr = "0.0.0.0:4000".parse().expect("addr");
-        assert_eq!(config.registered_address(any), "127.0.0.1:4000");
+        assert_eq!(config.registered_address(any, None), "127.0.0.1:4000");
+        let route = "172.18.0.5".parse().ok();
+        assert_eq!(config.registered_address(any, route), "172.18.0.5:4000");
+        assert_eq!(config.control_plane_authority(), "127.0.0.1:50051");
+        let unnamed = NodeConfig::try_from(
+            NodeArgs::try_parse_from(["farm-node", "--control-plane", "http://cp:1/"])
+                .expect("flags"),
+        )
+        .expect("valid");
+        assert!(valid_name(&unnamed.name), "{}", unnamed.name);
+        assert!(unnamed.name.ends_with(&format!("-{}", std::process::id())));
+        assert_eq!(unnamed.control_plane_authority(), "cp:1");
     }
 
     #[test]
@@ -241,7 +289,7 @@ mod tests {
         let bound: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
         let check = |flag: &str, want: &str| {
             let config = parse(&["--advertise", flag]).expect("valid");
-            assert_eq!(config.registered_address(bound), want, "{flag}");
+            assert_eq!(config.registered_address(bound, None), want, "{flag}");
         };
         check("node-7", "node-7:7000");
         check("node-7:80", "node-7:80");

@@ -47,6 +47,27 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// The local address of the route to `authority` (`host:port`): where the
+/// control plane sees this node come from. A UDP `connect` sends nothing;
+/// it only makes the kernel pick the route.
+async fn route_to(authority: &str) -> Option<std::net::IpAddr> {
+    let target = match tokio::net::lookup_host(authority).await {
+        Ok(mut addrs) => addrs.next()?,
+        Err(err) => {
+            warn!(control_plane = authority, cause = %err, "cannot resolve the control plane to find this node's address; registering loopback (use --advertise)");
+            return None;
+        }
+    };
+    let any: std::net::SocketAddr = if target.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await.ok()?;
+    socket.connect(target).await.ok()?;
+    socket.local_addr().ok().map(|a| a.ip())
+}
+
 /// Serves the node on `listener` and runs its agent until `shutdown`
 /// resolves; then stops heartbeating (without deregistering: the identity is
 /// kept for the next start), ends open streams and drains connections.
@@ -56,7 +77,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let bound = listener.local_addr().map_err(NodeError::Listener)?;
-    let address = config.registered_address(bound);
+    let route = if bound.ip().is_unspecified() && config.advertise.is_none() {
+        route_to(config.control_plane_authority()).await
+    } else {
+        None
+    };
+    let address = config.registered_address(bound, route);
     let status = Arc::new(NodeStatus::new(
         config.name.clone(),
         config.group.clone(),
