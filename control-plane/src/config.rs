@@ -27,8 +27,11 @@ pub enum Command {
 /// Where nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
-    /// The best runtime available here: child processes.
+    /// Docker if an engine answers (and a static farm-node is at hand for
+    /// the image), else child processes.
     Auto,
+    /// Nodes are containers of a Docker engine.
+    Docker,
     /// Nodes are `farm-node` child processes.
     Process,
     /// Run no nodes: serve the registry for nodes started elsewhere.
@@ -93,6 +96,61 @@ pub struct ServeArgs {
     /// How long a stopping node may take before it is killed.
     #[arg(long, env = "FARM_STOP_GRACE", default_value = "5s", value_parser = duration)]
     pub stop_grace: Duration,
+
+    /// CPU limit of each node container, in CPUs.
+    #[arg(long, env = "FARM_NODE_CPUS", default_value_t = 0.5)]
+    pub node_cpus: f64,
+
+    /// Memory limit of each node container (`128MiB`, `1GiB`, `64m`, bytes).
+    #[arg(long, env = "FARM_NODE_MEMORY", default_value = "128MiB", value_parser = bytes)]
+    pub node_memory: u64,
+
+    /// Leave the node containers running at shutdown (a restarted control
+    /// plane adopts them).
+    #[arg(long, env = "FARM_KEEP_NODES")]
+    pub keep_nodes: bool,
+
+    /// Docker engine to use: `unix:///path/to/docker.sock` or `tcp://host:port`.
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    pub docker_host: String,
+
+    /// Statically linked farm-node to build the node image from (default:
+    /// the first static one of `farm-node` next to this program and the
+    /// outputs of `scripts/build-static`).
+    #[arg(long, env = "FARM_NODE_IMAGE_BINARY")]
+    pub node_image_binary: Option<PathBuf>,
+}
+
+/// Parses a size: a number with an optional unit (`k`, `m`, `g`, `KiB`,
+/// `MiB`, `GiB`, `KB`, `MB`, `GB`; single letters are binary, as Docker's).
+fn bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 128MiB, 1GiB, 64m)"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit in {s:?} (examples: 128MiB, 1GiB, 64m)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -100,7 +158,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A flag combination that cannot work.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
     #[error("--heartbeat-interval must be at least 10ms, got {0:?}")]
     IntervalTooShort(Duration),
@@ -120,6 +178,10 @@ pub enum ConfigError {
     TooManyNodes { nodes: u32, max: u32 },
     #[error("--group-capacity and --max-groups must be at least 1")]
     ZeroLimit,
+    #[error("--node-cpus must be between 0.01 and 64, got {0}")]
+    Cpus(f64),
+    #[error("--node-memory must be at least 6MiB (the engine's minimum), got {0} bytes")]
+    Memory(u64),
 }
 
 /// Validated settings of `serve`.
@@ -133,6 +195,22 @@ pub struct ServeConfig {
     pub policy: HealthPolicy,
     pub limits: Limits,
     pub stop_grace: Duration,
+    pub docker: DockerSettings,
+    /// Leave nodes running at shutdown.
+    pub keep_nodes: bool,
+}
+
+/// Settings of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// Engine address.
+    pub host: String,
+    /// CPU limit per node, in CPUs.
+    pub cpus: f64,
+    /// Memory limit per node, in bytes.
+    pub memory: u64,
+    /// Static farm-node for the image, if given.
+    pub image_binary: Option<PathBuf>,
 }
 
 impl TryFrom<&ServeArgs> for ServeConfig {
@@ -163,6 +241,12 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         if args.group_capacity == 0 || args.max_groups == 0 {
             return Err(ConfigError::ZeroLimit);
         }
+        if !(0.01..=64.0).contains(&args.node_cpus) {
+            return Err(ConfigError::Cpus(args.node_cpus));
+        }
+        if args.node_memory < 6 << 20 {
+            return Err(ConfigError::Memory(args.node_memory));
+        }
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -181,6 +265,13 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 max_groups: args.max_groups,
             },
             stop_grace: args.stop_grace,
+            docker: DockerSettings {
+                host: args.docker_host.clone(),
+                cpus: args.node_cpus,
+                memory: args.node_memory,
+                image_binary: args.node_image_binary.clone(),
+            },
+            keep_nodes: args.keep_nodes,
         })
     }
 }
@@ -204,6 +295,51 @@ mod tests {
         assert_eq!(args.nodes, 50);
         assert_eq!(args.runtime, RuntimeKind::Auto);
         assert_eq!(args.data_dir, PathBuf::from("./farm-data"));
+    }
+
+    #[test]
+    fn container_limits() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.docker.cpus, 0.5);
+        assert_eq!(config.docker.memory, 128 << 20);
+        assert_eq!(
+            parse(&["--node-memory", "64m"]).expect("64m").docker.memory,
+            64 << 20
+        );
+        assert_eq!(
+            parse(&["--node-memory", "1GiB"])
+                .expect("1GiB")
+                .docker
+                .memory,
+            1 << 30
+        );
+        assert_eq!(
+            parse(&["--node-memory", "100MB"])
+                .expect("MB")
+                .docker
+                .memory,
+            100_000_000
+        );
+        assert!(
+            parse(&["--node-memory", "1m"])
+                .unwrap_err()
+                .contains("at least")
+        );
+        assert!(
+            parse(&["--node-memory", "lots"])
+                .unwrap_err()
+                .contains("examples")
+        );
+        assert!(
+            parse(&["--node-memory", "5parsecs"])
+                .unwrap_err()
+                .contains("unit")
+        );
+        assert!(
+            parse(&["--node-cpus", "0"])
+                .unwrap_err()
+                .contains("--node-cpus")
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct SupervisorConfig {
     pub stop_grace: Duration,
     /// Starts in flight at once.
     pub start_parallelism: usize,
+    /// Leave the nodes running at shutdown, for the next control plane to
+    /// adopt.
+    pub keep_on_shutdown: bool,
 }
 
 /// Something done to one managed node.
@@ -542,6 +545,11 @@ impl Task {
 
     /// Stops every running node, in parallel, each bounded by the grace.
     async fn stop_all(&mut self) {
+        if self.config.keep_on_shutdown {
+            let running = self.slots.values().filter(|s| s.running.is_some()).count();
+            info!(nodes = running, "leaving the farm's nodes running");
+            return;
+        }
         let grace = self.config.stop_grace;
         let runtime = &self.runtime;
         let running: Vec<(String, Instance)> = self

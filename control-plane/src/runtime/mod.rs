@@ -1,14 +1,16 @@
 //! Runtimes start, stop and signal the farm's nodes. Everything that touches
-//! processes (and, later, containers) lives behind the [`Runtime`] trait, so
-//! the supervisor never knows which kind of node it keeps at size.
+//! processes or containers lives behind the [`Runtime`] trait, so the
+//! supervisor never knows which kind of node it keeps at size.
 
+pub mod docker;
 mod process;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use async_trait::async_trait;
 use thiserror::Error;
 
+pub use docker::{DockerError, DockerRuntime, DockerRuntimeConfig};
 pub use process::{ProcessRuntime, ProcessRuntimeConfig};
 
 /// What a runtime needs to start one node.
@@ -93,4 +95,20 @@ pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Removes what the runtime keeps for a slot (its identity cache, its
     /// logs), so the next start of that slot is a fresh node.
     async fn remove(&self, slot: &str) -> Result<(), RuntimeError>;
+
+    /// Releases what the runtime set up for the whole farm (a network, say)
+    /// once its nodes are stopped. Never fails: leftovers are only logged.
+    async fn close(&self) {}
+}
+
+/// Removes a slot's folder; a missing one is already removed.
+fn remove_slot_dir(dir: &Path, slot: &str) -> Result<(), RuntimeError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::Remove {
+            slot: slot.to_owned(),
+            cause: format!("{}: {e}", dir.display()),
+        }),
+    }
 }

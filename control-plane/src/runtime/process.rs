@@ -325,14 +325,6 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn remove(&self, slot: &str) -> Result<(), RuntimeError> {
-        let dir = self.slot_dir(slot);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RuntimeError::Remove {
-                slot: slot.to_owned(),
-                cause: format!("{}: {e}", dir.display()),
-            }),
-        }
+        super::remove_slot_dir(&self.slot_dir(slot), slot)
     }
 }

@@ -83,7 +83,10 @@ impl Farm {
         let count = nodes.to_string();
         let mut args = vec!["control-plane", "serve", "--data-dir", &data_dir];
         let node_binary;
-        if nodes == 0 {
+        if extra.contains(&"--runtime") {
+            // The caller picks the runtime (Docker tests).
+            args.extend(["--nodes", &count]);
+        } else if nodes == 0 {
             args.extend(["--runtime", "none"]);
         } else {
             node_binary = binary("farm-node").to_str().expect("utf-8 path").to_owned();
@@ -282,6 +285,11 @@ impl ControlPlaneProcess {
     /// Starts `control-plane serve` on `addr`: a restarted control plane
     /// listens where its nodes expect it.
     pub async fn start_at(data_dir: &Path, nodes: u32, addr: SocketAddr) -> Self {
+        Self::start_with(data_dir, nodes, addr, &["--runtime", "process"]).await
+    }
+
+    /// Starts `control-plane serve` on `addr` with extra flags.
+    pub async fn start_with(data_dir: &Path, nodes: u32, addr: SocketAddr, extra: &[&str]) -> Self {
         let child = tokio::process::Command::new(binary("control-plane"))
             .arg("serve")
             .arg("--listen")
@@ -290,7 +298,7 @@ impl ControlPlaneProcess {
             .arg(data_dir)
             .arg("--nodes")
             .arg(nodes.to_string())
-            .args(["--runtime", "process"])
+            .args(extra)
             .args(FAST)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -373,4 +381,119 @@ pub fn node_processes(data_dir: &Path) -> Vec<i32> {
         })
         .filter(|pid| alive(*pid))
         .collect()
+}
+
+/// Whether a Docker engine answers here. Without one, Docker tests are
+/// skipped with a message, unless `FARM_REQUIRE_DOCKER=1` makes that a
+/// failure.
+pub fn docker_available(test: &str) -> bool {
+    let answers = std::process::Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let required = std::env::var("FARM_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    if !answers {
+        assert!(
+            !required,
+            "{test}: FARM_REQUIRE_DOCKER=1 but no Docker engine answers (scripts/docker-engine starts one)"
+        );
+        eprintln!("{test}: skipped, no Docker engine answers (scripts/docker-engine starts one)");
+        return false;
+    }
+    true
+}
+
+/// The statically linked farm-node that `scripts/build-static` builds.
+pub fn static_node_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/x86_64-unknown-linux-gnu/container/farm-node");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/build-static (scripts/test does when a Docker engine answers)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the docker CLI; returns its standard output.
+pub fn docker(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Ids of the containers carrying a label, running or not.
+pub fn containers_labelled(label: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-aq",
+        "--no-trunc",
+        "--filter",
+        &format!("label={label}"),
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A farm id chosen by the test (written to the data folder before the
+/// control plane starts), whose containers and network are removed by label
+/// when dropped: after a failed test too. Containers a test makes itself
+/// carry `farm.test=<id>` and go the same way.
+pub struct DockerCleanup {
+    pub id: String,
+}
+
+impl DockerCleanup {
+    pub fn new(data_dir: &Path) -> Self {
+        let id = format!("t{:08x}", rand::random::<u32>());
+        fs::write(data_dir.join("farm-id"), format!("{id}\n")).expect("write farm-id");
+        Self { id }
+    }
+
+    /// The label selecting this farm's containers.
+    pub fn label(&self) -> String {
+        format!("farm.id={}", self.id)
+    }
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let id = &self.id;
+        let mut ids: Vec<String> = Vec::new();
+        for label in [format!("farm.id={id}"), format!("farm.test={id}")] {
+            if let Ok(output) = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label={label}")])
+                .output()
+            {
+                ids.extend(
+                    String::from_utf8_lossy(&output.stdout)
+                        .split_whitespace()
+                        .map(str::to_owned),
+                );
+            }
+        }
+        if !ids.is_empty() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &format!("farm-{id}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
