@@ -105,6 +105,10 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_NODE_MEMORY", default_value = "128MiB", value_parser = bytes)]
     pub node_memory: u64,
 
+    /// Nodes started at once (default: 16 processes, 8 containers).
+    #[arg(long, env = "FARM_START_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub start_parallelism: Option<u16>,
+
     /// Leave the node containers running at shutdown (a restarted control
     /// plane adopts them).
     #[arg(long, env = "FARM_KEEP_NODES")]
@@ -196,6 +200,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     pub stop_grace: Duration,
     pub docker: DockerSettings,
+    /// Nodes started at once, if not the runtime's default.
+    pub start_parallelism: Option<usize>,
     /// Leave nodes running at shutdown.
     pub keep_nodes: bool,
 }
@@ -271,6 +277,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 memory: args.node_memory,
                 image_binary: args.node_image_binary.clone(),
             },
+            start_parallelism: args.start_parallelism.map(usize::from),
             keep_nodes: args.keep_nodes,
         })
     }

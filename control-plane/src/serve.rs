@@ -133,7 +133,7 @@ pub async fn run(
                 group: DEFAULT_GROUP.to_owned(),
                 control_plane: node_url,
                 stop_grace: config.stop_grace,
-                start_parallelism: parts.start_parallelism,
+                start_parallelism: config.start_parallelism.unwrap_or(parts.start_parallelism),
                 keep_on_shutdown: config.keep_nodes,
             },
             parts.exits,
