@@ -684,12 +684,23 @@ impl Runtime for DockerRuntime {
     }
 
     async fn close(&self) {
-        // The network goes with the last container; an error here only
-        // means something still uses it.
+        // The network goes with the last container. The engine may still be
+        // releasing the endpoints of containers just removed: retry a while.
         let name = &self.network;
-        match self.docker.remove_network(name).await {
-            Ok(()) => debug!(network = %name, "removed the farm's network"),
-            Err(err) => debug!(network = %name, cause = %err, "kept the farm's network"),
+        let mut last = None;
+        for _ in 0..20 {
+            match self.docker.remove_network(name).await {
+                Ok(()) => {
+                    debug!(network = %name, "removed the farm's network");
+                    return;
+                }
+                Err(err) if is_not_found(&err) => return,
+                Err(err) => last = Some(err),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(err) = last {
+            warn!(network = %name, cause = %err, "could not remove the farm's network");
         }
     }
 }
