@@ -23,7 +23,7 @@ use crate::{
     config::{RuntimeKind, ServeConfig},
     core::{DEFAULT_GROUP, NodeState},
     runtime::{
-        DockerRuntime, DockerRuntimeConfig, InstanceExit, ProcessRuntime, ProcessRuntimeConfig,
+        DockerRuntime, DockerRuntimeConfig, InstanceEvent, ProcessRuntime, ProcessRuntimeConfig,
         Runtime, docker,
     },
     server::{self, Api},
@@ -225,7 +225,7 @@ pub async fn run(
 /// The runtime the farm runs on.
 struct RuntimeParts {
     runtime: Arc<dyn Runtime>,
-    exits: mpsc::UnboundedReceiver<InstanceExit>,
+    exits: mpsc::UnboundedReceiver<InstanceEvent>,
     /// Where nodes reach the control plane when not through the listener's
     /// own address: the gateway of the farm's network.
     node_side: Option<IpAddr>,

@@ -25,7 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     core::{DomainError, NodeId, RuntimeStatus, RuntimeView},
-    runtime::{Instance, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal},
+    runtime::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal},
     state::{FarmState, StateError},
 };
 
@@ -133,7 +133,7 @@ impl Supervisor {
         runtime: Arc<dyn Runtime>,
         state: FarmState,
         config: SupervisorConfig,
-        exits: mpsc::UnboundedReceiver<InstanceExit>,
+        exits: mpsc::UnboundedReceiver<InstanceEvent>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(64);
         let desired = Arc::new(AtomicU32::new(config.desired));
@@ -269,7 +269,7 @@ impl Task {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<CommandBox>,
-        mut exits: mpsc::UnboundedReceiver<InstanceExit>,
+        mut exits: mpsc::UnboundedReceiver<InstanceEvent>,
     ) {
         self.adopt().await;
         self.reconcile().await;
@@ -294,7 +294,10 @@ impl Task {
                     }
                     None => return,
                 },
-                Some(exit) = exits.recv() => self.on_exit(exit),
+                Some(event) = exits.recv() => match event {
+                    InstanceEvent::Exited(exit) => self.on_exit(exit),
+                    InstanceEvent::Paused { slot, id, paused } => self.on_pause(&slot, &id, paused),
+                },
                 () = sleep_until(wake) => {}
             }
             self.reconcile().await;
@@ -415,6 +418,27 @@ impl Task {
         }
         self.publish(index);
         Ok(())
+    }
+
+    /// A pause seen by the runtime, whoever caused it (`docker pause` too).
+    fn on_pause(&mut self, slot: &str, id: &str, paused: bool) {
+        let found = self.slots.iter_mut().find(|(_, s)| {
+            s.running
+                .as_ref()
+                .is_some_and(|r| r.instance.id == id && r.instance.slot == slot)
+        });
+        if let Some((index, s)) = found
+            && let Some(running) = s.running.as_mut()
+            && running.paused != paused
+        {
+            running.paused = paused;
+            let index = *index;
+            info!(
+                slot,
+                paused, "node paused or resumed outside the farm's actions"
+            );
+            self.publish(index);
+        }
     }
 
     fn on_exit(&mut self, exit: InstanceExit) {

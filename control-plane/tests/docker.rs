@@ -156,6 +156,20 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
     })
     .await;
 
+    // A pause from outside the farm shows in the node's state too.
+    docker(&["pause", &paused.runtime_id]);
+    farm.wait_nodes("outside pause seen", Duration::from_secs(10), |nodes| {
+        let n = by_name(nodes, "node-001");
+        n.state == NodeState::Unhealthy as i32 && n.state_reason.contains("paused")
+    })
+    .await;
+    docker(&["unpause", &paused.runtime_id]);
+    farm.wait_nodes("outside unpause seen", Duration::from_secs(10), |nodes| {
+        let n = by_name(nodes, "node-001");
+        healthy(n) && !n.state_reason.contains("paused")
+    })
+    .await;
+
     // Stop removes the container and holds the slot; start brings a new one.
     let stopped = by_name(&nodes, "node-003").clone();
     farm.act(&stopped.id, NodeActionKind::Stop)

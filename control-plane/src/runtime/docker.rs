@@ -42,7 +42,7 @@ use thiserror::Error;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::{Instance, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
+use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
 
 /// Label on everything the farm creates.
 pub const MANAGED_LABEL: &str = "farm.managed";
@@ -203,7 +203,7 @@ impl DockerRuntime {
     /// reported on `exits`.
     pub async fn start(
         config: DockerRuntimeConfig,
-        exits: mpsc::UnboundedSender<InstanceExit>,
+        exits: mpsc::UnboundedSender<InstanceEvent>,
     ) -> Result<Self, DockerError> {
         let docker = connect(&config.host).await?;
         let version = docker
@@ -444,15 +444,15 @@ async fn watch_events(
     docker: Docker,
     farm_id: String,
     known: Arc<Mutex<HashMap<String, String>>>,
-    exits: mpsc::UnboundedSender<InstanceExit>,
+    exits: mpsc::UnboundedSender<InstanceEvent>,
 ) {
     let report = |id: &str, reason: String| {
         if let Some(slot) = lock(&known).remove(id) {
-            let _ = exits.send(InstanceExit {
+            let _ = exits.send(InstanceEvent::Exited(InstanceExit {
                 slot,
                 id: id.to_owned(),
                 reason,
-            });
+            }));
         }
     };
     let mut oom_killed = HashSet::new();
@@ -461,7 +461,15 @@ async fn watch_events(
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
             ("label", vec![format!("{FARM_LABEL}={farm_id}")]),
-            ("event", vec!["die".to_owned(), "oom".to_owned()]),
+            (
+                "event",
+                vec![
+                    "die".to_owned(),
+                    "oom".to_owned(),
+                    "pause".to_owned(),
+                    "unpause".to_owned(),
+                ],
+            ),
         ]);
         let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
         if !first {
@@ -491,6 +499,15 @@ async fn watch_events(
             match event.action.as_deref() {
                 Some("oom") => {
                     oom_killed.insert(id);
+                }
+                Some(action @ ("pause" | "unpause")) => {
+                    if let Some(slot) = lock(&known).get(&id).cloned() {
+                        let _ = exits.send(InstanceEvent::Paused {
+                            slot,
+                            id,
+                            paused: action == "pause",
+                        });
+                    }
                 }
                 Some("die") => {
                     let code = actor

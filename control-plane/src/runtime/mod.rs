@@ -41,6 +41,19 @@ pub struct InstanceExit {
     pub reason: String,
 }
 
+/// What a runtime reports about an instance on its own.
+#[derive(Debug, Clone)]
+pub enum InstanceEvent {
+    /// It ended, for whatever reason.
+    Exited(InstanceExit),
+    /// It was frozen (`paused`) or thawed, by the farm or from outside.
+    Paused {
+        slot: String,
+        id: String,
+        paused: bool,
+    },
+}
+
 /// A signal-like action on a running instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -72,7 +85,8 @@ pub enum RuntimeError {
 }
 
 /// Starts and controls nodes. Implementations report every instance's end
-/// on the channel they were built with.
+/// (and, where they can see it, every pause) on the channel they were built
+/// with.
 #[async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs: `process`, `docker`.

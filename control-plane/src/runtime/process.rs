@@ -24,7 +24,7 @@ use nix::{sys::signal, unistd::Pid};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::{Instance, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
+use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
 
 /// How often an adopted process (not our child, so not waitable) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
@@ -44,7 +44,7 @@ pub struct ProcessRuntimeConfig {
 #[derive(Debug)]
 pub struct ProcessRuntime {
     config: ProcessRuntimeConfig,
-    exits: mpsc::UnboundedSender<InstanceExit>,
+    exits: mpsc::UnboundedSender<InstanceEvent>,
     /// Instance id → becomes `true` when the process is gone. Shared with
     /// the watcher tasks, which remove their entry when they report.
     alive: Arc<Mutex<HashMap<String, watch::Receiver<bool>>>>,
@@ -52,7 +52,7 @@ pub struct ProcessRuntime {
 
 impl ProcessRuntime {
     /// A runtime that reports every instance's end on `exits`.
-    pub fn new(config: ProcessRuntimeConfig, exits: mpsc::UnboundedSender<InstanceExit>) -> Self {
+    pub fn new(config: ProcessRuntimeConfig, exits: mpsc::UnboundedSender<InstanceEvent>) -> Self {
         Self {
             config,
             exits,
@@ -87,7 +87,7 @@ impl ProcessRuntime {
             let _ = gone.send(true);
             lock(&alive).remove(&id);
             // The supervisor gone means shutdown: nobody needs the notice.
-            let _ = exits.send(InstanceExit { slot, id, reason });
+            let _ = exits.send(InstanceEvent::Exited(InstanceExit { slot, id, reason }));
         });
     }
 
