@@ -328,3 +328,82 @@ async fn docker_runtime_without_an_engine_names_the_socket() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_the_reason_given_and_the_node_comes_back() {
+    if !docker_available("an_oom_kill_is_the_reason_given_and_the_node_comes_back") {
+        return;
+    }
+    let binary = static_node_binary();
+    let binary = binary.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cleanup = DockerCleanup::new(dir.path());
+    let mut flags = docker_flags(binary);
+    flags.extend(["--node-memory", "12MiB"]);
+    let farm = Farm::start_in(dir, 1, &flags).await;
+    let nodes = farm.wait_healthy(1, Duration::from_secs(60)).await;
+    let node = nodes[0].clone();
+    assert_eq!(
+        inspect(&node.runtime_id, "{{.HostConfig.Memory}}"),
+        "12582912"
+    );
+
+    // Every change of the node is on the Watch stream: the short-lived
+    // "OOM-killed" reason cannot be missed between polls.
+    let mut watch = farm
+        .discovery()
+        .watch(farm_api::v1::WatchRequest::default())
+        .await
+        .expect("Watch")
+        .into_inner();
+    // Responses far beyond the container's memory, all at once.
+    let address = format!("http://{}", node.address);
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let address = address.clone();
+            tokio::spawn(async move {
+                let Ok(mut client) = WorkloadClient::connect(address).await else {
+                    return;
+                };
+                let _ = client
+                    .work(WorkRequest {
+                        response_bytes: 4_000_000,
+                        delay_ms: 200,
+                        ..Default::default()
+                    })
+                    .await;
+            })
+        })
+        .collect();
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let event = tokio_stream::StreamExt::next(&mut watch)
+                .await
+                .expect("stream open")
+                .expect("event");
+            if let Some(n) = event.node
+                && n.state_reason.contains("OOM")
+            {
+                return n.state_reason;
+            }
+        }
+    })
+    .await
+    .expect("an OOM kill is reported within 30 s");
+    assert!(reason.contains("OOM-killed"), "{reason}");
+    for task in load {
+        let _ = task.await;
+    }
+    let back = farm
+        .wait_nodes(
+            "node back after the OOM kill",
+            Duration::from_secs(30),
+            |nodes| {
+                nodes.len() == 1 && healthy(&nodes[0]) && nodes[0].runtime_id != node.runtime_id
+            },
+        )
+        .await;
+    assert_eq!(back[0].id, node.id);
+    assert_eq!(containers_labelled(&cleanup.label()).len(), 1);
+    farm.stop().await;
+}
