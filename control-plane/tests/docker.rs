@@ -11,7 +11,9 @@ use common::{
     ControlPlaneProcess, DockerCleanup, Farm, by_name, containers_labelled, docker,
     docker_available, healthy, static_node_binary,
 };
-use farm_api::v1::{NodeActionKind, NodeState, WorkRequest, workload_client::WorkloadClient};
+use farm_api::v1::{
+    NodeActionKind, NodeState, ScaleRequest, WorkRequest, workload_client::WorkloadClient,
+};
 use nix::sys::signal;
 
 fn docker_flags(binary: &str) -> Vec<&str> {
@@ -196,6 +198,23 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
         })
         .await;
     assert_ne!(by_name(&nodes, "node-003").id, stopped.id);
+
+    // Scale creates and removes containers.
+    farm.farm()
+        .scale(ScaleRequest { nodes: 5 })
+        .await
+        .expect("scale up");
+    farm.wait_healthy(5, Duration::from_secs(60)).await;
+    assert_eq!(containers_labelled(&cleanup.label()).len(), 5);
+    farm.farm()
+        .scale(ScaleRequest { nodes: 2 })
+        .await
+        .expect("scale down");
+    farm.wait_nodes("scaled down to 2", Duration::from_secs(30), |nodes| {
+        nodes.len() == 2 && nodes.iter().all(healthy)
+    })
+    .await;
+    assert_eq!(containers_labelled(&cleanup.label()).len(), 2);
     farm.stop().await;
     assert!(containers_labelled(&cleanup.label()).is_empty());
 }
