@@ -8,6 +8,7 @@
 //! binds the port and installs the shutdown signal.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod core;
 pub mod runtime;

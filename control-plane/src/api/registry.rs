@@ -129,6 +129,7 @@ impl Registry for RegistryService {
                 let ack = HeartbeatResponse {
                     ack_seq: message.seq,
                     heartbeat_interval_ms: interval,
+                    config: None,
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
