@@ -5,7 +5,8 @@ use std::{future::Future, time::Duration};
 
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
-    discovery_server::DiscoveryServer, farm_server::FarmServer, registry_server::RegistryServer,
+    config_server::ConfigServer, discovery_server::DiscoveryServer, farm_server::FarmServer,
+    registry_server::RegistryServer,
 };
 use futures::future::{BoxFuture, Either, FutureExt};
 use http::{HeaderName, header};
@@ -23,7 +24,7 @@ use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    api::{DiscoveryService, FarmService, RegistryService},
+    api::{ConfigService, DiscoveryService, FarmService, RegistryService},
     core::NodeState,
     state::FarmState,
     supervisor::Supervisor,
@@ -35,8 +36,9 @@ const MAX_DECODE: usize = 4 * 1024 * 1024;
 const MAX_ENCODE: usize = 16 * 1024 * 1024;
 
 /// Services advertised by reflection.
-const SERVED: [&str; 6] = [
+const SERVED: [&str; 7] = [
     "farm.v1.Registry",
+    "farm.v1.Config",
     "farm.v1.Discovery",
     "farm.v1.Farm",
     "grpc.health.v1.Health",
@@ -74,6 +76,7 @@ pub fn routes(
     let registry = RegistryService::new(api.state.clone(), api.shutdown.clone());
     let discovery = DiscoveryService::new(api.state.clone(), api.shutdown.clone());
     let farm = FarmService::new(api.state.clone(), api.supervisor.clone());
+    let config = ConfigService::new(api.state.clone(), api.shutdown.clone());
     let mut routes = Routes::builder();
     routes
         .add_service(
@@ -88,6 +91,11 @@ pub fn routes(
         )
         .add_service(
             FarmServer::new(farm)
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        )
+        .add_service(
+            ConfigServer::new(config)
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )

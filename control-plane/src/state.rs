@@ -9,24 +9,29 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use rand::{RngCore, rng};
+use serde_json::Value;
 use thiserror::Error;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
 
 use crate::{
     core::{
         Discovered, DomainError, Event, GroupView, HealthPolicy, Limits, NewIdentity, NodeId,
         NodeState, NodeView, Now, Registered, RegistrationRequest, Registry, RuntimeView,
+        config::{Change, ConfigBook, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, diff},
     },
     store::{Store, StoreError, wall_micros},
 };
 
 /// Events a slow watcher may fall behind by before it is reset.
 const EVENT_BUFFER: usize = 8192;
+/// Configuration versions a slow watcher may fall behind by before it is
+/// resynchronised from the store.
+const CONFIG_EVENT_BUFFER: usize = 1024;
 
 /// Why a state operation failed.
 #[derive(Debug, Error)]
@@ -52,6 +57,13 @@ struct Shared {
     registry: Mutex<Registry>,
     store: Store,
     events: broadcast::Sender<Arc<Event>>,
+    /// Latest version of every scope. Locked after `registry` when both are
+    /// needed, never the other way round.
+    config: Mutex<ConfigBook>,
+    /// The highest configuration version: heartbeat streams wake on it.
+    config_version: watch::Sender<u64>,
+    /// Every new configuration version, for `WatchConfig`.
+    config_events: broadcast::Sender<Arc<ConfigEntry>>,
 }
 
 /// What a new watcher starts from.
@@ -77,13 +89,25 @@ impl FarmState {
         }
         registry.restore(stored, now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (latest, last_version) = store.load_configs()?;
+        let book = ConfigBook::new(latest, last_version);
+        let (config_version, _) = watch::channel(book.last_version());
+        let (config_events, _) = broadcast::channel(CONFIG_EVENT_BUFFER);
         Ok(Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(registry),
                 store,
                 events,
+                config: Mutex::new(book),
+                config_version,
+                config_events,
             }),
         })
+    }
+
+    fn book(&self) -> MutexGuard<'_, ConfigBook> {
+        // The book changes only by `commit`, after the store has the entry.
+        self.shared.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -284,6 +308,147 @@ impl FarmState {
                 state.tick();
             }
         })
+    }
+}
+
+/// Configuration: every write is on disk before the book (and so any
+/// reader or node) sees it.
+impl FarmState {
+    /// The latest version of `scope`, if ever written.
+    pub fn get_config(&self, scope: &Scope) -> Option<ConfigEntry> {
+        self.book().latest(scope).cloned()
+    }
+
+    /// Writes a new version of `scope`. The scope's node or group must
+    /// exist. Blocks on the store: call from a blocking task.
+    pub fn put_config(
+        &self,
+        scope: Scope,
+        data: Value,
+        expected: u64,
+        role: &str,
+        rollback_of: u64,
+    ) -> Result<ConfigEntry, StateError> {
+        {
+            let registry = self.lock();
+            match &scope {
+                Scope::Global => {}
+                Scope::Node(id) => {
+                    registry.node(*id)?;
+                }
+                Scope::Group(name) => {
+                    if !registry.list_groups().iter().any(|g| &g.name == name) {
+                        return Err(DomainError::NotFound(format!("no group {name:?}")).into());
+                    }
+                }
+            }
+        }
+        let mut book = self.book();
+        let entry = book.prepare(scope, data, expected, role, rollback_of, SystemTime::now())?;
+        self.shared.store.insert_config(&entry)?;
+        book.commit(entry.clone());
+        drop(book);
+        self.shared.config_version.send_replace(entry.version);
+        let _ = self.shared.config_events.send(Arc::new(entry.clone()));
+        Ok(entry)
+    }
+
+    /// Writes a new version of `scope` with the data of its `version`.
+    pub fn rollback_config(
+        &self,
+        scope: Scope,
+        version: u64,
+        expected: u64,
+        role: &str,
+    ) -> Result<ConfigEntry, StateError> {
+        let old = self
+            .shared
+            .store
+            .config_version(&scope, version)?
+            .ok_or_else(|| {
+                DomainError::NotFound(format!("{scope} has no version {version} in its history"))
+            })?;
+        self.put_config(scope, old.data, expected, role, version)
+    }
+
+    /// Versions of `scope` below `before` (0: from the newest), newest first.
+    pub fn config_history(
+        &self,
+        scope: &Scope,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ConfigEntry>, StateError> {
+        Ok(self.shared.store.config_history(scope, before, limit)?)
+    }
+
+    /// Changes of `scope` from version `from` (0: empty) to `to` (0: the
+    /// current); returns the resolved versions too.
+    pub fn config_diff(
+        &self,
+        scope: &Scope,
+        from: u64,
+        to: u64,
+    ) -> Result<(u64, u64, Vec<Change>), StateError> {
+        let to = if to == 0 {
+            self.book().version_of(scope)
+        } else {
+            to
+        };
+        let data_of = |version: u64| -> Result<Value, StateError> {
+            if version == 0 {
+                return Ok(Value::Object(serde_json::Map::new()));
+            }
+            Ok(self
+                .shared
+                .store
+                .config_version(scope, version)?
+                .ok_or_else(|| {
+                    DomainError::NotFound(format!(
+                        "{scope} has no version {version} in its history"
+                    ))
+                })?
+                .data)
+        };
+        let changes = diff(&data_of(from)?, &data_of(to)?);
+        Ok((from, to, changes))
+    }
+
+    /// The effective configuration of node `id`.
+    pub fn effective_config(&self, id: NodeId) -> Result<Effective, StateError> {
+        let group = self.lock().node(id)?.group;
+        Ok(self.book().effective(id, &group))
+    }
+
+    /// Wakes whenever a configuration version is written.
+    pub fn config_changes(&self) -> watch::Receiver<u64> {
+        self.shared.config_version.subscribe()
+    }
+
+    /// Every new configuration version from now on.
+    pub fn subscribe_config(&self) -> broadcast::Receiver<Arc<ConfigEntry>> {
+        self.shared.config_events.subscribe()
+    }
+
+    /// Kept versions of `scope` after `after`, oldest first, and whether the
+    /// history still reaches back to `after` (false: versions were dropped
+    /// and a snapshot is needed).
+    pub fn config_since(
+        &self,
+        scope: &Scope,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<ConfigEntry>, bool), StateError> {
+        let store = &self.shared.store;
+        let entries = store.config_after(scope, after, limit)?;
+        // History is pruned only once a scope holds the most versions kept;
+        // until then it is whole. Once pruned, it reaches back to `after`
+        // only if `after` is not older than the oldest kept version.
+        let complete = match store.oldest_config_version(scope)? {
+            None => true,
+            Some(oldest) if after >= oldest => true,
+            Some(_) => store.config_count(scope)? < HISTORY_PER_SCOPE,
+        };
+        Ok((entries, complete))
     }
 }
 

@@ -1,8 +1,9 @@
-//! The SQLite store: node identities survive restarts here.
+//! The SQLite store: node identities and configuration versions survive
+//! restarts here.
 //!
 //! One connection in WAL mode with `synchronous = FULL`, so a write is on disk
-//! before the call that made it is acknowledged. Only identities are kept:
-//! health is rebuilt from heartbeats after a restart.
+//! before the call that made it is acknowledged. Health is not kept: it is
+//! rebuilt from heartbeats after a restart.
 
 use std::{
     collections::BTreeMap,
@@ -14,10 +15,47 @@ use std::{
 use rusqlite::{Connection, params};
 use thiserror::Error;
 
-use crate::core::{NodeId, StoredNode};
+use crate::core::{
+    NodeId, StoredNode,
+    config::{ConfigEntry, HISTORY_PER_SCOPE, Scope},
+};
+
+const CONFIG_COLUMNS: &str = "scope, version, data, created_ms, role, rollback_of";
+
+fn config_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, i64, String, i64, String, i64)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn config_entry(
+    (scope, version, data, created_ms, role, rollback_of): (String, i64, String, i64, String, i64),
+) -> Result<ConfigEntry, StoreError> {
+    let corrupt =
+        |what: &str| StoreError::Corrupt(format!("{what} of configuration version {version}"));
+    Ok(ConfigEntry {
+        scope: scope.parse().map_err(|_| corrupt("scope"))?,
+        version: u64::try_from(version).map_err(|_| corrupt("number"))?,
+        data: serde_json::from_str(&data).map_err(|_| corrupt("data"))?,
+        created_at: UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0)),
+        role,
+        rollback_of: u64::try_from(rollback_of).unwrap_or(0),
+    })
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// A store failure.
 #[derive(Debug, Error)]
@@ -81,7 +119,16 @@ impl Store {
                 labels        TEXT NOT NULL,
                 secret_hash   BLOB NOT NULL,
                 registered_ms INTEGER NOT NULL
-            );",
+            );
+            CREATE TABLE IF NOT EXISTS config_versions (
+                version     INTEGER PRIMARY KEY,
+                scope       TEXT NOT NULL,
+                data        TEXT NOT NULL,
+                created_ms  INTEGER NOT NULL,
+                role        TEXT NOT NULL,
+                rollback_of INTEGER NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS config_by_scope ON config_versions (scope, version);",
         )
         .map_err(open_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -164,6 +211,145 @@ impl Store {
         Ok(())
     }
 
+    /// The latest version of every scope, and the highest version written.
+    pub fn load_configs(&self) -> Result<(Vec<ConfigEntry>, u64), StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM config_versions
+             WHERE version IN (SELECT MAX(version) FROM config_versions GROUP BY scope)"
+        ))?;
+        let rows: Vec<_> = stmt.query_map([], config_row)?.collect::<Result<_, _>>()?;
+        let latest = rows
+            .into_iter()
+            .map(config_entry)
+            .collect::<Result<Vec<_>, _>>()?;
+        let last: Option<i64> =
+            conn.query_row("SELECT MAX(version) FROM config_versions", [], |r| r.get(0))?;
+        Ok((latest, u64::try_from(last.unwrap_or(0)).unwrap_or(0)))
+    }
+
+    /// Stores a new version (durably, before returning) and drops the
+    /// scope's versions beyond the last [`HISTORY_PER_SCOPE`].
+    pub fn insert_config(&self, entry: &ConfigEntry) -> Result<(), StoreError> {
+        let data = serde_json::to_string(&entry.data)
+            .map_err(|e| StoreError::Corrupt(format!("configuration data: {e}")))?;
+        let created_ms = entry
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let scope = entry.scope.to_string();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO config_versions (scope, version, data, created_ms, role, rollback_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                scope,
+                to_i64(entry.version),
+                data,
+                i64::try_from(created_ms).unwrap_or(i64::MAX),
+                entry.role,
+                to_i64(entry.rollback_of),
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM config_versions WHERE scope = ?1 AND version <= (
+                SELECT version FROM config_versions WHERE scope = ?1
+                ORDER BY version DESC LIMIT 1 OFFSET ?2)",
+            params![scope, i64::try_from(HISTORY_PER_SCOPE).unwrap_or(i64::MAX)],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Versions of `scope` below `before` (0: all), newest first, at most
+    /// `limit`.
+    pub fn config_history(
+        &self,
+        scope: &Scope,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<ConfigEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM config_versions
+             WHERE scope = ?1 AND (?2 = 0 OR version < ?2)
+             ORDER BY version DESC LIMIT ?3"
+        ))?;
+        let rows: Vec<_> = stmt
+            .query_map(
+                params![scope.to_string(), to_i64(before), to_i64(limit as u64)],
+                config_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(config_entry).collect()
+    }
+
+    /// Versions of `scope` above `after`, oldest first, at most `limit`.
+    pub fn config_after(
+        &self,
+        scope: &Scope,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<ConfigEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM config_versions
+             WHERE scope = ?1 AND version > ?2 ORDER BY version LIMIT ?3"
+        ))?;
+        let rows: Vec<_> = stmt
+            .query_map(
+                params![scope.to_string(), to_i64(after), to_i64(limit as u64)],
+                config_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(config_entry).collect()
+    }
+
+    /// One version of `scope`, if kept.
+    pub fn config_version(
+        &self,
+        scope: &Scope,
+        version: u64,
+    ) -> Result<Option<ConfigEntry>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT {CONFIG_COLUMNS} FROM config_versions WHERE scope = ?1 AND version = ?2"
+                ),
+                params![scope.to_string(), to_i64(version)],
+                config_row,
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        row.map(config_entry).transpose()
+    }
+
+    /// How many versions of `scope` are kept.
+    pub fn config_count(&self, scope: &Scope) -> Result<usize, StoreError> {
+        let count: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM config_versions WHERE scope = ?1",
+            params![scope.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// The oldest version of `scope` still kept.
+    pub fn oldest_config_version(&self, scope: &Scope) -> Result<Option<u64>, StoreError> {
+        let oldest: Option<i64> = self.conn().query_row(
+            "SELECT MIN(version) FROM config_versions WHERE scope = ?1",
+            params![scope.to_string()],
+            |r| r.get(0),
+        )?;
+        Ok(oldest.and_then(|v| u64::try_from(v).ok()))
+    }
+
     /// Forgets identities.
     pub fn delete_nodes(&self, ids: &[NodeId]) -> Result<(), StoreError> {
         if ids.is_empty() {
@@ -231,6 +417,57 @@ mod tests {
                 address: "127.0.0.1:2".into(),
                 ..node(1, "a")
             }
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn configuration_versions_survive_reopening_and_history_is_bounded() {
+        let dir = tempdir();
+        let entry = |scope: &str, version: u64| ConfigEntry {
+            scope: scope.parse().expect("scope"),
+            version,
+            data: serde_json::json!({"v": version}),
+            created_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + version),
+            role: "admin".into(),
+            rollback_of: 0,
+        };
+        {
+            let store = Store::open(&dir).expect("open");
+            for v in 1..=(HISTORY_PER_SCOPE as u64 + 5) {
+                store.insert_config(&entry("global", v)).expect("insert");
+            }
+            store
+                .insert_config(&entry("group:edge", 2_000))
+                .expect("insert");
+        }
+        let store = Store::open(&dir).expect("reopen");
+        let (mut latest, last) = store.load_configs().expect("load");
+        latest.sort_by_key(|e| e.version);
+        assert_eq!(last, 2_000);
+        assert_eq!(
+            latest,
+            vec![entry("global", 1_005), entry("group:edge", 2_000)]
+        );
+        let global = Scope::Global;
+        assert_eq!(
+            store.oldest_config_version(&global).expect("oldest"),
+            Some(6)
+        );
+        let page = store.config_history(&global, 1_004, 2).expect("history");
+        assert_eq!(
+            page.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [1_003, 1_002]
+        );
+        let after = store.config_after(&global, 1_002, 10).expect("after");
+        assert_eq!(
+            after.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [1_003, 1_004, 1_005]
+        );
+        assert_eq!(store.config_version(&global, 5).expect("query"), None);
+        assert_eq!(
+            store.config_version(&global, 6).expect("query"),
+            Some(entry("global", 6))
         );
         std::fs::remove_dir_all(dir).ok();
     }

@@ -3,6 +3,7 @@
 //! `INVALID_ARGUMENT`), and the `From` impls below decide every status code
 //! the control plane returns, in one place.
 
+pub mod config;
 mod discovery;
 mod farm;
 mod registry;
@@ -12,6 +13,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 use farm_api::v1;
 use tonic::Status;
 
+pub use config::ConfigService;
 pub use discovery::DiscoveryService;
 pub use farm::FarmService;
 pub use registry::RegistryService;
@@ -31,6 +33,7 @@ impl From<DomainError> for Status {
             DomainError::PermissionDenied(m) => Status::permission_denied(m),
             DomainError::ResourceExhausted(m) => Status::resource_exhausted(m),
             DomainError::FailedPrecondition(m) => Status::failed_precondition(m),
+            DomainError::Aborted(m) => Status::aborted(m),
         }
     }
 }

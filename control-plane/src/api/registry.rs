@@ -1,10 +1,10 @@
 //! `farm.v1.Registry`: registration and the heartbeat stream.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use farm_api::v1::{
-    DeregisterRequest, DeregisterResponse, HeartbeatRequest, HeartbeatResponse, RegisterRequest,
-    RegisterResponse, registry_server::Registry,
+    DeregisterRequest, DeregisterResponse, EffectiveConfig, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse, registry_server::Registry,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -13,8 +13,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
-use super::labels;
-use crate::{core::RegistrationRequest, state::FarmState};
+use super::{config::effective_message, labels};
+use crate::{
+    core::{
+        HealthPolicy, RegistrationRequest,
+        config::{Effective, lookup},
+    },
+    state::FarmState,
+};
 
 /// Acknowledgements queued per stream before the node is considered stuck.
 const ACK_QUEUE: usize = 16;
@@ -35,6 +41,63 @@ impl RegistryService {
 
 fn millis(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// What a heartbeat stream owes its node: the effective configuration when
+/// it differs from what the node reports and was not sent yet, and the
+/// interval to keep.
+struct Pusher {
+    effective: Option<Effective>,
+    policy: HealthPolicy,
+    /// Version the node last reported applying.
+    reported: u64,
+    /// Version last sent on this stream (none yet: `None`).
+    pushed: Option<u64>,
+    interval_ms: u32,
+}
+
+impl Pusher {
+    fn new(effective: Option<Effective>, policy: HealthPolicy) -> Self {
+        let mut pusher = Self {
+            effective: None,
+            policy,
+            reported: 0,
+            pushed: None,
+            interval_ms: millis(policy.heartbeat_interval),
+        };
+        pusher.update(effective);
+        pusher
+    }
+
+    fn update(&mut self, effective: Option<Effective>) {
+        self.interval_ms = millis(effective_interval(effective.as_ref(), self.policy));
+        self.effective = effective;
+    }
+
+    /// The configuration to send now, if any. A node reporting another
+    /// version than the effective one (older, or from a wiped farm) gets it.
+    fn due(&mut self) -> Option<EffectiveConfig> {
+        let effective = self.effective.as_ref()?;
+        if effective.version == self.reported || self.pushed == Some(effective.version) {
+            return None;
+        }
+        self.pushed = Some(effective.version);
+        Some(effective_message(effective))
+    }
+}
+
+/// A node's heartbeat interval: its configured `heartbeat_interval_ms`,
+/// kept between 10 ms and half the heartbeat timeout (so a configured
+/// interval never makes a live node miss its deadline), or the default.
+fn effective_interval(effective: Option<&Effective>, policy: HealthPolicy) -> Duration {
+    effective
+        .and_then(|e| lookup(&e.data, "heartbeat_interval_ms"))
+        .and_then(serde_json::Value::as_f64)
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .map_or(policy.heartbeat_interval, |ms| {
+            Duration::from_millis(ms as u64)
+                .clamp(Duration::from_millis(10), policy.heartbeat_timeout / 2)
+        })
 }
 
 #[tonic::async_trait]
@@ -117,7 +180,9 @@ impl Registry for RegistryService {
                 }
             };
             debug!(node.id = %id, epoch, "heartbeat stream opened");
-            let interval = millis(state.policy().heartbeat_interval);
+            let policy = state.policy();
+            let mut changes = state.config_changes();
+            let mut pusher = Pusher::new(state.effective_config(id).ok(), policy);
             let mut message = first;
             loop {
                 if let Err(err) =
@@ -126,23 +191,45 @@ impl Registry for RegistryService {
                     let _ = tx.send(Err(err.into())).await;
                     break;
                 }
+                pusher.reported = message.config_version;
                 let ack = HeartbeatResponse {
                     ack_seq: message.seq,
-                    heartbeat_interval_ms: interval,
-                    config: None,
+                    heartbeat_interval_ms: pusher.interval_ms,
+                    config: pusher.due(),
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
                 }
-                message = tokio::select! {
-                    next = inbound.message() => match next {
-                        Ok(Some(next)) => next,
-                        Ok(None) | Err(_) => break,
-                    },
-                    () = shutdown.cancelled() => {
-                        let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
-                        break;
+                // Wait for the next heartbeat, pushing configuration changes
+                // the moment they are written.
+                let next = loop {
+                    tokio::select! {
+                        next = inbound.message() => break next,
+                        changed = changes.changed() => {
+                            if changed.is_err() {
+                                break Ok(None);
+                            }
+                            pusher.update(state.effective_config(id).ok());
+                            if let Some(config) = pusher.due() {
+                                let push = HeartbeatResponse {
+                                    ack_seq: 0,
+                                    heartbeat_interval_ms: pusher.interval_ms,
+                                    config: Some(config),
+                                };
+                                if tx.send(Ok(push)).await.is_err() {
+                                    break Ok(None);
+                                }
+                            }
+                        }
+                        () = shutdown.cancelled() => {
+                            let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                            break Ok(None);
+                        }
                     }
+                };
+                message = match next {
+                    Ok(Some(next)) => next,
+                    Ok(None) | Err(_) => break,
                 };
             }
             state.close_stream(id, epoch);

@@ -24,6 +24,9 @@ pub enum DomainError {
     /// The operation does not apply to this node or farm as it is now.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A compare-and-set lost: the version was not the one expected.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl DomainError {

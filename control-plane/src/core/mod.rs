@@ -1,4 +1,5 @@
-//! The domain core: membership, groups and health of the farm's nodes.
+//! The domain core: membership, groups and health of the farm's nodes, and
+//! their versioned configuration.
 //!
 //! Architecture invariant: nothing here imports tonic, prost or bollard, and
 //! nothing here does I/O or reads the clock. Callers pass `now` in, so every
@@ -6,6 +7,7 @@
 //! and deterministically. The gRPC adapters translate wire messages into these
 //! types and [`DomainError`] into status codes in one place.
 
+pub mod config;
 mod error;
 mod health;
 mod names;

@@ -1,0 +1,453 @@
+//! `farm.v1.Config`: versioned configuration per scope, and its pushes.
+
+use std::pin::Pin;
+
+use farm_api::v1::{
+    self, ChangeKind, ConfigEvent, DiffRequest, DiffResponse, EffectiveConfig, GetConfigRequest,
+    GetConfigResponse, GetEffectiveConfigRequest, HistoryRequest, HistoryResponse,
+    PutConfigRequest, PutConfigResponse, RollbackRequest, RollbackResponse, WatchConfigRequest,
+    config_server::Config,
+};
+use futures::Stream;
+use serde_json::Value;
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use super::{parse_node_id, timestamp};
+use crate::{
+    auth::{Role, writer},
+    core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
+    state::{FarmState, StateError},
+};
+
+/// Events queued per watcher before it is considered stuck.
+const WATCH_QUEUE: usize = 64;
+
+/// The Config service.
+#[derive(Debug, Clone)]
+pub struct ConfigService {
+    state: FarmState,
+    /// Cancelled at shutdown: open watches end with UNAVAILABLE.
+    shutdown: CancellationToken,
+}
+
+impl ConfigService {
+    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
+        Self { state, shutdown }
+    }
+
+    /// Runs a blocking state call (store I/O) off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(FarmState) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || call(state))
+            .await
+            .map_err(|e| Status::internal(format!("configuration task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+fn parse_scope(scope: &str) -> Result<Scope, Status> {
+    if scope.is_empty() {
+        return Err(Status::invalid_argument(
+            "scope is required: `global`, `group:<name>` or `node:<id>`",
+        ));
+    }
+    Ok(scope.parse()?)
+}
+
+/// A protobuf `Value` as JSON. Whole numbers become JSON integers, so that
+/// `150` stays `150` and not `150.0`.
+pub fn to_json(value: &prost_types::Value) -> Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(*b),
+        Some(Kind::StringValue(s)) => Value::String(s.clone()),
+        Some(Kind::NumberValue(n)) => {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Value::from(*n as i64)
+            } else {
+                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
+            }
+        }
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(to_json).collect()),
+    }
+}
+
+pub fn struct_to_json(s: &prost_types::Struct) -> Value {
+    Value::Object(
+        s.fields
+            .iter()
+            .map(|(k, v)| (k.clone(), to_json(v)))
+            .collect(),
+    )
+}
+
+/// JSON as a protobuf `Value`.
+pub fn from_json(value: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(from_json).collect(),
+        }),
+        Value::Object(_) => Kind::StructValue(json_to_struct(value)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A JSON object as a protobuf `Struct` (anything else: empty).
+pub fn json_to_struct(value: &Value) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: value
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn version_message(entry: &ConfigEntry) -> v1::ConfigVersion {
+    v1::ConfigVersion {
+        scope: entry.scope.to_string(),
+        version: entry.version,
+        data: Some(json_to_struct(&entry.data)),
+        created_at: Some(timestamp(entry.created_at)),
+        role: entry.role.clone(),
+        rollback_of: entry.rollback_of,
+    }
+}
+
+fn event(entry: &ConfigEntry, snapshot: bool) -> ConfigEvent {
+    ConfigEvent {
+        scope: entry.scope.to_string(),
+        version: entry.version,
+        data: Some(json_to_struct(&entry.data)),
+        created_at: Some(timestamp(entry.created_at)),
+        role: entry.role.clone(),
+        snapshot,
+    }
+}
+
+/// The wire form of an effective configuration.
+pub fn effective_message(effective: &Effective) -> EffectiveConfig {
+    EffectiveConfig {
+        version: effective.version,
+        data: Some(json_to_struct(&effective.data)),
+    }
+}
+
+fn change_message(change: Change) -> v1::ConfigChange {
+    let (path, kind, old, new) = match change {
+        Change::Added { path, new } => (path, ChangeKind::Added, None, Some(new)),
+        Change::Removed { path, old } => (path, ChangeKind::Removed, Some(old), None),
+        Change::Changed { path, old, new } => (path, ChangeKind::Changed, Some(old), Some(new)),
+    };
+    v1::ConfigChange {
+        path,
+        kind: kind.into(),
+        old_value: old.as_ref().map(from_json),
+        new_value: new.as_ref().map(from_json),
+    }
+}
+
+type EventSender = mpsc::Sender<Result<ConfigEvent, Status>>;
+
+/// Streams a node's effective configuration each time it changes.
+async fn watch_node(
+    state: FarmState,
+    id: crate::core::NodeId,
+    from: u64,
+    tx: EventSender,
+    shutdown: CancellationToken,
+) {
+    let mut changes = state.config_changes();
+    let mut last = from;
+    loop {
+        changes.mark_unchanged();
+        match state.effective_config(id) {
+            Ok(effective) if effective.version > last => {
+                last = effective.version;
+                let event = ConfigEvent {
+                    scope: Scope::Node(id).to_string(),
+                    version: effective.version,
+                    data: Some(json_to_struct(&effective.data)),
+                    created_at: None,
+                    role: String::new(),
+                    snapshot: false,
+                };
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(err) => {
+                let _ = tx.send(Err(err.into())).await;
+                return;
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                return;
+            }
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// Streams every version of `scope` after `from`: the kept history, then
+/// live versions; a snapshot when the history no longer reaches back.
+async fn watch_scope(
+    state: FarmState,
+    scope: Scope,
+    from: u64,
+    tx: EventSender,
+    shutdown: CancellationToken,
+) {
+    let mut live = state.subscribe_config();
+    let mut last = from;
+    let mut catch_up = true;
+    loop {
+        if catch_up {
+            catch_up = false;
+            let scope_at = scope.clone();
+            let state_at = state.clone();
+            let since = tokio::task::spawn_blocking(move || {
+                state_at.config_since(&scope_at, last, HISTORY_PER_SCOPE)
+            })
+            .await;
+            let (entries, complete) = match since {
+                Ok(Ok(found)) => found,
+                Ok(Err(err)) => {
+                    let _ = tx.send(Err(err.into())).await;
+                    return;
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(Status::internal(err.to_string()))).await;
+                    return;
+                }
+            };
+            let events: Vec<ConfigEvent> = if complete {
+                entries.iter().map(|e| event(e, false)).collect()
+            } else {
+                state
+                    .get_config(&scope)
+                    .map(|e| event(&e, true))
+                    .into_iter()
+                    .collect()
+            };
+            for event in events {
+                if event.version <= last {
+                    continue;
+                }
+                last = event.version;
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let next = tokio::select! {
+            next = live.recv() => next,
+            () = shutdown.cancelled() => {
+                let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                return;
+            }
+            () = tx.closed() => return,
+        };
+        match next {
+            Ok(entry) if entry.scope == scope && entry.version > last => {
+                last = entry.version;
+                if tx.send(Ok(event(&entry, false))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            // Fell behind: read what was missed from the store.
+            Err(RecvError::Lagged(_)) => catch_up = true,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Config for ConfigService {
+    async fn get_config(
+        &self,
+        request: Request<GetConfigRequest>,
+    ) -> Result<Response<GetConfigResponse>, Status> {
+        let scope = parse_scope(&request.get_ref().scope)?;
+        let response = match self.state.get_config(&scope) {
+            Some(entry) => GetConfigResponse {
+                scope: scope.to_string(),
+                version: entry.version,
+                data: Some(json_to_struct(&entry.data)),
+                updated_at: Some(timestamp(entry.created_at)),
+                role: entry.role,
+            },
+            None => GetConfigResponse {
+                scope: scope.to_string(),
+                version: 0,
+                data: Some(prost_types::Struct::default()),
+                updated_at: None,
+                role: String::new(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn put_config(
+        &self,
+        request: Request<PutConfigRequest>,
+    ) -> Result<Response<PutConfigResponse>, Status> {
+        let role = writer(request.extensions().get::<Role>().copied());
+        let request = request.into_inner();
+        let scope = parse_scope(&request.scope)?;
+        let data = request
+            .data
+            .as_ref()
+            .map(struct_to_json)
+            .ok_or_else(|| Status::invalid_argument("data is required (a JSON object)"))?;
+        let expected = request.expected_version;
+        let entry = self
+            .blocking(move |state| state.put_config(scope, data, expected, role, 0))
+            .await?;
+        info!(scope = %entry.scope, version = entry.version, role, "configuration written");
+        Ok(Response::new(PutConfigResponse {
+            scope: entry.scope.to_string(),
+            version: entry.version,
+        }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let request = request.into_inner();
+        let scope = parse_scope(&request.scope)?;
+        let limit = match request.limit {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            n => {
+                return Err(Status::invalid_argument(format!("limit {n} is above 1000")));
+            }
+        };
+        let before = request.before_version;
+        let entries = self
+            .blocking(move |state| state.config_history(&scope, before, limit))
+            .await?;
+        Ok(Response::new(HistoryResponse {
+            versions: entries.iter().map(version_message).collect(),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<RollbackResponse>, Status> {
+        let role = writer(request.extensions().get::<Role>().copied());
+        let request = request.into_inner();
+        let scope = parse_scope(&request.scope)?;
+        if request.version == 0 {
+            return Err(Status::invalid_argument("version is required"));
+        }
+        let (version, expected) = (request.version, request.expected_version);
+        let entry = self
+            .blocking(move |state| state.rollback_config(scope, version, expected, role))
+            .await?;
+        info!(scope = %entry.scope, version = entry.version, rollback_of = version, role, "configuration rolled back");
+        Ok(Response::new(RollbackResponse {
+            scope: entry.scope.to_string(),
+            version: entry.version,
+        }))
+    }
+
+    async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
+        let request = request.into_inner();
+        let scope = parse_scope(&request.scope)?;
+        let (from, to) = (request.from_version, request.to_version);
+        let (from, to, changes) = self
+            .blocking(move |state| state.config_diff(&scope, from, to))
+            .await?;
+        Ok(Response::new(DiffResponse {
+            from_version: from,
+            to_version: to,
+            changes: changes.into_iter().map(change_message).collect(),
+        }))
+    }
+
+    async fn get_effective_config(
+        &self,
+        request: Request<GetEffectiveConfigRequest>,
+    ) -> Result<Response<EffectiveConfig>, Status> {
+        let id = parse_node_id("node_id", &request.get_ref().node_id)?;
+        let effective = self.state.effective_config(id)?;
+        Ok(Response::new(effective_message(&effective)))
+    }
+
+    type WatchConfigStream =
+        Pin<Box<dyn Stream<Item = Result<ConfigEvent, Status>> + Send + 'static>>;
+
+    async fn watch_config(
+        &self,
+        request: Request<WatchConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let request = request.into_inner();
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let state = self.state.clone();
+        let shutdown = self.shutdown.clone();
+        match (request.scope.is_empty(), request.node_id.is_empty()) {
+            (false, true) => {
+                let scope = parse_scope(&request.scope)?;
+                tokio::spawn(watch_scope(
+                    state,
+                    scope,
+                    request.from_version,
+                    tx,
+                    shutdown,
+                ));
+            }
+            (true, false) => {
+                let id = parse_node_id("node_id", &request.node_id)?;
+                // Unknown nodes are refused before the stream starts.
+                self.state.effective_config(id)?;
+                tokio::spawn(watch_node(state, id, request.from_version, tx, shutdown));
+            }
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of scope and node_id",
+                ));
+            }
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn json_and_struct_round_trip() {
+        let data = json!({"workload": {"delay_ms": 150, "error_rate": 0.25}, "tags": ["a", true, null], "n": -3});
+        let back = struct_to_json(&json_to_struct(&data));
+        assert_eq!(back, data);
+        assert_eq!(
+            back["workload"]["delay_ms"].as_u64(),
+            Some(150),
+            "integers stay integers"
+        );
+    }
+}

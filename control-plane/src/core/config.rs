@@ -1,0 +1,453 @@
+//! Versioned configuration: scopes, the layered merge, diffs, and the book
+//! of each scope's latest version.
+//!
+//! Versions come from one counter shared by every scope, so they only grow,
+//! within a scope and across scopes. A node's effective configuration is the
+//! deep merge of `global`, its group's and its own; its version is the
+//! highest version among those layers, which grows whenever any layer
+//! changes. History lives in the store; the book holds the latest version of
+//! each scope, which is all a merge needs.
+
+use std::{collections::HashMap, fmt, str::FromStr, time::SystemTime};
+
+use serde_json::{Map, Value};
+
+use super::{DomainError, NodeId, validate_group};
+
+/// Largest configuration of one scope, as compact JSON.
+pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Versions kept per scope; older ones are dropped from the history.
+pub const HISTORY_PER_SCOPE: usize = 1000;
+
+/// Where a configuration applies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every node.
+    Global,
+    /// The members of one group.
+    Group(String),
+    /// One node.
+    Node(NodeId),
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Global => f.write_str("global"),
+            Self::Group(name) => write!(f, "group:{name}"),
+            Self::Node(id) => write!(f, "node:{id}"),
+        }
+    }
+}
+
+impl FromStr for Scope {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        let bad = || {
+            DomainError::invalid(format!(
+                "scope {s:?} is not `global`, `group:<name>` or `node:<id>`"
+            ))
+        };
+        if s == "global" {
+            return Ok(Self::Global);
+        }
+        if let Some(name) = s.strip_prefix("group:") {
+            validate_group(name).map_err(|_| bad())?;
+            return Ok(Self::Group(name.to_owned()));
+        }
+        if let Some(id) = s.strip_prefix("node:") {
+            return id.parse::<NodeId>().map(Self::Node).map_err(|_| bad());
+        }
+        Err(bad())
+    }
+}
+
+/// One version of one scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigEntry {
+    pub scope: Scope,
+    pub version: u64,
+    /// Always a JSON object.
+    pub data: Value,
+    pub created_at: SystemTime,
+    /// Role of the writer (`admin`, or `open` without tokens).
+    pub role: String,
+    /// The version a rollback copied; 0 for an ordinary write.
+    pub rollback_of: u64,
+}
+
+/// Checks that `data` can be stored: an object, at most
+/// [`MAX_CONFIG_BYTES`] as JSON.
+pub fn validate_data(data: &Value) -> Result<(), DomainError> {
+    if !data.is_object() {
+        return Err(DomainError::invalid(
+            "configuration data must be a JSON object",
+        ));
+    }
+    let size = serde_json::to_vec(data).map_or(usize::MAX, |v| v.len());
+    if size > MAX_CONFIG_BYTES {
+        return Err(DomainError::invalid(format!(
+            "configuration data is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
+/// Merges `overlay` into `base`: objects key by key (recursively), any
+/// other value of `overlay` replacing `base`'s.
+pub fn merge(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Object(base), Value::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay.clone(),
+    }
+}
+
+/// How one key path changed between two configurations.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Added {
+        path: String,
+        new: Value,
+    },
+    Removed {
+        path: String,
+        old: Value,
+    },
+    Changed {
+        path: String,
+        old: Value,
+        new: Value,
+    },
+}
+
+impl Change {
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Added { path, .. } | Self::Removed { path, .. } | Self::Changed { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
+/// Changed key paths from `old` to `new`, sorted by path. Objects are
+/// compared key by key; anything else as a whole.
+pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
+    fn walk(
+        prefix: &str,
+        old: &Map<String, Value>,
+        new: &Map<String, Value>,
+        out: &mut Vec<Change>,
+    ) {
+        let path = |key: &str| {
+            if prefix.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{prefix}.{key}")
+            }
+        };
+        for (key, old_value) in old {
+            match new.get(key) {
+                None => out.push(Change::Removed {
+                    path: path(key),
+                    old: old_value.clone(),
+                }),
+                Some(new_value) => match (old_value, new_value) {
+                    (Value::Object(a), Value::Object(b)) => walk(&path(key), a, b, out),
+                    (a, b) if a != b => out.push(Change::Changed {
+                        path: path(key),
+                        old: a.clone(),
+                        new: b.clone(),
+                    }),
+                    _ => {}
+                },
+            }
+        }
+        for (key, new_value) in new {
+            if !old.contains_key(key) {
+                out.push(Change::Added {
+                    path: path(key),
+                    new: new_value.clone(),
+                });
+            }
+        }
+    }
+    let empty = Map::new();
+    let mut out = Vec::new();
+    walk(
+        "",
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+        &mut out,
+    );
+    out.sort_by(|a, b| a.path().cmp(b.path()));
+    out
+}
+
+/// The value at a dotted key path: nested objects first
+/// (`{"workload": {"delay_ms": 5}}`), then the dotted name as a top-level
+/// key (`{"workload.delay_ms": 5}`).
+pub fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
+    let nested = path
+        .split('.')
+        .try_fold(data, |value, key| value.as_object()?.get(key));
+    nested.or_else(|| data.as_object()?.get(path))
+}
+
+/// A node's effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effective {
+    /// Highest version among the layers; 0 when none is set.
+    pub version: u64,
+    pub data: Value,
+}
+
+/// The latest version of every scope, and the version counter.
+#[derive(Debug, Default)]
+pub struct ConfigBook {
+    latest: HashMap<Scope, ConfigEntry>,
+    last_version: u64,
+}
+
+impl ConfigBook {
+    /// A book holding these latest entries; the counter continues after
+    /// `last_version` (the highest version ever written, kept or not).
+    pub fn new(latest: Vec<ConfigEntry>, last_version: u64) -> Self {
+        let last_version = latest
+            .iter()
+            .map(|e| e.version)
+            .max()
+            .unwrap_or(0)
+            .max(last_version);
+        Self {
+            latest: latest.into_iter().map(|e| (e.scope.clone(), e)).collect(),
+            last_version,
+        }
+    }
+
+    /// The highest version written so far.
+    pub fn last_version(&self) -> u64 {
+        self.last_version
+    }
+
+    /// The latest entry of `scope`, if it was ever written.
+    pub fn latest(&self, scope: &Scope) -> Option<&ConfigEntry> {
+        self.latest.get(scope)
+    }
+
+    /// Current version of `scope` (0 if never written).
+    pub fn version_of(&self, scope: &Scope) -> u64 {
+        self.latest.get(scope).map_or(0, |e| e.version)
+    }
+
+    /// Prepares the next version of `scope`, checking `expected` (0: no
+    /// check) against the current one. Nothing changes until [`commit`].
+    ///
+    /// [`commit`]: Self::commit
+    pub fn prepare(
+        &self,
+        scope: Scope,
+        data: Value,
+        expected: u64,
+        role: &str,
+        rollback_of: u64,
+        now: SystemTime,
+    ) -> Result<ConfigEntry, DomainError> {
+        validate_data(&data)?;
+        let current = self.version_of(&scope);
+        if expected != 0 && expected != current {
+            return Err(DomainError::Aborted(format!(
+                "{scope} is at version {current}, not the expected {expected}"
+            )));
+        }
+        Ok(ConfigEntry {
+            scope,
+            version: self.last_version + 1,
+            data,
+            created_at: now,
+            role: role.to_owned(),
+            rollback_of,
+        })
+    }
+
+    /// Makes a prepared (and stored) entry the latest of its scope.
+    pub fn commit(&mut self, entry: ConfigEntry) {
+        self.last_version = self.last_version.max(entry.version);
+        self.latest.insert(entry.scope.clone(), entry);
+    }
+
+    /// The effective configuration of node `id` in `group`.
+    pub fn effective(&self, id: NodeId, group: &str) -> Effective {
+        let mut data = Value::Object(Map::new());
+        let mut version = 0;
+        for scope in [
+            Scope::Global,
+            Scope::Group(group.to_owned()),
+            Scope::Node(id),
+        ] {
+            if let Some(entry) = self.latest.get(&scope) {
+                merge(&mut data, &entry.data);
+                version = version.max(entry.version);
+            }
+        }
+        Effective { version, data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn scopes_parse_and_print() {
+        for text in ["global", "group:edge", "node:n7"] {
+            let scope: Scope = text.parse().expect(text);
+            assert_eq!(scope.to_string(), text);
+        }
+        for bad in [
+            "",
+            "Global",
+            "group:",
+            "group:a/b",
+            "node:",
+            "node:7",
+            "node:nx",
+            "zone:a",
+        ] {
+            assert!(
+                matches!(bad.parse::<Scope>(), Err(DomainError::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn merge_is_deep_for_objects_and_replaces_the_rest() {
+        let mut base =
+            json!({"workload": {"delay_ms": 5, "error_rate": 0.1}, "tags": [1, 2], "x": 1});
+        merge(
+            &mut base,
+            &json!({"workload": {"delay_ms": 9}, "tags": [3], "x": {"y": 2}}),
+        );
+        assert_eq!(
+            base,
+            json!({"workload": {"delay_ms": 9, "error_rate": 0.1}, "tags": [3], "x": {"y": 2}})
+        );
+    }
+
+    #[test]
+    fn data_must_be_a_small_object() {
+        assert!(validate_data(&json!({"a": 1})).is_ok());
+        assert!(validate_data(&json!([1])).is_err());
+        assert!(validate_data(&json!("text")).is_err());
+        let big = json!({"blob": "x".repeat(MAX_CONFIG_BYTES)});
+        let err = validate_data(&big).expect_err("too big");
+        assert!(err.to_string().contains("limit"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_found_nested_or_dotted() {
+        let nested = json!({"workload": {"delay_ms": 5}});
+        let dotted = json!({"workload.delay_ms": 7});
+        let both = json!({"workload": {"delay_ms": 5}, "workload.delay_ms": 7});
+        assert_eq!(lookup(&nested, "workload.delay_ms"), Some(&json!(5)));
+        assert_eq!(lookup(&dotted, "workload.delay_ms"), Some(&json!(7)));
+        assert_eq!(lookup(&both, "workload.delay_ms"), Some(&json!(5)));
+        assert_eq!(lookup(&nested, "workload.error_rate"), None);
+        assert_eq!(
+            lookup(
+                &json!({"heartbeat_interval_ms": 250}),
+                "heartbeat_interval_ms"
+            ),
+            Some(&json!(250))
+        );
+    }
+
+    #[test]
+    fn diff_lists_paths() {
+        let old = json!({"a": 1, "w": {"d": 5, "e": 1}, "gone": true});
+        let new = json!({"a": 2, "w": {"d": 5, "r": 3}, "new": [1]});
+        let paths: Vec<String> = diff(&old, &new)
+            .iter()
+            .map(|c| match c {
+                Change::Added { path, .. } => format!("+{path}"),
+                Change::Removed { path, .. } => format!("-{path}"),
+                Change::Changed { path, .. } => format!("~{path}"),
+            })
+            .collect();
+        assert_eq!(paths, ["~a", "-gone", "+new", "-w.e", "+w.r"]);
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn versions_are_shared_and_compare_and_set_checks_the_scope() {
+        let mut book = ConfigBook::default();
+        let now = UNIX_EPOCH;
+        let put = |book: &mut ConfigBook, scope: &str, data: Value, expected| {
+            let entry = book.prepare(
+                scope.parse().expect("scope"),
+                data,
+                expected,
+                "admin",
+                0,
+                now,
+            )?;
+            let version = entry.version;
+            book.commit(entry);
+            Ok::<u64, DomainError>(version)
+        };
+        assert_eq!(put(&mut book, "global", json!({"a": 1}), 0), Ok(1));
+        assert_eq!(put(&mut book, "group:edge", json!({"b": 1}), 0), Ok(2));
+        assert_eq!(put(&mut book, "global", json!({"a": 2}), 1), Ok(3));
+        let lost = put(&mut book, "global", json!({"a": 3}), 1).expect_err("stale");
+        assert!(
+            matches!(&lost, DomainError::Aborted(m) if m.contains("version 3")),
+            "{lost}"
+        );
+        assert_eq!(book.version_of(&Scope::Global), 3);
+
+        let id: NodeId = "n4".parse().expect("id");
+        let e = book.effective(id, "edge");
+        assert_eq!(
+            e,
+            Effective {
+                version: 3,
+                data: json!({"a": 2, "b": 1})
+            }
+        );
+        assert_eq!(put(&mut book, "node:n4", json!({"a": 9}), 0), Ok(4));
+        assert_eq!(book.effective(id, "edge").data, json!({"a": 9, "b": 1}));
+        assert_eq!(book.effective(id, "edge").version, 4);
+        assert_eq!(book.effective(id, "other").version, 4);
+        let other: NodeId = "n5".parse().expect("id");
+        assert_eq!(
+            book.effective(other, "other"),
+            Effective {
+                version: 3,
+                data: json!({"a": 2})
+            }
+        );
+        let empty = ConfigBook::default().effective(other, "x");
+        assert_eq!(
+            empty,
+            Effective {
+                version: 0,
+                data: json!({})
+            }
+        );
+    }
+}
