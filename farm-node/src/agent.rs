@@ -2,6 +2,11 @@
 //! keep one bidirectional heartbeat stream open at the interval the control
 //! plane asks for. When the control plane goes away, reconnect with
 //! exponential backoff and full jitter, and re-attach under the same id.
+//!
+//! Configuration comes down the same stream: the agent applies each pushed
+//! configuration at once, reports its version in an immediate heartbeat
+//! (and in every one after), and caches it so that the next start applies
+//! it before the control plane answers.
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,8 +26,10 @@ use tonic::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    cache::ConfigCache,
     config::NodeConfig,
     identity::{Identity, IdentityStore},
+    settings::NodeConfigData,
     workload::NodeStatus,
 };
 
@@ -117,6 +124,9 @@ pub struct Agent {
     config: NodeConfig,
     status: Arc<NodeStatus>,
     identities: IdentityStore,
+    configs: ConfigCache,
+    /// The configuration applied last (version 0 and empty before any).
+    applied: NodeConfigData,
     shutdown: CancellationToken,
 }
 
@@ -151,13 +161,50 @@ impl Agent {
             .transpose()?;
         let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), Auth(token));
         let identities = IdentityStore::new(config.cache_dir.as_deref());
+        let configs = ConfigCache::new(config.cache_dir.as_deref());
         Ok(Self {
             client,
             config,
             status,
             identities,
+            configs,
+            applied: NodeConfigData::default(),
             shutdown,
         })
+    }
+
+    /// Applies the cached configuration, if any: a node runs as it was
+    /// last configured whether or not the control plane answers.
+    pub fn apply_cached_config(&mut self) {
+        if let Some(cached) = self.configs.load() {
+            self.status.apply_config(&cached, "cache");
+            self.applied = cached;
+        }
+    }
+
+    /// Applies a configuration pushed by the control plane, unless it is the
+    /// one already applied; `true` when it was applied.
+    fn apply_pushed(&mut self, pushed: NodeConfigData) -> bool {
+        if pushed == self.applied {
+            return false;
+        }
+        self.status.apply_config(&pushed, "control plane");
+        self.applied = pushed;
+        true
+    }
+
+    /// Caches the applied configuration for the next start (off the async
+    /// workers: it waits for the disk).
+    async fn cache_applied(&self) {
+        let cache = self.configs.clone();
+        let config = self.applied.clone();
+        match tokio::task::spawn_blocking(move || cache.save(&config)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(cause = %err, "cannot cache the configuration; a restart without the control plane will not apply it");
+            }
+            Err(err) => warn!(cause = %err, "caching the configuration failed"),
+        }
     }
 
     /// Runs until shutdown. Never deregisters: a stopped node keeps its
@@ -292,7 +339,8 @@ impl Agent {
         registered: &RegisterResponse,
         backoff: &mut Backoff,
     ) -> StreamEnd {
-        let mut interval = interval_of(registered.heartbeat_interval_ms);
+        let configured = self.status.settings().heartbeat_interval_ms;
+        let mut interval = interval_of(registered.heartbeat_interval_ms, configured);
         // Without an acknowledgement for this long the control plane is
         // considered gone (a frozen process keeps its socket open).
         let timeout = Duration::from_millis(u64::from(registered.heartbeat_timeout_ms));
@@ -304,7 +352,7 @@ impl Agent {
             node_id: identity.node_id.clone(),
             secret: identity.secret.clone(),
             seq,
-            config_version: 0,
+            config_version: self.applied.version,
             serving: true,
         };
         if tx.send(first).await.is_err() {
@@ -331,7 +379,7 @@ impl Agent {
                     seq += 1;
                     let beat = HeartbeatRequest {
                         seq,
-                        config_version: 0,
+                        config_version: self.applied.version,
                         serving: true,
                         ..Default::default()
                     };
@@ -349,12 +397,34 @@ impl Agent {
                             backoff.reset();
                             debug!(node.id = %identity.node_id, "heartbeat stream open");
                         }
-                        let asked = interval_of(ack.heartbeat_interval_ms);
-                        if asked != interval {
-                            info!(from = ?interval, to = ?asked, "heartbeat interval changed");
-                            interval = asked;
-                            ticker = tokio::time::interval_at(Instant::now() + interval, interval);
-                            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        if let Some(pushed) = &ack.config
+                            && self.apply_pushed(NodeConfigData::from_proto(pushed))
+                        {
+                            // Report the new version now rather than at the
+                            // next tick; if the queue is full, that tick
+                            // reports it.
+                            seq += 1;
+                            let beat = HeartbeatRequest {
+                                seq,
+                                config_version: self.applied.version,
+                                serving: true,
+                                ..Default::default()
+                            };
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(beat) {
+                                return StreamEnd::Lost("the request stream closed".into());
+                            }
+                            self.cache_applied().await;
+                        }
+                        // A message that only pushes a configuration may name
+                        // no interval: keep the current one.
+                        if ack.heartbeat_interval_ms != 0 {
+                            let asked = interval_of(ack.heartbeat_interval_ms, None);
+                            if asked != interval {
+                                info!(from = ?interval, to = ?asked, "heartbeat interval changed");
+                                interval = asked;
+                                ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+                                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                            }
                         }
                     }
                     Ok(None) => return StreamEnd::Lost("the control plane closed the stream".into()),
@@ -379,11 +449,14 @@ fn end_of(status: Status) -> StreamEnd {
     }
 }
 
-fn interval_of(millis: u32) -> Duration {
-    if millis == 0 {
-        DEFAULT_INTERVAL
-    } else {
-        Duration::from_millis(u64::from(millis)).max(MIN_INTERVAL)
+/// The interval to keep: the one the control plane names, else the
+/// configured one, else the default.
+fn interval_of(millis: u32, configured: Option<u32>) -> Duration {
+    match (millis, configured) {
+        (0, None | Some(0)) => DEFAULT_INTERVAL,
+        (0, Some(millis)) | (millis, _) => {
+            Duration::from_millis(u64::from(millis)).max(MIN_INTERVAL)
+        }
     }
 }
 
@@ -410,8 +483,13 @@ mod tests {
 
     #[test]
     fn intervals_are_bounded() {
-        assert_eq!(interval_of(0), DEFAULT_INTERVAL);
-        assert_eq!(interval_of(1), MIN_INTERVAL);
-        assert_eq!(interval_of(250), Duration::from_millis(250));
+        assert_eq!(interval_of(0, None), DEFAULT_INTERVAL);
+        assert_eq!(interval_of(1, None), MIN_INTERVAL);
+        assert_eq!(interval_of(250, None), Duration::from_millis(250));
+        // The control plane's interval wins over the configured one, which
+        // wins over the default.
+        assert_eq!(interval_of(250, Some(40)), Duration::from_millis(250));
+        assert_eq!(interval_of(0, Some(40)), Duration::from_millis(40));
+        assert_eq!(interval_of(0, Some(0)), DEFAULT_INTERVAL);
     }
 }

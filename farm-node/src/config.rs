@@ -46,8 +46,10 @@ pub struct NodeArgs {
     pub labels: Vec<(String, String)>,
 
     /// Folder where the node keeps its identity (id and secret), so that a
-    /// restarted node re-attaches under the same id. Without it every start
-    /// registers a new identity.
+    /// restarted node re-attaches under the same id, and the configuration
+    /// it applied last (`config.json`), applied again at the next start
+    /// before the control plane answers. Without it every start registers a
+    /// new identity and starts unconfigured.
     #[arg(long, env = "FARM_NODE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 

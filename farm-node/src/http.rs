@@ -63,7 +63,8 @@ async fn index(State(http): State<Http>) -> String {
          address:   {address}\n\
          connected: {connected}\n\
          uptime:    {uptime}s\n\
-         requests:  {requests} ({errors} failed)\n\n\
+         requests:  {requests} ({errors} failed)\n\
+         config:    {settings}\n\n\
          gRPC: farm.v1.Workload, grpc.health.v1.Health\n\
          HTTP: /health, /slow?ms=N (N <= {MAX_DELAY_MS}), /error/CODE (400-599), /data/BYTES (<= {MAX_RESPONSE_BYTES})\n",
         version = env!("CARGO_PKG_VERSION"),
@@ -79,6 +80,7 @@ async fn index(State(http): State<Http>) -> String {
         uptime = status.uptime().as_secs(),
         requests = status.requests(),
         errors = status.errors(),
+        settings = status.settings(),
     )
 }
 

@@ -1,16 +1,18 @@
 //! The node's identity (id and secret issued by the control plane), kept in
 //! `<cache-dir>/identity.json` so a restarted node re-attaches under the same
-//! id. Written atomically (temporary file, fsync, rename): a crash mid-write
-//! leaves the old identity or the new one, never half of each.
+//! id. Written atomically (temporary file, fsync, rename, fsync of the
+//! folder): a crash mid-write leaves the old identity or the new one, never
+//! half of each.
 
 use std::{
-    fs,
-    io::{self, Write},
+    fs, io,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
+
+use crate::cache::write_atomically;
 
 /// An identity issued by the control plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,20 +68,8 @@ impl IdentityStore {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(identity).map_err(io::Error::other)?)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            // Make the rename itself durable.
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        let bytes = serde_json::to_vec_pretty(identity).map_err(io::Error::other)?;
+        write_atomically(path, &bytes)
     }
 
     /// Forgets the cached identity (the control plane no longer knows it).

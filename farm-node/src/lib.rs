@@ -1,16 +1,19 @@
 //! The farm's node agent. One port serves `farm.v1.Workload`,
 //! `grpc.health.v1.Health` and plain HTTP; beside it the agent registers with
 //! the control plane and keeps a heartbeat stream open, reconnecting with
-//! backoff when the control plane goes away.
+//! backoff when the control plane goes away, and applies the configuration
+//! the control plane pushes (or, until it answers, the cached one).
 //!
 //! [`run`] receives a bound listener and a shutdown future, so tests and
 //! embedders start nodes on `127.0.0.1:0` in-process; `main.rs` only parses
 //! flags, binds and waits for a signal.
 
 pub mod agent;
+pub mod cache;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod settings;
 pub mod workload;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -89,7 +92,9 @@ pub async fn run(
         address.clone(),
     ));
     let cancel = CancellationToken::new();
-    let agent = Agent::new(config, status.clone(), cancel.clone())?;
+    let mut agent = Agent::new(config, status.clone(), cancel.clone())?;
+    // Before the port opens: the first request already gets the settings.
+    agent.apply_cached_config();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

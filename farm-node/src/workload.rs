@@ -1,11 +1,13 @@
 //! `farm.v1.Workload`: the work load tests drive. A request asks for CPU
 //! work, a delay, a response size or a failure; the node does exactly that,
-//! so one binary can play a fast, slow, heavy or failing server.
+//! so one binary can play a fast, slow, heavy or failing server. What a
+//! request leaves unasked (no delay, no response size, no failure) comes
+//! from the node's configuration ([`Settings`]).
 
 use std::{
     pin::Pin,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -19,6 +21,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::settings::{NodeConfigData, Settings};
 
 /// Longest delay a request may ask for.
 pub const MAX_DELAY_MS: u32 = 60_000;
@@ -43,6 +48,9 @@ pub struct NodeStatus {
     connected: AtomicBool,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// The applied configuration, read by every request: reads vastly
+    /// outnumber writes, and a read only copies a few words out.
+    settings: RwLock<Settings>,
 }
 
 impl NodeStatus {
@@ -56,7 +64,29 @@ impl NodeStatus {
             connected: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            settings: RwLock::new(Settings::default()),
         }
+    }
+
+    /// The settings of the applied configuration.
+    pub fn settings(&self) -> Settings {
+        // A poisoned lock still holds whole settings (they are `Copy`).
+        *self.settings.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `config` (from `source`: the control plane or the cache) at
+    /// once; keys that cannot be used are reported and ignored.
+    pub fn apply_config(&self, config: &NodeConfigData, source: &str) -> Settings {
+        let (settings, problems) = Settings::from_config(config);
+        for problem in &problems {
+            warn!(config.version = config.version, key = %problem.key, cause = %problem.reason, "ignoring a configuration key");
+        }
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = settings;
+        info!(config.version = settings.version, from = source, settings = %settings, "configuration applied");
+        settings
     }
 
     /// Id issued by the control plane; empty before the first registration.
@@ -128,6 +158,26 @@ fn validate(request: &WorkRequest) -> Result<(), Status> {
     Ok(())
 }
 
+/// Fills in what `request` leaves to the node's configuration: its delay
+/// and response size when it asks for none, and, when it asks for no
+/// failure and `fails` (drawn at the configured error rate), UNAVAILABLE.
+fn resolve(settings: &Settings, mut request: WorkRequest, fails: bool) -> WorkRequest {
+    if request.delay_ms == 0 {
+        request.delay_ms = settings.delay_ms;
+    }
+    if request.response_bytes == 0 {
+        request.response_bytes = settings.response_bytes;
+    }
+    if request.fail_code == 0 && fails {
+        request.fail_code = Code::Unavailable as u32;
+        request.fail_message = format!(
+            "failed on purpose at the configured error rate (workload.error_rate = {}, configuration version {})",
+            settings.error_rate, settings.version
+        );
+    }
+    request
+}
+
 /// Burns the CPU for `micros` on this thread.
 fn spin(micros: u32) {
     let until = Instant::now() + Duration::from_micros(u64::from(micros));
@@ -153,7 +203,16 @@ impl WorkloadService {
         Self { status, shutdown }
     }
 
-    /// Does what `request` asks. `Err` is the failure it asked for (or a
+    /// `request` with the node's configured defaults filled in.
+    fn resolve(&self, request: WorkRequest) -> WorkRequest {
+        let settings = self.status.settings();
+        let fails = request.fail_code == 0
+            && settings.error_rate > 0.0
+            && settings.fails(rand::random::<f64>());
+        resolve(&settings, request, fails)
+    }
+
+    /// Does what `request` (resolved) asks. `Err` is the failure it asked for (or a
     /// refusal of its asks); the caller decides how to deliver it.
     async fn serve(&self, request: WorkRequest) -> Result<WorkResponse, Status> {
         self.status.requests.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +273,7 @@ impl WorkloadService {
     }
 }
 
-/// A request that needs no waiting is answered by the stream's reader itself;
+/// A (resolved) request that needs no waiting is answered by the stream's reader itself;
 /// spawning a task for it would cost more than the work.
 fn is_instant(request: &WorkRequest) -> bool {
     request.delay_ms == 0 && request.cpu_us == 0
@@ -223,7 +282,8 @@ fn is_instant(request: &WorkRequest) -> bool {
 #[tonic::async_trait]
 impl Workload for WorkloadService {
     async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
-        self.serve(request.into_inner()).await.map(Response::new)
+        let request = self.resolve(request.into_inner());
+        self.serve(request).await.map(Response::new)
     }
 
     type WorkStreamStream =
@@ -247,7 +307,7 @@ impl Workload for WorkloadService {
                     }
                 };
                 let request = match next {
-                    Ok(Some(request)) => request,
+                    Ok(Some(request)) => service.resolve(request),
                     // The caller closed its side: answers still owed go out,
                     // then the stream ends when the last sender drops.
                     Ok(None) => return,
@@ -295,7 +355,138 @@ impl Workload for WorkloadService {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
+
     use super::*;
+
+    fn configured(data: Value) -> WorkloadService {
+        let Value::Object(data) = data else {
+            panic!("an object")
+        };
+        let status = Arc::new(NodeStatus::new(
+            "n".into(),
+            "default".into(),
+            "127.0.0.1:1".into(),
+        ));
+        status.apply_config(&NodeConfigData { version: 4, data }, "test");
+        WorkloadService::new(status, CancellationToken::new())
+    }
+
+    async fn work(service: &WorkloadService, request: WorkRequest) -> Result<WorkResponse, Status> {
+        service
+            .work(Request::new(request))
+            .await
+            .map(Response::into_inner)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configured_defaults_apply_to_requests_that_ask_for_none() {
+        let service = configured(json!({"workload": {"delay_ms": 150, "response_bytes": 1000}}));
+        assert_eq!(service.status.settings().version, 4);
+
+        let started = tokio::time::Instant::now();
+        let response = work(&service, WorkRequest::default()).await.expect("Work");
+        assert_eq!(started.elapsed(), Duration::from_millis(150));
+        assert_eq!(response.payload.len(), 1000);
+
+        // What a request asks for wins.
+        let started = tokio::time::Instant::now();
+        let response = work(
+            &service,
+            WorkRequest {
+                delay_ms: 20,
+                response_bytes: 3,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("Work");
+        assert_eq!(started.elapsed(), Duration::from_millis(20));
+        assert_eq!(response.payload.len(), 3);
+
+        // A node with nothing configured answers at once with nothing.
+        let plain = configured(json!({}));
+        let started = tokio::time::Instant::now();
+        let response = work(&plain, WorkRequest::default()).await.expect("Work");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(response.payload.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_error_rate_fails_that_share_of_requests() {
+        let always = configured(json!({"workload.error_rate": 1.0}));
+        for _ in 0..50 {
+            let status = work(&always, WorkRequest::default())
+                .await
+                .expect_err("configured to fail");
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(
+                status.message().contains("configured error rate"),
+                "{}",
+                status.message()
+            );
+        }
+        // A requested failure keeps its own code and message.
+        let status = work(
+            &always,
+            WorkRequest {
+                fail_code: Code::NotFound as u32,
+                fail_message: "asked".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("asked to fail");
+        assert_eq!((status.code(), status.message()), (Code::NotFound, "asked"));
+        assert_eq!(always.status.errors(), 51);
+
+        let never = configured(json!({"workload": {"error_rate": 0}}));
+        for _ in 0..50 {
+            work(&never, WorkRequest::default())
+                .await
+                .expect("no failure configured");
+        }
+
+        let half = configured(json!({"workload": {"error_rate": 0.5}}));
+        let mut failed = 0;
+        for _ in 0..400 {
+            if work(&half, WorkRequest::default()).await.is_err() {
+                failed += 1;
+            }
+        }
+        // Binomial(400, 0.5): 200 +- 20 is three standard deviations.
+        assert!((140..=260).contains(&failed), "{failed} of 400 failed");
+    }
+
+    #[test]
+    fn resolve_fills_only_what_is_unasked() {
+        let settings = Settings {
+            version: 9,
+            delay_ms: 5,
+            response_bytes: 6,
+            error_rate: 1.0,
+            heartbeat_interval_ms: None,
+        };
+        let resolved = resolve(&settings, WorkRequest::default(), true);
+        assert_eq!((resolved.delay_ms, resolved.response_bytes), (5, 6));
+        assert_eq!(resolved.fail_code, Code::Unavailable as u32);
+        assert!(resolved.fail_message.contains("version 9"));
+        let asked = WorkRequest {
+            delay_ms: 1,
+            response_bytes: 2,
+            fail_code: 3,
+            ..Default::default()
+        };
+        let resolved = resolve(&settings, asked.clone(), true);
+        assert_eq!(resolved, asked);
+        let resolved = resolve(&settings, WorkRequest::default(), false);
+        assert_eq!(resolved.fail_code, 0);
+        assert!(!is_instant(&resolve(
+            &settings,
+            WorkRequest::default(),
+            false
+        )));
+    }
 
     #[test]
     fn limits_are_checked() {
