@@ -1,0 +1,521 @@
+//! `farm.v1.Config`: versions, compare-and-set, history, rollback, diff,
+//! durability across a crash, watches, and pushes to every node.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{ControlPlaneProcess, Farm, healthy};
+use farm_api::v1::{
+    ChangeKind, DiffRequest, GetConfigRequest, GetEffectiveConfigRequest, HistoryRequest,
+    PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
+    config_client::ConfigClient,
+};
+use nix::sys::signal;
+use prost_types::{Struct, Value, value::Kind};
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+
+fn config(farm: &Farm) -> ConfigClient<Channel> {
+    ConfigClient::new(farm.channel())
+}
+
+fn number(n: f64) -> Value {
+    Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
+}
+
+/// `{"workload": {"delay_ms": n}}`.
+fn delay(n: f64) -> Struct {
+    let workload = Struct {
+        fields: BTreeMap::from([("delay_ms".to_owned(), number(n))]),
+    };
+    Struct {
+        fields: BTreeMap::from([(
+            "workload".to_owned(),
+            Value {
+                kind: Some(Kind::StructValue(workload)),
+            },
+        )]),
+    }
+}
+
+fn put(scope: &str, data: Struct, expected: u64) -> PutConfigRequest {
+    PutConfigRequest {
+        scope: scope.into(),
+        data: Some(data),
+        expected_version: expected,
+    }
+}
+
+fn delay_of(data: &Option<Struct>) -> Option<f64> {
+    let workload = data.as_ref()?.fields.get("workload")?;
+    let Some(Kind::StructValue(workload)) = &workload.kind else {
+        return None;
+    };
+    match workload.fields.get("delay_ms")?.kind {
+        Some(Kind::NumberValue(n)) => Some(n),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn versions_history_rollback_and_diff() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = config(&farm);
+
+    let empty = client
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!(empty.version, 0);
+
+    let v1 = client
+        .put_config(put("global", delay(10.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    let v2 = client
+        .put_config(put("global", delay(20.0), v1))
+        .await
+        .expect("compare-and-set put")
+        .into_inner()
+        .version;
+    assert!(v2 > v1);
+    let stale = client
+        .put_config(put("global", delay(30.0), v1))
+        .await
+        .expect_err("stale expected_version");
+    assert_eq!(stale.code(), Code::Aborted);
+    assert!(
+        stale.message().contains(&format!("version {v2}")),
+        "{stale:?}"
+    );
+
+    let current = client
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!(current.version, v2);
+    assert_eq!(delay_of(&current.data), Some(20.0));
+    assert_eq!(
+        current.role, "open",
+        "no tokens: writes are recorded as open"
+    );
+
+    let v3 = client
+        .rollback(RollbackRequest {
+            scope: "global".into(),
+            version: v1,
+            expected_version: v2,
+        })
+        .await
+        .expect("Rollback")
+        .into_inner()
+        .version;
+    let history = client
+        .history(HistoryRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("History")
+        .into_inner()
+        .versions;
+    let listed: Vec<(u64, Option<f64>, u64)> = history
+        .iter()
+        .map(|v| (v.version, delay_of(&v.data), v.rollback_of))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (v3, Some(10.0), v1),
+            (v2, Some(20.0), 0),
+            (v1, Some(10.0), 0)
+        ]
+    );
+    let missing = client
+        .rollback(RollbackRequest {
+            scope: "global".into(),
+            version: v3 + 100,
+            expected_version: 0,
+        })
+        .await
+        .expect_err("no such version");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let diff = client
+        .diff(DiffRequest {
+            scope: "global".into(),
+            from_version: v1,
+            to_version: v2,
+        })
+        .await
+        .expect("Diff")
+        .into_inner();
+    assert_eq!(diff.changes.len(), 1);
+    assert_eq!(diff.changes[0].path, "workload.delay_ms");
+    assert_eq!(diff.changes[0].kind, ChangeKind::Changed as i32);
+    let from_nothing = client
+        .diff(DiffRequest {
+            scope: "global".into(),
+            from_version: 0,
+            to_version: 0,
+        })
+        .await
+        .expect("Diff")
+        .into_inner();
+    assert_eq!(from_nothing.to_version, v3);
+    assert_eq!(from_nothing.changes[0].kind, ChangeKind::Added as i32);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = config(&farm);
+    let big = Struct {
+        fields: BTreeMap::from([(
+            "blob".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue("x".repeat(70 * 1024))),
+            },
+        )]),
+    };
+    let cases: Vec<(PutConfigRequest, Code)> = vec![
+        (put("", delay(1.0), 0), Code::InvalidArgument),
+        (put("everything", delay(1.0), 0), Code::InvalidArgument),
+        (put("group:", delay(1.0), 0), Code::InvalidArgument),
+        (put("node:7", delay(1.0), 0), Code::InvalidArgument),
+        (put("node:n999", delay(1.0), 0), Code::NotFound),
+        (put("group:nowhere", delay(1.0), 0), Code::NotFound),
+        (
+            PutConfigRequest {
+                scope: "global".into(),
+                data: None,
+                expected_version: 0,
+            },
+            Code::InvalidArgument,
+        ),
+        (put("global", big, 0), Code::InvalidArgument),
+    ];
+    for (request, code) in cases {
+        let scope = request.scope.clone();
+        let status = client
+            .put_config(request)
+            .await
+            .expect_err("must be refused");
+        assert_eq!(status.code(), code, "{scope:?}: {status:?}");
+        assert!(!status.message().is_empty());
+    }
+    let history = client
+        .history(HistoryRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("History")
+        .into_inner();
+    assert!(history.versions.is_empty(), "nothing stored");
+    let watch = client
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            node_id: "n1".into(),
+            from_version: 0,
+        })
+        .await
+        .expect_err("both scope and node");
+    assert_eq!(watch.code(), Code::InvalidArgument);
+    let effective = client
+        .get_effective_config(GetEffectiveConfigRequest {
+            node_id: "n404".into(),
+        })
+        .await
+        .expect_err("unknown node");
+    assert_eq!(effective.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_compare_and_set_has_exactly_one_winner() {
+    let farm = Farm::start(0, &[]).await;
+    let base = config(&farm)
+        .put_config(put("global", delay(0.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    let attempts: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = config(&farm);
+            tokio::spawn(async move {
+                client
+                    .put_config(put("global", delay(f64::from(i)), base))
+                    .await
+                    .map(|r| r.into_inner().version)
+            })
+        })
+        .collect();
+    let mut won = Vec::new();
+    for attempt in attempts {
+        match attempt.await.expect("task") {
+            Ok(version) => won.push(version),
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one compare-and-set wins: {won:?}");
+    let current = config(&farm)
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!(current.version, won[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_put_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let mut first =
+        ControlPlaneProcess::start_with(dir.path(), 0, addr, &["--runtime", "none"]).await;
+    let version = ConfigClient::new(first.channel())
+        .put_config(put("global", delay(42.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    // At once: the acknowledgement means it is on disk.
+    signal::kill(first.pid(), signal::Signal::SIGKILL).expect("kill -9");
+    let _ = first.child.wait().await;
+
+    let second = ControlPlaneProcess::start_with(dir.path(), 0, addr, &["--runtime", "none"]).await;
+    let got = ConfigClient::new(second.channel())
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!(got.version, version);
+    assert_eq!(delay_of(&got.data), Some(42.0));
+    // And the counter goes on from there.
+    let next = ConfigClient::new(second.channel())
+        .put_config(put("global", delay(43.0), version))
+        .await
+        .expect("put after restart")
+        .into_inner()
+        .version;
+    assert!(next > version);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_replays_then_streams_and_resumes() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = config(&farm);
+    let v1 = client
+        .put_config(put("global", delay(1.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    let mut watch = client
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner();
+    let first = watch.next().await.expect("event").expect("ok");
+    assert_eq!((first.version, first.snapshot), (v1, false));
+    // Another scope's write is not this watch's business.
+    client
+        .put_config(put("group:default", delay(9.0), 0))
+        .await
+        .expect("put another scope");
+    let v2 = client
+        .put_config(put("global", delay(2.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    let second = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("live event")
+        .expect("event")
+        .expect("ok");
+    assert_eq!(second.version, v2);
+    assert_eq!(delay_of(&second.data), Some(2.0));
+
+    // Resuming from v1 gives what came after, in order.
+    let v3 = client
+        .put_config(put("global", delay(3.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    let mut resumed = client
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            from_version: v1,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(resumed.next().await.expect("event").expect("ok").version);
+    }
+    assert_eq!(seen, [v2, v3]);
+
+    // A node's effective configuration: global merged with its own.
+    let node = farm
+        .registry()
+        .register(RegisterRequest {
+            name: "watched".into(),
+            address: "127.0.0.1:7000".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    let mut effective = client
+        .watch_config(WatchConfigRequest {
+            node_id: node.node_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig node")
+        .into_inner();
+    assert_eq!(
+        effective.next().await.expect("event").expect("ok").version,
+        v3
+    );
+    let v4 = client
+        .put_config(put(&format!("node:{}", node.node_id), delay(4.0), 0))
+        .await
+        .expect("put node scope")
+        .into_inner()
+        .version;
+    let changed = effective.next().await.expect("event").expect("ok");
+    assert_eq!(changed.version, v4);
+    assert_eq!(delay_of(&changed.data), Some(4.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_all_fifty_nodes() {
+    let farm = Farm::start(50, &[]).await;
+    farm.wait_healthy(50, Duration::from_secs(30)).await;
+    let mut client = config(&farm);
+    let version = client
+        .put_config(put("global", delay(1.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    farm.wait_nodes("all 50 applied", Duration::from_secs(20), |nodes| {
+        nodes.len() == 50
+            && nodes
+                .iter()
+                .all(|n| healthy(n) && n.config_version == version)
+    })
+    .await;
+
+    // A group layer and a node layer on top; each node reports the highest
+    // version among its layers.
+    let nodes = farm.nodes().await;
+    let one = &nodes[7];
+    let group_version = client
+        .put_config(put("group:default", delay(2.0), 0))
+        .await
+        .expect("put group")
+        .into_inner()
+        .version;
+    let node_version = client
+        .put_config(put(&format!("node:{}", one.id), delay(3.0), 0))
+        .await
+        .expect("put node")
+        .into_inner()
+        .version;
+    let nodes = farm
+        .wait_nodes("layers applied", Duration::from_secs(20), |nodes| {
+            nodes.iter().all(|n| {
+                let want = if n.id == one.id {
+                    node_version
+                } else {
+                    group_version
+                };
+                n.config_version == want
+            })
+        })
+        .await;
+    assert_eq!(nodes.len(), 50);
+    let effective = client
+        .get_effective_config(GetEffectiveConfigRequest {
+            node_id: one.id.clone(),
+        })
+        .await
+        .expect("GetEffectiveConfig")
+        .into_inner();
+    assert_eq!(effective.version, node_version);
+    assert_eq!(delay_of(&effective.data), Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = config(&farm);
+    let first = client
+        .put_config(put("global", delay(0.0), 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    // One more than the history keeps: the first version is dropped.
+    let mut last = first;
+    for i in 1..=1000 {
+        last = client
+            .put_config(put("global", delay(f64::from(i)), 0))
+            .await
+            .expect("put")
+            .into_inner()
+            .version;
+    }
+    let history = client
+        .history(HistoryRequest {
+            scope: "global".into(),
+            limit: 1000,
+            before_version: 0,
+        })
+        .await
+        .expect("History")
+        .into_inner()
+        .versions;
+    assert_eq!(history.len(), 1000);
+    assert!(history.iter().all(|v| v.version != first), "oldest dropped");
+
+    let mut watch = client
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            from_version: first - 1,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner();
+    let event = watch.next().await.expect("event").expect("ok");
+    assert!(event.snapshot, "history gone: a snapshot");
+    assert_eq!(event.version, last);
+    assert_eq!(delay_of(&event.data), Some(1000.0));
+}
