@@ -1,4 +1,33 @@
-//! Who is calling: the roles bearer tokens grant.
+//! Who is calling: the bearer tokens configured at start-up, the roles they
+//! grant, which role may call which `farm.v1` method ([`ACCESS`], the one
+//! table to extend when a service is added), and the tower layer that
+//! checks every call before it reaches a service.
+//!
+//! With no token configured the control plane is open (a fresh install on
+//! loopback) and the layer lets everything through. Once any token is set,
+//! every call to a `farm.v1` service must carry `authorization: Bearer
+//! <token>`: no or an unknown token is `UNAUTHENTICATED`, a role the table
+//! does not allow `PERMISSION_DENIED`. Health, reflection and the plain HTTP
+//! endpoints stay open: they reveal nothing beyond the schema. The layer sits
+//! inside the gRPC-Web translation, so browsers obey the same rules.
+//!
+//! Tokens are compared in constant time (SHA-256 digests, folded byte by
+//! byte) and never logged: [`Token`] has no `Display` and its `Debug` is
+//! redacted, and the `authorization` header is taken off a request once it
+//! is checked, so no handler can print it.
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use sha2::{Digest, Sha256};
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+use tracing::debug;
 
 /// A caller's role, granted by the token it presented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,4 +55,589 @@ impl Role {
 /// plane runs without tokens (no role is attached to requests then).
 pub fn writer(role: Option<Role>) -> &'static str {
     role.map_or("open", Role::as_str)
+}
+
+use Role::{Admin, Node, Viewer};
+
+/// Everyone with a token.
+const ANY: &[Role] = &[Admin, Node, Viewer];
+/// Node agents, besides admins.
+const NODES: &[Role] = &[Admin, Node];
+/// Admins and viewers: reads of the farm as a whole.
+const READERS: &[Role] = &[Admin, Viewer];
+/// Admins alone: every mutation of the farm or its configuration.
+const ADMINS: &[Role] = &[Admin];
+
+/// Which roles may call each `farm.v1` method (`Service/Method`). A method
+/// missing here is for admins alone, so a new RPC is closed until it is
+/// listed; a unit test checks that every method of the API is.
+pub const ACCESS: &[(&str, &[Role])] = &[
+    // A node's own lifecycle (its secret proves which node it is).
+    ("farm.v1.Registry/Register", NODES),
+    ("farm.v1.Registry/Heartbeat", NODES),
+    ("farm.v1.Registry/Deregister", NODES),
+    // Peers and membership: nodes find each other, dashboards watch.
+    ("farm.v1.Discovery/Discover", ANY),
+    ("farm.v1.Discovery/Watch", ANY),
+    ("farm.v1.Discovery/ListGroups", ANY),
+    // The farm as the control plane runs it.
+    ("farm.v1.Farm/ListNodes", READERS),
+    ("farm.v1.Farm/Scale", ADMINS),
+    ("farm.v1.Farm/NodeAction", ADMINS),
+    // Configuration: nodes and viewers read, admins write.
+    ("farm.v1.Config/GetConfig", ANY),
+    ("farm.v1.Config/History", ANY),
+    ("farm.v1.Config/Diff", ANY),
+    ("farm.v1.Config/GetEffectiveConfig", ANY),
+    ("farm.v1.Config/WatchConfig", ANY),
+    ("farm.v1.Config/PutConfig", ADMINS),
+    ("farm.v1.Config/Rollback", ADMINS),
+];
+
+/// Services open to everyone whatever the tokens: they reveal nothing
+/// beyond the schema.
+pub const OPEN_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// The roles that may call `method` (`Service/Method`).
+pub fn allowed(method: &str) -> &'static [Role] {
+    ACCESS
+        .iter()
+        .find(|(name, _)| *name == method)
+        .map_or(ADMINS, |(_, roles)| roles)
+}
+
+/// A bearer token as configured. It is never shown: `Debug` prints
+/// `Token(<redacted>)` and there is no `Display`.
+#[derive(Clone)]
+pub struct Token {
+    secret: Arc<str>,
+    digest: [u8; 32],
+}
+
+impl Token {
+    /// Wraps a token as given; [`Token::problem`] says whether it is usable.
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: secret.into(),
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        }
+    }
+
+    /// Why this token cannot be used, if it cannot: it must be non-empty
+    /// printable ASCII without spaces, so it travels in a header as it is.
+    pub fn problem(&self) -> Option<&'static str> {
+        if self.secret.is_empty() {
+            Some("must not be empty")
+        } else if !self.secret.bytes().all(|b| b.is_ascii_graphic()) {
+            Some("must be printable ASCII without spaces")
+        } else {
+            None
+        }
+    }
+
+    /// The token itself: only for handing the node token to the nodes the
+    /// control plane runs. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
+    /// Whether both are the same token.
+    pub fn same_as(&self, other: &Token) -> bool {
+        self.matches(&other.digest)
+    }
+
+    /// Whether `digest` is this token's, in time independent of where they
+    /// differ.
+    fn matches(&self, digest: &[u8; 32]) -> bool {
+        let difference = self
+            .digest
+            .iter()
+            .zip(digest)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(difference) == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Parses a token flag. It never fails, so that clap never echoes a token
+/// in an error; [`Token::problem`] is checked with the other settings.
+pub fn parse_token(s: &str) -> Result<Token, std::convert::Infallible> {
+    Ok(Token::new(s))
+}
+
+/// The tokens of each role; none at all means the control plane is open.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub admin: Option<Token>,
+    pub node: Option<Token>,
+    pub viewer: Option<Token>,
+}
+
+impl Tokens {
+    /// True when no token is configured: every call is let through.
+    pub fn is_empty(&self) -> bool {
+        self.admin.is_none() && self.node.is_none() && self.viewer.is_none()
+    }
+
+    /// Each configured token with its role.
+    fn each(&self) -> impl Iterator<Item = (Role, &Token)> {
+        [
+            (Admin, &self.admin),
+            (Node, &self.node),
+            (Viewer, &self.viewer),
+        ]
+        .into_iter()
+        .filter_map(|(role, token)| token.as_ref().map(|t| (role, t)))
+    }
+
+    /// The role a presented token grants. Every configured token is
+    /// compared, whichever matches.
+    pub fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for (role, token) in self.each() {
+            if token.matches(&digest) {
+                found = Some(role);
+            }
+        }
+        found
+    }
+
+    /// Decides a call to `path` (`/Service/Method`) carrying `headers`:
+    /// `Ok(None)` lets it through without a role (no tokens configured, or
+    /// a path that stays open), `Ok(Some(role))` lets it through as that
+    /// role, `Err` refuses it with the status to answer.
+    pub fn authorize(&self, path: &str, headers: &HeaderMap) -> Result<Option<Role>, Status> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let method = path.strip_prefix('/').unwrap_or(path);
+        let service = method.split('/').next().unwrap_or_default();
+        if OPEN_SERVICES.contains(&service) {
+            return Ok(None);
+        }
+        // Plain HTTP (probes, the dashboard page) stays open; anything
+        // addressed to farm.v1, or any other gRPC call, is checked.
+        let grpc = headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        if !grpc && !method.starts_with("farm.v1.") {
+            return Ok(None);
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "{method} needs a token: send the metadata `authorization: Bearer <token>`"
+                ))
+            })
+            .and_then(bearer)?;
+        let role = self.role_of(token).ok_or_else(|| {
+            Status::unauthenticated("the bearer token is not one this control plane knows")
+        })?;
+        if allowed(method).contains(&role) {
+            Ok(Some(role))
+        } else {
+            Err(Status::permission_denied(format!(
+                "the {} role may not call {method}",
+                role.as_str()
+            )))
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header (the scheme in
+/// any case).
+fn bearer(value: &HeaderValue) -> Result<&[u8], Status> {
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    match value.get(..scheme.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(scheme) => {
+            let token = value[scheme.len()..].trim_ascii();
+            if token.is_empty() {
+                Err(Status::unauthenticated("the bearer token is empty"))
+            } else {
+                Ok(token)
+            }
+        }
+        _ => Err(Status::unauthenticated(
+            "the authorization metadata must be `Bearer <token>`",
+        )),
+    }
+}
+
+/// Checks every call against the configured [`Tokens`]; see the module
+/// docs.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    tokens: Arc<Tokens>,
+}
+
+impl AuthLayer {
+    /// A layer enforcing `tokens` (none: everything passes).
+    pub fn new(tokens: Tokens) -> Self {
+        Self {
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            tokens: Arc::clone(&self.tokens),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] makes: refused calls are answered here with
+/// their gRPC status and never reach `S`; allowed ones reach it with their
+/// [`Role`] in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<Ready<Result<Response<Body>, S::Error>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self
+            .tokens
+            .authorize(request.uri().path(), request.headers())
+        {
+            Ok(None) => Either::Right(self.inner.call(request)),
+            Ok(Some(role)) => {
+                request.headers_mut().remove(header::AUTHORIZATION);
+                request.extensions_mut().insert(role);
+                Either::Right(self.inner.call(request))
+            }
+            Err(status) => {
+                debug!(
+                    path = request.uri().path(),
+                    code = ?status.code(),
+                    "call refused"
+                );
+                Either::Left(ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use prost::Message;
+    use tonic::Code;
+
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens {
+            admin: Some(Token::new("admin-secret")),
+            node: Some(Token::new("node-secret")),
+            viewer: Some(Token::new("viewer-secret")),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        map
+    }
+
+    #[track_caller]
+    fn check(
+        tokens: &Tokens,
+        path: &str,
+        authorization: Option<&str>,
+        want: Result<Option<Role>, Code>,
+    ) {
+        let headers = match authorization {
+            Some(value) => headers(&[("authorization", value)]),
+            None => headers(&[]),
+        };
+        let got = tokens.authorize(path, &headers).map_err(|s| s.code());
+        assert_eq!(got, want, "{path} with {authorization:?}");
+    }
+
+    #[test]
+    fn roles_follow_the_table() {
+        let t = tokens();
+        check(
+            &t,
+            "/farm.v1.Farm/Scale",
+            Some("Bearer admin-secret"),
+            Ok(Some(Admin)),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/Scale",
+            Some("Bearer viewer-secret"),
+            Err(Code::PermissionDenied),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/Scale",
+            Some("Bearer node-secret"),
+            Err(Code::PermissionDenied),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/ListNodes",
+            Some("Bearer viewer-secret"),
+            Ok(Some(Viewer)),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/ListNodes",
+            Some("Bearer node-secret"),
+            Err(Code::PermissionDenied),
+        );
+        check(
+            &t,
+            "/farm.v1.Registry/Register",
+            Some("bearer node-secret"),
+            Ok(Some(Node)),
+        );
+        check(
+            &t,
+            "/farm.v1.Registry/Register",
+            Some("Bearer viewer-secret"),
+            Err(Code::PermissionDenied),
+        );
+        check(
+            &t,
+            "/farm.v1.Config/GetConfig",
+            Some("BEARER  viewer-secret "),
+            Ok(Some(Viewer)),
+        );
+        check(
+            &t,
+            "/farm.v1.Config/PutConfig",
+            Some("Bearer node-secret"),
+            Err(Code::PermissionDenied),
+        );
+    }
+
+    #[test]
+    fn missing_wrong_and_malformed_tokens_are_unauthenticated() {
+        let t = tokens();
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            None,
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            Some("Bearer nope"),
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            Some("Bearer "),
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            Some("admin-secret"),
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            Some("Basic YWRtaW4="),
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Discovery/Discover",
+            Some("Bearer admin-secretx"),
+            Err(Code::Unauthenticated),
+        );
+    }
+
+    #[test]
+    fn unknown_methods_are_for_admins_alone() {
+        let t = tokens();
+        check(
+            &t,
+            "/farm.v1.Farm/Unlisted",
+            Some("Bearer viewer-secret"),
+            Err(Code::PermissionDenied),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/Unlisted",
+            Some("Bearer admin-secret"),
+            Ok(Some(Admin)),
+        );
+        check(&t, "/other.Service/Call", None, Err(Code::Unauthenticated));
+        check(
+            &t,
+            "/other.Service/Call",
+            Some("Bearer node-secret"),
+            Err(Code::PermissionDenied),
+        );
+    }
+
+    #[test]
+    fn health_reflection_and_plain_http_stay_open() {
+        let t = tokens();
+        check(&t, "/grpc.health.v1.Health/Check", None, Ok(None));
+        check(
+            &t,
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            None,
+            Ok(None),
+        );
+        check(
+            &t,
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            None,
+            Ok(None),
+        );
+        for path in ["/", "/healthz", "/readyz"] {
+            assert_eq!(
+                t.authorize(path, &HeaderMap::new()).map_err(|s| s.code()),
+                Ok(None)
+            );
+        }
+        // A farm.v1 path is checked whatever its content type says.
+        assert_eq!(
+            t.authorize("/farm.v1.Farm/Scale", &HeaderMap::new())
+                .map_err(|s| s.code()),
+            Err(Code::Unauthenticated)
+        );
+    }
+
+    #[test]
+    fn without_tokens_everything_is_open() {
+        let open = Tokens::default();
+        check(&open, "/farm.v1.Farm/Scale", None, Ok(None));
+        check(
+            &open,
+            "/farm.v1.Farm/Scale",
+            Some("Bearer anything"),
+            Ok(None),
+        );
+    }
+
+    #[test]
+    fn a_single_token_closes_the_api() {
+        let t = Tokens {
+            viewer: Some(Token::new("v")),
+            ..Tokens::default()
+        };
+        check(
+            &t,
+            "/farm.v1.Farm/ListNodes",
+            None,
+            Err(Code::Unauthenticated),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/ListNodes",
+            Some("Bearer v"),
+            Ok(Some(Viewer)),
+        );
+        check(
+            &t,
+            "/farm.v1.Farm/Scale",
+            Some("Bearer v"),
+            Err(Code::PermissionDenied),
+        );
+    }
+
+    #[test]
+    fn tokens_never_show() {
+        let t = tokens();
+        let shown = format!("{t:?} {:?}", Token::new("s3cr3t"));
+        assert!(
+            !shown.contains("secret") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
+        assert!(shown.contains("redacted"), "{shown}");
+        let status = t
+            .authorize(
+                "/farm.v1.Farm/ListNodes",
+                &headers(&[("authorization", "Bearer guess-me")]),
+            )
+            .expect_err("unknown token");
+        assert!(!status.message().contains("guess-me"), "{status:?}");
+    }
+
+    #[test]
+    fn token_problems() {
+        assert_eq!(Token::new("").problem(), Some("must not be empty"));
+        assert!(Token::new("has space").problem().is_some());
+        assert!(Token::new("tab\there").problem().is_some());
+        assert!(Token::new("caf\u{e9}").problem().is_some());
+        assert_eq!(Token::new("Ab0-_.~+/=").problem(), None);
+    }
+
+    /// Every method of every `farm.v1` service the control plane serves
+    /// (all but the nodes' `Workload`) is in [`ACCESS`], once, with admins
+    /// allowed; and every entry names a real method.
+    #[test]
+    fn the_table_covers_the_api() {
+        let set = prost_types::FileDescriptorSet::decode(farm_api::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let mut methods = BTreeSet::new();
+        for file in set.file.iter().filter(|f| f.package() == "farm.v1") {
+            for service in &file.service {
+                if service.name() == "Workload" {
+                    continue;
+                }
+                for method in &service.method {
+                    methods.insert(format!("farm.v1.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+        let listed: BTreeSet<String> = ACCESS.iter().map(|(m, _)| (*m).to_owned()).collect();
+        assert_eq!(listed.len(), ACCESS.len(), "a method is listed twice");
+        let missing: Vec<_> = methods.difference(&listed).collect();
+        assert!(
+            missing.is_empty(),
+            "decide who may call {missing:?}: add them to auth::ACCESS"
+        );
+        let unknown: Vec<_> = listed.difference(&methods).collect();
+        assert!(unknown.is_empty(), "no such methods: {unknown:?}");
+        for (method, roles) in ACCESS {
+            assert!(roles.contains(&Admin), "admins may call {method}");
+        }
+    }
 }

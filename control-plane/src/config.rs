@@ -1,12 +1,19 @@
 //! Command-line flags, each also read from a `FARM_*` environment variable,
 //! parsed and validated into a [`ServeConfig`] before any I/O happens.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
-use crate::core::{HealthPolicy, Limits};
+use crate::{
+    auth::{Token, Tokens, parse_token},
+    core::{HealthPolicy, Limits},
+};
 
 /// gRPC control plane for a simulated server farm.
 #[derive(Debug, Parser)]
@@ -127,6 +134,23 @@ pub struct ServeArgs {
     /// outputs of `scripts/build-static`).
     #[arg(long, env = "FARM_NODE_IMAGE_BINARY")]
     pub node_image_binary: Option<PathBuf>,
+
+    /// Bearer token of the `admin` role: every call, mutations included
+    /// (configuration, Scale, NodeAction). Once any token is set, every
+    /// farm.v1 call needs one; health, reflection and HTTP stay open.
+    #[arg(long, env = "FARM_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub admin_token: Option<Token>,
+
+    /// Bearer token of the `node` role: Register, Heartbeat, Deregister,
+    /// discovery and configuration reads. The nodes this control plane runs
+    /// are given it; needed whenever tokens are set and nodes run here.
+    #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub node_token: Option<Token>,
+
+    /// Bearer token of the `viewer` role: discovery, ListNodes and
+    /// configuration reads (dashboards).
+    #[arg(long, env = "FARM_VIEWER_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub viewer_token: Option<Token>,
 }
 
 /// Parses a size: a number with an optional unit (`k`, `m`, `g`, `KiB`,
@@ -186,6 +210,31 @@ pub enum ConfigError {
     Cpus(f64),
     #[error("--node-memory must be at least 6MiB (the engine's minimum), got {0} bytes")]
     Memory(u64),
+    /// A token flag holds something that cannot be a token (the token
+    /// itself is never shown).
+    #[error("{flag} {problem}")]
+    Token {
+        flag: &'static str,
+        problem: &'static str,
+    },
+    /// Two roles were given the same token, so it would not say which role
+    /// calls.
+    #[error("{0} and {1} are the same token: each role needs its own")]
+    SameToken(&'static str, &'static str),
+    /// `--listen` reaches beyond this machine and no token is set.
+    #[error(
+        "--listen {0} is reachable from other machines, and no token is set: anyone could change the farm. \
+Set --admin-token, --node-token and --viewer-token (FARM_ADMIN_TOKEN, FARM_NODE_TOKEN, FARM_VIEWER_TOKEN), \
+or listen on loopback (127.0.0.1, ::1), where no token is needed"
+    )]
+    OpenBeyondLoopback(SocketAddr),
+    /// Tokens are set and this control plane runs nodes, but they would
+    /// have no token to register with.
+    #[error(
+        "tokens are set but --node-token is not: the nodes this control plane runs need it to register \
+(or use --runtime none, where nodes come from elsewhere)"
+    )]
+    NoNodeToken,
 }
 
 /// Validated settings of `serve`.
@@ -204,6 +253,8 @@ pub struct ServeConfig {
     pub start_parallelism: Option<usize>,
     /// Leave nodes running at shutdown.
     pub keep_nodes: bool,
+    /// Bearer tokens of each role; none means every call is let through.
+    pub tokens: Tokens,
 }
 
 /// Settings of the Docker runtime.
@@ -253,6 +304,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         if args.node_memory < 6 << 20 {
             return Err(ConfigError::Memory(args.node_memory));
         }
+        let tokens = tokens(args)?;
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -279,7 +331,54 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             },
             start_parallelism: args.start_parallelism.map(usize::from),
             keep_nodes: args.keep_nodes,
+            tokens,
         })
+    }
+}
+
+/// The tokens of `args`, each usable and distinct; none only on loopback.
+fn tokens(args: &ServeArgs) -> Result<Tokens, ConfigError> {
+    let flags = [
+        ("--admin-token", &args.admin_token),
+        ("--node-token", &args.node_token),
+        ("--viewer-token", &args.viewer_token),
+    ];
+    for (flag, token) in flags {
+        if let Some(problem) = token.as_ref().and_then(Token::problem) {
+            return Err(ConfigError::Token { flag, problem });
+        }
+    }
+    for (i, (first, a)) in flags.iter().enumerate() {
+        for (second, b) in &flags[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b)
+                && a.same_as(b)
+            {
+                return Err(ConfigError::SameToken(first, second));
+            }
+        }
+    }
+    let tokens = Tokens {
+        admin: args.admin_token.clone(),
+        node: args.node_token.clone(),
+        viewer: args.viewer_token.clone(),
+    };
+    if tokens.is_empty() && !is_loopback(args.listen.ip()) {
+        return Err(ConfigError::OpenBeyondLoopback(args.listen));
+    }
+    if !tokens.is_empty() && tokens.node.is_none() && args.runtime != RuntimeKind::None {
+        return Err(ConfigError::NoNodeToken);
+    }
+    Ok(tokens)
+}
+
+/// Whether only this machine can reach `ip` (127.0.0.0/8, ::1, and
+/// 127.0.0.0/8 mapped into IPv6).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => ip.is_loopback(),
+        IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -372,5 +471,121 @@ mod tests {
                 .contains("--max-age")
         );
         assert!(parse(&["--heartbeat-interval", "250ms", "--heartbeat-timeout", "1s"]).is_ok());
+    }
+
+    #[track_caller]
+    fn refused(args: &[&str], want: ConfigError) {
+        let cli = Cli::try_parse_from(["control-plane", "serve"].iter().chain(args))
+            .expect("flags parse");
+        let Command::Serve(args) = cli.command;
+        let err = ServeConfig::try_from(&args).expect_err("must be refused");
+        assert_eq!(err, want);
+    }
+
+    #[test]
+    fn loopback_needs_no_token() {
+        for listen in [
+            "127.0.0.1:50051",
+            "127.9.8.7:0",
+            "[::1]:0",
+            "[::ffff:127.0.0.1]:0",
+        ] {
+            let config = parse(&["--listen", listen]).expect(listen);
+            assert!(config.tokens.is_empty());
+        }
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_token() {
+        for listen in [
+            "0.0.0.0:50051",
+            "[::]:0",
+            "192.168.1.10:0",
+            "[::ffff:10.0.0.1]:0",
+        ] {
+            let args = ["--listen", listen];
+            let err = parse(&args).expect_err(listen);
+            assert!(err.contains("reachable from other machines"), "{err}");
+            assert!(err.contains("--admin-token"), "{err}");
+            refused(
+                &args,
+                ConfigError::OpenBeyondLoopback(listen.parse().expect("address")),
+            );
+        }
+        let config = parse(&[
+            "--listen",
+            "0.0.0.0:50051",
+            "--admin-token",
+            "a",
+            "--node-token",
+            "n",
+            "--viewer-token",
+            "v",
+        ])
+        .expect("with tokens");
+        assert!(config.tokens.admin.is_some() && config.tokens.node.is_some());
+        // Any one token closes the API, so it is enough to listen widely
+        // (with no nodes run here, which would need the node token).
+        assert!(
+            parse(&[
+                "--listen",
+                "0.0.0.0:0",
+                "--runtime",
+                "none",
+                "--viewer-token",
+                "v"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn tokens_are_checked_and_never_shown() {
+        refused(
+            &["--admin-token", ""],
+            ConfigError::Token {
+                flag: "--admin-token",
+                problem: "must not be empty",
+            },
+        );
+        let err = parse(&["--viewer-token", "top secret", "--node-token", "n"]).expect_err("space");
+        assert!(
+            err.contains("--viewer-token") && !err.contains("top secret"),
+            "{err}"
+        );
+        refused(
+            &[
+                "--admin-token",
+                "same",
+                "--node-token",
+                "x",
+                "--viewer-token",
+                "same",
+            ],
+            ConfigError::SameToken("--admin-token", "--viewer-token"),
+        );
+        refused(
+            &["--admin-token", "a", "--runtime", "process"],
+            ConfigError::NoNodeToken,
+        );
+        assert!(parse(&["--admin-token", "a", "--runtime", "none"]).is_ok());
+
+        let cli = Cli::try_parse_from([
+            "control-plane",
+            "serve",
+            "--admin-token",
+            "admin-secret",
+            "--node-token",
+            "node-secret",
+        ])
+        .expect("parse");
+        let Command::Serve(args) = &cli.command;
+        let config = ServeConfig::try_from(args).expect("config");
+        let shown = format!("{cli:?} {config:?}");
+        assert!(!shown.contains("-secret"), "{shown}");
+        assert_eq!(
+            config.tokens.node.as_ref().map(Token::expose),
+            Some("node-secret")
+        );
     }
 }

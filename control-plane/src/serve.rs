@@ -158,12 +158,14 @@ pub async fn run(
         tokio::spawn(server::serve(
             listener,
             routes.clone(),
+            config.tokens.clone(),
             server_stop.clone().cancelled_owned(),
         ))
     });
     let mut server = tokio::spawn(server::serve(
         listener,
         routes,
+        config.tokens.clone(),
         server_stop.clone().cancelled_owned(),
     ));
     for service in SERVICES {
@@ -276,6 +278,7 @@ fn process_runtime(config: &ServeConfig) -> Result<RuntimeParts, ServeError> {
         ProcessRuntimeConfig {
             node_binary,
             nodes_dir: config.data_dir.join("nodes"),
+            node_token: config.tokens.node.clone(),
         },
         tx,
     );
@@ -300,6 +303,7 @@ async fn docker_runtime(
             farm_id: farm_id(&config.data_dir)?,
             cpus: config.docker.cpus,
             memory: config.docker.memory,
+            node_token: config.tokens.node.clone(),
         },
         tx,
     )

@@ -179,9 +179,11 @@ fn cors() -> CorsLayer {
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains.
+/// Calls to `farm.v1` need one of `tokens` (when any is set).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    tokens: crate::auth::Tokens,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -195,6 +197,9 @@ pub async fn serve(
         .layer(cors())
         // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
         .layer(GrpcWebOrPlainLayer)
+        // Inside the translation, so gRPC-Web calls are checked too; refused
+        // calls never reach the routes.
+        .layer(crate::auth::AuthLayer::new(tokens))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

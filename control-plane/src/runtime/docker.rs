@@ -43,6 +43,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
+use crate::auth::Token;
 
 /// Label on everything the farm creates.
 pub const MANAGED_LABEL: &str = "farm.managed";
@@ -75,6 +76,8 @@ pub struct DockerRuntimeConfig {
     pub cpus: f64,
     /// Memory limit of each node, in bytes.
     pub memory: u64,
+    /// Token nodes register with (`FARM_NODE_TOKEN`), when tokens are set.
+    pub node_token: Option<Token>,
 }
 
 /// Why the Docker runtime could not be set up.
@@ -268,6 +271,12 @@ impl DockerRuntime {
                 CACHE_MOUNT.into(),
             ]),
             labels: Some(self.labels(&spec.slot)),
+            // In the environment rather than the command line.
+            env: self
+                .config
+                .node_token
+                .as_ref()
+                .map(|token| vec![format!("FARM_NODE_TOKEN={}", token.expose())]),
             stop_signal: Some("SIGTERM".into()),
             host_config: Some(HostConfig {
                 nano_cpus: Some((self.config.cpus * 1e9) as i64),

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
+use crate::auth::Token;
 
 /// How often an adopted process (not our child, so not waitable) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);
@@ -38,6 +39,8 @@ pub struct ProcessRuntimeConfig {
     pub node_binary: PathBuf,
     /// Parent of the per-slot folders.
     pub nodes_dir: PathBuf,
+    /// Token nodes register with (`FARM_NODE_TOKEN`), when tokens are set.
+    pub node_token: Option<Token>,
 }
 
 /// See the module docs.
@@ -251,6 +254,11 @@ impl Runtime for ProcessRuntime {
             if key.to_string_lossy().starts_with("FARM_") {
                 command.env_remove(key);
             }
+        }
+        // The node token travels in the environment, not on the command
+        // line, where anyone on the machine could read it.
+        if let Some(token) = &self.config.node_token {
+            command.env("FARM_NODE_TOKEN", token.expose());
         }
         let mut child = command.spawn().map_err(|e| {
             err(format!(

@@ -1,0 +1,873 @@
+//! Tokens and roles: every `farm.v1` RPC against every kind of caller, the
+//! open services, gRPC-Web, grpcurl and a generated Python client with
+//! tokens, the refusal to listen beyond loopback without them, and farms
+//! whose nodes register with the node token.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{Farm, healthy};
+use farm_api::v1::{
+    DeregisterRequest, DiffRequest, DiscoverRequest, GetConfigRequest, GetEffectiveConfigRequest,
+    HeartbeatRequest, HistoryRequest, ListGroupsRequest, ListNodesRequest, NodeActionKind,
+    NodeActionRequest, NodeInfo, PutConfigRequest, RegisterRequest, RollbackRequest, ScaleRequest,
+    WatchConfigRequest, WatchRequest, config_client::ConfigClient,
+    discovery_client::DiscoveryClient, farm_client::FarmClient, registry_client::RegistryClient,
+};
+use futures::StreamExt;
+use prost::Message;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+const ADMIN: &str = "admin-7f3a9c1e5b";
+const NODE: &str = "node-2d8e4b6a0f";
+const VIEWER: &str = "viewer-9b1c5e7d3a";
+
+/// The flags that give the control plane all three tokens.
+const TOKENS: &[&str] = &[
+    "--admin-token",
+    ADMIN,
+    "--node-token",
+    NODE,
+    "--viewer-token",
+    VIEWER,
+];
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// No `authorization` at all.
+    Nobody,
+    /// A token the control plane does not know.
+    Stranger,
+    Admin,
+    Node,
+    Viewer,
+}
+
+const CALLERS: [Caller; 5] = [
+    Caller::Nobody,
+    Caller::Stranger,
+    Caller::Admin,
+    Caller::Node,
+    Caller::Viewer,
+];
+
+impl Caller {
+    fn token(self) -> Option<&'static str> {
+        match self {
+            Self::Nobody => None,
+            Self::Stranger => Some("stranger-0000000000"),
+            Self::Admin => Some(ADMIN),
+            Self::Node => Some(NODE),
+            Self::Viewer => Some(VIEWER),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Debug, Clone)]
+struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type With = InterceptedService<Channel, Bearer>;
+
+/// Clients of one farm that call as one caller.
+struct As {
+    channel: Channel,
+    bearer: Bearer,
+}
+
+impl As {
+    fn new(farm: &Farm, caller: Caller) -> Self {
+        let bearer = caller.token().map(|t| {
+            format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .expect("header value")
+        });
+        Self {
+            channel: farm.channel(),
+            bearer: Bearer(bearer),
+        }
+    }
+
+    fn registry(&self) -> RegistryClient<With> {
+        RegistryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    fn discovery(&self) -> DiscoveryClient<With> {
+        DiscoveryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    fn farm(&self) -> FarmClient<With> {
+        FarmClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+
+    fn config(&self) -> ConfigClient<With> {
+        ConfigClient::with_interceptor(self.channel.clone(), self.bearer.clone())
+    }
+}
+
+/// Who may call what: admin, node, viewer. The policy the control plane
+/// promises, written out independently of its own table.
+const MATRIX: &[(&str, [bool; 3])] = &[
+    ("farm.v1.Registry/Register", [true, true, false]),
+    ("farm.v1.Registry/Heartbeat", [true, true, false]),
+    ("farm.v1.Registry/Deregister", [true, true, false]),
+    ("farm.v1.Discovery/Discover", [true, true, true]),
+    ("farm.v1.Discovery/Watch", [true, true, true]),
+    ("farm.v1.Discovery/ListGroups", [true, true, true]),
+    ("farm.v1.Farm/ListNodes", [true, false, true]),
+    ("farm.v1.Farm/Scale", [true, false, false]),
+    ("farm.v1.Farm/NodeAction", [true, false, false]),
+    ("farm.v1.Config/GetConfig", [true, true, true]),
+    ("farm.v1.Config/History", [true, true, true]),
+    ("farm.v1.Config/Diff", [true, true, true]),
+    ("farm.v1.Config/GetEffectiveConfig", [true, true, true]),
+    ("farm.v1.Config/WatchConfig", [true, true, true]),
+    ("farm.v1.Config/PutConfig", [true, false, false]),
+    ("farm.v1.Config/Rollback", [true, false, false]),
+];
+
+fn allowed(method: &str, caller: Caller) -> bool {
+    let (_, roles) = MATRIX
+        .iter()
+        .find(|(m, _)| *m == method)
+        .unwrap_or_else(|| panic!("{method} is not in the matrix"));
+    match caller {
+        Caller::Nobody | Caller::Stranger => false,
+        Caller::Admin => roles[0],
+        Caller::Node => roles[1],
+        Caller::Viewer => roles[2],
+    }
+}
+
+/// Every method of the `farm.v1` services the control plane serves.
+fn api_methods() -> BTreeSet<String> {
+    let set = prost_types::FileDescriptorSet::decode(farm_api::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    set.file
+        .iter()
+        .filter(|f| f.package() == "farm.v1")
+        .flat_map(|f| &f.service)
+        .filter(|s| s.name() != "Workload")
+        .flat_map(|s| {
+            s.method
+                .iter()
+                .map(move |m| format!("farm.v1.{}/{}", s.name(), m.name()))
+        })
+        .collect()
+}
+
+/// A node registered (by an admin) for the calls that need one.
+struct Registered {
+    id: String,
+    secret: String,
+}
+
+static NAMES: AtomicU32 = AtomicU32::new(0);
+
+async fn register(farm: &Farm) -> Registered {
+    let n = NAMES.fetch_add(1, Ordering::Relaxed);
+    let reply = As::new(farm, Caller::Admin)
+        .registry()
+        .register(RegisterRequest {
+            name: format!("matrix-{n}"),
+            address: format!("127.0.0.1:{}", 20_000 + n),
+            ..Default::default()
+        })
+        .await
+        .expect("Register as admin")
+        .into_inner();
+    Registered {
+        id: reply.node_id,
+        secret: reply.secret,
+    }
+}
+
+/// Calls `method` as `caller` with a request its handler can serve. A
+/// streaming call counts as answered once its response starts (for
+/// Heartbeat, once the first acknowledgement arrives).
+async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> Result<(), Status> {
+    let client = As::new(farm, caller);
+    let scope = || "global".to_owned();
+    match method {
+        "farm.v1.Registry/Register" => {
+            let n = NAMES.fetch_add(1, Ordering::Relaxed);
+            client
+                .registry()
+                .register(RegisterRequest {
+                    name: format!("caller-{n}"),
+                    address: format!("127.0.0.1:{}", 30_000 + n),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+        }
+        "farm.v1.Registry/Heartbeat" => {
+            let first = HeartbeatRequest {
+                node_id: node.id.clone(),
+                secret: node.secret.clone(),
+                seq: 1,
+                serving: true,
+                ..Default::default()
+            };
+            // Keep the stream open until the acknowledgement is read.
+            let outbound = futures::stream::iter([first]).chain(futures::stream::pending());
+            let mut acks = client.registry().heartbeat(outbound).await?.into_inner();
+            match acks.message().await? {
+                Some(ack) if ack.ack_seq == 1 => Ok(()),
+                other => panic!("Heartbeat as {caller:?}: {other:?}"),
+            }
+        }
+        "farm.v1.Registry/Deregister" => {
+            // A node of its own, so the shared one stays.
+            let own = register(farm).await;
+            client
+                .registry()
+                .deregister(DeregisterRequest {
+                    node_id: own.id,
+                    secret: own.secret,
+                })
+                .await
+                .map(drop)
+        }
+        "farm.v1.Discovery/Discover" => client
+            .discovery()
+            .discover(DiscoverRequest {
+                count: 1,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "farm.v1.Discovery/Watch" => client
+            .discovery()
+            .watch(WatchRequest::default())
+            .await
+            .map(drop),
+        "farm.v1.Discovery/ListGroups" => client
+            .discovery()
+            .list_groups(ListGroupsRequest::default())
+            .await
+            .map(drop),
+        "farm.v1.Farm/ListNodes" => client
+            .farm()
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .map(drop),
+        "farm.v1.Farm/Scale" => client
+            .farm()
+            .scale(ScaleRequest { nodes: 0 })
+            .await
+            .map(drop),
+        "farm.v1.Farm/NodeAction" => client
+            .farm()
+            .node_action(NodeActionRequest {
+                node_id: "n999999".into(),
+                action: NodeActionKind::Restart.into(),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/GetConfig" => client
+            .config()
+            .get_config(GetConfigRequest { scope: scope() })
+            .await
+            .map(drop),
+        "farm.v1.Config/History" => client
+            .config()
+            .history(HistoryRequest {
+                scope: scope(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/Diff" => client
+            .config()
+            .diff(DiffRequest {
+                scope: scope(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/GetEffectiveConfig" => client
+            .config()
+            .get_effective_config(GetEffectiveConfigRequest {
+                node_id: node.id.clone(),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/WatchConfig" => client
+            .config()
+            .watch_config(WatchConfigRequest {
+                scope: scope(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/PutConfig" => client
+            .config()
+            .put_config(PutConfigRequest {
+                scope: scope(),
+                data: Some(prost_types::Struct::default()),
+                expected_version: 0,
+            })
+            .await
+            .map(drop),
+        "farm.v1.Config/Rollback" => client
+            .config()
+            .rollback(RollbackRequest {
+                scope: scope(),
+                version: 1,
+                expected_version: 0,
+            })
+            .await
+            .map(drop),
+        _ => panic!("no call written for {method}"),
+    }
+}
+
+fn refused(code: Code) -> bool {
+    matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_each_role_as_the_table_says() {
+    let methods = api_methods();
+    let listed: BTreeSet<String> = MATRIX.iter().map(|(m, _)| (*m).to_owned()).collect();
+    assert_eq!(methods, listed, "the matrix covers every farm.v1 RPC");
+
+    let farm = Farm::start(0, TOKENS).await;
+    let node = register(&farm).await;
+    let mut failures = Vec::new();
+    for (method, _) in MATRIX {
+        for caller in CALLERS {
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), call(&farm, method, caller, &node))
+                    .await
+                    .unwrap_or_else(|_| panic!("{method} as {caller:?} timed out"));
+            let code = result.as_ref().err().map(Status::code);
+            let ok = match caller {
+                Caller::Nobody | Caller::Stranger => code == Some(Code::Unauthenticated),
+                _ if allowed(method, caller) => !code.is_some_and(refused),
+                _ => code == Some(Code::PermissionDenied),
+            };
+            if !ok {
+                failures.push(format!("{method} as {caller:?}: {result:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_everything_is_open() {
+    let farm = Farm::start(0, &[]).await;
+    let node = register(&farm).await;
+    for (method, _) in MATRIX {
+        // A token sent to a control plane without tokens is ignored.
+        for caller in [Caller::Nobody, Caller::Stranger] {
+            let result =
+                tokio::time::timeout(Duration::from_secs(10), call(&farm, method, caller, &node))
+                    .await
+                    .unwrap_or_else(|_| panic!("{method} timed out"));
+            assert!(
+                !result.as_ref().is_err_and(|s| refused(s.code())),
+                "{method} as {caller:?} with no tokens configured: {result:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reflection_and_http_stay_open() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let farm = Farm::start(0, TOKENS).await;
+    let status = HealthClient::new(farm.channel())
+        .check(HealthCheckRequest {
+            service: "farm.v1.Farm".into(),
+        })
+        .await
+        .expect("health without a token")
+        .into_inner();
+    assert_eq!(status.status, 1, "SERVING");
+
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = ServerReflectionClient::new(farm.channel())
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection without a token")
+        .into_inner();
+    let reply = replies
+        .message()
+        .await
+        .expect("reflection reply")
+        .expect("one reply");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"farm.v1.Farm"), "{names:?}");
+
+    for path in ["/", "/healthz", "/readyz"] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let response = http(farm.addr, request.as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+    }
+}
+
+/// Sends one raw HTTP/1.1 request and returns the whole response.
+async fn http(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response within 10 s")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// `Discovery/ListGroups` over gRPC-Web with an empty message (a 5-byte
+/// frame), with `authorization` when given.
+fn grpc_web_list_groups(authorization: Option<&str>) -> Vec<u8> {
+    let header = authorization.map_or_else(String::new, |a| format!("authorization: {a}\r\n"));
+    format!(
+        "POST /farm.v1.Discovery/ListGroups HTTP/1.1\r\nHost: x\r\n\
+content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n{header}\
+origin: http://localhost:5173\r\ncontent-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn grpc_web_calls_need_a_token_too() {
+    let farm = Farm::start(0, TOKENS).await;
+
+    let shown = http(farm.addr, &grpc_web_list_groups(None)).await;
+    let lower = shown.to_ascii_lowercase();
+    assert!(
+        lower.contains("grpc-status: 16") || lower.contains("grpc-status:16"),
+        "UNAUTHENTICATED: {shown}"
+    );
+    assert!(
+        !shown.contains("default"),
+        "no data without a token: {shown}"
+    );
+    assert!(
+        lower.contains("access-control-allow-origin: http://localhost:5173"),
+        "a browser can read the refusal: {shown}"
+    );
+
+    let stranger = format!("Bearer {}", Caller::Stranger.token().expect("token"));
+    let shown = http(farm.addr, &grpc_web_list_groups(Some(&stranger))).await;
+    let lower = shown.to_ascii_lowercase();
+    assert!(
+        lower.contains("grpc-status: 16") || lower.contains("grpc-status:16"),
+        "{shown}"
+    );
+
+    let viewer = format!("Bearer {VIEWER}");
+    let shown = http(farm.addr, &grpc_web_list_groups(Some(&viewer))).await;
+    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
+    assert!(shown.contains("default"), "the default group: {shown}");
+    assert!(shown.contains("grpc-status:0"), "OK: {shown}");
+
+    // A viewer may not scale the farm from a browser either.
+    let scale = format!(
+        "POST /farm.v1.Farm/Scale HTTP/1.1\r\nHost: x\r\n\
+content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: {viewer}\r\n\
+content-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
+    );
+    let shown = http(farm.addr, scale.as_bytes()).await.to_ascii_lowercase();
+    assert!(
+        shown.contains("grpc-status: 7") || shown.contains("grpc-status:7"),
+        "PERMISSION_DENIED: {shown}"
+    );
+
+    // Preflights carry no token and still pass.
+    let preflight = b"OPTIONS /farm.v1.Farm/ListNodes HTTP/1.1\r\nHost: x\r\n\
+origin: http://localhost:5173\r\naccess-control-request-method: POST\r\n\
+access-control-request-headers: content-type,x-grpc-web,authorization\r\nConnection: close\r\n\r\n";
+    let shown = http(farm.addr, preflight).await.to_ascii_lowercase();
+    assert!(shown.starts_with("http/1.1 200"), "{shown}");
+    assert!(shown.contains("authorization"), "{shown}");
+}
+
+/// Lists the nodes as the viewer.
+async fn nodes(farm: &Farm) -> Result<Vec<NodeInfo>, Status> {
+    As::new(farm, Caller::Viewer)
+        .farm()
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .map(|r| r.into_inner().nodes)
+}
+
+/// Waits until exactly `n` nodes exist, all healthy (seen as the viewer).
+async fn wait_healthy(farm: &Farm, n: usize, timeout: Duration) -> Vec<NodeInfo> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let nodes = nodes(farm).await.expect("ListNodes as viewer");
+        if nodes.len() == n && nodes.iter().all(healthy) {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {n} healthy nodes within {timeout:?}: {nodes:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_nodes_register_with_the_node_token() {
+    let farm = Farm::start(3, TOKENS).await;
+    let nodes = wait_healthy(&farm, 3, Duration::from_secs(20)).await;
+    for node in &nodes {
+        let pid = common::pid(node);
+        // Given through the environment, never on the command line.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(NODE),
+            "the token is not on the command line"
+        );
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let environ: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+        let expected = format!("FARM_NODE_TOKEN={NODE}");
+        assert!(
+            environ.contains(&expected.as_bytes()),
+            "{} got the node token",
+            node.name
+        );
+        assert!(
+            !environ
+                .iter()
+                .any(|e| e.starts_with(b"FARM_ADMIN_TOKEN") || e.starts_with(b"FARM_VIEWER_TOKEN")),
+            "{} got no other token",
+            node.name
+        );
+        let log = farm
+            .dir
+            .path()
+            .join("nodes")
+            .join(&node.name)
+            .join("node.log");
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(!log.contains(NODE), "the node never logs its token");
+    }
+    // Without a token, nobody sees them.
+    let status = farm
+        .farm()
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_nodes_register_with_the_node_token() {
+    if !common::docker_available("docker_nodes_register_with_the_node_token") {
+        return;
+    }
+    let binary = common::static_node_binary();
+    let binary = binary.to_str().expect("utf-8 path");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cleanup = common::DockerCleanup::new(dir.path());
+    let mut flags = vec!["--runtime", "docker", "--node-image-binary", binary];
+    flags.extend_from_slice(TOKENS);
+    let farm = Farm::start_in(dir, 2, &flags).await;
+    let nodes = wait_healthy(&farm, 2, Duration::from_secs(120)).await;
+    let containers = common::containers_labelled(&cleanup.label());
+    assert_eq!(containers.len(), 2);
+    for node in &nodes {
+        let env = common::docker(&[
+            "inspect",
+            "--format",
+            "{{range .Config.Env}}{{println .}}{{end}}",
+            &node.runtime_id,
+        ]);
+        assert!(
+            env.lines().any(|l| l == format!("FARM_NODE_TOKEN={NODE}")),
+            "{} got the node token",
+            node.name
+        );
+        let cmd = common::docker(&[
+            "inspect",
+            "--format",
+            "{{json .Config.Cmd}}",
+            &node.runtime_id,
+        ]);
+        assert!(!cmd.contains(NODE), "not on the command line: {cmd}");
+    }
+}
+
+// Clients nobody here wrote. `scripts/test` installs them and sets
+// FARM_REQUIRE_INTEROP=1, which turns a missing tool into a failure.
+
+fn interop_required() -> bool {
+    std::env::var_os("FARM_REQUIRE_INTEROP").is_some_and(|v| v == "1")
+}
+
+/// Runs a command; `None` (skip) when the tool is missing and not required.
+async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Output> {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .await
+    {
+        Ok(output) => Some(output),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !interop_required() => {
+            eprintln!("skipping: {program} is not installed (scripts/test installs it)");
+            None
+        }
+        Err(err) => panic!("cannot run {program}: {err}"),
+    }
+}
+
+fn stdout(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_calls_with_a_bearer_header() {
+    let farm = Farm::start(2, TOKENS).await;
+    wait_healthy(&farm, 2, Duration::from_secs(20)).await;
+    let addr = farm.addr.to_string();
+    let viewer = format!("authorization: Bearer {VIEWER}");
+
+    // Reflection needs no token.
+    let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"], &[]).await else {
+        return;
+    };
+    let listed = stdout(&output, "grpcurl list");
+    assert!(listed.lines().any(|l| l == "farm.v1.Farm"), "{listed}");
+
+    let output = run(
+        "grpcurl",
+        &["-plaintext", "-H", &viewer, &addr, "farm.v1.Farm/ListNodes"],
+        &[],
+    )
+    .await
+    .expect("grpcurl");
+    let reply: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl ListNodes as viewer")).expect("JSON");
+    let nodes = reply["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2, "{reply}");
+    assert!(
+        nodes.iter().all(|n| n["state"] == "NODE_STATE_HEALTHY"),
+        "{reply}"
+    );
+
+    let output = run(
+        "grpcurl",
+        &["-plaintext", &addr, "farm.v1.Farm/ListNodes"],
+        &[],
+    )
+    .await
+    .expect("grpcurl");
+    assert!(!output.status.success(), "refused without a token");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(
+        !stderr.contains(VIEWER) && !stderr.contains(ADMIN),
+        "{stderr}"
+    );
+
+    let output = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-H",
+            &viewer,
+            "-d",
+            r#"{"nodes": 1}"#,
+            &addr,
+            "farm.v1.Farm/Scale",
+        ],
+        &[],
+    )
+    .await
+    .expect("grpcurl");
+    assert!(!output.status.success(), "a viewer may not scale");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+    assert_eq!(
+        nodes_now(&farm).await,
+        2,
+        "the farm kept its size after the refused Scale"
+    );
+}
+
+async fn nodes_now(farm: &Farm) -> usize {
+    As::new(farm, Caller::Admin)
+        .farm()
+        .list_nodes(ListNodesRequest::default())
+        .await
+        .expect("ListNodes as admin")
+        .into_inner()
+        .desired as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_python_client_sends_tokens_as_metadata() {
+    let farm = Farm::start(1, TOKENS).await;
+    wait_healthy(&farm, 1, Duration::from_secs(20)).await;
+    let has_tools = run("python3", &["-c", "import grpc_tools, grpc"], &[]).await;
+    match has_tools {
+        Some(o) if o.status.success() => {}
+        _ if !interop_required() => {
+            eprintln!(
+                "skipping: python3 with grpcio-tools is not installed (scripts/test installs it)"
+            );
+            return;
+        }
+        Some(o) => panic!(
+            "grpcio-tools missing: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        None => panic!("python3 missing"),
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/interop/auth_client.py");
+    let proto = root.join("../proto");
+    let target = farm.addr.to_string();
+    let args = [
+        script.to_str().expect("path"),
+        &target,
+        proto.to_str().expect("path"),
+        out.path().to_str().expect("path"),
+    ];
+    let output = run(
+        "python3",
+        &args,
+        &[("NODE_TOKEN", NODE), ("VIEWER_TOKEN", VIEWER)],
+    )
+    .await
+    .expect("python3");
+    let seen: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "python client")).expect("JSON");
+    assert_eq!(seen["acks"], serde_json::json!([3]), "{seen}");
+    assert_eq!(
+        seen["peers"],
+        serde_json::json!(["node-001", "py-token"]),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!(["node-001", "py-token"]),
+        "{seen}"
+    );
+    assert_eq!(seen["viewer_scale"], "PERMISSION_DENIED", "{seen}");
+    assert_eq!(seen["node_list"], "PERMISSION_DENIED", "{seen}");
+    assert_eq!(seen["no_token"], "UNAUTHENTICATED", "{seen}");
+    assert_eq!(seen["wrong_token"], "UNAUTHENTICATED", "{seen}");
+}
+
+/// `control-plane serve` with `args` and no token in its environment
+/// (besides `env`), expected to refuse before binding anything.
+fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(common::binary("control-plane"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--runtime", "none"])
+        .args(args)
+        .env_remove("FARM_ADMIN_TOKEN")
+        .env_remove("FARM_NODE_TOKEN")
+        .env_remove("FARM_VIEWER_TOKEN")
+        .env_remove("FARM_LISTEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run control-plane");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+// These use 192.0.2.1 (TEST-NET-1, never assigned here): even a control
+// plane that wrongly accepted the flags could not listen there.
+
+#[test]
+fn listening_beyond_loopback_without_tokens_refuses_to_start() {
+    let (code, stderr) = serve_refused(&["--listen", "192.0.2.1:0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("reachable from other machines"), "{stderr}");
+    assert!(stderr.contains("--admin-token"), "{stderr}");
+    // The same through the environment.
+    let (code, stderr) = serve_refused(&[], &[("FARM_LISTEN", "192.0.2.1:0")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("reachable from other machines"), "{stderr}");
+}
+
+#[test]
+fn bad_tokens_are_refused_without_being_shown() {
+    let (code, stderr) = serve_refused(
+        &["--listen", "192.0.2.1:0"],
+        &[("FARM_ADMIN_TOKEN", "not a token")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--admin-token"), "{stderr}");
+    assert!(!stderr.contains("not a token"), "{stderr}");
+
+    let (code, stderr) = serve_refused(
+        &["--listen", "192.0.2.1:0", "--node-token", "twice"],
+        &[("FARM_VIEWER_TOKEN", "twice")],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("same token"), "{stderr}");
+    assert!(!stderr.contains("twice"), "{stderr}");
+
+    // --help shows which variables are read, never their values.
+    let help = std::process::Command::new(common::binary("control-plane"))
+        .args(["serve", "--help"])
+        .env("FARM_ADMIN_TOKEN", "help-must-not-show-this")
+        .output()
+        .expect("run control-plane");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("FARM_ADMIN_TOKEN"), "{help}");
+    assert!(!help.contains("help-must-not-show-this"), "{help}");
+}
