@@ -1,6 +1,7 @@
-//! Configuration on the node: the cached configuration applied at start
-//! with no control plane, corrupt caches ignored, and configured defaults
-//! seen through real Workload clients and the HTTP page.
+//! Configuration on the node: pushes from a real control plane applied at
+//! once and reported, the cached configuration applied at start with no
+//! control plane, corrupt caches ignored, and configured defaults seen
+//! through real Workload clients and the HTTP page.
 
 mod common;
 
@@ -9,9 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Node, http_get};
+use common::{ControlPlane, Node, http_get};
 use farm_api::v1::{WorkRequest, workload_client::WorkloadClient};
 use farm_node::NodeConfig;
+use serde_json::json;
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -20,6 +23,61 @@ async fn cached_node(name: &str, cache: &Path) -> Node {
     let mut config = NodeConfig::new("http://127.0.0.1:1", name);
     config.cache_dir = Some(cache.to_owned());
     Node::start(config).await
+}
+
+/// A node of `cp` in group `blue`, keeping its cache in `cache`.
+async fn node_of(cp: &ControlPlane, name: &str, cache: &Path) -> Node {
+    let mut config = NodeConfig::new(cp.url(), name);
+    config.cache_dir = Some(cache.to_owned());
+    config.group = "blue".into();
+    Node::start(config).await
+}
+
+/// How long a `Work` call that asks for nothing takes, and its result.
+async fn timed_work(node: &Node) -> (Duration, Result<usize, tonic::Status>) {
+    let started = Instant::now();
+    let result = WorkloadClient::new(node.channel())
+        .work(WorkRequest::default())
+        .await
+        .map(|r| r.into_inner().payload.len());
+    (started.elapsed(), result)
+}
+
+/// Waits until the cached `config.json` holds `version` (the node reports a
+/// version first and caches it right after).
+async fn wait_cached(cache: &Path, version: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cached = std::fs::read(cache.join("config.json"))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+            .and_then(|json| json["version"].as_u64());
+        if cached == Some(version) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "config.json never held version {version}: {cached:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the node's `/` page shows configuration `version` applied.
+async fn wait_applied(node: &Node, version: u64) {
+    let want = format!("config:    version {version} ");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let index = http_get(node.addr, "/").await.text();
+        if index.contains(&want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never applied version {version}: {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn write_cache(cache: &Path, json: &str) {
@@ -155,4 +213,158 @@ async fn work_stream_applies_the_configuration_concurrently_and_in_band() {
         "{elapsed:?}"
     );
     node.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_put_reaches_the_node_at_once() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&data).await;
+    let node = node_of(&cp, "p1", cache.path()).await;
+    let registered = cp.wait_healthy("p1").await;
+    assert_eq!(registered.config_version, 0, "nothing configured yet");
+    let (took, result) = timed_work(&node).await;
+    assert!(took < Duration::from_millis(150), "{took:?}");
+    assert_eq!(result.expect("Work"), 0);
+
+    let version = cp
+        .put_config("global", json!({"workload": {"delay_ms": 150}}))
+        .await;
+    let started = Instant::now();
+    let seen = cp.wait_config("p1", version).await;
+    assert_eq!(seen.id, registered.id);
+    // Reported by a heartbeat sent right after applying, not at the next
+    // tick (100 ms here); generous for a loaded test machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let (took, result) = timed_work(&node).await;
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    result.expect("Work");
+    wait_cached(cache.path(), version).await;
+    let index = http_get(node.addr, "/").await.text();
+    assert!(
+        index.contains(&format!(
+            "config:    version {version} (workload.delay_ms=150"
+        )),
+        "{index}"
+    );
+
+    // Layers merge: the group's dotted keys add to the global delay, and a
+    // bad value is ignored while the rest applies.
+    let version = cp
+        .put_config(
+            "group:blue",
+            json!({"workload.response_bytes": 64, "workload.error_rate": "often"}),
+        )
+        .await;
+    cp.wait_config("p1", version).await;
+    let (took, result) = timed_work(&node).await;
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    assert_eq!(result.expect("Work"), 64);
+
+    // The node's own scope wins; an error rate of 1 fails every request
+    // that asks for no failure.
+    let version = cp
+        .put_config(
+            &format!("node:{}", registered.id),
+            json!({"workload": {"delay_ms": 0, "error_rate": 1}}),
+        )
+        .await;
+    cp.wait_config("p1", version).await;
+    let (took, result) = timed_work(&node).await;
+    assert!(took < Duration::from_millis(150), "{took:?}");
+    let status = result.expect_err("configured to fail");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("configured error rate"),
+        "{status:?}"
+    );
+
+    node.stop().await.expect("clean stop");
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_while_the_control_plane_is_down_runs_from_its_cache() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let cp = ControlPlane::start_on(&data, listener).await;
+    let node = node_of(&cp, "r1", cache.path()).await;
+    cp.wait_healthy("r1").await;
+    let version = cp
+        .put_config("global", json!({"workload": {"delay_ms": 150}}))
+        .await;
+    cp.wait_config("r1", version).await;
+    node.stop().await.expect("clean stop");
+    let url = cp.url();
+    cp.stop().await;
+
+    // No control plane answers: the cached configuration applies anyway.
+    let mut config = NodeConfig::new(url, "r1");
+    config.cache_dir = Some(cache.path().to_owned());
+    config.group = "blue".into();
+    let node = Node::start(config).await;
+    let (took, result) = timed_work(&node).await;
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+    result.expect("Work");
+    let index = http_get(node.addr, "/").await.text();
+    assert!(index.contains("connected: false"), "{index}");
+    assert!(
+        index.contains(&format!("config:    version {version} ")),
+        "{index}"
+    );
+
+    // The control plane comes back: the node re-attaches reporting the
+    // cached version, and later changes reach it.
+    let listener = TcpListener::bind(addr).await.expect("rebind the same port");
+    let cp = ControlPlane::start_on(&data, listener).await;
+    let back = cp.wait_healthy("r1").await;
+    assert_eq!(back.config_version, version);
+    let newer = cp
+        .put_config("global", json!({"workload.delay_ms": 0}))
+        .await;
+    cp.wait_config("r1", newer).await;
+    let (took, result) = timed_work(&node).await;
+    assert!(took < Duration::from_millis(150), "{took:?}");
+    result.expect("Work");
+    wait_cached(cache.path(), newer).await;
+    node.stop().await.expect("clean stop");
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_is_replaced_by_the_pushed_configuration() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cp = ControlPlane::start(&data).await;
+    let version = cp
+        .put_config("global", json!({"workload": {"response_bytes": 33}}))
+        .await;
+    write_cache(cache.path(), "{\"version\": 99, \"data\": ");
+    let node = node_of(&cp, "c1", cache.path()).await;
+    // Configured before the node came: pushed when its stream opens.
+    cp.wait_config("c1", version).await;
+    let (_, result) = timed_work(&node).await;
+    assert_eq!(result.expect("Work"), 33);
+    wait_cached(cache.path(), version).await;
+    node.stop().await.expect("clean stop");
+
+    // A cache from another farm (a version this one never wrote) gives way
+    // to this farm's configuration.
+    write_cache(
+        cache.path(),
+        r#"{"version": 1000, "data": {"workload": {"delay_ms": 500}}}"#,
+    );
+    let node = node_of(&cp, "c1", cache.path()).await;
+    wait_applied(&node, version).await;
+    let (took, result) = timed_work(&node).await;
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    assert_eq!(result.expect("Work"), 33);
+    node.stop().await.expect("clean stop");
+    cp.stop().await;
 }

@@ -7,7 +7,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use control_plane::config::{Cli, Command, ServeConfig};
-use farm_api::v1::{ListNodesRequest, NodeInfo, NodeState, farm_client::FarmClient};
+use farm_api::v1::{
+    ListNodesRequest, NodeInfo, NodeState, PutConfigRequest, config_client::ConfigClient,
+    farm_client::FarmClient,
+};
 use farm_node::NodeConfig;
 use tempfile::TempDir;
 use tokio::{
@@ -69,6 +72,44 @@ impl ControlPlane {
 
     pub fn farm(&self) -> FarmClient<Channel> {
         FarmClient::new(channel(self.addr))
+    }
+
+    pub fn config(&self) -> ConfigClient<Channel> {
+        ConfigClient::new(channel(self.addr))
+    }
+
+    /// Writes `data` (a JSON object) as the configuration of `scope`;
+    /// returns the new version.
+    pub async fn put_config(&self, scope: &str, data: serde_json::Value) -> u64 {
+        self.config()
+            .put_config(PutConfigRequest {
+                scope: scope.into(),
+                data: Some(to_struct(data)),
+                expected_version: 0,
+            })
+            .await
+            .expect("PutConfig")
+            .into_inner()
+            .version
+    }
+
+    /// Waits until the node named `name` reports applying `version`;
+    /// returns it.
+    pub async fn wait_config(&self, name: &str, version: u64) -> NodeInfo {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let nodes = self.nodes().await;
+            if let Some(node) = nodes.iter().find(|n| n.name == name)
+                && node.config_version == version
+            {
+                return node.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {name} to apply configuration {version}: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     pub async fn nodes(&self) -> Vec<NodeInfo> {
@@ -254,4 +295,33 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&raw[end + 2..end + 2 + size]);
         raw = &raw[end + 2 + size + 2..];
     }
+}
+
+/// A JSON object as a `google.protobuf.Struct`.
+pub fn to_struct(data: serde_json::Value) -> prost_types::Struct {
+    let serde_json::Value::Object(fields) = data else {
+        panic!("configuration data must be an object, got {data}")
+    };
+    prost_types::Struct {
+        fields: fields
+            .into_iter()
+            .map(|(key, value)| (key, to_value(value)))
+            .collect(),
+    }
+}
+
+fn to_value(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().expect("a number")),
+        Value::String(s) => Kind::StringValue(s),
+        Value::Array(values) => Kind::ListValue(prost_types::ListValue {
+            values: values.into_iter().map(to_value).collect(),
+        }),
+        object @ Value::Object(_) => Kind::StructValue(to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
