@@ -1,6 +1,7 @@
 //! The `compose/` recipe: its file renders with the limits and labels the
 //! product promises, and a real compose run of the control plane and a few
-//! nodes (images from `compose/build-images`) answers a Rust client and grpcurl.
+//! nodes (images from `compose/build-images`) answers a Rust client and grpcurl,
+//! with the bearer tokens the recipe passes to the control plane and nodes.
 //!
 //! They need a Docker engine and `docker-compose` (Debian's, v1) or the
 //! `docker compose` plugin (`FARM_COMPOSE="docker compose"` picks one). When
@@ -24,12 +25,15 @@ use std::{
 use common::healthy;
 use farm_api::v1::{ListNodesRequest, NodeInfo, farm_client::FarmClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Endpoint;
+use tonic::{Code, transport::Endpoint};
 
 /// The labels every container of the recipe carries.
 const LABELS: [&str; 2] = ["farm.managed=true", "farm.compose=true"];
 /// The port every node listens on inside its container.
 const NODE_PORT: u16 = 7000;
+/// The token variables the recipe reads (from the environment, else
+/// `compose/.env`).
+const TOKEN_VARS: [&str; 3] = ["FARM_ADMIN_TOKEN", "FARM_NODE_TOKEN", "FARM_VIEWER_TOKEN"];
 
 fn required(var: &str) -> bool {
     std::env::var_os(var).is_some_and(|v| v == "1")
@@ -194,6 +198,9 @@ impl Compose {
             .env_remove("FARM_NODE_IMAGE")
             .env_remove("FARM_CONTROL_PLANE_IMAGE")
             .env_remove("FARM_NODE_GROUP")
+            .env_remove(TOKEN_VARS[0])
+            .env_remove(TOKEN_VARS[1])
+            .env_remove(TOKEN_VARS[2])
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         run(&mut command, limit).expect("run compose")
     }
@@ -451,6 +458,78 @@ fn the_compose_file_validates_with_limits_labels_and_a_local_port() {
     );
 }
 
+/// The token variables of the control plane, and the node's node token.
+fn tokens_of(yaml: &str) -> (Vec<String>, Option<String>) {
+    let control_plane = TOKEN_VARS
+        .iter()
+        .map(|var| {
+            scalar(yaml, &["services", "control-plane", "environment", var])
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let node = scalar(yaml, &["services", "node", "environment", TOKEN_VARS[1]]).map(str::to_owned);
+    (control_plane, node)
+}
+
+#[test]
+fn the_control_plane_and_nodes_get_tokens() {
+    let Some(compose) =
+        compose_command().or_else(|| skip("no compose runs (docker-compose or docker compose)"))
+    else {
+        return;
+    };
+    // The control plane listens on 0.0.0.0 in its container, so it needs
+    // tokens: compose/.env gives examples, each role its own.
+    let yaml = Compose::new(compose.clone(), &[])
+        .run(&["config"], Duration::from_secs(60))
+        .expect_ok("compose config");
+    assert_eq!(
+        scalar(
+            &yaml,
+            &["services", "control-plane", "environment", "FARM_LISTEN"]
+        ),
+        Some("0.0.0.0:50051")
+    );
+    let (tokens, node) = tokens_of(&yaml);
+    assert!(tokens.iter().all(|t| !t.is_empty()), "{yaml}");
+    assert_eq!(
+        tokens.iter().collect::<BTreeSet<_>>().len(),
+        3,
+        "one token per role"
+    );
+    assert_eq!(node.as_ref(), Some(&tokens[1]), "nodes get the node token");
+
+    // The environment wins over compose/.env.
+    let env: Vec<(&str, String)> = TOKEN_VARS
+        .iter()
+        .map(|var| (*var, format!("{}-from-env", var.to_ascii_lowercase())))
+        .collect();
+    let yaml = Compose::new(compose.clone(), &env)
+        .run(&["config"], Duration::from_secs(60))
+        .expect_ok("compose config");
+    let (tokens, node) = tokens_of(&yaml);
+    let given: Vec<String> = env.iter().map(|(_, v)| v.clone()).collect();
+    assert_eq!(tokens, given);
+    assert_eq!(node.as_ref(), Some(&given[1]));
+
+    // Without them anywhere, compose says which one is missing.
+    let empty = tempfile::NamedTempFile::new().expect("empty env file");
+    let empty = empty.path().to_str().expect("utf-8 path").to_owned();
+    let refused =
+        Compose::new(compose, &[]).run(&["--env-file", &empty, "config"], Duration::from_secs(60));
+    assert!(
+        !refused.ok(),
+        "config without tokens must fail:\n{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("FARM_ADMIN_TOKEN") || refused.stderr.contains("FARM_NODE_TOKEN"),
+        "{}",
+        refused.stderr
+    );
+}
+
 /// Builds the images (cheap when the binaries did not change: cargo and the
 /// build cache have nothing to do) and returns their sizes in bytes.
 fn build_images() -> Vec<(String, u64)> {
@@ -512,21 +591,34 @@ fn node_addresses(project: &Project) -> BTreeSet<SocketAddr> {
         .collect()
 }
 
-/// Waits until the control plane at `url` lists exactly `n` nodes, all healthy.
-async fn wait_healthy(url: &str, n: usize, timeout: Duration) -> Vec<NodeInfo> {
+/// Lists the nodes of the control plane at `url`, as the holder of `token`
+/// (none: without `authorization`).
+async fn list_nodes(url: &str, token: Option<&str>) -> Result<Vec<NodeInfo>, tonic::Status> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let mut request = tonic::Request::new(ListNodesRequest::default());
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+    }
+    FarmClient::new(channel)
+        .list_nodes(request)
+        .await
+        .map(|reply| reply.into_inner().nodes)
+}
+
+/// Waits until the control plane at `url` lists exactly `n` nodes, all
+/// healthy (asked with the viewer's `token`).
+async fn wait_healthy(url: &str, token: &str, n: usize, timeout: Duration) -> Vec<NodeInfo> {
     let deadline = Instant::now() + timeout;
     loop {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let last = match FarmClient::new(channel)
-            .list_nodes(ListNodesRequest::default())
-            .await
-        {
-            Ok(reply) => {
-                let nodes = reply.into_inner().nodes;
+        let last = match list_nodes(url, Some(token)).await {
+            Ok(nodes) => {
                 if nodes.len() == n && nodes.iter().all(healthy) {
                     return nodes;
                 }
@@ -596,13 +688,29 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
 
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let project = Project(Compose::new(compose, &[("FARM_PORT", port.to_string())]));
+    // Tokens of this run, through the environment (over compose/.env's).
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let [admin, node, viewer] = ["admin", "node", "viewer"].map(|role| format!("{role}-{nanos:x}"));
+    let project = Project(Compose::new(
+        compose,
+        &[
+            ("FARM_PORT", port.to_string()),
+            (TOKEN_VARS[0], admin),
+            (TOKEN_VARS[1], node),
+            (TOKEN_VARS[2], viewer.clone()),
+        ],
+    ));
     let started = Instant::now();
     project
         .run(&["up", "-d", "--scale", "node=3"], Duration::from_secs(180))
         .expect_ok("compose up");
     let up = started.elapsed();
-    let nodes = wait_healthy(&url, 3, Duration::from_secs(60)).await;
+    // Nodes registered with the node token; reads need a token.
+    let nodes = wait_healthy(&url, &viewer, 3, Duration::from_secs(60)).await;
+    let refused = list_nodes(&url, None).await.expect_err("no token");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     eprintln!(
         "compose up -d --scale node=3: {up:.1?}; 3 nodes healthy after {:.1?}",
         started.elapsed()
@@ -655,13 +763,17 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
         );
     }
 
-    // grpcurl, through reflection, on the published loopback port.
+    // grpcurl, through reflection (open), on the published loopback port,
+    // with the viewer's token.
     let target = format!("127.0.0.1:{port}");
+    let authorization = format!("authorization: Bearer {viewer}");
     let grpcurl = run(
         Command::new("grpcurl").args([
             "-plaintext",
             "-max-time",
             "20",
+            "-H",
+            &authorization,
             "-d",
             r#"{"count":3}"#,
             &target,
@@ -703,7 +815,7 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
     project
         .run(&["up", "-d", "--scale", "node=5"], Duration::from_secs(180))
         .expect_ok("compose up --scale node=5");
-    let nodes = wait_healthy(&url, 5, Duration::from_secs(60)).await;
+    let nodes = wait_healthy(&url, &viewer, 5, Duration::from_secs(60)).await;
     eprintln!("scaled to 5 healthy nodes in {:.1?}", scaling.elapsed());
     assert_eq!(
         addresses(nodes.iter().map(|n| n.address.as_str())),
