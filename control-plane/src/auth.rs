@@ -22,6 +22,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use Role::{Admin, Node, Viewer};
 use futures::future::{Either, Ready, ready};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use sha2::{Digest, Sha256};
@@ -56,8 +57,6 @@ impl Role {
 pub fn writer(role: Option<Role>) -> &'static str {
     role.map_or("open", Role::as_str)
 }
-
-use Role::{Admin, Node, Viewer};
 
 /// Everyone with a token.
 const ANY: &[Role] = &[Admin, Node, Viewer];

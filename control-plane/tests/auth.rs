@@ -382,6 +382,31 @@ async fn every_rpc_answers_each_role_as_the_table_says() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_writers(&farm, "admin").await;
+}
+
+/// Every configuration version is recorded as written by `role`: the role
+/// the layer granted reaches the handlers.
+async fn assert_writers(farm: &Farm, role: &str) {
+    let caller = if role == "open" {
+        Caller::Nobody
+    } else {
+        Caller::Viewer
+    };
+    let versions = As::new(farm, caller)
+        .config()
+        .history(HistoryRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("History")
+        .into_inner()
+        .versions;
+    assert!(!versions.is_empty(), "PutConfig wrote versions");
+    for version in &versions {
+        assert_eq!(version.role, role, "{version:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +426,7 @@ async fn without_tokens_everything_is_open() {
             );
         }
     }
+    assert_writers(&farm, "open").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
