@@ -347,9 +347,11 @@ impl FarmState {
         let entry = book.prepare(scope, data, expected, role, rollback_of, SystemTime::now())?;
         self.shared.store.insert_config(&entry)?;
         book.commit(entry.clone());
-        drop(book);
+        // Announced under the book's lock, so watchers see versions in the
+        // order they were written, even when writes race.
         self.shared.config_version.send_replace(entry.version);
         let _ = self.shared.config_events.send(Arc::new(entry.clone()));
+        drop(book);
         Ok(entry)
     }
 

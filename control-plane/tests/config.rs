@@ -519,3 +519,45 @@ async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
     assert_eq!(event.version, last);
     assert_eq!(delay_of(&event.data), Some(1000.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_version_in_order_while_writers_race() {
+    let farm = Farm::start(0, &[]).await;
+    let mut watch = config(&farm)
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let mut client = config(&farm);
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    client
+                        .put_config(put("global", delay(f64::from(w * 100 + i)), 0))
+                        .await
+                        .expect("put");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let mut versions = Vec::new();
+    while versions.len() < 200 {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of 200 versions arrived", versions.len()))
+            .expect("event")
+            .expect("ok");
+        versions.push(event.version);
+    }
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "in order: {versions:?}"
+    );
+}
