@@ -281,7 +281,8 @@ async fn main() {
     );
     println!("  no watchers:                               {alone:>8.0} puts/s");
     println!(
-        "  {NODES} nodes + {WATCHERS} WatchConfig streams:        {watched:>8.0} puts/s  ({:.2}x; {delivered} events delivered to watchers)",
-        watched / alone
+        "  {NODES} nodes + {WATCHERS} WatchConfig streams:        {watched:>8.0} puts/s  ({:.2}x; {delivered} of {} versions reached the watchers)",
+        watched / alone,
+        WRITES * WATCHERS
     );
 }
