@@ -89,7 +89,7 @@ pub enum ConfigError {
 }
 
 /// Validated settings of a node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeConfig {
     /// Control plane URL.
     pub control_plane: String,
@@ -101,6 +101,21 @@ pub struct NodeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Bearer token, if the control plane asks for one.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    /// Everything but the token, which is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("control_plane", &self.control_plane)
+            .field("advertise", &self.advertise)
+            .field("name", &self.name)
+            .field("group", &self.group)
+            .field("labels", &self.labels)
+            .field("cache_dir", &self.cache_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// What `--advertise` gave.
@@ -284,6 +299,14 @@ mod tests {
         assert!(valid_name(&unnamed.name), "{}", unnamed.name);
         assert!(unnamed.name.ends_with(&format!("-{}", std::process::id())));
         assert_eq!(unnamed.control_plane_authority(), "cp:1");
+    }
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let config = parse(&["--token", "s3cret-value"]).expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret-value"), "{printed}");
+        assert!(printed.contains("<redacted>"), "{printed}");
     }
 
     #[test]
