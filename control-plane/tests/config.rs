@@ -561,3 +561,46 @@ async fn a_watch_sees_every_version_in_order_while_writers_race() {
         "in order: {versions:?}"
     );
 }
+
+/// Distinct heartbeat times of the node seen while polling for `window`.
+async fn heartbeats_seen(farm: &Farm, window: Duration) -> usize {
+    let until = tokio::time::Instant::now() + window;
+    let mut seen = std::collections::HashSet::new();
+    while tokio::time::Instant::now() < until {
+        if let Some(at) = farm.nodes().await.first().and_then(|n| n.last_heartbeat) {
+            seen.insert((at.seconds, at.nanos));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    seen.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_interval_ms_changes_how_often_a_node_heartbeats() {
+    // Default interval 200 ms in these tests; the configured one is 40 ms.
+    let farm = Farm::start(1, &[]).await;
+    farm.wait_healthy(1, Duration::from_secs(20)).await;
+    let before = heartbeats_seen(&farm, Duration::from_millis(800)).await;
+    let fast = Struct {
+        fields: BTreeMap::from([("heartbeat_interval_ms".to_owned(), number(40.0))]),
+    };
+    let version = config(&farm)
+        .put_config(put("global", fast, 0))
+        .await
+        .expect("put")
+        .into_inner()
+        .version;
+    farm.wait_nodes("applied", Duration::from_secs(10), |nodes| {
+        nodes.iter().all(|n| n.config_version == version)
+    })
+    .await;
+    let after = heartbeats_seen(&farm, Duration::from_millis(800)).await;
+    assert!(
+        before <= 6,
+        "about 4 heartbeats in 800 ms at 200 ms: {before}"
+    );
+    assert!(
+        after >= 10,
+        "about 20 heartbeats in 800 ms at 40 ms: {after}"
+    );
+}
