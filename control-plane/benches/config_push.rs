@@ -5,8 +5,8 @@
 //!   applied it and reported so (seen on a `Discovery.Watch` stream, which
 //!   carries each node's `config_version`); p50, p99 and max;
 //! - `PutConfig` throughput (16 writers, every write on disk before it is
-//!   acknowledged) without any watcher, then with the 50 nodes and 100
-//!   `WatchConfig` streams following every version.
+//!   acknowledged) with no watcher, with 100 `WatchConfig` streams, with the
+//!   50 nodes following every version, and with both.
 //!
 //! Everything runs on 127.0.0.1 and stops itself.
 //! Run with `cargo build --release && cargo bench -p control-plane --bench config_push`.
@@ -231,8 +231,42 @@ async fn main() {
         ms(*ack_to_all.last().expect("samples")),
     );
 
-    // Throughput with the 50 nodes and 100 WatchConfig streams following.
-    let current = config
+    // Throughput: on the 50-node farm (its nodes following every version),
+    // then with 100 WatchConfig streams as well; then on a farm of no nodes,
+    // alone and with the watchers.
+    let nodes_only = throughput(channel.clone()).await;
+    let (nodes_and_watchers, delivered_a) = with_watchers(channel).await;
+    drop(farm);
+    let bare = ControlPlane::start(binary, 0);
+    bare.wait_healthy(0).await;
+    let alone = throughput(bare.channel()).await;
+    let (watchers_only, delivered_b) = with_watchers(bare.channel()).await;
+    drop(bare);
+
+    println!(
+        "\nPutConfig throughput, {WRITERS} writers, {WRITES} writes, each on disk before its acknowledgement"
+    );
+    let row = |what: &str, rate: f64| {
+        println!("  {what:<40} {rate:>8.0} puts/s  {:>5.2}x", rate / alone);
+    };
+    row("no watchers", alone);
+    row(&format!("{WATCHERS} WatchConfig streams"), watchers_only);
+    row(&format!("{NODES} nodes"), nodes_only);
+    row(
+        &format!("{NODES} nodes + {WATCHERS} WatchConfig streams"),
+        nodes_and_watchers,
+    );
+    println!(
+        "  versions reached the watchers: {} of {}",
+        delivered_a + delivered_b,
+        2 * WRITES * WATCHERS
+    );
+}
+
+/// Throughput while `WATCHERS` streams follow every version, and how many
+/// versions reached them.
+async fn with_watchers(channel: Channel) -> (f64, usize) {
+    let current = ConfigClient::new(channel.clone())
         .get_config(farm_api::v1::GetConfigRequest {
             scope: "global".into(),
         })
@@ -262,27 +296,12 @@ async fn main() {
             seen
         }));
     }
-    let watched = throughput(channel).await;
+    let rate = throughput(channel).await;
     // Every watcher receives every version (one bounded wait for all).
     let counts =
         tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(watchers)).await;
-    let delivered: usize = counts
+    let delivered = counts
         .map(|all| all.into_iter().map(|c| c.unwrap_or(0)).sum())
         .unwrap_or(0);
-    drop(farm);
-
-    let bare = ControlPlane::start(binary, 0);
-    bare.wait_healthy(0).await;
-    let alone = throughput(bare.channel()).await;
-    drop(bare);
-
-    println!(
-        "\nPutConfig throughput, {WRITERS} writers, {WRITES} writes, each on disk before its acknowledgement"
-    );
-    println!("  no watchers:                               {alone:>8.0} puts/s");
-    println!(
-        "  {NODES} nodes + {WATCHERS} WatchConfig streams:        {watched:>8.0} puts/s  ({:.2}x; {delivered} of {} versions reached the watchers)",
-        watched / alone,
-        WRITES * WATCHERS
-    );
+    (rate, delivered)
 }
