@@ -83,6 +83,11 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ("farm.v1.Farm/ListNodes", READERS),
     ("farm.v1.Farm/Scale", ADMINS),
     ("farm.v1.Farm/NodeAction", ADMINS),
+    ("farm.v1.Farm/SimulateLoad", ADMINS),
+    ("farm.v1.Farm/Broadcast", ADMINS),
+    ("farm.v1.Metrics/GetFarmMetrics", READERS),
+    ("farm.v1.Metrics/GetNodeMetrics", READERS),
+    ("farm.v1.Metrics/WatchMetrics", READERS),
     // Configuration: nodes and viewers read, admins write.
     ("farm.v1.Config/GetConfig", ANY),
     ("farm.v1.Config/History", ANY),

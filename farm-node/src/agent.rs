@@ -354,6 +354,7 @@ impl Agent {
             seq,
             config_version: self.applied.version,
             serving: true,
+            metrics: None,
         };
         if tx.send(first).await.is_err() {
             return StreamEnd::Lost("the stream closed before its first message".into());

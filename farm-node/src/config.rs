@@ -101,6 +101,9 @@ pub struct NodeConfig {
     pub cache_dir: Option<PathBuf>,
     /// Bearer token, if the control plane asks for one.
     pub token: Option<String>,
+    /// How `Workload.SetLogLevel` changes the log filter (set by the binary,
+    /// which owns the logger).
+    pub log_filter: Option<crate::workload::SetLogFilter>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -114,6 +117,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("labels", &self.labels)
             .field("cache_dir", &self.cache_dir)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("log_filter", &self.log_filter.is_some())
             .finish()
     }
 }
@@ -139,6 +143,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             cache_dir: None,
             token: None,
+            log_filter: None,
         }
     }
 
@@ -238,6 +243,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             labels,
             cache_dir: args.cache_dir,
             token,
+            log_filter: None,
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod load;
 pub mod settings;
 pub mod workload;
 
@@ -92,6 +93,7 @@ pub async fn run(
         address.clone(),
     ));
     let cancel = CancellationToken::new();
+    let log_filter = config.log_filter.clone();
     let mut agent = Agent::new(config, status.clone(), cancel.clone())?;
     // Before the port opens: the first request already gets the settings.
     agent.apply_cached_config();
@@ -100,9 +102,11 @@ pub async fn run(
     health
         .set_serving::<WorkloadServer<WorkloadService>>()
         .await;
-    let workload = WorkloadServer::new(WorkloadService::new(status.clone(), cancel.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+    let workload = WorkloadServer::new(
+        WorkloadService::new(status.clone(), cancel.clone()).with_log_filter(log_filter),
+    )
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(workload).add_service(health_service);
     let mut routes = routes.routes();

@@ -6,21 +6,39 @@ use std::{io::IsTerminal, process::ExitCode};
 use anyhow::Context;
 use clap::Parser;
 use farm_node::{NodeArgs, NodeConfig};
-use tracing_subscriber::EnvFilter;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use farm_node::workload::SetLogFilter;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, reload, util::SubscriberInitExt};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = NodeArgs::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let initial = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = EnvFilter::try_new(&initial).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
         .init();
+    let current = Arc::new(Mutex::new(initial));
+    let set_filter: SetLogFilter = Arc::new(move |text: &str| {
+        let new =
+            EnvFilter::try_new(text).map_err(|e| format!("{text:?} is not a log filter: {e}"))?;
+        handle.reload(new).map_err(|e| e.to_string())?;
+        let mut current = current.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(std::mem::replace(&mut *current, text.to_owned()))
+    });
     let listen = args.listen;
     let config = match NodeConfig::try_from(args) {
-        Ok(config) => config,
+        Ok(mut config) => {
+            config.log_filter = Some(set_filter);
+            config
+        }
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(2);

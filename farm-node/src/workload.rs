@@ -14,7 +14,8 @@ use std::{
 };
 
 use farm_api::v1::{
-    InfoRequest, InfoResponse, WorkRequest, WorkResponse, workload_server::Workload,
+    InfoRequest, InfoResponse, LoadSpec, SetLogLevelRequest, SetLogLevelResponse,
+    SimulateLoadResponse, WorkRequest, WorkResponse, workload_server::Workload,
 };
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
@@ -23,7 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::settings::{NodeConfigData, Settings};
+use crate::{
+    load::{self, Load, Simulator},
+    settings::{NodeConfigData, Settings},
+};
 
 /// Longest delay a request may ask for.
 pub const MAX_DELAY_MS: u32 = 60_000;
@@ -190,17 +194,43 @@ fn spin(micros: u32) {
     std::hint::black_box(x);
 }
 
+/// Changes the process's log filter; returns the previous one.
+pub type SetLogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
 /// The Workload service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkloadService {
     status: Arc<NodeStatus>,
     /// Cancelled at shutdown: waiting requests and open streams end.
     shutdown: CancellationToken,
+    simulator: Arc<Simulator>,
+    /// How `SetLogLevel` reaches the process's logger, when it can.
+    log_filter: Option<SetLogFilter>,
+}
+
+impl std::fmt::Debug for WorkloadService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkloadService")
+            .field("status", &self.status)
+            .field("log_filter", &self.log_filter.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl WorkloadService {
     pub fn new(status: Arc<NodeStatus>, shutdown: CancellationToken) -> Self {
-        Self { status, shutdown }
+        Self {
+            status,
+            shutdown,
+            simulator: Arc::default(),
+            log_filter: None,
+        }
+    }
+
+    /// Lets `SetLogLevel` change the process's log filter through `set`.
+    pub fn with_log_filter(mut self, set: Option<SetLogFilter>) -> Self {
+        self.log_filter = set;
+        self
     }
 
     /// `request` with the node's configured defaults filled in.
@@ -350,6 +380,37 @@ impl Workload for WorkloadService {
             requests: status.requests(),
             connected: status.connected(),
         }))
+    }
+
+    async fn simulate_load(
+        &self,
+        request: Request<LoadSpec>,
+    ) -> Result<Response<SimulateLoadResponse>, Status> {
+        let spec = request.into_inner();
+        let load = Load::new(
+            spec.cpu_percent,
+            spec.memory_mib,
+            spec.duration_ms,
+            load::memory_capacity(),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let until = self.simulator.start(load, load::cpu_capacity());
+        Ok(Response::new(SimulateLoadResponse {
+            until: Some(until.into()),
+        }))
+    }
+
+    async fn set_log_level(
+        &self,
+        request: Request<SetLogLevelRequest>,
+    ) -> Result<Response<SetLogLevelResponse>, Status> {
+        let set = self.log_filter.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this node's log filter cannot be changed at run time")
+        })?;
+        let filter = request.into_inner().filter;
+        let previous = set(&filter).map_err(Status::invalid_argument)?;
+        info!(filter = %filter, previous = %previous, "log filter changed");
+        Ok(Response::new(SetLogLevelResponse { previous }))
     }
 }
 

@@ -1,13 +1,17 @@
 //! `farm.v1.Farm`: the nodes the control plane runs.
 
 use farm_api::v1::{
-    ListNodesRequest, ListNodesResponse, NodeActionKind, NodeActionRequest, NodeActionResponse,
-    ScaleRequest, ScaleResponse, farm_server::Farm,
+    BroadcastRequest, BroadcastResponse, ListNodesRequest, ListNodesResponse, NodeActionKind,
+    NodeActionRequest, NodeActionResponse, ScaleRequest, ScaleResponse, SimulateLoadRequest,
+    broadcast_request, farm_server::Farm,
 };
 use tonic::{Request, Response, Status};
-use tracing::instrument;
+use tracing::{info, instrument};
 
-use super::{node_info, parse_node_id};
+use super::{
+    broadcast::{self, Command},
+    node_info, parse_node_id,
+};
 use crate::{
     state::FarmState,
     supervisor::{FarmError, NodeAction, Supervisor},
@@ -93,5 +97,60 @@ impl Farm for FarmService {
         Ok(Response::new(NodeActionResponse {
             node: Some(node_info(node)),
         }))
+    }
+
+    async fn simulate_load(
+        &self,
+        request: Request<SimulateLoadRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
+        let request = request.into_inner();
+        let load = request
+            .load
+            .ok_or_else(|| Status::invalid_argument("load is required"))?;
+        broadcast::validate_load(&load)?;
+        let nodes = broadcast::select(&self.state, request.nodes)?;
+        info!(
+            nodes = nodes.len(),
+            cpu_percent = load.cpu_percent,
+            memory_mib = load.memory_mib,
+            duration_ms = load.duration_ms,
+            "simulating load"
+        );
+        Ok(Response::new(
+            broadcast::broadcast(nodes, Command::SimulateLoad(load)).await,
+        ))
+    }
+
+    async fn broadcast(
+        &self,
+        request: Request<BroadcastRequest>,
+    ) -> Result<Response<BroadcastResponse>, Status> {
+        let request = request.into_inner();
+        let command = match request.command {
+            Some(broadcast_request::Command::Info(_)) => Command::Info,
+            Some(broadcast_request::Command::SimulateLoad(load)) => {
+                broadcast::validate_load(&load)?;
+                Command::SimulateLoad(load)
+            }
+            Some(broadcast_request::Command::LogLevel(level)) => {
+                if level.filter.trim().is_empty() {
+                    return Err(Status::invalid_argument("log_level.filter is required"));
+                }
+                Command::LogLevel(level.filter)
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "command is required: info, simulate_load or log_level",
+                ));
+            }
+        };
+        let nodes = broadcast::select(&self.state, request.nodes)?;
+        let response = broadcast::broadcast(nodes, command).await;
+        info!(
+            succeeded = response.succeeded,
+            failed = response.failed,
+            "broadcast"
+        );
+        Ok(Response::new(response))
     }
 }

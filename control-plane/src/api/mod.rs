@@ -3,6 +3,7 @@
 //! `INVALID_ARGUMENT`), and the `From` impls below decide every status code
 //! the control plane returns, in one place.
 
+mod broadcast;
 pub mod config;
 mod discovery;
 mod farm;

@@ -1,0 +1,171 @@
+//! `Farm.Broadcast` and `Farm.SimulateLoad`: one command sent to many nodes
+//! at once, through each node's own `Workload` service, with every node's
+//! result (failures included) in the answer.
+
+use std::time::{Duration, Instant};
+
+use farm_api::v1::{
+    BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
+    workload_client::WorkloadClient,
+};
+use futures::{StreamExt, stream};
+use tonic::{Status, transport::Endpoint};
+
+use super::parse_node_id;
+use crate::{core::NodeView, state::FarmState};
+
+/// Nodes contacted at once.
+const PARALLEL: usize = 32;
+/// How long a node may take to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a node may take to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to ask each node.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Info,
+    SimulateLoad(LoadSpec),
+    LogLevel(String),
+}
+
+/// The selected nodes: the listed ids (each must exist), else the group's
+/// members, else every node.
+pub fn select(state: &FarmState, selector: Option<NodeSelector>) -> Result<Vec<NodeView>, Status> {
+    let selector = selector.unwrap_or_default();
+    let nodes = if selector.node_ids.is_empty() {
+        state.list_nodes(&selector.group)?
+    } else {
+        if !selector.group.is_empty() {
+            return Err(Status::invalid_argument("give node_ids or group, not both"));
+        }
+        let mut nodes = Vec::with_capacity(selector.node_ids.len());
+        for id in &selector.node_ids {
+            nodes.push(state.node(parse_node_id("node_ids", id)?)?);
+        }
+        nodes.sort_by_key(|n| n.id);
+        nodes.dedup_by_key(|n| n.id);
+        nodes
+    };
+    if nodes.is_empty() {
+        return Err(Status::invalid_argument("no node is selected"));
+    }
+    Ok(nodes)
+}
+
+/// Sends `command` to every node in parallel (bounded) and collects the
+/// results in node order.
+pub async fn broadcast(nodes: Vec<NodeView>, command: Command) -> BroadcastResponse {
+    let mut results: Vec<NodeResult> = stream::iter(nodes)
+        .map(|node| {
+            let command = command.clone();
+            async move { ask(node, command).await }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    results.sort_by(|a, b| {
+        let key = |r: &NodeResult| {
+            r.node_id
+                .trim_start_matches('n')
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        key(a).cmp(&key(b))
+    });
+    let succeeded = results.iter().filter(|r| r.code == 0).count();
+    BroadcastResponse {
+        failed: u32::try_from(results.len() - succeeded).unwrap_or(u32::MAX),
+        succeeded: u32::try_from(succeeded).unwrap_or(u32::MAX),
+        results,
+    }
+}
+
+async fn ask(node: NodeView, command: Command) -> NodeResult {
+    let started = Instant::now();
+    let outcome = call(&node.address, command).await;
+    let (code, message, output) = match outcome {
+        Ok(output) => (0, String::new(), output),
+        Err(status) => (
+            status.code() as u32,
+            status.message().to_owned(),
+            String::new(),
+        ),
+    };
+    NodeResult {
+        node_id: node.id.to_string(),
+        name: node.name,
+        code,
+        message,
+        output,
+        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+    }
+}
+
+/// One node's answer as JSON.
+async fn call(address: &str, command: Command) -> Result<String, Status> {
+    let unreachable =
+        |e: String| Status::unavailable(format!("cannot reach the node at {address}: {e}"));
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let mut client = WorkloadClient::new(channel);
+    let output = match command {
+        Command::Info => {
+            let info = client.info(InfoRequest {}).await?.into_inner();
+            serde_json::json!({
+                "node_id": info.node_id,
+                "name": info.name,
+                "group": info.group,
+                "address": info.address,
+                "pid": info.pid,
+                "uptime_s": info.uptime_s,
+                "version": info.version,
+                "requests": info.requests,
+                "connected": info.connected,
+            })
+        }
+        Command::SimulateLoad(spec) => {
+            let until = client.simulate_load(spec).await?.into_inner().until;
+            serde_json::json!({ "until": until.map(|t| t.to_string()) })
+        }
+        Command::LogLevel(filter) => {
+            let previous = client
+                .set_log_level(SetLogLevelRequest { filter })
+                .await?
+                .into_inner()
+                .previous;
+            serde_json::json!({ "previous": previous })
+        }
+    };
+    Ok(output.to_string())
+}
+
+/// Checks a load before any node is asked, so a bad one fails the call as a
+/// whole instead of every node one by one.
+pub fn validate_load(spec: &LoadSpec) -> Result<(), Status> {
+    if !(0.0..=100.0).contains(&spec.cpu_percent) {
+        return Err(Status::invalid_argument(format!(
+            "cpu_percent must be between 0 and 100, got {}",
+            spec.cpu_percent
+        )));
+    }
+    if spec.memory_mib > 1024 {
+        return Err(Status::invalid_argument(format!(
+            "memory_mib must be at most 1024, got {}",
+            spec.memory_mib
+        )));
+    }
+    if !(1..=600_000).contains(&spec.duration_ms) {
+        return Err(Status::invalid_argument(format!(
+            "duration_ms must be between 1 and 600000, got {}",
+            spec.duration_ms
+        )));
+    }
+    Ok(())
+}

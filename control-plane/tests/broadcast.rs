@@ -1,0 +1,187 @@
+//! `Farm.Broadcast` and `Farm.SimulateLoad` against real process nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Farm, by_name, pid};
+use farm_api::v1::{
+    BroadcastRequest, InfoRequest, LoadSpec, LogLevelCommand, NodeActionKind, NodeSelector,
+    SimulateLoadRequest, broadcast_request::Command,
+};
+use tonic::Code;
+
+/// CPU ticks (user + system) a process has used.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    stat.rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse::<u64>().expect("ticks"))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reports_every_node_including_a_stopped_one() {
+    let farm = Farm::start(3, &[]).await;
+    let nodes = farm.wait_healthy(3, Duration::from_secs(20)).await;
+    let stopped = by_name(&nodes, "node-002").clone();
+    farm.act(&stopped.id, NodeActionKind::Stop)
+        .await
+        .expect("stop");
+
+    let response = farm
+        .farm()
+        .broadcast(BroadcastRequest {
+            nodes: None,
+            command: Some(Command::Info(InfoRequest {})),
+        })
+        .await
+        .expect("Broadcast")
+        .into_inner();
+    assert_eq!(response.results.len(), 3, "{response:?}");
+    assert_eq!((response.succeeded, response.failed), (2, 1));
+    for result in &response.results {
+        if result.node_id == stopped.id {
+            assert_eq!(result.code, Code::Unavailable as u32, "{result:?}");
+            assert!(result.message.contains("cannot reach"), "{result:?}");
+        } else {
+            assert_eq!(result.code, 0, "{result:?}");
+            let info: serde_json::Value = serde_json::from_str(&result.output).expect("json");
+            assert_eq!(info["node_id"], result.node_id.as_str());
+            assert_eq!(info["name"], result.name.as_str());
+        }
+    }
+
+    // The log filter of the running nodes, by group.
+    let levels = farm
+        .farm()
+        .broadcast(BroadcastRequest {
+            nodes: Some(NodeSelector {
+                node_ids: vec![by_name(&nodes, "node-001").id.clone()],
+                group: String::new(),
+            }),
+            command: Some(Command::LogLevel(LogLevelCommand {
+                filter: "debug".into(),
+            })),
+        })
+        .await
+        .expect("Broadcast")
+        .into_inner();
+    assert_eq!(levels.succeeded, 1, "{levels:?}");
+    assert!(levels.results[0].output.contains("previous"), "{levels:?}");
+    let bad = farm
+        .farm()
+        .broadcast(BroadcastRequest {
+            nodes: Some(NodeSelector {
+                node_ids: vec![by_name(&nodes, "node-001").id.clone()],
+                group: String::new(),
+            }),
+            command: Some(Command::LogLevel(LogLevelCommand {
+                filter: "=[not a filter".into(),
+            })),
+        })
+        .await
+        .expect("Broadcast")
+        .into_inner();
+    assert_eq!(bad.results[0].code, Code::InvalidArgument as u32, "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_load_burns_cpu_on_the_chosen_node_only() {
+    let farm = Farm::start(3, &[]).await;
+    let nodes = farm.wait_healthy(3, Duration::from_secs(20)).await;
+    let busy = by_name(&nodes, "node-001").clone();
+    let idle = by_name(&nodes, "node-003").clone();
+    let (busy_before, idle_before) = (cpu_ticks(pid(&busy)), cpu_ticks(pid(&idle)));
+    let response = farm
+        .farm()
+        .simulate_load(SimulateLoadRequest {
+            nodes: Some(NodeSelector {
+                node_ids: vec![busy.id.clone()],
+                group: String::new(),
+            }),
+            load: Some(LoadSpec {
+                cpu_percent: 50.0,
+                memory_mib: 16,
+                duration_ms: 1000,
+            }),
+        })
+        .await
+        .expect("SimulateLoad")
+        .into_inner();
+    assert_eq!(response.succeeded, 1, "{response:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let busy_used = cpu_ticks(pid(&busy)) - busy_before;
+    let idle_used = cpu_ticks(pid(&idle)) - idle_before;
+    // Half the machine's CPUs for a second: at least half a core-second
+    // (50 ticks) on a 2-CPU machine; generous bounds for a shared machine.
+    assert!(
+        busy_used >= 25,
+        "the loaded node used only {busy_used} ticks"
+    );
+    assert!(idle_used < 10, "an idle node used {idle_used} ticks");
+}
+
+#[tokio::test]
+async fn bad_simulations_are_refused_before_any_node_is_asked() {
+    let farm = Farm::start(0, &[]).await;
+    #[track_caller]
+    fn check(
+        result: Result<tonic::Response<farm_api::v1::BroadcastResponse>, tonic::Status>,
+        code: Code,
+    ) {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+    let load = |cpu_percent, memory_mib, duration_ms| {
+        Some(LoadSpec {
+            cpu_percent,
+            memory_mib,
+            duration_ms,
+        })
+    };
+    let mut client = farm.farm();
+    for (spec, code) in [
+        (load(150.0, 0, 1000), Code::InvalidArgument),
+        (load(10.0, 4096, 1000), Code::InvalidArgument),
+        (load(10.0, 0, 0), Code::InvalidArgument),
+        (load(10.0, 0, 700_000), Code::InvalidArgument),
+        (None, Code::InvalidArgument),
+    ] {
+        check(
+            client
+                .simulate_load(SimulateLoadRequest {
+                    nodes: None,
+                    load: spec,
+                })
+                .await,
+            code,
+        );
+    }
+    check(
+        client
+            .simulate_load(SimulateLoadRequest {
+                nodes: Some(NodeSelector {
+                    node_ids: vec!["n404".into()],
+                    group: String::new(),
+                }),
+                load: load(10.0, 0, 1000),
+            })
+            .await,
+        Code::NotFound,
+    );
+    // No node registered: nothing to send to.
+    check(
+        client
+            .broadcast(BroadcastRequest {
+                nodes: None,
+                command: Some(Command::Info(InfoRequest {})),
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+}
