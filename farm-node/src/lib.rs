@@ -13,7 +13,9 @@ pub mod cache;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod latency;
 pub mod load;
+pub mod sampler;
 pub mod settings;
 pub mod workload;
 
@@ -28,6 +30,7 @@ use tracing::{info, warn};
 pub use crate::config::{NodeArgs, NodeConfig};
 use crate::{
     agent::{Agent, AgentError},
+    sampler::{CGROUP_ROOT, SAMPLE_INTERVAL, Sampler},
     workload::{MAX_RESPONSE_BYTES, NodeStatus, WorkloadService},
 };
 
@@ -93,6 +96,17 @@ pub async fn run(
         address.clone(),
     ));
     let cancel = CancellationToken::new();
+    // Samples at once, then every second, for the heartbeats to carry.
+    match Sampler::new(
+        status.metrics.clone(),
+        config.cache_dir.as_deref(),
+        std::path::Path::new(CGROUP_ROOT),
+    ) {
+        Ok(sampler) => drop(tokio::spawn(sampler.run(SAMPLE_INTERVAL, cancel.clone()))),
+        Err(err) => {
+            warn!(cause = %err, "cannot read this system's figures; heartbeats carry no metrics")
+        }
+    }
     let log_filter = config.log_filter.clone();
     let mut agent = Agent::new(config, status.clone(), cancel.clone())?;
     // Before the port opens: the first request already gets the settings.

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     load::{self, Load, Simulator},
+    sampler::Metrics,
     settings::{NodeConfigData, Settings},
 };
 
@@ -55,6 +56,9 @@ pub struct NodeStatus {
     /// The applied configuration, read by every request: reads vastly
     /// outnumber writes, and a read only copies a few words out.
     settings: RwLock<Settings>,
+    /// Request metrics (recorded by `Work` and `WorkStream`) and the
+    /// newest sample of the node.
+    pub metrics: Arc<Metrics>,
 }
 
 impl NodeStatus {
@@ -69,6 +73,7 @@ impl NodeStatus {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             settings: RwLock::new(Settings::default()),
+            metrics: Arc::new(Metrics::new()),
         }
     }
 
@@ -243,13 +248,19 @@ impl WorkloadService {
     }
 
     /// Does what `request` (resolved) asks. `Err` is the failure it asked for (or a
-    /// refusal of its asks); the caller decides how to deliver it.
-    async fn serve(&self, request: WorkRequest) -> Result<WorkResponse, Status> {
+    /// refusal of its asks); the caller decides how to deliver it. Its
+    /// latency, from `received`, and code are recorded.
+    async fn serve(&self, request: WorkRequest, received: Instant) -> Result<WorkResponse, Status> {
         self.status.requests.fetch_add(1, Ordering::Relaxed);
         let result = self.perform(request).await;
         if result.is_err() {
             self.status.errors.fetch_add(1, Ordering::Relaxed);
         }
+        let code = result.as_ref().map_or_else(|s| s.code() as u32, |_| 0);
+        self.status
+            .metrics
+            .recorder
+            .record(received.elapsed(), code);
         result
     }
 
@@ -312,8 +323,9 @@ fn is_instant(request: &WorkRequest) -> bool {
 #[tonic::async_trait]
 impl Workload for WorkloadService {
     async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        let received = Instant::now();
         let request = self.resolve(request.into_inner());
-        self.serve(request).await.map(Response::new)
+        self.serve(request, received).await.map(Response::new)
     }
 
     type WorkStreamStream =
@@ -344,9 +356,10 @@ impl Workload for WorkloadService {
                     // The caller went away (or sent garbage): nobody to answer.
                     Err(_) => return,
                 };
+                let received = Instant::now();
                 let id = request.id;
                 if is_instant(&request) {
-                    let response = service.in_band(id, service.serve(request).await);
+                    let response = service.in_band(id, service.serve(request, received).await);
                     if tx.send(Ok(response)).await.is_err() {
                         return;
                     }
@@ -358,7 +371,7 @@ impl Workload for WorkloadService {
                 let tx = tx.clone();
                 let service = service.clone();
                 tokio::spawn(async move {
-                    let response = service.in_band(id, service.serve(request).await);
+                    let response = service.in_band(id, service.serve(request, received).await);
                     let _ = tx.send(Ok(response)).await;
                     drop(permit);
                 });

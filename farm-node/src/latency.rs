@@ -1,0 +1,184 @@
+//! The request recorder the Workload service writes to and the sampler
+//! reads: request and failure counts since start (atomics), and an HDR
+//! histogram of the latency of the requests of the current sampling
+//! interval, which the sampler swaps out once a second.
+//!
+//! The hot path is two relaxed atomic adds and one short critical section
+//! (an array increment in the histogram); a `std::sync::Mutex` fits because
+//! nothing is awaited while it is held and holders never block on I/O.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::{
+    Histogram,
+    serialization::{Serializer, V2Serializer},
+};
+
+/// Highest latency a histogram holds, in microseconds (one minute: the
+/// longest delay a request may ask for); longer ones are recorded as this.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+/// Significant figures of the latency histograms.
+pub const SIGNIFICANT_FIGURES: u8 = 3;
+/// Highest gRPC status code (`UNAUTHENTICATED`).
+const MAX_CODE: usize = 16;
+/// gRPC `UNKNOWN`: where a code out of range is counted.
+const UNKNOWN: usize = 2;
+
+/// An empty latency histogram: microseconds from 1 to [`MAX_LATENCY_US`],
+/// [`SIGNIFICANT_FIGURES`] significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_FIGURES)
+        .expect("constant histogram bounds are valid")
+}
+
+/// `histogram` in V2 serialisation (appended to `out`); nothing when it is
+/// empty.
+pub fn serialize(serializer: &mut V2Serializer, histogram: &Histogram<u64>, out: &mut Vec<u8>) {
+    if histogram.is_empty() {
+        return;
+    }
+    // Writing to a Vec cannot fail, and the histogram's own counts always
+    // encode.
+    if let Err(err) = serializer.serialize(histogram, out) {
+        tracing::warn!(cause = ?err, "cannot serialise the latency histogram");
+        out.clear();
+    }
+}
+
+/// Requests of `Work` and `WorkStream`: counts since start and the latency
+/// histogram of the current interval.
+#[derive(Debug)]
+pub struct Recorder {
+    requests: AtomicU64,
+    /// Requests answered with each status code (index), 0 included.
+    by_code: [AtomicU64; MAX_CODE + 1],
+    /// Latency (µs) of the requests answered since the last [`Self::swap`].
+    interval: Mutex<Histogram<u64>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+            interval: Mutex::new(new_histogram()),
+        }
+    }
+
+    /// Records one answered request: how long it took from its receipt to
+    /// its answer, and its status code (0 for success).
+    pub fn record(&self, latency: Duration, code: u32) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let index = usize::try_from(code)
+            .ok()
+            .filter(|&c| c <= MAX_CODE)
+            .unwrap_or(UNKNOWN);
+        self.by_code[index].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        // A poisoned histogram is still a whole histogram.
+        self.interval
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .saturating_record(micros.clamp(1, MAX_LATENCY_US));
+    }
+
+    /// Requests recorded since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Failed requests since start, by status code (codes never seen are
+    /// absent).
+    pub fn errors_by_code(&self) -> HashMap<u32, u64> {
+        self.by_code
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(code, count)| {
+                let count = count.load(Ordering::Relaxed);
+                (count > 0).then_some((code as u32, count))
+            })
+            .collect()
+    }
+
+    /// Hands the current interval's histogram over in `spare` (which must
+    /// be empty) and starts a new interval with `spare`'s old storage: no
+    /// allocation, and the lock is held for a pointer swap.
+    pub fn swap(&self, spare: &mut Histogram<u64>) {
+        debug_assert!(spare.is_empty());
+        let mut current = self.interval.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::swap(&mut *current, spare);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hdrhistogram::serialization::Deserializer;
+
+    use super::*;
+
+    #[test]
+    fn counts_requests_and_failures_by_code() {
+        let recorder = Recorder::new();
+        for _ in 0..5 {
+            recorder.record(Duration::from_millis(2), 0);
+        }
+        recorder.record(Duration::from_millis(1), 14);
+        recorder.record(Duration::from_millis(1), 14);
+        recorder.record(Duration::from_millis(1), 5);
+        // Out of range: counted as UNKNOWN.
+        recorder.record(Duration::from_millis(1), 99);
+        assert_eq!(recorder.requests(), 9);
+        assert_eq!(
+            recorder.errors_by_code(),
+            HashMap::from([(14, 2), (5, 1), (2, 1)])
+        );
+    }
+
+    #[test]
+    fn the_interval_histogram_round_trips_through_v2() {
+        let recorder = Recorder::new();
+        recorder.record(Duration::from_micros(250), 0);
+        recorder.record(Duration::from_millis(3), 0);
+        recorder.record(Duration::from_millis(40), 4);
+        // Zero and over-long latencies are clamped into the bounds.
+        recorder.record(Duration::ZERO, 0);
+        recorder.record(Duration::from_secs(3600), 0);
+
+        let mut spare = new_histogram();
+        recorder.swap(&mut spare);
+        assert_eq!(spare.len(), 5);
+        let mut bytes = Vec::new();
+        serialize(&mut V2Serializer::new(), &spare, &mut bytes);
+        let decoded: Histogram<u64> = Deserializer::new()
+            .deserialize(&mut bytes.as_slice())
+            .expect("a V2 histogram");
+        assert_eq!(decoded, spare);
+        assert_eq!(decoded.len(), 5);
+        assert_eq!(decoded.min(), 1);
+        assert!(decoded.equivalent(decoded.max(), MAX_LATENCY_US));
+        assert!(decoded.equivalent(decoded.value_at_quantile(0.5), 3_000));
+
+        // The next interval starts empty; the totals carry on.
+        spare.reset();
+        recorder.swap(&mut spare);
+        assert!(spare.is_empty());
+        let mut bytes = Vec::new();
+        serialize(&mut V2Serializer::new(), &spare, &mut bytes);
+        assert!(bytes.is_empty(), "an empty interval serialises to nothing");
+        assert_eq!(recorder.requests(), 5);
+    }
+}
