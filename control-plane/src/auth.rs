@@ -85,9 +85,10 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ("farm.v1.Farm/NodeAction", ADMINS),
     ("farm.v1.Farm/SimulateLoad", ADMINS),
     ("farm.v1.Farm/Broadcast", ADMINS),
-    ("farm.v1.Metrics/GetFarmMetrics", READERS),
-    ("farm.v1.Metrics/GetNodeMetrics", READERS),
-    ("farm.v1.Metrics/WatchMetrics", READERS),
+    // Metrics: every role reads (nodes may look at the farm's load).
+    ("farm.v1.Metrics/GetFarmMetrics", ANY),
+    ("farm.v1.Metrics/GetNodeMetrics", ANY),
+    ("farm.v1.Metrics/WatchMetrics", ANY),
     // Configuration: nodes and viewers read, admins write.
     ("farm.v1.Config/GetConfig", ANY),
     ("farm.v1.Config/History", ANY),

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod core;
+pub mod prometheus;
 pub mod runtime;
 pub mod serve;
 pub mod server;

@@ -37,12 +37,13 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long open connections may take to drain at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
 /// Services whose health `grpc.health.v1` reports; "" is the whole server.
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "",
     "farm.v1.Registry",
     "farm.v1.Discovery",
     "farm.v1.Farm",
     "farm.v1.Config",
+    "farm.v1.Metrics",
 ];
 /// Process starts in flight at once (a process starts in about a millisecond).
 const PROCESS_START_PARALLELISM: usize = 16;

@@ -1,12 +1,13 @@
 //! The one listener: gRPC over h2c, gRPC-Web over HTTP/1.1 (with CORS), and
-//! plain HTTP (`/`, `/healthz`, `/readyz`), all on the same port.
+//! plain HTTP (`/`, `/healthz`, `/readyz`, `/metrics`), all on the same
+//! port.
 
 use std::{future::Future, time::Duration};
 
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
     config_server::ConfigServer, discovery_server::DiscoveryServer, farm_server::FarmServer,
-    registry_server::RegistryServer,
+    metrics_server::MetricsServer, registry_server::RegistryServer,
 };
 use futures::future::{BoxFuture, Either, FutureExt};
 use http::{HeaderName, header};
@@ -24,7 +25,7 @@ use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    api::{ConfigService, DiscoveryService, FarmService, RegistryService},
+    api::{ConfigService, DiscoveryService, FarmService, MetricsService, RegistryService},
     core::NodeState,
     state::FarmState,
     supervisor::Supervisor,
@@ -36,11 +37,12 @@ const MAX_DECODE: usize = 4 * 1024 * 1024;
 const MAX_ENCODE: usize = 16 * 1024 * 1024;
 
 /// Services advertised by reflection.
-const SERVED: [&str; 7] = [
+const SERVED: [&str; 8] = [
     "farm.v1.Registry",
     "farm.v1.Config",
     "farm.v1.Discovery",
     "farm.v1.Farm",
+    "farm.v1.Metrics",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -77,6 +79,7 @@ pub fn routes(
     let discovery = DiscoveryService::new(api.state.clone(), api.shutdown.clone());
     let farm = FarmService::new(api.state.clone(), api.supervisor.clone());
     let config = ConfigService::new(api.state.clone(), api.shutdown.clone());
+    let metrics = MetricsService::new(api.state.clone(), api.shutdown.clone());
     let mut routes = Routes::builder();
     routes
         .add_service(
@@ -99,6 +102,11 @@ pub fn routes(
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
+        .add_service(
+            MetricsServer::new(metrics)
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        )
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -107,9 +115,12 @@ pub fn routes(
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(api.clone());
     let grpc = std::mem::take(routes.axum_router_mut());
-    *routes.axum_router_mut() = grpc.merge(http).fallback(not_found);
+    // Innermost: counts and times the calls that passed the auth layer.
+    let counted = crate::prometheus::RpcMetricsLayer::new(api.state.telemetry().clone());
+    *routes.axum_router_mut() = grpc.merge(http).fallback(not_found).layer(counted);
     Ok(routes)
 }
 
@@ -135,8 +146,18 @@ async fn index() -> &'static str {
         env!("CARGO_PKG_VERSION"),
         "\n\n",
         "gRPC (h2c) and gRPC-Web on this port: farm.v1.Registry, farm.v1.Discovery, farm.v1.Farm,\n",
+        "farm.v1.Config, farm.v1.Metrics,\n",
         "grpc.health.v1.Health, and server reflection (grpcurl -plaintext HOST:PORT list).\n\n",
-        "HTTP: /healthz (alive), /readyz (serving, and how many nodes are healthy)\n",
+        "HTTP: /healthz (alive), /readyz (serving, and how many nodes are healthy),\n",
+        "/metrics (the farm and the control plane in the Prometheus text format)\n",
+    )
+}
+
+/// The farm and the control plane in the Prometheus text format.
+async fn metrics_text(State(api): State<Api>) -> impl axum::response::IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
+        crate::prometheus::render(&api.state),
     )
 }
 

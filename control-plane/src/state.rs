@@ -5,9 +5,14 @@
 //! survive a restart, and publishes the registry's new events before letting
 //! go, so watchers see events in revision order and never miss one between a
 //! snapshot and their subscription.
+//!
+//! The nodes' metrics samples live in a book of their own behind a second
+//! lock, never held together with the registry's: a heartbeat's sample does
+//! not wait on membership changes, and an aggregate takes the node list
+//! first, then the samples.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, SystemTime},
 };
@@ -23,7 +28,9 @@ use crate::{
         Discovered, DomainError, Event, GroupView, HealthPolicy, Limits, NewIdentity, NodeId,
         NodeState, NodeView, Now, Registered, RegistrationRequest, Registry, RuntimeView,
         config::{Change, ConfigBook, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, diff},
+        metrics::{self, FarmAggregate, MetricsBook, NodeMetrics, Sample},
     },
+    prometheus::Telemetry,
     store::{Store, StoreError, wall_micros},
 };
 
@@ -64,6 +71,11 @@ struct Shared {
     config_version: watch::Sender<u64>,
     /// Every new configuration version, for `WatchConfig`.
     config_events: broadcast::Sender<Arc<ConfigEntry>>,
+    /// The nodes' recent metrics samples. Never held together with
+    /// `registry`: the node list is read first, then this.
+    metrics: Mutex<MetricsBook>,
+    /// The control plane's own counters, for `/metrics`.
+    telemetry: Arc<Telemetry>,
 }
 
 /// What a new watcher starts from.
@@ -101,6 +113,8 @@ impl FarmState {
                 config: Mutex::new(book),
                 config_version,
                 config_events,
+                metrics: Mutex::new(MetricsBook::new()),
+                telemetry: Arc::default(),
             }),
         })
     }
@@ -108,6 +122,14 @@ impl FarmState {
     fn book(&self) -> MutexGuard<'_, ConfigBook> {
         // The book changes only by `commit`, after the store has the entry.
         self.shared.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn metrics(&self) -> MutexGuard<'_, MetricsBook> {
+        // Every book method leaves it consistent.
+        self.shared
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -189,6 +211,7 @@ impl FarmState {
         let id = registry.deregister(id, secret, Now::read())?;
         self.publish(&mut registry);
         drop(registry);
+        self.metrics().remove(id);
         self.shared.store.delete_nodes(&[id])?;
         Ok(id)
     }
@@ -199,6 +222,7 @@ impl FarmState {
         registry.forget(id, Now::read());
         self.publish(&mut registry);
         drop(registry);
+        self.metrics().remove(id);
         self.shared.store.delete_nodes(&[id])?;
         Ok(())
     }
@@ -289,6 +313,11 @@ impl FarmState {
             info!(group = %name, "purged idle empty group");
         }
         if !tick.dropped.is_empty() {
+            let mut book = self.metrics();
+            for id in &tick.dropped {
+                book.remove(*id);
+            }
+            drop(book);
             info!(nodes = ?tick.dropped.iter().map(ToString::to_string).collect::<Vec<_>>(), "dropped nodes silent past their maximum age");
             if let Err(err) = self.shared.store.delete_nodes(&tick.dropped) {
                 warn!(cause = %err, "could not forget dropped nodes in the store");
@@ -308,6 +337,68 @@ impl FarmState {
                 state.tick();
             }
         })
+    }
+}
+
+/// Metrics: the samples nodes report, and the control plane's own counters.
+impl FarmState {
+    /// Keeps node `id`'s latest sample (its heartbeat was accepted).
+    pub fn record_sample(&self, id: NodeId, sample: Sample) {
+        self.metrics().record(id, sample, Now::read().mono);
+        self.shared.telemetry.sample_received();
+    }
+
+    /// The aggregate of `group` (empty: the whole farm), listing every node
+    /// when `include_nodes` is set. Errors: an unknown group.
+    pub fn farm_metrics(
+        &self,
+        group: &str,
+        include_nodes: bool,
+    ) -> Result<FarmAggregate, DomainError> {
+        let (nodes, fresh) = {
+            let registry = self.lock();
+            let nodes = registry.list_nodes(group)?;
+            (
+                nodes,
+                metrics::freshness(registry.policy().heartbeat_timeout),
+            )
+        };
+        let now = Now::read();
+        let entries = {
+            let mut book = self.metrics();
+            if group.is_empty() && book.len() > nodes.len() {
+                // Samples of a stream that raced its node's removal.
+                let ids: HashSet<NodeId> = nodes.iter().map(|n| n.id).collect();
+                book.retain(|id| ids.contains(&id));
+            }
+            book.snapshot(nodes, now.mono, fresh)
+        };
+        Ok(metrics::aggregate(entries, now.wall, include_nodes))
+    }
+
+    /// Node `id`'s latest metrics and its kept samples, oldest first.
+    pub fn node_metrics(&self, id: NodeId) -> Result<(NodeMetrics, Vec<Sample>), DomainError> {
+        let (view, fresh) = {
+            let registry = self.lock();
+            let view = registry.node(id)?;
+            (
+                view,
+                metrics::freshness(registry.policy().heartbeat_timeout),
+            )
+        };
+        let now = Now::read();
+        let (entry, history) = {
+            let book = self.metrics();
+            let entry = book.snapshot(vec![view], now.mono, fresh).pop();
+            (entry, book.history(id))
+        };
+        let entry = entry.ok_or_else(|| DomainError::NotFound(format!("no node with id {id}")))?;
+        Ok((metrics::node_metrics(entry), history))
+    }
+
+    /// The control plane's own counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
     }
 }
 

@@ -7,6 +7,7 @@ mod broadcast;
 pub mod config;
 mod discovery;
 mod farm;
+mod metrics;
 mod registry;
 
 use std::{collections::BTreeMap, time::SystemTime};
@@ -17,6 +18,7 @@ use tonic::Status;
 pub use config::ConfigService;
 pub use discovery::DiscoveryService;
 pub use farm::FarmService;
+pub use metrics::MetricsService;
 pub use registry::RegistryService;
 
 use crate::{

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
-use super::{config::effective_message, labels};
+use super::{config::effective_message, labels, metrics::sample_from_message};
 use crate::{
     core::{
         HealthPolicy, RegistrationRequest,
@@ -128,6 +128,7 @@ impl Registry for RegistryService {
         .await
         .map_err(|e| Status::internal(format!("registration task failed: {e}")))??;
         let policy = self.state.policy();
+        self.state.telemetry().registered(registered.reattached);
         if registered.reattached {
             debug!(node.id = %registered.id, "node re-attached");
         } else {
@@ -180,6 +181,7 @@ impl Registry for RegistryService {
                 }
             };
             debug!(node.id = %id, epoch, "heartbeat stream opened");
+            let _open = state.telemetry().heartbeat_stream();
             let policy = state.policy();
             let mut changes = state.config_changes();
             let mut pusher = Pusher::new(state.effective_config(id).ok(), policy);
@@ -191,12 +193,19 @@ impl Registry for RegistryService {
                     let _ = tx.send(Err(err.into())).await;
                     break;
                 }
+                if let Some(sample) = message.metrics.take() {
+                    let sample = sample_from_message(sample, std::time::SystemTime::now());
+                    state.record_sample(id, sample);
+                }
                 pusher.reported = message.config_version;
                 let ack = HeartbeatResponse {
                     ack_seq: message.seq,
                     heartbeat_interval_ms: pusher.interval_ms,
                     config: pusher.due(),
                 };
+                if ack.config.is_some() {
+                    state.telemetry().config_pushed();
+                }
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
                 }
@@ -216,6 +225,7 @@ impl Registry for RegistryService {
                                     heartbeat_interval_ms: pusher.interval_ms,
                                     config: Some(config),
                                 };
+                                state.telemetry().config_pushed();
                                 if tx.send(Ok(push)).await.is_err() {
                                     break Ok(None);
                                 }

@@ -1,5 +1,5 @@
-//! The domain core: membership, groups and health of the farm's nodes, and
-//! their versioned configuration.
+//! The domain core: membership, groups and health of the farm's nodes,
+//! their versioned configuration, and the aggregation of their metrics.
 //!
 //! Architecture invariant: nothing here imports tonic, prost or bollard, and
 //! nothing here does I/O or reads the clock. Callers pass `now` in, so every
@@ -10,6 +10,7 @@
 pub mod config;
 mod error;
 mod health;
+pub mod metrics;
 mod names;
 mod registry;
 
