@@ -185,3 +185,69 @@ async fn bad_simulations_are_refused_before_any_node_is_asked() {
         Code::InvalidArgument,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_load_shows_in_that_nodes_metrics_within_two_seconds() {
+    use farm_api::v1::{GetNodeMetricsRequest, metrics_client::MetricsClient};
+    let farm = Farm::start(2, &[]).await;
+    let nodes = farm.wait_healthy(2, Duration::from_secs(20)).await;
+    let busy = by_name(&nodes, "node-001").clone();
+    let idle = by_name(&nodes, "node-002").clone();
+    let mut metrics = MetricsClient::new(farm.channel());
+    let cpu = |node_id: String| {
+        let mut metrics = metrics.clone();
+        async move {
+            metrics
+                .get_node_metrics(GetNodeMetricsRequest { node_id })
+                .await
+                .expect("GetNodeMetrics")
+                .into_inner()
+                .node
+                .and_then(|n| n.sample)
+                .map_or(0.0, |s| s.cpu_percent)
+        }
+    };
+    let asked = std::time::Instant::now();
+    farm.farm()
+        .simulate_load(SimulateLoadRequest {
+            nodes: Some(NodeSelector {
+                node_ids: vec![busy.id.clone()],
+                group: String::new(),
+            }),
+            load: Some(LoadSpec {
+                cpu_percent: 60.0,
+                memory_mib: 32,
+                duration_ms: 4000,
+            }),
+        })
+        .await
+        .expect("SimulateLoad");
+    loop {
+        let busy_cpu = cpu(busy.id.clone()).await;
+        if busy_cpu >= 25.0 {
+            break;
+        }
+        // Two seconds promised; a shared machine gets some slack.
+        assert!(
+            asked.elapsed() < Duration::from_secs(4),
+            "the loaded node's CPU is only {busy_cpu}%"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let idle_cpu = cpu(idle.id.clone()).await;
+    assert!(idle_cpu < 15.0, "an idle node shows {idle_cpu}% CPU");
+    let memory = metrics
+        .get_node_metrics(GetNodeMetricsRequest {
+            node_id: busy.id.clone(),
+        })
+        .await
+        .expect("GetNodeMetrics")
+        .into_inner()
+        .node
+        .and_then(|n| n.sample)
+        .map_or(0, |s| s.rss_bytes);
+    assert!(
+        memory >= 32 << 20,
+        "the held memory shows in the RSS: {memory}"
+    );
+}
