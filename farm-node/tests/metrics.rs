@@ -1,7 +1,8 @@
 //! The node's metrics on its heartbeat stream: a node in this process
 //! heartbeats to a recording `Registry` in this process, which keeps every
 //! sample the node sends; `Work` and `WorkStream` calls, some failing, show
-//! up in the samples' counts, codes and latency histograms.
+//! up in the samples' counts, codes and latency histograms. Then the same
+//! through a real control plane's `Metrics.GetNodeMetrics`.
 
 mod common;
 
@@ -13,10 +14,11 @@ use std::{
     time::Duration,
 };
 
-use common::Node;
+use common::{ControlPlane, Node};
 use farm_api::v1::{
-    DeregisterRequest, DeregisterResponse, HeartbeatRequest, HeartbeatResponse, NodeSample,
-    RegisterRequest, RegisterResponse, WorkRequest,
+    DeregisterRequest, DeregisterResponse, GetNodeMetricsRequest, HeartbeatRequest,
+    HeartbeatResponse, NodeSample, RegisterRequest, RegisterResponse, WorkRequest,
+    metrics_client::MetricsClient,
     registry_server::{Registry, RegistryServer},
     workload_client::WorkloadClient,
 };
@@ -221,4 +223,74 @@ async fn heartbeats_carry_request_and_resource_metrics() {
     }
 
     node.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn the_control_plane_keeps_the_samples() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let cp = ControlPlane::start(&data).await;
+    let cache = tempfile::tempdir().expect("temp dir");
+    let mut config = NodeConfig::new(cp.url(), "sampled");
+    config.cache_dir = Some(cache.path().to_owned());
+    let node = Node::start(config).await;
+    let id = cp.wait_healthy("sampled").await.id;
+
+    let mut client = WorkloadClient::new(node.channel());
+    for i in 0..3 {
+        client
+            .work(WorkRequest {
+                id: i,
+                ..Default::default()
+            })
+            .await
+            .expect("Work");
+    }
+    for _ in 0..2 {
+        client
+            .work(WorkRequest {
+                fail_code: Code::Aborted as u32,
+                ..Default::default()
+            })
+            .await
+            .expect_err("asked to fail");
+    }
+
+    let mut metrics = MetricsClient::new(common::channel(cp.addr));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (latest, history) = loop {
+        let response = metrics
+            .get_node_metrics(GetNodeMetricsRequest {
+                node_id: id.clone(),
+            })
+            .await
+            .expect("GetNodeMetrics")
+            .into_inner();
+        let latest = response.node.and_then(|n| n.sample);
+        if let Some(latest) = latest.filter(|s| s.requests == 5) {
+            break (latest, response.history);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for a sample of 5 requests: {:#?}",
+            response.history.last()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        latest.errors_by_code,
+        HashMap::from([(Code::Aborted as u32, 2)])
+    );
+    // The history holds every sample since the node started (fewer than
+    // 60): their histograms add up to the five requests.
+    let recorded: u64 = history
+        .iter()
+        .filter(|s| !s.latency_histogram.is_empty())
+        .map(|s| decode(&s.latency_histogram).len())
+        .sum();
+    assert_eq!(recorded, 5);
+    assert!(latest.rss_bytes > 1 << 20, "rss {}", latest.rss_bytes);
+    assert!(latest.memory_limit_bytes > 0);
+
+    node.stop().await.expect("clean stop");
+    cp.stop().await;
 }
