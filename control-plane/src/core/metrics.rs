@@ -4,8 +4,11 @@
 //!
 //! Nothing here knows the wire: a [`Sample`] is the domain's copy of a
 //! node's report, its latency histogram kept as the V2-serialised bytes the
-//! node sent (decoded only when an aggregate is computed, so a large farm
-//! holds a few hundred bytes per sample instead of a histogram's counts).
+//! node sent, so a large farm holds a few hundred bytes per sample instead
+//! of a histogram's array of counts. Only when an aggregate is computed are
+//! they decoded, into the recorded values alone ([`Counts`]), which are
+//! recorded straight into one merged histogram: no histogram per node is
+//! ever built (at 10,000 nodes that is a quarter of the time).
 //! [`MetricsBook`] is what the state keeps behind its own lock; taking a
 //! [`MetricsBook::snapshot`] is cheap, and [`aggregate`] does the decoding
 //! and merging outside any lock.
@@ -16,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use hdrhistogram::{Histogram, serialization::Deserializer};
+use hdrhistogram::Histogram;
 use thiserror::Error;
 
 use super::{NodeId, NodeState, NodeView};
@@ -131,8 +134,9 @@ impl Sample {
         self
     }
 
-    /// The decoded latency histogram; `None` when the sample carries none.
-    pub fn histogram(&self) -> Result<Option<Histogram<u64>>, HistogramError> {
+    /// The recorded latencies of the sample's histogram (none when it
+    /// carries none).
+    pub fn latencies(&self) -> Result<Counts, HistogramError> {
         decode(&self.latency_histogram)
     }
 }
@@ -155,11 +159,39 @@ pub enum HistogramError {
     Corrupt(String),
 }
 
-/// Decodes a V2 histogram, after checking its header so that no report can
-/// make the control plane allocate more than its bytes justify.
-pub fn decode(bytes: &[u8]) -> Result<Option<Histogram<u64>>, HistogramError> {
+/// The values a histogram recorded: `(value, count)` pairs in increasing
+/// order, each value the lowest of its bucket. As long as a few hundred
+/// bytes of a report are, where the histogram itself would take a buffer
+/// of counts for every bucket in its range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    values: Vec<(u64, u64)>,
+    total: u64,
+}
+
+impl Counts {
+    /// Values recorded.
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// Each recorded value with its count, in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.values.iter().copied()
+    }
+}
+
+/// Decodes the counts of a V2 histogram without building the histogram:
+/// the header is checked first, so no report can make the control plane
+/// allocate more than its bytes justify, and bucket indexes that would
+/// overflow are refused.
+pub fn decode(bytes: &[u8]) -> Result<Counts, HistogramError> {
     if bytes.is_empty() {
-        return Ok(None);
+        return Ok(Counts::default());
     }
     if bytes.len() > MAX_HISTOGRAM_BYTES {
         return Err(HistogramError::TooLarge(bytes.len()));
@@ -169,17 +201,91 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Histogram<u64>>, HistogramError> {
     }
     let word =
         |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    if word(0) != V2_COOKIE || word(4) as usize > bytes.len() - V2_HEADER {
+    let long = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_be_bytes(b)
+    };
+    let payload_len = word(4) as usize;
+    if word(0) != V2_COOKIE || payload_len > bytes.len() - V2_HEADER {
         return Err(HistogramError::NotV2);
     }
     let figures = word(12);
     if figures > MAX_SIGNIFICANT_FIGURES {
         return Err(HistogramError::TooPrecise(figures));
     }
-    let histogram: Histogram<u64> = Deserializer::new()
-        .deserialize(&mut &bytes[..])
-        .map_err(|e| HistogramError::Corrupt(format!("{e:?}")))?;
-    Ok((!histogram.is_empty()).then_some(histogram))
+    let lowest = long(16);
+    if word(8) != 0 || lowest == 0 || f64::from_bits(long(32)) != 1.0 {
+        return Err(HistogramError::Corrupt(
+            "unsupported header (offset, lowest value or ratio)".into(),
+        ));
+    }
+    // The bucket layout, as hdrhistogram derives it from the header.
+    let unit_magnitude = 63 - lowest.leading_zeros();
+    let largest_single_unit = 2 * 10u64.pow(figures);
+    let count_magnitude = (largest_single_unit as f64).log2().ceil() as u32;
+    let half_magnitude = count_magnitude.saturating_sub(1);
+    let mut payload = &bytes[V2_HEADER..V2_HEADER + payload_len];
+    let mut counts = Counts::default();
+    let mut index: u64 = 0;
+    let corrupt = |what: &str| HistogramError::Corrupt(what.to_owned());
+    while !payload.is_empty() {
+        let (raw, used) = varint(payload).ok_or_else(|| corrupt("truncated number"))?;
+        payload = &payload[used..];
+        // Zig-zag: negative numbers are runs of empty buckets.
+        let number = ((raw >> 1) as i64) ^ -((raw & 1) as i64);
+        if number < 0 {
+            index = index
+                .checked_add(number.unsigned_abs())
+                .ok_or_else(|| corrupt("bucket index overflows"))?;
+            continue;
+        }
+        if number > 0 {
+            let value = bucket_value(index, half_magnitude, unit_magnitude)
+                .ok_or_else(|| corrupt("bucket index beyond any value"))?;
+            let count = number as u64;
+            counts.values.push((value, count));
+            counts.total = counts
+                .total
+                .checked_add(count)
+                .ok_or_else(|| corrupt("counts overflow"))?;
+        }
+        index += 1;
+    }
+    Ok(counts)
+}
+
+/// One number of a V2 payload (LEB128, at most nine bytes, the ninth
+/// taken whole) and the bytes it took.
+fn varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(9).enumerate() {
+        if i == 8 {
+            return Some((value | (u64::from(*b) << 56), 9));
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The lowest value of bucket `index` of a histogram whose sub-buckets
+/// take `half_magnitude + 1` bits and whose unit is `2^unit_magnitude`.
+fn bucket_value(index: u64, half_magnitude: u32, unit_magnitude: u32) -> Option<u64> {
+    let half = 1u64 << half_magnitude;
+    let mut bucket = (index >> half_magnitude) as i64 - 1;
+    let mut sub_bucket = (index & (half - 1)) + half;
+    if bucket < 0 {
+        sub_bucket -= half;
+        bucket = 0;
+    }
+    let shift = u32::try_from(bucket).ok()?.checked_add(unit_magnitude)?;
+    if shift + half_magnitude + 1 > 64 {
+        return None;
+    }
+    Some(sub_bucket << shift)
 }
 
 /// Latency percentiles of a histogram, in microseconds.
@@ -211,6 +317,41 @@ impl Latency {
             p999_us: at(0.999),
             max_us: histogram.max() as f64,
             mean_us: histogram.mean(),
+        }
+    }
+
+    /// The percentiles of `counts`, as [`Latency::of`] would give them for
+    /// the same values recorded in a histogram shaped like `reference`.
+    pub fn of_counts(counts: &Counts, reference: &Histogram<u64>) -> Self {
+        if counts.is_empty() {
+            return Self::default();
+        }
+        let total = counts.len();
+        let at = |q: f64| {
+            // Like hdrhistogram: the first value whose cumulative count
+            // reaches the quantile's share, at the top of its bucket.
+            let wanted = ((q.min(1.0) * total as f64).ceil() as u64).max(1);
+            let mut seen = 0u64;
+            for (value, count) in counts.iter() {
+                seen += count;
+                if seen >= wanted {
+                    return reference.highest_equivalent(value) as f64;
+                }
+            }
+            0.0
+        };
+        let max = counts.values.last().map_or(0, |(v, _)| *v);
+        let mean = counts.iter().fold(0.0, |sum, (value, count)| {
+            sum + reference.median_equivalent(value) as f64 * count as f64 / total as f64
+        });
+        Self {
+            count: total,
+            p50_us: at(0.5),
+            p90_us: at(0.9),
+            p99_us: at(0.99),
+            p999_us: at(0.999),
+            max_us: reference.highest_equivalent(max) as f64,
+            mean_us: mean,
         }
     }
 }
@@ -382,13 +523,10 @@ pub struct FarmAggregate {
 /// One node's metrics: its latest sample and that sample's percentiles (a
 /// histogram that does not decode gives none).
 pub fn node_metrics(entry: NodeEntry) -> NodeMetrics {
-    let latency = entry
-        .latest
-        .as_ref()
-        .and_then(|s| s.histogram().ok().flatten())
-        .as_ref()
-        .map(Latency::of)
-        .unwrap_or_default();
+    let latency = match (entry.latest.as_ref().map(Sample::latencies), reference()) {
+        (Some(Ok(counts)), Some(reference)) => Latency::of_counts(&counts, &reference),
+        _ => Latency::default(),
+    };
     NodeMetrics {
         id: entry.view.id,
         name: entry.view.name,
@@ -420,16 +558,20 @@ pub fn aggregate(
         ),
         ..FarmAggregate::default()
     };
-    let mut merged: Option<Histogram<u64>> = None;
+    // Grows to whatever range the nodes report; every node's values are
+    // recorded into it directly, never through a histogram of their own.
+    let Some(mut merged) = reference() else {
+        return farm;
+    };
     let (mut cpu_sum, mut interval_requests, mut interval_errors) = (0.0, 0u64, 0u64);
     for entry in entries {
-        let histogram = match entry.latest.as_ref().map(Sample::histogram) {
-            Some(Ok(histogram)) => histogram,
+        let counts = match entry.latest.as_ref().map(Sample::latencies) {
+            Some(Ok(counts)) => counts,
             Some(Err(_)) => {
                 farm.bad_histograms += 1;
-                None
+                Counts::default()
             }
-            None => None,
+            None => Counts::default(),
         };
         if entry.reporting
             && let Some(sample) = &entry.latest
@@ -451,8 +593,11 @@ pub fn aggregate(
             let (requests, errors) = entry.interval_counts();
             interval_requests = interval_requests.saturating_add(requests);
             interval_errors = interval_errors.saturating_add(errors);
-            if let Some(histogram) = &histogram {
-                merge(&mut merged, histogram, &mut farm.bad_histograms);
+            for (value, count) in counts.iter() {
+                if merged.record_n(value, count).is_err() {
+                    farm.bad_histograms += 1;
+                    break;
+                }
             }
         }
         if include_nodes {
@@ -462,7 +607,7 @@ pub fn aggregate(
                 group: entry.view.group,
                 state: entry.view.state,
                 reporting: entry.reporting,
-                latency: histogram.as_ref().map(Latency::of).unwrap_or_default(),
+                latency: Latency::of_counts(&counts, &merged),
                 sample: entry.latest,
             });
         }
@@ -474,26 +619,14 @@ pub fn aggregate(
         farm.error_rate =
             (interval_errors.min(interval_requests) as f64) / interval_requests as f64;
     }
-    farm.latency = merged.as_ref().map(Latency::of).unwrap_or_default();
+    farm.latency = Latency::of(&merged);
     farm
 }
 
-/// Adds `histogram` into `merged`, which resizes itself to whatever range
-/// the nodes report.
-fn merge(merged: &mut Option<Histogram<u64>>, histogram: &Histogram<u64>, failed: &mut u32) {
-    let target = match merged {
-        Some(target) => target,
-        None => match Histogram::new(MERGED_SIGNIFICANT_FIGURES) {
-            Ok(h) => merged.insert(h),
-            Err(_) => {
-                *failed += 1;
-                return;
-            }
-        },
-    };
-    if target.add(histogram).is_err() {
-        *failed += 1;
-    }
+/// An empty histogram of the merged shape (it resizes itself): what
+/// values are recorded into, and what says which values share a bucket.
+fn reference() -> Option<Histogram<u64>> {
+    Histogram::new(MERGED_SIGNIFICANT_FIGURES).ok()
 }
 
 /// How recent a sample must be to count: [`REPORTING_TIMEOUTS`] heartbeat
@@ -665,7 +798,7 @@ mod tests {
 
     #[test]
     fn bad_histograms_are_refused_before_allocating() {
-        assert_eq!(decode(&[]), Ok(None));
+        assert_eq!(decode(&[]), Ok(Counts::default()));
         assert_eq!(
             decode(b"not a histogram at all"),
             Err(HistogramError::NotV2)
@@ -686,8 +819,25 @@ mod tests {
             decode(&vec![0; MAX_HISTOGRAM_BYTES + 1]),
             Err(HistogramError::TooLarge(MAX_HISTOGRAM_BYTES + 1))
         );
-        assert_eq!(decode(&good).expect("decodes").map(|h| h.len()), Some(3));
-        assert_eq!(decode(&histogram(&[])), Ok(None));
+        assert_eq!(decode(&good).expect("decodes").len(), 3);
+        assert!(decode(&histogram(&[])).expect("decodes").is_empty());
+        // A run of empty buckets past any value is refused, not wrapped.
+        let mut far = good[..V2_HEADER].to_vec();
+        // -(2^40) zig-zagged, then a count of 1.
+        let mut run = (1u64 << 41) - 1;
+        while run >= 0x80 {
+            far.push((run as u8 & 0x7f) | 0x80);
+            run >>= 7;
+        }
+        far.push(run as u8);
+        far.push(2);
+        let payload = (far.len() - V2_HEADER) as u32;
+        far[4..8].copy_from_slice(&payload.to_be_bytes());
+        assert!(
+            matches!(decode(&far), Err(HistogramError::Corrupt(_))),
+            "{:?}",
+            decode(&far)
+        );
 
         let mut book = MetricsBook::new();
         let t = Instant::now();
@@ -708,6 +858,71 @@ mod tests {
         assert_eq!(farm.bad_histograms, 1);
         assert_eq!(farm.latency.count, 1);
         assert_eq!(farm.reporting_nodes, 2);
+    }
+
+    /// Decoding without a histogram gives what hdrhistogram's own
+    /// deserializer and merge give, to the bucket.
+    #[test]
+    fn counts_match_hdrhistogram() {
+        use hdrhistogram::serialization::Deserializer;
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let reference = reference().expect("histogram");
+        let mut merged_by_add = Histogram::<u64>::new(3).expect("histogram");
+        let mut merged = Histogram::<u64>::new(3).expect("histogram");
+        for round in 0..40 {
+            // Spreads from microseconds to a minute, some empty.
+            let n = next() % 500;
+            let scale = 1 + next() % 60_000_000;
+            let values: Vec<u64> = (0..n).map(|_| 1 + next() % scale).collect();
+            let bytes = histogram(&values);
+            let counts = decode(&bytes).expect("decodes");
+            let decoded: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut &bytes[..])
+                .expect("deserializes");
+            assert_eq!(counts.len(), decoded.len(), "round {round}");
+            let expected = if decoded.is_empty() {
+                Latency::default()
+            } else {
+                Latency::of(&decoded)
+            };
+            let got = Latency::of_counts(&counts, &reference);
+            assert_eq!(
+                (
+                    got.count,
+                    got.p50_us,
+                    got.p90_us,
+                    got.p99_us,
+                    got.p999_us,
+                    got.max_us
+                ),
+                (
+                    expected.count,
+                    expected.p50_us,
+                    expected.p90_us,
+                    expected.p99_us,
+                    expected.p999_us,
+                    expected.max_us
+                ),
+                "round {round}"
+            );
+            assert!((got.mean_us - expected.mean_us).abs() <= 1e-6 * expected.mean_us.max(1.0));
+            merged_by_add.add(&decoded).expect("add");
+            for (value, count) in counts.iter() {
+                merged.record_n(value, count).expect("record");
+            }
+            assert_eq!(
+                Latency::of(&merged),
+                Latency::of(&merged_by_add),
+                "round {round}"
+            );
+        }
+        assert!(merged.len() > 1000);
     }
 
     #[test]
