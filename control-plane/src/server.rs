@@ -153,12 +153,23 @@ async fn index() -> &'static str {
     )
 }
 
-/// The farm and the control plane in the Prometheus text format.
-async fn metrics_text(State(api): State<Api>) -> impl axum::response::IntoResponse {
-    (
-        [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
-        crate::prometheus::render(&api.state),
-    )
+/// The farm and the control plane in the Prometheus text format, rendered
+/// on a blocking thread (it reads `/proc` and merges every node's
+/// histogram).
+async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::task::spawn_blocking(move || crate::prometheus::render(&api.state)).await {
+        Ok(text) => (
+            [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
+            text,
+        )
+            .into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("metrics failed: {err}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// Ready while serving; the body says how much of the farm is healthy.

@@ -54,6 +54,20 @@ fn watch_interval(interval_ms: u32) -> Result<Duration, Status> {
     }
 }
 
+/// The aggregate of `group`, computed on a blocking thread: at thousands
+/// of nodes decoding and merging their histograms takes milliseconds.
+async fn farm_metrics(
+    state: &FarmState,
+    group: &str,
+    include_nodes: bool,
+) -> Result<FarmAggregate, Status> {
+    let (state, group) = (state.clone(), group.to_owned());
+    tokio::task::spawn_blocking(move || state.farm_metrics(&group, include_nodes))
+        .await
+        .map_err(|e| Status::internal(format!("metrics task failed: {e}")))?
+        .map_err(Status::from)
+}
+
 #[tonic::async_trait]
 impl Metrics for MetricsService {
     async fn get_farm_metrics(
@@ -61,9 +75,7 @@ impl Metrics for MetricsService {
         request: Request<GetFarmMetricsRequest>,
     ) -> Result<Response<FarmMetrics>, Status> {
         let request = request.into_inner();
-        let farm = self
-            .state
-            .farm_metrics(&request.group, request.include_nodes)?;
+        let farm = farm_metrics(&self.state, &request.group, request.include_nodes).await?;
         Ok(Response::new(farm_message(farm)))
     }
 
@@ -89,9 +101,7 @@ impl Metrics for MetricsService {
         let request = request.into_inner();
         let period = watch_interval(request.interval_ms)?;
         // The first snapshot now: an unknown group fails the call itself.
-        let first = self
-            .state
-            .farm_metrics(&request.group, request.include_nodes)?;
+        let first = farm_metrics(&self.state, &request.group, request.include_nodes).await?;
         let (tx, rx) = mpsc::channel(1);
         let state = self.state.clone();
         let shutdown = self.shutdown.clone();
@@ -106,8 +116,8 @@ impl Metrics for MetricsService {
                 let farm = match next.take() {
                     Some(farm) => farm,
                     // A group purged since the watch began is an empty farm.
-                    None => state
-                        .farm_metrics(&request.group, request.include_nodes)
+                    None => farm_metrics(&state, &request.group, request.include_nodes)
+                        .await
                         .unwrap_or_else(|_| FarmAggregate {
                             at: Some(SystemTime::now()),
                             ..FarmAggregate::default()
