@@ -11,7 +11,10 @@
 //!
 //! Only what the sample needs is read: this one process (`/proc/self`),
 //! not the process table; the one file system holding the cache folder;
-//! the network counters. Sampling costs a few file reads a second.
+//! the network counters of the node's network namespace, from
+//! `/proc/net/dev` in one read (sysinfo's `Networks` also resolves every
+//! interface's addresses at each refresh: a hundred times the cost).
+//! Sampling costs a few file reads a second.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,8 +25,7 @@ use std::{
 use farm_api::v1::NodeSample;
 use hdrhistogram::{Histogram, serialization::V2Serializer};
 use sysinfo::{
-    DiskRefreshKind, Disks, MemoryRefreshKind, Networks, Pid, ProcessRefreshKind,
-    ProcessesToUpdate, System,
+    DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, System,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,8 @@ use crate::latency::{self, Recorder};
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Where the cgroup file system is mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The byte counters of the network namespace's interfaces.
+pub const NET_DEV: &str = "/proc/net/dev";
 /// cgroup v1 reports "no memory limit" as a huge number (about 2^63
 /// rounded to a page); anything from here up is no limit.
 const V1_NO_LIMIT: u64 = 1 << 62;
@@ -216,6 +220,28 @@ pub fn cpu_percent(cpu_time: Duration, interval: Duration, cpu_limit: f64) -> f6
     (cpu_time.as_secs_f64() / available * 100.0).clamp(0.0, 100.0)
 }
 
+/// Bytes received and sent on every interface but loopback, from the text
+/// of `/proc/net/dev` (two header lines, then `name: rx_bytes ...` with
+/// the sent bytes as the ninth number). Loopback traffic is counted twice
+/// (sent and received) and never leaves the machine.
+pub fn parse_net_dev(text: &str) -> (u64, u64) {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            if name.trim() == "lo" {
+                return None;
+            }
+            let mut fields = counters.split_whitespace();
+            let rx: u64 = fields.next()?.parse().ok()?;
+            let tx: u64 = fields.nth(7)?.parse().ok()?;
+            Some((rx, tx))
+        })
+        .fold((0, 0), |(rx, tx), (r, t)| {
+            (rx.saturating_add(r), tx.saturating_add(t))
+        })
+}
+
 /// Per second over `interval` of a counter that went from `before` to
 /// `now` (0 if it went back, as when an interface was recreated).
 fn rate(before: u64, now: u64, interval: Duration) -> f64 {
@@ -242,8 +268,8 @@ pub struct Sampler {
     metrics: Arc<Metrics>,
     pid: Pid,
     system: System,
-    /// The network interfaces (none when they cannot be listed).
-    networks: Option<Networks>,
+    /// Where the network counters are read (normally [`NET_DEV`]).
+    net_dev: PathBuf,
     /// The disks listed at start and the index of the one holding the
     /// cache folder (or the working folder).
     disks: Option<Disks>,
@@ -290,15 +316,10 @@ impl Sampler {
         let machine_cpus = std::thread::available_parallelism()
             .map(|n| n.get() as f64)
             .unwrap_or(1.0);
-        let networks = Networks::new_with_refreshed_list()
-            .inspect_err(
-                |err| warn!(cause = %err, "cannot list the network interfaces; no network figures"),
-            )
+        // Only the mount points: the one disk sampled is measured later.
+        let disks = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing())
+            .inspect_err(|err| warn!(cause = %err, "cannot list the disks; no disk figures"))
             .ok();
-        let disks =
-            Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
-                .inspect_err(|err| warn!(cause = %err, "cannot list the disks; no disk figures"))
-                .ok();
         let disk = disks.as_ref().and_then(|disks| disk_of(disks, folder));
         let cgroup = Cgroup::new(cgroup_root);
         let own_cgroup = cgroup.holds_only(std::process::id());
@@ -312,7 +333,7 @@ impl Sampler {
             metrics,
             pid,
             system,
-            networks,
+            net_dev: PathBuf::from(NET_DEV),
             disks,
             disk,
             cgroup,
@@ -339,23 +360,9 @@ impl Sampler {
             .process(self.pid)
             .map_or((0, 0), |p| (p.accumulated_cpu_time(), p.memory()));
 
-        let (net_rx, net_tx) = match &mut self.networks {
-            Some(networks) => {
-                networks.refresh(true);
-                networks
-                    .iter()
-                    // Loopback traffic is counted twice (sent and received)
-                    // and never leaves the machine.
-                    .filter(|(name, _)| name.as_os_str() != "lo")
-                    .fold((0u64, 0u64), |(rx, tx), (_, data)| {
-                        (
-                            rx.saturating_add(data.total_received()),
-                            tx.saturating_add(data.total_transmitted()),
-                        )
-                    })
-            }
-            None => (0, 0),
-        };
+        let (net_rx, net_tx) = std::fs::read_to_string(&self.net_dev)
+            .map(|text| parse_net_dev(&text))
+            .unwrap_or_default();
 
         let disk = self
             .disks
@@ -594,6 +601,20 @@ mod tests {
         assert_eq!(cpu_percent(half, second, 0.0), 0.0);
         assert_eq!(rate(100, 1100, 2 * second), 500.0);
         assert_eq!(rate(1100, 100, second), 0.0);
+    }
+
+    #[test]
+    fn network_counters_leave_out_loopback() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo: 9000000     100    0    0    0     0          0         0  9000000     100    0    0    0     0       0          0
+  eth0:    1500      10    0    0    0     0          0         0      700       7    0    0    0     0       0          0
+  eth1:100       1    0    0    0     0          0         0       50       1    0    0    0     0       0          0
+";
+        assert_eq!(parse_net_dev(text), (1600, 750));
+        assert_eq!(parse_net_dev(""), (0, 0));
+        assert_eq!(parse_net_dev("garbage\nheader\n eth0: x y\n"), (0, 0));
     }
 
     #[test]
