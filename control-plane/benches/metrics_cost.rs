@@ -1,0 +1,211 @@
+//! What taking metrics costs, on a real farm of 50 process nodes that each
+//! sample themselves once a second and send the sample with a heartbeat:
+//!
+//! - the control plane's CPU (percent of one core) while it takes in 50
+//!   samples a second, with and without a `WatchMetrics` stream and
+//!   `/metrics` scraped once a second;
+//! - a node's CPU (percent of one core) and RSS, idle but sampling.
+//!
+//! Each figure is the median of 5 windows of 10 s. Everything runs on
+//! 127.0.0.1 and stops itself.
+//! Run with `cargo build --release && cargo bench -p control-plane --bench metrics_cost`.
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use farm_api::v1::{
+    ListNodesRequest, NodeState, WatchMetricsRequest, farm_client::FarmClient,
+    metrics_client::MetricsClient,
+};
+use nix::{sys::signal, unistd::Pid};
+use tokio_stream::StreamExt;
+use tonic::transport::Endpoint;
+
+const NODES: usize = 50;
+const WINDOWS: usize = 5;
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|f| f.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Percent of one core used by each of `pids` over one window, as medians
+/// over the windows: (control plane, median node).
+async fn measure(control_plane: u32, nodes: &[u32]) -> (f64, f64) {
+    let (mut cp, mut node) = (Vec::new(), Vec::new());
+    for _ in 0..WINDOWS {
+        let cp_before = cpu_seconds(control_plane);
+        let nodes_before: Vec<f64> = nodes.iter().map(|p| cpu_seconds(*p)).collect();
+        let started = Instant::now();
+        tokio::time::sleep(WINDOW).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        cp.push((cpu_seconds(control_plane) - cp_before) / elapsed * 100.0);
+        let per_node: Vec<f64> = nodes
+            .iter()
+            .zip(nodes_before)
+            .map(|(p, before)| (cpu_seconds(*p) - before) / elapsed * 100.0)
+            .collect();
+        node.push(median(per_node));
+    }
+    (median(cp), median(node))
+}
+
+fn scrape(addr: SocketAddr) -> usize {
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut body = Vec::new();
+    let _ = stream.read_to_end(&mut body);
+    body.len()
+}
+
+#[tokio::main]
+async fn main() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_control-plane"));
+    assert!(
+        binary.with_file_name("farm-node").is_file(),
+        "farm-node is missing next to {}: `cargo build --release` first",
+        binary.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let mut child: Child = Command::new(binary)
+        .args([
+            "serve",
+            "--runtime",
+            "process",
+            "--listen",
+            &addr.to_string(),
+        ])
+        .args(["--nodes", &NODES.to_string()])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn control-plane");
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect_lazy();
+    let started = Instant::now();
+    let nodes = loop {
+        if let Ok(r) = FarmClient::new(channel.clone())
+            .list_nodes(ListNodesRequest::default())
+            .await
+        {
+            let nodes = r.into_inner().nodes;
+            if nodes.len() == NODES && nodes.iter().all(|n| n.state == NodeState::Healthy as i32) {
+                break nodes;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "farm not up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let pids: Vec<u32> = nodes
+        .iter()
+        .filter_map(|n| n.runtime_id.strip_prefix("pid:")?.parse().ok())
+        .collect();
+    // Let start-up settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let (cp_idle, node_cpu) = measure(child.id(), &pids).await;
+    let mut rss: Vec<f64> = pids.iter().map(|p| rss_kib(*p) as f64).collect();
+    rss.sort_by(f64::total_cmp);
+    let node_rss = rss[rss.len() / 2];
+
+    // A dashboard's load on top: one WatchMetrics stream and a scrape a
+    // second.
+    let mut watch = MetricsClient::new(channel.clone())
+        .watch_metrics(WatchMetricsRequest {
+            include_nodes: true,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchMetrics")
+        .into_inner();
+    let watcher = tokio::spawn(async move {
+        let mut snapshots = 0u32;
+        while let Some(Ok(_)) = watch.next().await {
+            snapshots += 1;
+        }
+        snapshots
+    });
+    let scraper = tokio::spawn(async move {
+        let mut bytes = 0;
+        for _ in 0..(WINDOWS as u64 * WINDOW.as_secs() + 5) {
+            bytes = tokio::task::spawn_blocking(move || scrape(addr))
+                .await
+                .unwrap_or(0);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        bytes
+    });
+    let (cp_watched, _) = measure(child.id(), &pids).await;
+    scraper.abort();
+    let _ = signal::kill(
+        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let snapshots = watcher.await.unwrap_or(0);
+
+    println!(
+        "{NODES} process nodes sampling once a second; medians of {WINDOWS} windows of {WINDOW:?}\n"
+    );
+    println!(
+        "control plane CPU, taking in {NODES} samples/s:            {cp_idle:>6.2} % of a core"
+    );
+    println!(
+        "  with a WatchMetrics stream and /metrics scraped at 1 Hz: {cp_watched:>6.2} % of a core ({snapshots} snapshots)"
+    );
+    println!(
+        "farm-node CPU, idle and sampling (median node):           {node_cpu:>6.2} % of a core"
+    );
+    println!(
+        "farm-node RSS, idle and sampling (median node):           {:>6.1} MiB",
+        node_rss / 1024.0
+    );
+}
