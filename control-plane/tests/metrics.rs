@@ -1073,3 +1073,103 @@ async fn every_role_reads_metrics_and_nobody_else() {
     let (head, _) = http_get(farm.addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
+
+/// The complete chunks of a chunked HTTP/1.1 body received so far.
+fn complete_chunks(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let Some(size) = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
+            break;
+        };
+        let rest = &body[end + 2..];
+        if size == 0 || rest.len() < size + 2 {
+            break;
+        }
+        out.extend_from_slice(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The messages of the gRPC-Web data frames in `bytes`.
+fn grpc_web_messages(mut bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if bytes.len() < 5 + len {
+            break;
+        }
+        if bytes[0] == 0 {
+            messages.push(bytes[5..5 + len].to_vec());
+        }
+        bytes = &bytes[5 + len..];
+    }
+    messages
+}
+
+/// The dashboard's feed: WatchMetrics through gRPC-Web over HTTP/1.1
+/// arrives snapshot by snapshot, not held back until the stream ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_metrics_streams_over_grpc_web() {
+    use prost::Message;
+    let farm = Farm::start(0, &[]).await;
+    let mut node = TestNode::start(&farm, "web-watched", "").await;
+    node.report(sample(12.0, 1 << 20, 10, 0, &[100])).await;
+
+    let message = WatchMetricsRequest {
+        interval_ms: 100,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let head = format!(
+        "POST /farm.v1.Metrics/WatchMetrics HTTP/1.1\r\nHost: x\r\n\
+content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
+content-length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(farm.addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(&body).await.expect("write");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let snapshots = loop {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .expect("3 snapshots within 10 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "the stream ended: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+        let Some(split) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&received[..split]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let payload = &received[split + 4..];
+        let data = if head.contains("transfer-encoding: chunked") {
+            complete_chunks(payload)
+        } else {
+            payload.to_vec()
+        };
+        let messages = grpc_web_messages(&data);
+        if messages.len() >= 3 {
+            break messages;
+        }
+    };
+    for bytes in &snapshots {
+        let snapshot = FarmMetrics::decode(bytes.as_slice()).expect("FarmMetrics");
+        assert_eq!((snapshot.nodes, snapshot.reporting_nodes), (1, 1));
+        close(snapshot.cpu_percent_avg, 12.0, "cpu");
+    }
+}
