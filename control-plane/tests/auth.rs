@@ -131,6 +131,13 @@ impl As {
     fn config(&self) -> ConfigClient<With> {
         ConfigClient::with_interceptor(self.channel.clone(), self.bearer.clone())
     }
+
+    fn metrics(&self) -> farm_api::v1::metrics_client::MetricsClient<With> {
+        farm_api::v1::metrics_client::MetricsClient::with_interceptor(
+            self.channel.clone(),
+            self.bearer.clone(),
+        )
+    }
 }
 
 /// Who may call what: admin, node, viewer. The policy the control plane
@@ -145,6 +152,11 @@ const MATRIX: &[(&str, [bool; 3])] = &[
     ("farm.v1.Farm/ListNodes", [true, false, true]),
     ("farm.v1.Farm/Scale", [true, false, false]),
     ("farm.v1.Farm/NodeAction", [true, false, false]),
+    ("farm.v1.Farm/SimulateLoad", [true, false, false]),
+    ("farm.v1.Farm/Broadcast", [true, false, false]),
+    ("farm.v1.Metrics/GetFarmMetrics", [true, true, true]),
+    ("farm.v1.Metrics/GetNodeMetrics", [true, true, true]),
+    ("farm.v1.Metrics/WatchMetrics", [true, true, true]),
     ("farm.v1.Config/GetConfig", [true, true, true]),
     ("farm.v1.Config/History", [true, true, true]),
     ("farm.v1.Config/Diff", [true, true, true]),
@@ -291,6 +303,48 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
                 node_id: "n999999".into(),
                 action: NodeActionKind::Restart.into(),
             })
+            .await
+            .map(drop),
+        "farm.v1.Farm/SimulateLoad" => client
+            .farm()
+            .simulate_load(farm_api::v1::SimulateLoadRequest {
+                nodes: Some(farm_api::v1::NodeSelector {
+                    node_ids: vec!["n999999".into()],
+                    group: String::new(),
+                }),
+                load: Some(farm_api::v1::LoadSpec {
+                    cpu_percent: 1.0,
+                    memory_mib: 0,
+                    duration_ms: 1,
+                }),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Farm/Broadcast" => client
+            .farm()
+            .broadcast(farm_api::v1::BroadcastRequest {
+                nodes: None,
+                command: Some(farm_api::v1::broadcast_request::Command::Info(
+                    farm_api::v1::InfoRequest {},
+                )),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Metrics/GetFarmMetrics" => client
+            .metrics()
+            .get_farm_metrics(farm_api::v1::GetFarmMetricsRequest::default())
+            .await
+            .map(drop),
+        "farm.v1.Metrics/GetNodeMetrics" => client
+            .metrics()
+            .get_node_metrics(farm_api::v1::GetNodeMetricsRequest {
+                node_id: "n999999".into(),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Metrics/WatchMetrics" => client
+            .metrics()
+            .watch_metrics(farm_api::v1::WatchMetricsRequest::default())
             .await
             .map(drop),
         "farm.v1.Config/GetConfig" => client
