@@ -400,7 +400,11 @@ impl Sampler {
 
         let recorder = &self.metrics.recorder;
         let requests = recorder.requests();
-        self.spare.reset();
+        // Clearing writes every count: an idle node's histograms then
+        // never touch their pages.
+        if !self.spare.is_empty() {
+            self.spare.reset();
+        }
         recorder.swap(&mut self.spare);
         let mut histogram = Vec::new();
         latency::serialize(&mut self.serializer, &self.spare, &mut histogram);
