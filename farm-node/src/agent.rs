@@ -15,10 +15,7 @@ use farm_api::v1::{
     registry_client::RegistryClient,
 };
 use rand::Rng;
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -131,8 +128,6 @@ pub struct Agent {
     configs: ConfigCache,
     /// The configuration applied last (version 0 and empty before any).
     applied: NodeConfigData,
-    /// The sampler's samples; a heartbeat carries each one once.
-    samples: watch::Receiver<Option<Arc<NodeSample>>>,
     shutdown: CancellationToken,
 }
 
@@ -168,7 +163,6 @@ impl Agent {
         let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), Auth(token));
         let identities = IdentityStore::new(config.cache_dir.as_deref());
         let configs = ConfigCache::new(config.cache_dir.as_deref());
-        let samples = status.metrics.subscribe();
         Ok(Self {
             client,
             config,
@@ -176,19 +170,13 @@ impl Agent {
             identities,
             configs,
             applied: NodeConfigData::default(),
-            samples,
             shutdown,
         })
     }
 
-    /// The newest sample if it was not sent yet (any sample with `all`:
-    /// the first message of a stream).
-    fn next_sample(&mut self, all: bool) -> Option<NodeSample> {
-        if all || self.samples.has_changed().unwrap_or(false) {
-            self.samples.borrow_and_update().as_deref().cloned()
-        } else {
-            None
-        }
+    /// The newest sample if no heartbeat carried it yet.
+    fn next_sample(&self) -> Option<NodeSample> {
+        self.status.metrics.take_unsent()
     }
 
     /// Applies the cached configuration, if any: a node runs as it was
@@ -372,7 +360,7 @@ impl Agent {
             seq,
             config_version: self.applied.version,
             serving: true,
-            metrics: self.next_sample(true),
+            metrics: self.next_sample(),
         };
         if tx.send(first).await.is_err() {
             return StreamEnd::Lost("the stream closed before its first message".into());
@@ -400,7 +388,7 @@ impl Agent {
                         seq,
                         config_version: self.applied.version,
                         serving: true,
-                        metrics: self.next_sample(false),
+                        metrics: self.next_sample(),
                         ..Default::default()
                     };
                     // A full queue means the control plane is not reading:

@@ -18,7 +18,7 @@ use std::{
 
 use hdrhistogram::{
     Histogram,
-    serialization::{Serializer, V2Serializer},
+    serialization::{Deserializer, Serializer, V2Serializer},
 };
 
 /// Highest latency a histogram holds, in microseconds (one minute: the
@@ -50,6 +50,26 @@ pub fn serialize(serializer: &mut V2Serializer, histogram: &Histogram<u64>, out:
         tracing::warn!(cause = ?err, "cannot serialise the latency histogram");
         out.clear();
     }
+}
+
+/// Two V2-serialised histograms merged into one (V2-serialised); if either
+/// cannot be read, `newer` as it is.
+pub fn merge_serialized(older: &[u8], newer: &[u8]) -> Vec<u8> {
+    let read = |bytes: &[u8]| -> Option<Histogram<u64>> {
+        if bytes.is_empty() {
+            return Some(new_histogram());
+        }
+        Deserializer::new().deserialize(&mut &bytes[..]).ok()
+    };
+    let (Some(mut merged), Some(newer_histogram)) = (read(older), read(newer)) else {
+        return newer.to_vec();
+    };
+    if merged.add(&newer_histogram).is_err() {
+        return newer.to_vec();
+    }
+    let mut out = Vec::new();
+    serialize(&mut V2Serializer::new(), &merged, &mut out);
+    out
 }
 
 /// Requests of `Work` and `WorkStream`: counts since start and the latency
@@ -126,8 +146,6 @@ impl Recorder {
 
 #[cfg(test)]
 mod tests {
-    use hdrhistogram::serialization::Deserializer;
-
     use super::*;
 
     #[test]

@@ -1,7 +1,10 @@
 //! The metrics sampler: once a second (and once at start) it fills a
 //! `farm.v1.NodeSample` with the node's CPU, memory, disk and network use
 //! and the requests the [`Recorder`] counted, and publishes it for the
-//! agent to send with its next heartbeat.
+//! agent to send with its next heartbeat. Samples and heartbeats both come
+//! about once a second and drift past each other: a sample no heartbeat
+//! took hands its latency histogram on to the next, so no request's
+//! latency is lost.
 //!
 //! Inside a container the limits that matter are the container's: the CPU
 //! and memory limits come from the cgroup file system ([`Cgroup`], v2 or
@@ -18,7 +21,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -27,7 +30,6 @@ use hdrhistogram::{Histogram, serialization::V2Serializer};
 use sysinfo::{
     DiskRefreshKind, Disks, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, System,
 };
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -48,7 +50,14 @@ const V1_NO_LIMIT: u64 = 1 << 62;
 #[derive(Debug)]
 pub struct Metrics {
     pub recorder: Recorder,
-    latest: watch::Sender<Option<Arc<NodeSample>>>,
+    latest: Mutex<Latest>,
+}
+
+/// The newest sample and whether a heartbeat took it.
+#[derive(Debug, Default)]
+struct Latest {
+    sample: Option<NodeSample>,
+    taken: bool,
 }
 
 impl Default for Metrics {
@@ -61,22 +70,45 @@ impl Metrics {
     pub fn new() -> Self {
         Self {
             recorder: Recorder::new(),
-            latest: watch::Sender::new(None),
+            latest: Mutex::new(Latest::default()),
         }
     }
 
-    /// The newest sample, if one was taken.
-    pub fn latest(&self) -> Option<Arc<NodeSample>> {
-        self.latest.borrow().clone()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Latest> {
+        // A poisoned lock still holds whole samples.
+        self.latest.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Follows the samples: `has_changed` tells whether a newer one came.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<NodeSample>>> {
-        self.latest.subscribe()
+    /// The newest sample, if the sampler took one.
+    pub fn latest(&self) -> Option<NodeSample> {
+        self.lock().sample.clone()
     }
 
-    fn publish(&self, sample: NodeSample) {
-        self.latest.send_replace(Some(Arc::new(sample)));
+    /// The newest sample unless a heartbeat already took it; taking it.
+    pub fn take_unsent(&self) -> Option<NodeSample> {
+        let mut latest = self.lock();
+        if latest.taken {
+            return None;
+        }
+        latest.taken = true;
+        latest.sample.clone()
+    }
+
+    /// Makes `sample` the newest. When the one it replaces was never
+    /// taken, its latency histogram is merged into `sample`'s.
+    pub fn publish(&self, mut sample: NodeSample) {
+        let mut latest = self.lock();
+        if !latest.taken
+            && let Some(previous) = &latest.sample
+            && !previous.latency_histogram.is_empty()
+        {
+            sample.latency_histogram =
+                latency::merge_serialized(&previous.latency_histogram, &sample.latency_histogram);
+        }
+        *latest = Latest {
+            sample: Some(sample),
+            taken: false,
+        };
     }
 }
 
@@ -605,6 +637,49 @@ mod tests {
         assert_eq!(cpu_percent(half, second, 0.0), 0.0);
         assert_eq!(rate(100, 1100, 2 * second), 500.0);
         assert_eq!(rate(1100, 100, second), 0.0);
+    }
+
+    fn with_latencies(micros: &[u64]) -> NodeSample {
+        let mut histogram = latency::new_histogram();
+        for &us in micros {
+            histogram.record(us).expect("in range");
+        }
+        let mut bytes = Vec::new();
+        latency::serialize(&mut V2Serializer::new(), &histogram, &mut bytes);
+        NodeSample {
+            latency_histogram: bytes,
+            ..Default::default()
+        }
+    }
+
+    fn count(sample: &NodeSample) -> u64 {
+        if sample.latency_histogram.is_empty() {
+            return 0;
+        }
+        hdrhistogram::serialization::Deserializer::new()
+            .deserialize::<u64, _>(&mut sample.latency_histogram.as_slice())
+            .expect("a V2 histogram")
+            .len()
+    }
+
+    #[test]
+    fn a_sample_no_heartbeat_took_hands_its_latencies_on() {
+        let metrics = Metrics::new();
+        assert_eq!(metrics.take_unsent(), None);
+        metrics.publish(with_latencies(&[100, 200]));
+        metrics.publish(with_latencies(&[300]));
+        let sent = metrics.take_unsent().expect("a sample");
+        assert_eq!(count(&sent), 3);
+        assert_eq!(metrics.take_unsent(), None, "each sample is sent once");
+        assert_eq!(metrics.latest(), Some(sent));
+
+        // Once taken, the next sample holds only its own interval.
+        metrics.publish(with_latencies(&[400]));
+        assert_eq!(count(&metrics.take_unsent().expect("a sample")), 1);
+        // Empty intervals carry nothing on and stay empty.
+        metrics.publish(with_latencies(&[]));
+        metrics.publish(with_latencies(&[]));
+        assert_eq!(count(&metrics.take_unsent().expect("a sample")), 0);
     }
 
     #[test]
