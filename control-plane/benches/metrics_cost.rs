@@ -30,20 +30,19 @@ const NODES: usize = 50;
 const WINDOWS: usize = 5;
 const WINDOW: Duration = Duration::from_secs(10);
 
-/// CPU seconds (user + system) a process has used.
+/// CPU seconds a process has run, summed over its threads, to the
+/// nanosecond (`/proc/PID/task/*/schedstat`; `/proc/PID/stat` counts 10 ms
+/// ticks, too coarse for an idle node).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|f| f.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    ticks as f64 / 100.0
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    nanos as f64 / 1e9
 }
 
 fn rss_kib(pid: u32) -> u64 {
