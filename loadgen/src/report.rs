@@ -1,0 +1,230 @@
+//! HDR recording per worker, the merged [`Report`], and its renderings: a
+//! text summary table and JSON.
+
+use std::{collections::BTreeMap, io::Write, time::Duration};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::Mode;
+
+/// Highest latency recorded, in microseconds (a minute); larger values are
+/// clamped to it.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A latency histogram in microseconds, 3 significant figures.
+pub fn new_histogram() -> Histogram<u64> {
+    #[allow(clippy::expect_used)]
+    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+}
+
+/// What one worker saw; merged into a [`Report`] at the end.
+#[derive(Debug)]
+pub struct Recorder {
+    /// Latency from the scheduled send time (from the actual send in closed
+    /// loop, where the two coincide).
+    pub corrected: Histogram<u64>,
+    /// Latency from the actual send time.
+    pub uncorrected: Histogram<u64>,
+    /// Completed requests, failed ones included.
+    pub requests: u64,
+    /// Failed requests by gRPC status code.
+    pub errors: BTreeMap<i32, u64>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            corrected: new_histogram(),
+            uncorrected: new_histogram(),
+            requests: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Recorder {
+    /// Records one completed request; `code` 0 is success.
+    pub fn record(&mut self, corrected: Duration, uncorrected: Duration, code: i32) {
+        self.requests += 1;
+        if code != 0 {
+            *self.errors.entry(code).or_default() += 1;
+        }
+        self.corrected.saturating_record(micros(corrected));
+        self.uncorrected.saturating_record(micros(uncorrected));
+    }
+
+    /// Adds `other` into `self`.
+    pub fn merge(&mut self, other: &Recorder) {
+        self.requests += other.requests;
+        for (code, n) in &other.errors {
+            *self.errors.entry(*code).or_default() += n;
+        }
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.corrected.add(&other.corrected);
+        let _ = self.uncorrected.add(&other.uncorrected);
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl From<&Histogram<u64>> for Percentiles {
+    fn from(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub mode: Mode,
+    /// Asked rate in requests per second (open loop); `null` in closed loop.
+    pub rate: Option<f64>,
+    /// Measured time in seconds (shorter than asked when stopped early).
+    pub duration_s: f64,
+    pub requests: u64,
+    pub errors: u64,
+    /// Failed requests by status code name (`UNAVAILABLE`, ...).
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Achieved requests per second.
+    pub throughput_rps: f64,
+    /// Latency from the scheduled send time (coordinated omission corrected).
+    pub latency_us: Percentiles,
+    /// Latency from the actual send time.
+    pub uncorrected_latency_us: Percentiles,
+    /// Whether the run was stopped before its duration was up.
+    pub interrupted: bool,
+}
+
+impl Report {
+    pub(crate) fn new(
+        mode: Mode,
+        rate: Option<f64>,
+        measured: Duration,
+        all: &Recorder,
+        interrupted: bool,
+    ) -> Self {
+        let secs = measured.as_secs_f64();
+        let errors = all.errors.values().sum();
+        Self {
+            mode,
+            rate,
+            duration_s: secs,
+            requests: all.requests,
+            errors,
+            errors_by_code: all
+                .errors
+                .iter()
+                .map(|(c, n)| (code_name(*c).to_owned(), *n))
+                .collect(),
+            throughput_rps: if secs > 0.0 {
+                all.requests as f64 / secs
+            } else {
+                0.0
+            },
+            latency_us: Percentiles::from(&all.corrected),
+            uncorrected_latency_us: Percentiles::from(&all.uncorrected),
+            interrupted,
+        }
+    }
+
+    /// Writes the summary table.
+    pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let mode = match self.mode {
+            Mode::Unary => "unary",
+            Mode::Stream => "stream",
+        };
+        writeln!(out, "Summary ({mode})")?;
+        if self.interrupted {
+            writeln!(out, "  (stopped early: partial results)")?;
+        }
+        writeln!(out, "  Duration:    {:.2} s", self.duration_s)?;
+        writeln!(out, "  Requests:    {}", self.requests)?;
+        writeln!(out, "  Errors:      {}", self.errors)?;
+        for (code, n) in &self.errors_by_code {
+            writeln!(out, "    {code:<20} {n}")?;
+        }
+        match self.rate {
+            Some(rate) => writeln!(
+                out,
+                "  Throughput:  {:.1} req/s (asked {rate:.1} req/s)",
+                self.throughput_rps
+            )?,
+            None => writeln!(
+                out,
+                "  Throughput:  {:.1} req/s (closed loop)",
+                self.throughput_rps
+            )?,
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "  Latency (us)  {:>12} {:>12}",
+            "corrected", "uncorrected"
+        )?;
+        let (c, u) = (&self.latency_us, &self.uncorrected_latency_us);
+        for (name, a, b) in [
+            ("p50", c.p50, u.p50),
+            ("p90", c.p90, u.p90),
+            ("p99", c.p99, u.p99),
+            ("p99.9", c.p999, u.p999),
+            ("p99.99", c.p9999, u.p9999),
+            ("max", c.max, u.max),
+        ] {
+            writeln!(out, "  {name:<12}  {a:>12} {b:>12}")?;
+        }
+        Ok(())
+    }
+
+    /// Writes the report as pretty JSON.
+    pub fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        writeln!(out)
+    }
+}
+
+/// The canonical name of a gRPC status code.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,175 @@
+//! Runs against real farm-node servers on `127.0.0.1:0`, in this process.
+
+use std::{process::Command, time::Duration};
+
+use farm_node::NodeConfig;
+use loadgen::{Mode, RunConfig};
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// A farm-node serving on loopback; stops when dropped.
+struct Node {
+    addr: String,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn node() -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(farm_node::run(
+        NodeConfig::new("http://127.0.0.1:1", "t1"),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Node {
+        addr: format!("http://{addr}"),
+        _stop: tx,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closed_loop_counts_add_up_in_both_modes() {
+    let node = node().await;
+    for mode in [Mode::Unary, Mode::Stream] {
+        let mut config = RunConfig::closed(vec![node.addr.clone()], 8, Duration::from_millis(500));
+        config.mode = mode;
+        config.connections = 2;
+        config.streams = 2;
+        config.fail_every = 10;
+        config.fail_code = 5;
+        let report = loadgen::run(&config, std::future::pending())
+            .await
+            .expect("run");
+        assert!(report.requests > 50, "{mode:?}: {report:?}");
+        assert!(!report.interrupted);
+        // Every tenth request built fails; a few in flight at the end are
+        // dropped, so the count is within the concurrency of a tenth.
+        let expected = report.requests / 10;
+        let not_found = report.errors_by_code.get("NOT_FOUND").copied().unwrap_or(0);
+        assert_eq!(report.errors, not_found, "{mode:?}: {report:?}");
+        assert!(
+            not_found.abs_diff(expected) <= 8,
+            "{mode:?}: {not_found} errors for {} requests",
+            report.requests
+        );
+        let h = &report.uncorrected_latency_us;
+        assert!(h.p50 <= h.p99 && h.p99 <= h.max && h.max > 0);
+        let rps = report.requests as f64 / report.duration_s;
+        assert!((rps - report.throughput_rps).abs() < 1e-6);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_loop_holds_the_rate() {
+    let node = node().await;
+    let mut config = RunConfig::closed(vec![node.addr.clone()], 16, Duration::from_secs(2));
+    config.rate = Some(200.0);
+    let report = loadgen::run(&config, std::future::pending())
+        .await
+        .expect("run");
+    assert!(
+        (350..=450).contains(&report.requests),
+        "{} requests",
+        report.requests
+    );
+    assert_eq!(report.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_target_shows_in_the_corrected_latency() {
+    // 50 ms per request with one request in flight: 20 rps at most, against
+    // 100 rps asked. Requests queue behind each other; only the corrected
+    // figures see the wait.
+    let node = node().await;
+    let mut config = RunConfig::closed(vec![node.addr.clone()], 1, Duration::from_secs(1));
+    config.rate = Some(100.0);
+    config.delay_ms = 50;
+    let report = loadgen::run(&config, std::future::pending())
+        .await
+        .expect("run");
+    let (c, u) = (&report.latency_us, &report.uncorrected_latency_us);
+    assert!(u.p99 < 100_000, "{u:?}");
+    assert!(c.p99 > 3 * u.p99, "corrected {c:?} uncorrected {u:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stop_early_gives_a_partial_report() {
+    let node = node().await;
+    let config = RunConfig::closed(vec![node.addr.clone()], 4, Duration::from_secs(30));
+    let report = loadgen::run(&config, tokio::time::sleep(Duration::from_millis(300)))
+        .await
+        .expect("run");
+    assert!(report.interrupted);
+    assert!(report.duration_s < 1.0 && report.requests > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_writes_the_json_fields() {
+    let node = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let addr = node.addr.clone();
+    let out = tokio::task::spawn_blocking({
+        let json = json.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_loadgen"))
+                .args([
+                    "run", "--target", &addr, "--mode", "stream", "--rate", "100",
+                ])
+                .args(["--duration", "500ms", "--json"])
+                .arg(&json)
+                .output()
+                .expect("loadgen runs")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("p99.9"), "{text}");
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    for key in [
+        "requests",
+        "errors",
+        "errors_by_code",
+        "throughput_rps",
+        "mode",
+        "rate",
+        "duration_s",
+    ] {
+        assert!(value.get(key).is_some(), "{key} missing: {value}");
+    }
+    for key in ["latency_us", "uncorrected_latency_us"] {
+        for p in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(value[key][p].is_u64(), "{key}.{p} missing: {value}");
+        }
+    }
+    assert_eq!(value["mode"], "stream");
+}
+
+#[test]
+fn bad_input_exits_2() {
+    for args in [
+        &["run", "--target", "127.0.0.1:1", "--rate", "0"][..],
+        &["run", "--target", "127.0.0.1:1", "--rate", "10", "--max"],
+        &["run", "--max"],
+        &[
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--max",
+            "--duration",
+            "ten",
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .output()
+            .expect("loadgen runs");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: no message");
+    }
+}
