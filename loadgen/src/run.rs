@@ -128,6 +128,8 @@ struct Plan {
     start: Instant,
     /// Recording starts (after the warm-up).
     measure: Instant,
+    /// No request is scheduled at or after this.
+    end: Instant,
     /// Open loop: requests per second in total.
     rate: Option<f64>,
     /// Next slot of the open-loop schedule.
@@ -161,8 +163,11 @@ async fn worker(caller: Arc<Caller>, plan: Arc<Plan>, mut stop: watch::Receiver<
             Some(rate) => {
                 let slot = plan.next_slot.fetch_add(1, Ordering::Relaxed);
                 let at = plan.start + Duration::from_secs_f64(slot as f64 / rate);
+                if at >= plan.end {
+                    break;
+                }
                 tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
+                    () = wait_until(at) => {}
                     _ = stop.wait_for(|s| *s) => break,
                 }
                 at
@@ -181,6 +186,21 @@ async fn worker(caller: Arc<Caller>, plan: Arc<Plan>, mut stop: watch::Receiver<
         }
     }
     recorder
+}
+
+/// Tokio's timer fires on millisecond ticks, up to a tick or two late, and
+/// every microsecond late would count as latency in the corrected figures:
+/// sleep to a tick before `at`, then yield until it.
+async fn wait_until(at: Instant) {
+    const TICK: Duration = Duration::from_millis(1);
+    if let Some(early) = at.checked_sub(TICK * 2)
+        && early > Instant::now()
+    {
+        tokio::time::sleep_until(early).await;
+    }
+    while Instant::now() < at {
+        tokio::task::yield_now().await;
+    }
 }
 
 fn channel(uri: &str) -> anyhow::Result<Channel> {
@@ -220,6 +240,7 @@ pub async fn run(
     let plan = Arc::new(Plan {
         start,
         measure,
+        end,
         rate: config.rate,
         next_slot: AtomicU64::new(0),
         built: AtomicU64::new(0),
