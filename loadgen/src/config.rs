@@ -201,3 +201,59 @@ impl TryFrom<&RunArgs> for RunConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<RunConfig, String> {
+        let cli = Cli::try_parse_from(["loadgen", "run"].iter().chain(args))
+            .map_err(|e| e.kind().to_string())?;
+        let Command::Run(args) = cli.command;
+        RunConfig::try_from(&args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_become_a_run() {
+        let config = parse(&[
+            "--target",
+            "127.0.0.1:7001",
+            "--target",
+            "http://[::1]:7002",
+            "--rate",
+            "250",
+            "--duration",
+            "1m",
+            "--mode",
+            "stream",
+        ])
+        .expect("valid");
+        assert_eq!(
+            config.targets,
+            ["http://127.0.0.1:7001", "http://[::1]:7002"]
+        );
+        assert_eq!(config.rate, Some(250.0));
+        assert_eq!(config.duration, Duration::from_secs(60));
+        assert_eq!(config.mode, Mode::Stream);
+        assert_eq!((config.connections, config.streams), (1, 1));
+    }
+
+    #[test]
+    fn bad_runs_are_refused() {
+        let target = ["--target", "127.0.0.1:7001"];
+        let with = |more: &[&'static str]| {
+            let mut all = target.to_vec();
+            all.extend_from_slice(more);
+            parse(&all)
+        };
+        assert!(with(&["--rate", "0"]).is_err_and(|e| e.contains("--rate")));
+        assert!(with(&["--rate", "-3"]).is_err());
+        assert!(with(&["--rate", "NaN"]).is_err());
+        assert!(with(&["--rate", "5", "--max"]).is_err());
+        assert!(with(&[]).is_err(), "neither --rate nor --max");
+        assert!(with(&["--max", "--concurrency", "0"]).is_err());
+        assert!(with(&["--max", "--duration", "0s"]).is_err());
+        assert!(with(&["--max", "--fail-every", "2", "--fail-code", "17"]).is_err());
+        assert!(parse(&["--max"]).is_err_and(|e| e.contains("no target")));
+    }
+}

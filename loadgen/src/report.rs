@@ -228,3 +228,31 @@ pub fn code_name(code: i32) -> &'static str {
         _ => "OTHER",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorders_merge_and_report() {
+        let mut a = Recorder::default();
+        let mut b = Recorder::default();
+        for i in 1..=99 {
+            a.record(Duration::from_millis(i), Duration::from_micros(i * 10), 0);
+        }
+        b.record(Duration::from_secs(120), Duration::from_millis(1), 14);
+        a.merge(&b);
+        let report = Report::new(Mode::Unary, Some(50.0), Duration::from_secs(2), &a, false);
+        assert_eq!((report.requests, report.errors), (100, 1));
+        assert_eq!(report.errors_by_code.get("UNAVAILABLE"), Some(&1));
+        assert!((report.throughput_rps - 50.0).abs() < 1e-9);
+        // Clamped to a minute, not lost.
+        assert!(report.latency_us.max >= MAX_LATENCY_US * 999 / 1000);
+        assert!(report.latency_us.p50 > 40_000 && report.latency_us.p50 < 60_000);
+        assert!(report.uncorrected_latency_us.max < 2_000);
+        let mut text = Vec::new();
+        report.write_text(&mut text).expect("text");
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(text.contains("UNAVAILABLE") && text.contains("asked 50.0"));
+    }
+}
