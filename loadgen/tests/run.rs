@@ -173,3 +173,43 @@ fn bad_input_exits_2() {
         assert!(!out.stderr.is_empty(), "{args:?}: no message");
     }
 }
+
+async fn served(addr: &str) -> u64 {
+    let mut client = farm_api::v1::workload_client::WorkloadClient::connect(addr.to_owned())
+        .await
+        .expect("connect");
+    client
+        .info(farm_api::v1::InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner()
+        .requests
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_spread_over_targets_and_add_up_to_what_nodes_served() {
+    let (a, b) = (node().await, node().await);
+    for mode in [Mode::Unary, Mode::Stream] {
+        let before = served(&a.addr).await + served(&b.addr).await;
+        let mut config = RunConfig::closed(
+            vec![a.addr.clone(), b.addr.clone()],
+            6,
+            Duration::from_millis(400),
+        );
+        config.mode = mode;
+        let report = loadgen::run(&config, std::future::pending())
+            .await
+            .expect("run");
+        // Let requests cut off at the end finish on the nodes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (on_a, on_b) = (served(&a.addr).await, served(&b.addr).await);
+        let total = on_a + on_b - before;
+        assert!(
+            total >= report.requests && total <= report.requests + 6,
+            "{mode:?}: nodes served {total}, loadgen counted {}",
+            report.requests
+        );
+        assert!(report.requests > 0 && report.errors == 0, "{report:?}");
+    }
+    assert!(served(&a.addr).await > 0 && served(&b.addr).await > 0);
+}
