@@ -213,3 +213,31 @@ async fn requests_spread_over_targets_and_add_up_to_what_nodes_served() {
     }
     assert!(served(&a.addr).await > 0 && served(&b.addr).await > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_prints_a_partial_report() {
+    let node = node().await;
+    let addr = node.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(["run", "--target", &addr, "--max", "--duration", "60s"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("loadgen runs");
+        std::thread::sleep(Duration::from_millis(700));
+        let killed = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        child.wait_with_output().expect("loadgen ends")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("stopped early") && text.contains("Requests:"),
+        "{text}"
+    );
+}
