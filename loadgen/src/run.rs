@@ -8,7 +8,7 @@ use std::{
     future::Future,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -30,17 +30,19 @@ use crate::{
 /// Status code used when a stream ends under a request.
 const UNAVAILABLE: i32 = tonic::Code::Unavailable as i32;
 
-/// One long-lived `WorkStream`; requests are matched to responses by id.
+/// One open `WorkStream`; requests are matched to responses by id.
 #[derive(Debug)]
-struct StreamConn {
+struct LiveStream {
     tx: mpsc::Sender<WorkRequest>,
+    /// Set by the reader once the stream has ended.
+    closed: Arc<AtomicBool>,
     /// Requests awaiting their response. A `std` mutex: held for a map
     /// operation only, never across an await.
     pending: Arc<Mutex<HashMap<u64, oneshot::Sender<i32>>>>,
     next_id: AtomicU64,
 }
 
-impl StreamConn {
+impl LiveStream {
     async fn open(channel: Channel) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel::<WorkRequest>(1024);
         let mut client = WorkloadClient::new(channel);
@@ -50,6 +52,8 @@ impl StreamConn {
             .into_inner();
         let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<i32>>>> = Arc::default();
         let reader = Arc::clone(&pending);
+        let closed = Arc::new(AtomicBool::new(false));
+        let closing = Arc::clone(&closed);
         tokio::spawn(async move {
             let end_code = loop {
                 match inbound.message().await {
@@ -66,6 +70,7 @@ impl StreamConn {
                     Err(status) => break status.code() as i32,
                 }
             };
+            closing.store(true, Ordering::Release);
             let waiting: Vec<_> = reader
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -77,6 +82,7 @@ impl StreamConn {
         });
         Ok(Self {
             tx,
+            closed,
             pending,
             next_id: AtomicU64::new(1),
         })
@@ -98,6 +104,52 @@ impl StreamConn {
             return UNAVAILABLE;
         }
         answer.await.unwrap_or(UNAVAILABLE)
+    }
+}
+
+/// A `WorkStream` that is opened again on its channel once it has ended, so
+/// a node that restarts or drops the stream costs the requests in flight,
+/// not the rest of the run.
+#[derive(Debug)]
+struct StreamConn {
+    channel: Channel,
+    /// The stream in use. A `std` mutex: held to clone or swap the `Arc`.
+    current: Mutex<Arc<LiveStream>>,
+    /// Held while opening a new stream, so workers open one, not one each.
+    reopening: tokio::sync::Mutex<()>,
+}
+
+impl StreamConn {
+    async fn open(channel: Channel) -> Result<Self, tonic::Status> {
+        let live = LiveStream::open(channel.clone()).await?;
+        Ok(Self {
+            channel,
+            current: Mutex::new(Arc::new(live)),
+            reopening: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn current(&self) -> Arc<LiveStream> {
+        Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    async fn call(&self, request: WorkRequest) -> i32 {
+        let mut live = self.current();
+        if live.closed.load(Ordering::Acquire) {
+            let _reopening = self.reopening.lock().await;
+            live = self.current();
+            if live.closed.load(Ordering::Acquire) {
+                match LiveStream::open(self.channel.clone()).await {
+                    Ok(new) => {
+                        live = Arc::new(new);
+                        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Arc::clone(&live);
+                    }
+                    Err(status) => return status.code() as i32,
+                }
+            }
+        }
+        live.call(request).await
     }
 }
 
