@@ -241,3 +241,30 @@ async fn ctrl_c_prints_a_partial_report() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_are_opened_again_after_a_node_restarts() {
+    let first = node().await;
+    let addr = first.addr.clone();
+    let mut config = RunConfig::closed(vec![addr.clone()], 4, Duration::from_millis(1500));
+    config.mode = Mode::Stream;
+    let run = tokio::spawn(async move { loadgen::run(&config, std::future::pending()).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let listener = TcpListener::bind(addr.trim_start_matches("http://"))
+        .await
+        .expect("the port again");
+    let (_stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(farm_node::run(
+        NodeConfig::new("http://127.0.0.1:1", "t1"),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    let report = run.await.expect("join").expect("run");
+    let after = served(&addr).await;
+    assert!(after > 10, "the restarted node served {after}: {report:?}");
+    assert!(report.requests > after, "{report:?}");
+}
