@@ -268,3 +268,16 @@ async fn streams_are_opened_again_after_a_node_restarts() {
     assert!(after > 10, "the restarted node served {after}: {report:?}");
     assert!(report.requests > after, "{report:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn warmup_requests_are_not_counted() {
+    let node = node().await;
+    let mut config = RunConfig::closed(vec![node.addr.clone()], 4, Duration::from_millis(500));
+    config.rate = Some(100.0);
+    config.warmup = Duration::from_millis(500);
+    let report = loadgen::run(&config, std::future::pending())
+        .await
+        .expect("run");
+    assert!((45..=55).contains(&report.requests), "{report:?}");
+    assert!((report.duration_s - 0.5).abs() < 0.05, "{report:?}");
+}
