@@ -18,6 +18,8 @@ use std::{
 use thiserror::Error;
 use tracing::info;
 
+use crate::sampler::{CGROUP_ROOT, Cgroup};
+
 /// Longest simulation.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
 /// Most memory one simulation holds.
@@ -149,50 +151,14 @@ fn burn(duty: f64, until: Instant, stop: &AtomicBool) {
     std::hint::black_box(x);
 }
 
-/// CPUs this process may use: the cgroup's quota when there is one, else the
-/// machine's logical CPUs.
-pub fn cpu_capacity() -> f64 {
+/// CPUs and memory this process may use, read now: the cgroup's limits,
+/// else the machine's CPUs and no memory limit beyond [`MAX_MEMORY_MIB`].
+/// For before the first sample, which carries the same figures.
+pub fn capacity_now() -> (f64, u64) {
+    let cgroup = Cgroup::new(CGROUP_ROOT);
     let machine = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
-    cgroup_cpus().map_or(machine, |c| c.min(machine))
-}
-
-fn cgroup_cpus() -> Option<f64> {
-    // cgroup v2: "max 100000" or "50000 100000".
-    if let Ok(text) = std::fs::read_to_string("/sys/fs/cgroup/cpu.max") {
-        let mut parts = text.split_whitespace();
-        let quota = parts.next()?.parse::<f64>().ok()?;
-        let period = parts.next()?.parse::<f64>().ok()?;
-        return (period > 0.0).then_some(quota / period);
-    }
-    let quota: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let period: f64 = std::fs::read_to_string("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (quota > 0.0 && period > 0.0).then_some(quota / period)
-}
-
-/// Memory this process may use: the cgroup's limit when there is one, else
-/// the machine's memory.
-pub fn memory_capacity() -> u64 {
-    let machine = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(u64::MAX, |kib| kib * 1024);
-    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .or_else(|_| std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok());
-    cgroup.map_or(machine, |c| c.min(machine))
+    let cpus = cgroup.cpu_limit().map_or(machine, |c| c.min(machine));
+    (cpus, cgroup.memory_limit().unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

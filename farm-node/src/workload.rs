@@ -400,14 +400,16 @@ impl Workload for WorkloadService {
         request: Request<LoadSpec>,
     ) -> Result<Response<SimulateLoadResponse>, Status> {
         let spec = request.into_inner();
-        let load = Load::new(
-            spec.cpu_percent,
-            spec.memory_mib,
-            spec.duration_ms,
-            load::memory_capacity(),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let until = self.simulator.start(load, load::cpu_capacity());
+        // The node's limits, as its latest sample gives them.
+        let (cpus, memory) = match self.status.metrics.latest() {
+            Some(s) if s.cpu_limit > 0.0 && s.memory_limit_bytes > 0 => {
+                (s.cpu_limit, s.memory_limit_bytes)
+            }
+            _ => load::capacity_now(),
+        };
+        let load = Load::new(spec.cpu_percent, spec.memory_mib, spec.duration_ms, memory)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let until = self.simulator.start(load, cpus);
         Ok(Response::new(SimulateLoadResponse {
             until: Some(until.into()),
         }))
