@@ -8,12 +8,12 @@ mod common;
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::{Output, Stdio},
+    process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use common::{Farm, healthy};
+use common::{Farm, healthy, interop_required, run_with_env, stdout};
 use farm_api::v1::{
     DeregisterRequest, DiffRequest, DiscoverRequest, GetConfigRequest, GetEffectiveConfigRequest,
     HeartbeatRequest, HistoryRequest, ListGroupsRequest, ListNodesRequest, NodeActionKind,
@@ -716,38 +716,6 @@ async fn docker_nodes_register_with_the_node_token() {
 // Clients nobody here wrote. `scripts/test` installs them and sets
 // FARM_REQUIRE_INTEROP=1, which turns a missing tool into a failure.
 
-fn interop_required() -> bool {
-    std::env::var_os("FARM_REQUIRE_INTEROP").is_some_and(|v| v == "1")
-}
-
-/// Runs a command; `None` (skip) when the tool is missing and not required.
-async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Output> {
-    match tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .await
-    {
-        Ok(output) => Some(output),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !interop_required() => {
-            eprintln!("skipping: {program} is not installed (scripts/test installs it)");
-            None
-        }
-        Err(err) => panic!("cannot run {program}: {err}"),
-    }
-}
-
-fn stdout(output: &Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_calls_with_a_bearer_header() {
     let farm = Farm::start(2, TOKENS).await;
@@ -756,13 +724,13 @@ async fn grpcurl_calls_with_a_bearer_header() {
     let viewer = format!("authorization: Bearer {VIEWER}");
 
     // Reflection needs no token.
-    let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"], &[]).await else {
+    let Some(output) = run_with_env("grpcurl", &["-plaintext", &addr, "list"], &[]).await else {
         return;
     };
     let listed = stdout(&output, "grpcurl list");
     assert!(listed.lines().any(|l| l == "farm.v1.Farm"), "{listed}");
 
-    let output = run(
+    let output = run_with_env(
         "grpcurl",
         &["-plaintext", "-H", &viewer, &addr, "farm.v1.Farm/ListNodes"],
         &[],
@@ -778,7 +746,7 @@ async fn grpcurl_calls_with_a_bearer_header() {
         "{reply}"
     );
 
-    let output = run(
+    let output = run_with_env(
         "grpcurl",
         &["-plaintext", &addr, "farm.v1.Farm/ListNodes"],
         &[],
@@ -793,7 +761,7 @@ async fn grpcurl_calls_with_a_bearer_header() {
         "{stderr}"
     );
 
-    let output = run(
+    let output = run_with_env(
         "grpcurl",
         &[
             "-plaintext",
@@ -832,7 +800,7 @@ async fn nodes_now(farm: &Farm) -> usize {
 async fn a_generated_python_client_sends_tokens_as_metadata() {
     let farm = Farm::start(1, TOKENS).await;
     wait_healthy(&farm, 1, Duration::from_secs(20)).await;
-    let has_tools = run("python3", &["-c", "import grpc_tools, grpc"], &[]).await;
+    let has_tools = run_with_env("python3", &["-c", "import grpc_tools, grpc"], &[]).await;
     match has_tools {
         Some(o) if o.status.success() => {}
         _ if !interop_required() => {
@@ -858,7 +826,7 @@ async fn a_generated_python_client_sends_tokens_as_metadata() {
         proto.to_str().expect("path"),
         out.path().to_str().expect("path"),
     ];
-    let output = run(
+    let output = run_with_env(
         "python3",
         &args,
         &[("NODE_TOKEN", NODE), ("VIEWER_TOKEN", VIEWER)],

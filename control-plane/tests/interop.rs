@@ -7,39 +7,9 @@
 
 mod common;
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{path::Path, time::Duration};
 
-use common::Farm;
-
-fn required() -> bool {
-    std::env::var_os("FARM_REQUIRE_INTEROP").is_some_and(|v| v == "1")
-}
-
-/// Runs a command; `None` (skip) when the tool is missing and not required.
-async fn run(program: &str, args: &[&str]) -> Option<Output> {
-    match tokio::process::Command::new(program)
-        .args(args)
-        .output()
-        .await
-    {
-        Ok(output) => Some(output),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !required() => {
-            eprintln!("skipping: {program} is not installed (scripts/test installs it)");
-            None
-        }
-        Err(err) => panic!("cannot run {program}: {err}"),
-    }
-}
-
-fn stdout(output: &Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
-}
+use common::{Farm, interop_required, run, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
@@ -137,7 +107,7 @@ async fn a_generated_python_client_registers_and_discovers() {
     let has_tools = run("python3", &["-c", "import grpc_tools, grpc"]).await;
     match has_tools {
         Some(o) if o.status.success() => {}
-        _ if !required() => {
+        _ if !interop_required() => {
             eprintln!(
                 "skipping: python3 with grpcio-tools is not installed (scripts/test installs it)"
             );

@@ -497,3 +497,47 @@ impl Drop for DockerCleanup {
             .status();
     }
 }
+
+/// Whether missing interop tools (grpcurl, Python with grpcio-tools) fail
+/// the suite instead of skipping: `scripts/test` sets `FARM_REQUIRE_INTEROP=1`.
+pub fn interop_required() -> bool {
+    std::env::var_os("FARM_REQUIRE_INTEROP").is_some_and(|v| v == "1")
+}
+
+/// Runs a tool; `None` (skip) when it is missing and not required.
+pub async fn run(program: &str, args: &[&str]) -> Option<std::process::Output> {
+    run_with_env(program, args, &[]).await
+}
+
+/// [`run`] with extra environment variables.
+pub async fn run_with_env(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<std::process::Output> {
+    match tokio::process::Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .await
+    {
+        Ok(output) => Some(output),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !interop_required() => {
+            eprintln!("skipping: {program} is not installed (scripts/test installs it)");
+            None
+        }
+        Err(err) => panic!("cannot run {program}: {err}"),
+    }
+}
+
+/// A tool's standard output, after checking it succeeded.
+pub fn stdout(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
