@@ -134,7 +134,14 @@ pub async fn connect(host: &str) -> Result<Docker, DockerError> {
 /// container from scratch can run.
 pub fn is_static_executable(path: &Path) -> bool {
     fn check(path: &Path) -> Option<bool> {
-        let bytes = fs::read(path).ok()?;
+        // The ELF header and program headers sit at the start of the file;
+        // no need to read the whole binary.
+        let mut bytes = Vec::new();
+        fs::File::open(path)
+            .ok()?
+            .take(64 * 1024)
+            .read_to_end(&mut bytes)
+            .ok()?;
         let u16_at = |at: usize| Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?));
         let u32_at = |at: usize| Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
         let u64_at = |at: usize| Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
