@@ -19,6 +19,9 @@ use farm_api::v1::{
     farm_client::FarmClient,
 };
 use nix::{sys::signal, unistd::Pid};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 use tonic::transport::{Channel, Endpoint};
 
 const RUNS: usize = 5;
@@ -63,19 +66,7 @@ struct KillNodesOnDrop<'a>(&'a Path);
 
 impl Drop for KillNodesOnDrop<'_> {
     fn drop(&mut self) {
-        let Ok(slots) = std::fs::read_dir(self.0.join("nodes")) else {
-            return;
-        };
-        for slot in slots.flatten() {
-            if let Ok(record) = std::fs::read_to_string(slot.path().join("instance"))
-                && let Some(pid) = record
-                    .split_whitespace()
-                    .next()
-                    .and_then(|p| p.parse().ok())
-            {
-                let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
-            }
-        }
+        common::kill_recorded_nodes(self.0);
     }
 }
 
