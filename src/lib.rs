@@ -1,6 +1,7 @@
 //! The `farm.v1` gRPC API: message types, clients and servers generated from
 //! `proto/farm/v1/*.proto`, and the encoded file descriptor set that server
-//! reflection serves. This crate holds no logic.
+//! reflection serves, and [`Bearer`], the one way every client presents its
+//! token. Nothing else: no logic lives here.
 
 /// Generated `farm.v1` types, clients (`*_client`) and servers (`*_server`).
 pub mod v1 {
@@ -11,3 +12,50 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of `farm.v1` and its imports, for server
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("farm_descriptor");
+
+/// Presents a token to the control plane: adds `authorization: Bearer
+/// <token>` to every call of a client built `with_interceptor`, or nothing
+/// when no token is set.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+/// A token that cannot travel in a header (control characters, non-ASCII).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidToken;
+
+impl std::fmt::Display for InvalidToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the token is not a valid header value")
+    }
+}
+
+impl std::error::Error for InvalidToken {}
+
+impl Bearer {
+    /// The interceptor for `token` (none: calls go without one).
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
+        token
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| InvalidToken))
+            .transpose()
+            .map(Self)
+    }
+
+    /// The header value sent, if any.
+    pub fn value(&self) -> Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        self.0.as_ref()
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

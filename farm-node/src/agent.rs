@@ -10,6 +10,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use farm_api::Bearer;
 use farm_api::v1::{
     HeartbeatRequest, NodeSample, RegisterRequest, RegisterResponse,
     registry_client::RegistryClient,
@@ -20,8 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Code, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    service::interceptor::InterceptedService,
     transport::{Channel, Endpoint},
 };
 use tracing::{debug, error, info, warn};
@@ -43,22 +43,7 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest interval the node accepts, whatever it is told.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Adds the bearer token, if any, to every call.
-#[derive(Debug, Clone)]
-pub struct Auth(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Auth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = RegistryClient<InterceptedService<Channel, Auth>>;
+type Client = RegistryClient<InterceptedService<Channel, Bearer>>;
 
 /// A connection to the control plane that could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -151,16 +136,8 @@ impl Agent {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true);
-        let token = config
-            .token
-            .as_deref()
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse::<MetadataValue<Ascii>>()
-                    .map_err(|_| AgentError::Token)
-            })
-            .transpose()?;
-        let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), Auth(token));
+        let token = Bearer::new(config.token.as_deref()).map_err(|_| AgentError::Token)?;
+        let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), token);
         let identities = IdentityStore::new(config.cache_dir.as_deref());
         let configs = ConfigCache::new(config.cache_dir.as_deref());
         Ok(Self {
