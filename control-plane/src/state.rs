@@ -31,7 +31,7 @@ use crate::{
         metrics::{self, FarmAggregate, MetricsBook, NodeMetrics, Sample},
     },
     prometheus::Telemetry,
-    store::{Store, StoreError, wall_micros},
+    store::{NodeWriter, Store, StoreError, wall_micros},
 };
 
 /// Events a slow watcher may fall behind by before it is reset.
@@ -62,7 +62,9 @@ struct Shared {
     /// A `std::sync::Mutex`: every critical section is short, never awaits,
     /// and the heartbeat hot path is a few field writes.
     registry: Mutex<Registry>,
-    store: Store,
+    store: Arc<Store>,
+    /// Registrations' identities, written in batches.
+    writer: NodeWriter,
     events: broadcast::Sender<Arc<Event>>,
     /// Latest version of every scope. Locked after `registry` when both are
     /// needed, never the other way round.
@@ -105,10 +107,14 @@ impl FarmState {
         let book = ConfigBook::new(latest, last_version);
         let (config_version, _) = watch::channel(book.last_version());
         let (config_events, _) = broadcast::channel(CONFIG_EVENT_BUFFER);
+        let store = Arc::new(store);
+        let writer = NodeWriter::start(Arc::clone(&store))
+            .map_err(|e| StoreError::Batch(format!("cannot start the writer: {e}")))?;
         Ok(Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(registry),
                 store,
+                writer,
                 events,
                 config: Mutex::new(book),
                 config_version,
@@ -156,11 +162,20 @@ impl FarmState {
 
     /// Registers or re-attaches a node; the identity is on disk before this
     /// returns.
-    pub fn register(&self, request: RegistrationRequest) -> Result<Registered, StateError> {
+    ///
+    /// The registry's lock is not held while the identity is written: the
+    /// write joins the next batch of the [`NodeWriter`] (one sync to disk for
+    /// all registrations in flight), and the registration is published once
+    /// it is on disk. Until then the node is only `STARTING` in the registry:
+    /// it cannot heartbeat, so it cannot be discovered, before it has its
+    /// answer.
+    pub async fn register(&self, request: RegistrationRequest) -> Result<Registered, StateError> {
         let secret = new_secret();
+        let registered = self
+            .lock()
+            .register(request, NewIdentity { secret }, Now::read())?;
+        let persisted = self.shared.writer.upsert(registered.stored.clone()).await;
         let mut registry = self.lock();
-        let registered = registry.register(request, NewIdentity { secret }, Now::read())?;
-        let persisted = self.shared.store.upsert_node(&registered.stored);
         if let Err(err) = persisted {
             if registered.reattached {
                 // The identity is already on disk; only its address or
@@ -206,13 +221,15 @@ impl FarmState {
     }
 
     /// Removes a node that proved its identity.
-    pub fn deregister(&self, id: &str, secret: &str) -> Result<NodeId, StateError> {
-        let mut registry = self.lock();
-        let id = registry.deregister(id, secret, Now::read())?;
-        self.publish(&mut registry);
-        drop(registry);
+    pub async fn deregister(&self, id: &str, secret: &str) -> Result<NodeId, StateError> {
+        let id = {
+            let mut registry = self.lock();
+            let id = registry.deregister(id, secret, Now::read())?;
+            self.publish(&mut registry);
+            id
+        };
         self.metrics().remove(id);
-        self.shared.store.delete_nodes(&[id])?;
+        self.shared.writer.delete(id).await?;
         Ok(id)
     }
 

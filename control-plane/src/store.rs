@@ -77,6 +77,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("store query failed: {0}")]
     Query(#[from] rusqlite::Error),
+    /// A batch of identities could not be written.
+    #[error("writing node identities failed: {0}")]
+    Batch(String),
 }
 
 /// Handle to the database. Calls are short and synchronous; a
@@ -185,29 +188,24 @@ impl Store {
 
     /// Inserts or updates one identity.
     pub fn upsert_node(&self, node: &StoredNode) -> Result<(), StoreError> {
-        let labels = serde_json::to_string(&node.labels)
-            .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?;
-        let registered_ms = node
-            .registered_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        self.conn().execute(
-            "INSERT INTO nodes (id, name, address, grp, labels, secret_hash, registered_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET
-                name = excluded.name, address = excluded.address, grp = excluded.grp,
-                labels = excluded.labels",
-            params![
-                i64::try_from(node.id.0).map_err(|_| StoreError::Corrupt("id".into()))?,
-                node.name,
-                node.address,
-                node.group,
-                labels,
-                node.secret_hash.as_slice(),
-                i64::try_from(registered_ms).unwrap_or(i64::MAX),
-            ],
-        )?;
+        upsert(&self.conn(), node)
+    }
+
+    /// Applies `changes` in order in one transaction: one sync to disk for
+    /// all of them.
+    fn apply<'a>(&self, changes: impl IntoIterator<Item = &'a Change>) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for change in changes {
+            match change {
+                Change::Upsert(node) => upsert(&tx, node)?,
+                Change::Delete(id) => {
+                    tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")?
+                        .execute(params![i64::try_from(id.0).unwrap_or(i64::MAX)])?;
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -379,6 +377,118 @@ pub fn wall_micros(now: SystemTime) -> u64 {
     .unwrap_or(0)
 }
 
+fn upsert(conn: &Connection, node: &StoredNode) -> Result<(), StoreError> {
+    let labels = serde_json::to_string(&node.labels)
+        .map_err(|e| StoreError::Corrupt(format!("labels: {e}")))?;
+    let registered_ms = node
+        .registered_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    conn.prepare_cached(
+        "INSERT INTO nodes (id, name, address, grp, labels, secret_hash, registered_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(id) DO UPDATE SET
+            name = excluded.name, address = excluded.address, grp = excluded.grp,
+            labels = excluded.labels",
+    )?
+    .execute(params![
+        i64::try_from(node.id.0).map_err(|_| StoreError::Corrupt("id".into()))?,
+        node.name,
+        node.address,
+        node.group,
+        labels,
+        node.secret_hash.as_slice(),
+        i64::try_from(registered_ms).unwrap_or(i64::MAX),
+    ])?;
+    Ok(())
+}
+
+/// Most identities written in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A change to the stored identities.
+#[derive(Debug)]
+enum Change {
+    Upsert(StoredNode),
+    Delete(NodeId),
+}
+
+/// One change waiting to be written, and where its outcome goes.
+#[derive(Debug)]
+struct Write {
+    change: Change,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Writes node identities and their removals in batches (group commit). Each
+/// caller waits until its change is on disk; changes that arrive while one
+/// transaction commits go together in the next, in order, with one sync to
+/// disk for all of them. Registrations and deregistrations then scale with
+/// the callers in flight instead of queuing behind one sync each.
+#[derive(Debug)]
+pub struct NodeWriter {
+    writes: Mutex<std::sync::mpsc::Sender<Write>>,
+}
+
+impl NodeWriter {
+    /// Starts the writer's thread; it ends when the writer is dropped.
+    pub fn start(store: std::sync::Arc<Store>) -> std::io::Result<Self> {
+        let (writes, queue) = std::sync::mpsc::channel::<Write>();
+        std::thread::Builder::new()
+            .name("farm-node-writer".to_owned())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH
+                        && let Ok(next) = queue.try_recv()
+                    {
+                        batch.push(next);
+                    }
+                    let written = store
+                        .apply(batch.iter().map(|w| &w.change))
+                        .map_err(|e| e.to_string());
+                    for write in batch {
+                        // A caller that gave up waiting is fine.
+                        let _ = write.done.send(written.clone());
+                    }
+                }
+            })?;
+        Ok(Self {
+            writes: Mutex::new(writes),
+        })
+    }
+
+    /// Writes `node` with whatever else is waiting; resolves once it is on
+    /// disk. Waiting holds no thread.
+    pub async fn upsert(&self, node: StoredNode) -> Result<(), StoreError> {
+        self.write(Change::Upsert(node)).await
+    }
+
+    /// Removes the identity `id` with whatever else is waiting; resolves
+    /// once that is on disk.
+    pub async fn delete(&self, id: NodeId) -> Result<(), StoreError> {
+        self.write(Change::Delete(id)).await
+    }
+
+    async fn write(&self, change: Change) -> Result<(), StoreError> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let sent = self
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(Write { change, done });
+        if sent.is_err() {
+            return Err(StoreError::Batch("the writer has stopped".to_owned()));
+        }
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(StoreError::Batch(message)),
+            Err(_) => Err(StoreError::Batch("the writer has stopped".to_owned())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +528,39 @@ mod tests {
                 ..node(1, "a")
             }
         );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn batched_writes_and_removals_from_many_callers_all_reach_the_disk() {
+        let dir = tempdir();
+        {
+            let store = std::sync::Arc::new(Store::open(&dir).expect("open"));
+            let writer = std::sync::Arc::new(NodeWriter::start(store).expect("writer"));
+            let callers: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let writer = std::sync::Arc::clone(&writer);
+                    std::thread::spawn(move || {
+                        for i in 0..50u64 {
+                            let id = t * 1000 + i + 1;
+                            futures::executor::block_on(writer.upsert(node(id, &format!("n{id}"))))
+                                .expect("written");
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.join().expect("caller");
+            }
+            futures::executor::block_on(writer.delete(NodeId(1))).expect("deleted");
+        }
+        let nodes = Store::open(&dir)
+            .expect("reopen")
+            .load_nodes()
+            .expect("load");
+        assert_eq!(nodes.len(), 399);
+        assert!(nodes.iter().any(|n| n.name == "n7050"));
+        assert!(!nodes.iter().any(|n| n.name == "n1"));
         std::fs::remove_dir_all(dir).ok();
     }
 

@@ -115,18 +115,16 @@ impl Registry for RegistryService {
             }
             (false, _) => Some((request.node_id, request.secret)),
         };
-        let state = self.state.clone();
-        let registered = tokio::task::spawn_blocking(move || {
-            state.register(RegistrationRequest {
+        let registered = self
+            .state
+            .register(RegistrationRequest {
                 name: request.name,
                 address: request.address,
                 group: request.group,
                 labels: labels(request.labels),
                 identity,
             })
-        })
-        .await
-        .map_err(|e| Status::internal(format!("registration task failed: {e}")))??;
+            .await?;
         let policy = self.state.policy();
         self.state.telemetry().registered(registered.reattached);
         if registered.reattached {
@@ -256,12 +254,10 @@ impl Registry for RegistryService {
         if request.node_id.is_empty() || request.secret.is_empty() {
             return Err(Status::invalid_argument("node_id and secret are required"));
         }
-        let state = self.state.clone();
-        let id = tokio::task::spawn_blocking(move || {
-            state.deregister(&request.node_id, &request.secret)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("deregistration task failed: {e}")))??;
+        let id = self
+            .state
+            .deregister(&request.node_id, &request.secret)
+            .await?;
         info!(node.id = %id, "node deregistered");
         Ok(Response::new(DeregisterResponse {}))
     }

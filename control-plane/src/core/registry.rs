@@ -232,6 +232,10 @@ impl Group {
     }
 }
 
+/// Up to this many healthy nodes in a group, its leader is looked for among
+/// them rather than among all members.
+const SMALL_HEALTHY: usize = 64;
+
 /// A set with O(1) insert, remove and random access, for sampling.
 #[derive(Debug, Clone, Default)]
 struct IndexSet {
@@ -950,11 +954,18 @@ impl Registry {
         let Some(g) = self.groups.get(group) else {
             return Vec::new();
         };
-        let leader = g
-            .members
-            .iter()
-            .copied()
-            .find(|id| self.state_of(*id) == NodeState::Healthy);
+        // The lowest healthy id. Looked for among the healthy nodes when
+        // they are few (none, while a burst of new nodes registers), else
+        // among the members in id order, where one is soon found: either
+        // way a registration does not cost a scan of the whole group.
+        let healthy = |id: &NodeId| self.state_of(*id) == NodeState::Healthy;
+        let leader = match self.healthy_by_group.get(group) {
+            None => None,
+            Some(set) if set.len() <= SMALL_HEALTHY => {
+                set.items.iter().copied().filter(healthy).min()
+            }
+            Some(_) => g.members.iter().copied().find(healthy),
+        };
         let old = g.leader;
         if old == leader {
             return Vec::new();
