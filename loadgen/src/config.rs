@@ -12,12 +12,19 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Threads driving the load [default: one per CPU]. `--threads 1` runs
+    /// on one thread, as `h2load` does by default.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Drives `farm.v1.Workload` on the targets and prints a summary.
     Run(RunArgs),
+    /// Simulates many node agents in one process against a control plane and
+    /// reports heartbeat round-trip percentiles.
+    Swarm(crate::swarm::SwarmArgs),
 }
 
 /// Which RPC carries the requests.
@@ -32,30 +39,43 @@ pub enum Mode {
 
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("loop").required(true).args(["rate", "max"])))]
+#[command(group(clap::ArgGroup::new("aim").required(true).args(["targets", "control_plane"])))]
 pub struct RunArgs {
+    /// Control plane to discover the targets from: every healthy node it
+    /// lists (`Farm.ListNodes`), optionally of one `--group`.
+    #[arg(long, value_name = "URL")]
+    pub control_plane: Option<String>,
+    /// With `--control-plane`: only the nodes of this group.
+    #[arg(long, requires = "control_plane")]
+    pub group: Option<String>,
+    /// Bearer token for the control plane (a viewer or admin token).
+    #[arg(long, env = "FARM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Node address to drive (`host:port` or `http://host:port`); repeatable.
-    #[arg(long = "target")]
+    #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<String>,
     /// Which RPC carries the requests.
     #[arg(long, value_enum, default_value = "unary")]
     pub mode: Mode,
     /// Open loop: this many requests per second in total, latency measured
-    /// from each request's scheduled send time.
+    /// from each request's scheduled send time (corrected for coordinated
+    /// omission).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Closed loop: as fast as `--concurrency` requests in flight allow.
     #[arg(long)]
     pub max: bool,
-    /// Requests in flight at most (closed loop: always).
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// Requests in flight at most [default: 16 in closed loop, 1024 in open
+    /// loop, where it only caps how far a slow target can back requests up].
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// HTTP/2 connections per target.
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    /// Streams per connection (stream mode).
+    /// `WorkStream`s per connection (stream mode).
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
-    /// How long to measure.
+    /// How long to measure (`30s`, `2m`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// How long to send before measuring.
@@ -70,21 +90,25 @@ pub struct RunArgs {
     /// Delay the node is asked to wait before answering, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub delay_ms: u32,
-    /// Ask every Nth request to fail with `--fail-code` (0: none).
-    #[arg(long, default_value_t = 0)]
-    pub fail_every: u64,
+    /// Share of requests (0 to 1) the node is asked to fail with
+    /// `--fail-code`, spread evenly over the run.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
     /// gRPC status code of the requested failures (1 to 16).
     #[arg(long, default_value_t = 14)]
     pub fail_code: u32,
     /// Write the report as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub json: Option<std::path::PathBuf>,
+    /// Write the report as one self-contained HTML page to this file.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// What is wrong with the flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("no target: give --target ADDR at least once")]
+    #[error("no target: give --target ADDR or --control-plane URL")]
     NoTarget,
     #[error("--rate must be a positive number of requests per second, not {0}")]
     BadRate(f64),
@@ -92,11 +116,26 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--duration must be longer than zero")]
     ZeroDuration,
+    #[error("--error-rate must be between 0 and 1, not {0}")]
+    BadErrorRate(f64),
     #[error("--fail-code must be 1 to 16, not {0}")]
     BadFailCode(u32),
     #[error("{0:?} is not a target address")]
     BadTarget(String),
+    #[error("--response-bytes may be at most {MAX_RESPONSE_BYTES}, not {0}")]
+    BadResponseBytes(u32),
+    #[error("--delay-ms may be at most {MAX_DELAY_MS}, not {0}")]
+    BadDelay(u32),
 }
+
+/// The most a node answers with (its `Workload` limit).
+pub const MAX_RESPONSE_BYTES: u32 = 4_000_000;
+/// The longest delay a node accepts.
+pub const MAX_DELAY_MS: u32 = 60_000;
+/// Default in-flight cap of a closed-loop run.
+pub const CLOSED_CONCURRENCY: usize = 16;
+/// Default in-flight cap of an open-loop run.
+pub const OPEN_CONCURRENCY: usize = 1024;
 
 /// A validated run.
 #[derive(Debug, Clone)]
@@ -106,6 +145,7 @@ pub struct RunConfig {
     pub mode: Mode,
     /// `Some`: open loop at this total rate; `None`: closed loop.
     pub rate: Option<f64>,
+    /// Requests in flight at most.
     pub concurrency: usize,
     /// Connections per target.
     pub connections: usize,
@@ -116,8 +156,8 @@ pub struct RunConfig {
     pub payload: usize,
     pub response_bytes: u32,
     pub delay_ms: u32,
-    /// Every Nth request asks for `fail_code` (0: none).
-    pub fail_every: u64,
+    /// Share of requests asked to fail with `fail_code` (0 to 1).
+    pub error_rate: f64,
     pub fail_code: u32,
 }
 
@@ -136,13 +176,85 @@ impl RunConfig {
             payload: 0,
             response_bytes: 0,
             delay_ms: 0,
-            fail_every: 0,
+            error_rate: 0.0,
             fail_code: 14,
         }
     }
+
+    /// Builds a run from the flags and the targets (given with `--target`
+    /// or discovered from `--control-plane`), and validates it.
+    pub fn from_args(args: &RunArgs, targets: &[String]) -> Result<Self, ConfigError> {
+        let config = Self {
+            targets: targets
+                .iter()
+                .map(|t| target_uri(t))
+                .collect::<Result<_, _>>()?,
+            mode: args.mode,
+            rate: args.rate,
+            concurrency: args.concurrency.unwrap_or(if args.rate.is_some() {
+                OPEN_CONCURRENCY
+            } else {
+                CLOSED_CONCURRENCY
+            }),
+            connections: args.connections,
+            streams: args.streams,
+            duration: args.duration,
+            warmup: args.warmup,
+            payload: args.payload,
+            response_bytes: args.response_bytes,
+            delay_ms: args.delay_ms,
+            error_rate: args.error_rate,
+            fail_code: args.fail_code,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule a run must obey.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.targets.is_empty() {
+            return Err(ConfigError::NoTarget);
+        }
+        for target in &self.targets {
+            target
+                .parse::<tonic::transport::Uri>()
+                .map_err(|_| ConfigError::BadTarget(target.clone()))?;
+        }
+        if let Some(rate) = self.rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            return Err(ConfigError::BadRate(rate));
+        }
+        for (name, value) in [
+            ("concurrency", self.concurrency),
+            ("connections", self.connections),
+            ("streams", self.streams),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.duration.is_zero() {
+            return Err(ConfigError::ZeroDuration);
+        }
+        if !(0.0..=1.0).contains(&self.error_rate) {
+            return Err(ConfigError::BadErrorRate(self.error_rate));
+        }
+        if self.error_rate > 0.0 && !(1..=16).contains(&self.fail_code) {
+            return Err(ConfigError::BadFailCode(self.fail_code));
+        }
+        if self.response_bytes > MAX_RESPONSE_BYTES {
+            return Err(ConfigError::BadResponseBytes(self.response_bytes));
+        }
+        if self.delay_ms > MAX_DELAY_MS {
+            return Err(ConfigError::BadDelay(self.delay_ms));
+        }
+        Ok(())
+    }
 }
 
-fn target_uri(target: &str) -> Result<String, ConfigError> {
+/// `host:port` or a URL as a target URI (`http://host:port`).
+pub fn target_uri(target: &str) -> Result<String, ConfigError> {
     let uri = if target.contains("://") {
         target.to_owned()
     } else {
@@ -153,55 +265,6 @@ fn target_uri(target: &str) -> Result<String, ConfigError> {
     Ok(uri)
 }
 
-impl TryFrom<&RunArgs> for RunConfig {
-    type Error = ConfigError;
-
-    fn try_from(args: &RunArgs) -> Result<Self, Self::Error> {
-        if args.targets.is_empty() {
-            return Err(ConfigError::NoTarget);
-        }
-        if let Some(rate) = args.rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            return Err(ConfigError::BadRate(rate));
-        }
-        for (name, value) in [
-            ("concurrency", args.concurrency),
-            ("connections", args.connections),
-            ("streams", args.streams),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::Zero(name));
-            }
-        }
-        if args.duration.is_zero() {
-            return Err(ConfigError::ZeroDuration);
-        }
-        if args.fail_every > 0 && !(1..=16).contains(&args.fail_code) {
-            return Err(ConfigError::BadFailCode(args.fail_code));
-        }
-        Ok(Self {
-            targets: args
-                .targets
-                .iter()
-                .map(|t| target_uri(t))
-                .collect::<Result<_, _>>()?,
-            mode: args.mode,
-            rate: args.rate,
-            concurrency: args.concurrency,
-            connections: args.connections,
-            streams: args.streams,
-            duration: args.duration,
-            warmup: args.warmup,
-            payload: args.payload,
-            response_bytes: args.response_bytes,
-            delay_ms: args.delay_ms,
-            fail_every: args.fail_every,
-            fail_code: args.fail_code,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,8 +272,10 @@ mod tests {
     fn parse(args: &[&str]) -> Result<RunConfig, String> {
         let cli = Cli::try_parse_from(["loadgen", "run"].iter().chain(args))
             .map_err(|e| e.kind().to_string())?;
-        let Command::Run(args) = cli.command;
-        RunConfig::try_from(&args).map_err(|e| e.to_string())
+        let Command::Run(args) = cli.command else {
+            return Err("not a run".to_owned());
+        };
+        RunConfig::from_args(&args, &args.targets).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -253,7 +318,16 @@ mod tests {
         assert!(with(&[]).is_err(), "neither --rate nor --max");
         assert!(with(&["--max", "--concurrency", "0"]).is_err());
         assert!(with(&["--max", "--duration", "0s"]).is_err());
-        assert!(with(&["--max", "--fail-every", "2", "--fail-code", "17"]).is_err());
-        assert!(parse(&["--max"]).is_err_and(|e| e.contains("no target")));
+        assert!(with(&["--max", "--error-rate", "0.1", "--fail-code", "17"]).is_err());
+        assert!(with(&["--max", "--error-rate", "1.5"]).is_err_and(|e| e.contains("between")));
+        assert!(with(&["--max", "--delay-ms", "60001"]).is_err());
+        assert!(
+            parse(&["--max"]).is_err(),
+            "neither --target nor --control-plane"
+        );
+        assert!(
+            parse(&["--max", "--target", "a:1", "--control-plane", "http://b:2"]).is_err(),
+            "both --target and --control-plane"
+        );
     }
 }

@@ -4,15 +4,20 @@
 //! or open loop (a constant total rate, latency measured from each request's
 //! scheduled send time so that a stalled target cannot hide its stall:
 //! coordinated omission), records latency into HDR histograms per worker,
-//! merges them, and reports percentiles as a table or JSON.
+//! merges them, and reports percentiles as a table, JSON or an HTML page.
+//! `swarm` simulates many node agents against a control plane.
 //!
 //! The CLI in `main.rs` only parses flags and prints; everything else is
 //! here, for the control plane's `LoadTest.Run` to reuse.
 
 pub mod config;
+pub mod discover;
+pub mod html;
+pub mod progress;
 pub mod report;
 pub mod run;
+pub mod swarm;
 
 pub use config::{Cli, Command, ConfigError, Mode, RunArgs, RunConfig};
-pub use report::{Percentiles, Recorder, Report};
-pub use run::run;
+pub use report::{Interval, Percentiles, Recorder, Report};
+pub use run::{RunError, run, run_with_progress};

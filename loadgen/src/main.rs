@@ -1,34 +1,103 @@
-//! `loadgen`: parses flags, runs the load test with Ctrl-C as an early stop,
-//! and prints the report.
+//! `loadgen`: parses flags, finds the targets, runs the load test with
+//! progress on standard error and Ctrl-C as an early stop, and prints the
+//! report (and writes it as JSON or HTML when asked).
+//!
+//! Exit codes: 0 done, 2 bad input (flags, an unreachable control plane, no
+//! node to drive), 1 anything else.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
-use loadgen::{Cli, Command, RunConfig};
+use loadgen::{Cli, Command, Report, RunConfig, progress::Progress};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Bad input, as opposed to a failure along the way.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let Command::Run(args) = Cli::parse().command;
-    let config = match RunConfig::try_from(&args) {
+    let cli = Cli::parse();
+    let runtime = match cli.threads {
+        Some(0) => {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(USAGE);
+        }
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli.command)),
+        Err(err) => {
+            eprintln!("error: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> ExitCode {
+    let args = match command {
+        Command::Run(args) => args,
+        Command::Swarm(args) => return loadgen::swarm::cli(args).await,
+    };
+    let targets = match &args.control_plane {
+        Some(url) => {
+            match loadgen::discover::healthy_nodes(
+                url,
+                args.token.as_deref(),
+                args.group.as_deref(),
+            )
+            .await
+            {
+                Ok(targets) => targets,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(USAGE);
+                }
+            }
+        }
+        None => args.targets.clone(),
+    };
+    let config = match RunConfig::from_args(&args, &targets) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("error: {err}");
-            return ExitCode::from(2);
+            return ExitCode::from(USAGE);
         }
     };
+
+    let mut progress = Progress::new(config.duration);
+    progress.start(&describe(&config));
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = match loadgen::run(&config, stop).await {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shown = tokio::spawn(async move {
+        while let Some(interval) = rx.recv().await {
+            progress.interval(&interval);
+        }
+        progress.finish();
+    });
+    let report = loadgen::run_with_progress(&config, stop, move |interval| {
+        let _ = tx.send(interval.clone());
+    })
+    .await;
+    let _ = shown.await;
+    let report = match report {
         Ok(report) => report,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -36,12 +105,60 @@ async fn main() -> ExitCode {
         eprintln!("error: cannot print the report: {err}");
         return ExitCode::FAILURE;
     }
+    let mut written = Ok(());
     if let Some(path) = &args.json {
-        let written = std::fs::File::create(path).and_then(|mut file| report.write_json(&mut file));
-        if let Err(err) = written {
-            eprintln!("error: cannot write {}: {err}", path.display());
-            return ExitCode::FAILURE;
+        written = written.and(write_to(path, &report, Report::write_json));
+    }
+    if let Some(path) = &args.html {
+        written = written.and(write_to(path, &report, |r, out| {
+            loadgen::html::write_html(r, out)
+        }));
+    }
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
+}
+
+fn describe(config: &RunConfig) -> String {
+    let shape = match config.rate {
+        Some(rate) => format!(
+            "{rate} req/s (open loop, at most {} in flight)",
+            config.concurrency
+        ),
+        None => format!("closed loop, {} in flight", config.concurrency),
+    };
+    let warmup = if config.warmup.is_zero() {
+        String::new()
+    } else {
+        format!(
+            " after {} of warm-up",
+            humantime::format_duration(config.warmup)
+        )
+    };
+    format!(
+        "loadgen: {:?} requests to {} target{} for {}{warmup}, {shape}",
+        config.mode,
+        config.targets.len(),
+        if config.targets.len() == 1 { "" } else { "s" },
+        humantime::format_duration(config.duration),
+    )
+    .to_lowercase()
+}
+
+fn write_to(
+    path: &Path,
+    report: &Report,
+    render: impl Fn(&Report, &mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<(), String> {
+    std::fs::File::create(path)
+        .and_then(|file| {
+            let mut out = std::io::BufWriter::new(file);
+            render(report, &mut out)?;
+            std::io::Write::flush(&mut out)
+        })
+        .map_err(|err| format!("cannot write {}: {err}", path.display()))
 }

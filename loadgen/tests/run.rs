@@ -37,15 +37,16 @@ async fn closed_loop_counts_add_up_in_both_modes() {
         config.mode = mode;
         config.connections = 2;
         config.streams = 2;
-        config.fail_every = 10;
+        config.error_rate = 0.1;
         config.fail_code = 5;
         let report = loadgen::run(&config, std::future::pending())
             .await
             .expect("run");
         assert!(report.requests > 50, "{mode:?}: {report:?}");
         assert!(!report.interrupted);
-        // Every tenth request built fails; a few in flight at the end are
-        // dropped, so the count is within the concurrency of a tenth.
+        // Every tenth request built fails; a few in flight when the run is
+        // cut off may be lost, so the count is within the concurrency of a
+        // tenth.
         let expected = report.requests / 10;
         let not_found = report.errors_by_code.get("NOT_FOUND").copied().unwrap_or(0);
         assert_eq!(report.errors, not_found, "{mode:?}: {report:?}");
@@ -64,17 +65,158 @@ async fn closed_loop_counts_add_up_in_both_modes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_loop_holds_the_rate() {
     let node = node().await;
-    let mut config = RunConfig::closed(vec![node.addr.clone()], 16, Duration::from_secs(2));
-    config.rate = Some(200.0);
+    for mode in [Mode::Unary, Mode::Stream] {
+        let mut config = RunConfig::closed(vec![node.addr.clone()], 64, Duration::from_secs(2));
+        config.mode = mode;
+        config.rate = Some(500.0);
+        let report = loadgen::run(&config, std::future::pending())
+            .await
+            .expect("run");
+        // Every scheduled request is sent and waited for: the count is the
+        // rate times the duration, give or take the schedule's rounding.
+        assert!(
+            (990..=1010).contains(&report.requests),
+            "{mode:?}: {} requests",
+            report.requests
+        );
+        assert!(report.kept_up && report.missed == 0, "{report:?}");
+        assert_eq!(report.errors, 0);
+        // Second by second too, within a generous band.
+        assert_eq!(report.intervals.len(), 2, "{:?}", report.intervals);
+        for interval in &report.intervals {
+            assert!(
+                (400.0..=600.0).contains(&interval.throughput_rps),
+                "{mode:?}: {interval:?}"
+            );
+        }
+        let counted: u64 = report.intervals.iter().map(|i| i.requests).sum();
+        assert_eq!(counted, report.requests);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_the_target_cannot_keep_up_with_is_reported_not_lowered() {
+    // 20 ms per request, 2 in flight: 100 rps at most, 400 asked.
+    let node = node().await;
+    let mut config = RunConfig::closed(vec![node.addr.clone()], 2, Duration::from_secs(1));
+    config.rate = Some(400.0);
+    config.delay_ms = 20;
     let report = loadgen::run(&config, std::future::pending())
         .await
         .expect("run");
+    assert!(!report.kept_up, "{report:?}");
     assert!(
-        (350..=450).contains(&report.requests),
-        "{} requests",
-        report.requests
+        report.missed >= 200 && report.requests + report.missed >= 390,
+        "{} sent, {} missed",
+        report.requests,
+        report.missed
     );
-    assert_eq!(report.errors, 0);
+    assert!(report.throughput_rps < 150.0, "{report:?}");
+    let mut text = Vec::new();
+    report.write_text(&mut text).expect("text");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(text.contains("did not keep up"), "{text}");
+}
+
+/// A `Workload` server that answers at once, except that it holds every
+/// request that arrives during one stall until the stall is over.
+mod stalling {
+    use std::{pin::Pin, time::Duration};
+
+    use farm_api::v1::{
+        InfoRequest, InfoResponse, LoadSpec, SetLogLevelRequest, SetLogLevelResponse,
+        SimulateLoadResponse, WorkRequest, WorkResponse,
+        workload_server::{Workload, WorkloadServer},
+    };
+    use tokio::{net::TcpListener, time::Instant};
+    use tonic::{Request, Response, Status, Streaming};
+
+    pub struct Stalling {
+        pub from: Instant,
+        pub until: Instant,
+    }
+
+    #[tonic::async_trait]
+    impl Workload for Stalling {
+        async fn work(
+            &self,
+            request: Request<WorkRequest>,
+        ) -> Result<Response<WorkResponse>, Status> {
+            let now = Instant::now();
+            if now >= self.from && now < self.until {
+                tokio::time::sleep_until(self.until).await;
+            }
+            Ok(Response::new(WorkResponse {
+                id: request.into_inner().id,
+                ..WorkResponse::default()
+            }))
+        }
+
+        type WorkStreamStream =
+            Pin<Box<dyn futures::Stream<Item = Result<WorkResponse, Status>> + Send>>;
+
+        async fn work_stream(
+            &self,
+            _: Request<Streaming<WorkRequest>>,
+        ) -> Result<Response<Self::WorkStreamStream>, Status> {
+            Err(Status::unimplemented("unary only"))
+        }
+
+        async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+            Err(Status::unimplemented("unary only"))
+        }
+
+        async fn simulate_load(
+            &self,
+            _: Request<LoadSpec>,
+        ) -> Result<Response<SimulateLoadResponse>, Status> {
+            Err(Status::unimplemented("unary only"))
+        }
+
+        async fn set_log_level(
+            &self,
+            _: Request<SetLogLevelRequest>,
+        ) -> Result<Response<SetLogLevelResponse>, Status> {
+            Err(Status::unimplemented("unary only"))
+        }
+    }
+
+    /// Serves on loopback, stalling for `stall` from `after` on; the address.
+    pub async fn serve(after: Duration, stall: Duration) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let from = Instant::now() + after;
+        let service = WorkloadServer::new(Stalling {
+            from,
+            until: from + stall,
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        format!("http://{addr}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stall_shows_in_the_corrected_p99_and_hides_from_the_uncorrected() {
+    // One request in flight, as a client that waits for each answer: while
+    // the target stalls, the request in flight waits and the rest cannot be
+    // sent. Only the corrected figures count the requests that were due
+    // during the stall. 600 ms of stall in 2 s at 500 rps: the 50 requests
+    // due in its first 100 ms (5%) waited at least 500 ms.
+    let addr = stalling::serve(Duration::from_millis(500), Duration::from_millis(600)).await;
+    let mut config = RunConfig::closed(vec![addr], 1, Duration::from_secs(2));
+    config.rate = Some(500.0);
+    let report = loadgen::run(&config, std::future::pending())
+        .await
+        .expect("run");
+    let (c, u) = (&report.latency_us, &report.uncorrected_latency_us);
+    assert!(c.p99 >= 500_000, "corrected {c:?}");
+    assert!(u.p99 < 50_000, "uncorrected {u:?}");
+    assert!(u.max >= 500_000, "the stalled request itself: {u:?}");
+    assert!(report.requests >= 990, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -118,7 +260,7 @@ async fn cli_writes_the_json_fields() {
                 .args([
                     "run", "--target", &addr, "--mode", "stream", "--rate", "100",
                 ])
-                .args(["--duration", "500ms", "--json"])
+                .args(["--duration", "1500ms", "--json"])
                 .arg(&json)
                 .output()
                 .expect("loadgen runs")
@@ -148,6 +290,68 @@ async fn cli_writes_the_json_fields() {
         }
     }
     assert_eq!(value["mode"], "stream");
+    assert_eq!(value["kept_up"], true);
+    // The full spectrum, rising to the maximum.
+    let spectrum = value["spectrum"].as_array().expect("spectrum");
+    assert!(spectrum.len() > 40, "{spectrum:?}");
+    let last = spectrum.last().expect("points");
+    assert_eq!(last["percentile"], 100.0);
+    assert_eq!(last["latency_us"], value["latency_us"]["max"]);
+    // Second by second: a 1.5 s run has two intervals, the last one half.
+    let intervals = value["intervals"].as_array().expect("intervals");
+    assert_eq!(intervals.len(), 2, "{intervals:?}");
+    let counted: u64 = intervals
+        .iter()
+        .map(|i| i["requests"].as_u64().expect("requests"))
+        .sum();
+    assert_eq!(Some(counted), value["requests"].as_u64());
+    for interval in intervals {
+        assert!(interval["latency_us"]["p99"].is_u64(), "{interval}");
+    }
+    // Progress went to standard error, a line a second (not a terminal).
+    let progress = String::from_utf8_lossy(&out.stderr);
+    let seconds = progress
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("req/s"))
+        .count();
+    assert_eq!(seconds, 2, "{progress}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_writes_a_self_contained_html_report() {
+    let node = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let html = dir.path().join("report.html");
+    let addr = node.addr.clone();
+    let out = tokio::task::spawn_blocking({
+        let html = html.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_loadgen"))
+                .args(["run", "--target", &addr, "--max", "--duration", "2s"])
+                .args(["--error-rate", "0.25", "--fail-code", "8", "--html"])
+                .arg(&html)
+                .output()
+                .expect("loadgen runs")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let page = std::fs::read_to_string(&html).expect("html written");
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    for needed in [
+        "Latency by percentile",
+        "Throughput, second by second",
+        "Latency, second by second",
+        "RESOURCE_EXHAUSTED",
+        "<polyline",
+    ] {
+        assert!(page.contains(needed), "{needed} missing");
+    }
+    // Nothing to fetch: it opens anywhere as it is.
+    for external in ["<script", "src=", "href=", "url("] {
+        assert!(!page.contains(external), "{external} in the page");
+    }
 }
 
 #[test]
@@ -243,30 +447,35 @@ async fn ctrl_c_prints_a_partial_report() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn streams_are_opened_again_after_a_node_restarts() {
-    let first = node().await;
-    let addr = first.addr.clone();
-    let mut config = RunConfig::closed(vec![addr.clone()], 4, Duration::from_millis(1500));
-    config.mode = Mode::Stream;
-    let run = tokio::spawn(async move { loadgen::run(&config, std::future::pending()).await });
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    drop(first);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let listener = TcpListener::bind(addr.trim_start_matches("http://"))
-        .await
-        .expect("the port again");
-    let (_stop, rx) = oneshot::channel::<()>();
-    tokio::spawn(farm_node::run(
-        NodeConfig::new("http://127.0.0.1:1", "t1"),
-        listener,
-        async {
-            let _ = rx.await;
-        },
-    ));
-    let report = run.await.expect("join").expect("run");
-    let after = served(&addr).await;
-    assert!(after > 10, "the restarted node served {after}: {report:?}");
-    assert!(report.requests > after, "{report:?}");
+async fn connections_and_streams_are_opened_again_after_a_node_restarts() {
+    for mode in [Mode::Stream, Mode::Unary] {
+        let first = node().await;
+        let addr = first.addr.clone();
+        let mut config = RunConfig::closed(vec![addr.clone()], 4, Duration::from_millis(1500));
+        config.mode = mode;
+        let run = tokio::spawn(async move { loadgen::run(&config, std::future::pending()).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listener = TcpListener::bind(addr.trim_start_matches("http://"))
+            .await
+            .expect("the port again");
+        let (_stop, rx) = oneshot::channel::<()>();
+        tokio::spawn(farm_node::run(
+            NodeConfig::new("http://127.0.0.1:1", "t1"),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let report = run.await.expect("join").expect("run");
+        let after = served(&addr).await;
+        assert!(
+            after > 10,
+            "{mode:?}: the restarted node served {after}: {report:?}"
+        );
+        assert!(report.requests > after, "{mode:?}: {report:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -280,4 +489,29 @@ async fn warmup_requests_are_not_counted() {
         .expect("run");
     assert!((45..=55).contains(&report.requests), "{report:?}");
     assert!((report.duration_s - 0.5).abs() < 0.05, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_terminal_gets_a_progress_bar() {
+    // `script` (util-linux) runs loadgen on a pseudo-terminal.
+    let node = node().await;
+    let command = format!(
+        "{} run --target {} --rate 200 --duration 2s",
+        env!("CARGO_BIN_EXE_loadgen"),
+        node.addr
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qefc", &command, "/dev/null"])
+            .output()
+            .expect("script runs")
+    })
+    .await
+    .expect("join");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Redrawn in place: a carriage return and a line clear before each bar.
+    assert!(text.matches("\r\x1b[2K[").count() >= 2, "{text:?}");
+    assert!(text.contains("#####") && text.contains("req/s"), "{text:?}");
+    assert!(text.contains("Summary"), "{text:?}");
 }

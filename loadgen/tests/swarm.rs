@@ -1,0 +1,365 @@
+//! `loadgen swarm` against a whole control plane running in this process on
+//! `127.0.0.1:0` (`--runtime none`: no nodes but the simulated ones), and
+//! the binary's handling of bad input.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::ControlPlane;
+use farm_api::v1::{
+    DiscoverRequest, ListNodesRequest, NodeInfo, NodeState, PutConfigRequest,
+    config_client::ConfigClient, discovery_client::DiscoveryClient, farm_client::FarmClient,
+};
+use loadgen::swarm::{SwarmConfig, SwarmReport};
+use prost_types::{Struct, Value, value::Kind};
+use tokio::task::JoinHandle;
+
+/// What these tests ask of their control plane.
+impl ControlPlane {
+    /// The nodes of the swarm `run_id`.
+    async fn swarm_nodes(&self, run_id: &str) -> Vec<NodeInfo> {
+        let prefix = format!("swarm-{run_id}-");
+        FarmClient::new(self.channel())
+            .list_nodes(ListNodesRequest::default())
+            .await
+            .expect("ListNodes")
+            .into_inner()
+            .nodes
+            .into_iter()
+            .filter(|n| n.name.starts_with(&prefix))
+            .collect()
+    }
+
+    /// How many healthy peers of the swarm `run_id` Discover matches.
+    async fn discoverable(&self, run_id: &str) -> u32 {
+        DiscoveryClient::new(self.channel())
+            .discover(DiscoverRequest {
+                group: String::new(),
+                count: 1000,
+                labels: [("loadgen.swarm".to_owned(), run_id.to_owned())].into(),
+                exclude_id: String::new(),
+            })
+            .await
+            .expect("Discover")
+            .into_inner()
+            .matched
+    }
+
+    /// Waits until `f` holds of the swarm's nodes, or panics after `limit`.
+    async fn wait_swarm(
+        &self,
+        run_id: &str,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&[NodeInfo]) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let nodes = self.swarm_nodes(run_id).await;
+            if f(&nodes) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; {} swarm nodes",
+                nodes.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn swarm_config(url: &str, nodes: usize, heartbeat_ms: u64, duration_ms: u64) -> SwarmConfig {
+    let mut config = SwarmConfig::new(url, nodes).expect("swarm config");
+    config.heartbeat = Duration::from_millis(heartbeat_ms);
+    config.duration = Duration::from_millis(duration_ms);
+    config.ramp_timeout = Duration::from_secs(20);
+    config.cleanup_timeout = Duration::from_secs(10);
+    config
+}
+
+/// Runs a swarm in a task, so the test can look at the farm meanwhile.
+fn spawn_swarm(config: &SwarmConfig) -> JoinHandle<SwarmReport> {
+    let config = config.clone();
+    tokio::spawn(async move {
+        loadgen::swarm::swarm(&config, std::future::pending())
+            .await
+            .expect("swarm")
+    })
+}
+
+async fn finished(task: JoinHandle<SwarmReport>, limit: Duration) -> SwarmReport {
+    tokio::time::timeout(limit, task)
+        .await
+        .expect("swarm finished in time")
+        .expect("swarm task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_nodes_register_heartbeat_and_leave() {
+    let cp = ControlPlane::start(&[]).await;
+    let config = swarm_config(&cp.url, 1000, 250, 2000);
+    assert_eq!(config.connections, 10);
+    let run_id = config.run_id.clone();
+    let started = Instant::now();
+    let task = spawn_swarm(&config);
+    cp.wait_swarm(
+        &run_id,
+        "1000 healthy swarm nodes",
+        Duration::from_secs(20),
+        |nodes| nodes.len() == 1000 && nodes.iter().all(|n| n.state == NodeState::Healthy as i32),
+    )
+    .await;
+    assert_eq!(cp.discoverable(&run_id).await, 1000);
+    let report = finished(task, Duration::from_secs(25)).await;
+    eprintln!("swarm of 1000 took {:?}", started.elapsed());
+
+    assert_eq!(
+        (report.nodes, report.registered),
+        (1000, 1000),
+        "{report:#?}"
+    );
+    assert_eq!(report.errors(), 0, "{report:#?}");
+    assert!(!report.interrupted);
+    assert!((report.duration_s - 2.0).abs() < 0.5, "{report:#?}");
+    // 4 beats a second each for 2 s: about 8000, every one acknowledged but
+    // the few in flight at the end.
+    assert!(report.heartbeats_sent >= 7000, "{report:#?}");
+    assert!(
+        report.heartbeats_acked + 1000 >= report.heartbeats_sent,
+        "{report:#?}"
+    );
+    for p in [&report.heartbeat_rtt_us, &report.register_us] {
+        assert!(p.p50 > 0 && p.p50 <= p.p90 && p.p90 <= p.p99, "{report:#?}");
+        assert!(p.p99 <= p.p999 && p.p999 <= p.max, "{report:#?}");
+    }
+    assert_eq!((report.deregistered, report.left_registered), (1000, 0));
+    let mut text = Vec::new();
+    report.write_text(&mut text).expect("text");
+    let text = String::from_utf8(text).expect("utf-8");
+    assert!(
+        text.contains("1000 of 1000") && text.contains("p99.9"),
+        "{text}"
+    );
+
+    // Left as found.
+    assert!(cp.swarm_nodes(&run_id).await.is_empty());
+    assert_eq!(cp.discoverable(&run_id).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_report_has_exactly_the_agreed_fields() {
+    let cp = ControlPlane::start(&[]).await;
+    let report =
+        loadgen::swarm::swarm(&swarm_config(&cp.url, 20, 100, 500), std::future::pending())
+            .await
+            .expect("swarm");
+    let mut json = Vec::new();
+    report.write_json(&mut json).expect("json");
+    let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    };
+    let expected: BTreeSet<String> = [
+        "nodes",
+        "registered",
+        "heartbeats",
+        "errors",
+        "errors_by_code",
+        "heartbeat_rtt_us",
+        "register_us",
+        "config_pushes",
+        "duration_s",
+        "interrupted",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(keys(&json), expected);
+    let percentiles: BTreeSet<String> = ["p50", "p90", "p99", "p999", "max"]
+        .map(String::from)
+        .into();
+    assert_eq!(keys(&json["heartbeat_rtt_us"]), percentiles);
+    assert_eq!(keys(&json["register_us"]), percentiles);
+    assert_eq!(json["nodes"], 20);
+    assert_eq!(json["registered"], 20);
+    assert_eq!(json["errors"], 0);
+    assert_eq!(json["errors_by_code"], serde_json::json!({}));
+    assert_eq!(json["interrupted"], false);
+    assert_eq!(json["config_pushes"], 0);
+    assert!(json["heartbeats"].as_u64().expect("count") >= 20 * 4);
+    assert!(json["heartbeat_rtt_us"]["p99"].as_u64().expect("p99") > 0);
+    assert!(json["duration_s"].as_f64().expect("seconds") >= 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_put_during_a_swarm_reaches_every_simulated_node() {
+    let cp = ControlPlane::start(&[]).await;
+    let config = swarm_config(&cp.url, 50, 200, 3000);
+    let run_id = config.run_id.clone();
+    let task = spawn_swarm(&config);
+    cp.wait_swarm(
+        &run_id,
+        "50 healthy swarm nodes",
+        Duration::from_secs(10),
+        |nodes| nodes.len() == 50 && nodes.iter().all(|n| n.state == NodeState::Healthy as i32),
+    )
+    .await;
+    let workload = Struct {
+        fields: BTreeMap::from([(
+            "delay_ms".to_owned(),
+            Value {
+                kind: Some(Kind::NumberValue(1.0)),
+            },
+        )]),
+    };
+    let version = ConfigClient::new(cp.channel())
+        .put_config(PutConfigRequest {
+            scope: "global".into(),
+            data: Some(Struct {
+                fields: BTreeMap::from([(
+                    "workload".to_owned(),
+                    Value {
+                        kind: Some(Kind::StructValue(workload)),
+                    },
+                )]),
+            }),
+            expected_version: 0,
+        })
+        .await
+        .expect("PutConfig")
+        .into_inner()
+        .version;
+    assert!(version > 0);
+    // Each simulated node applies the push and reports its version.
+    cp.wait_swarm(
+        &run_id,
+        "every node on the new config",
+        Duration::from_secs(5),
+        |nodes| nodes.len() == 50 && nodes.iter().all(|n| n.config_version == version),
+    )
+    .await;
+    let report = finished(task, Duration::from_secs(20)).await;
+    assert!(report.config_pushes >= 50, "{report:#?}");
+    assert_eq!(report.errors(), 0, "{report:#?}");
+    assert!(cp.swarm_nodes(&run_id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_stop_gives_a_partial_report_and_still_cleans_up() {
+    let cp = ControlPlane::start(&[]).await;
+    let config = swarm_config(&cp.url, 200, 200, 60_000);
+    let run_id = config.run_id.clone();
+    let started = Instant::now();
+    let report = loadgen::swarm::swarm(&config, tokio::time::sleep(Duration::from_secs(2)))
+        .await
+        .expect("swarm");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(report.interrupted, "{report:#?}");
+    assert_eq!(report.registered, 200, "{report:#?}");
+    assert!(report.duration_s < 2.0, "{report:#?}");
+    assert_eq!(report.deregistered, 200, "{report:#?}");
+    assert!(cp.swarm_nodes(&run_id).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_sent_and_its_absence_is_reported() {
+    let cp = ControlPlane::start(&[
+        "--admin-token",
+        "swarm-admin-token",
+        "--node-token",
+        "swarm-node-token",
+        "--viewer-token",
+        "swarm-viewer-token",
+    ])
+    .await;
+    let mut config = swarm_config(&cp.url, 10, 100, 300);
+    config.token = farm_api::Bearer::new(Some("swarm-node-token")).expect("header value");
+    let report = loadgen::swarm::swarm(&config, std::future::pending())
+        .await
+        .expect("swarm");
+    assert_eq!((report.registered, report.errors()), (10, 0), "{report:#?}");
+    assert_eq!(report.deregistered, 10);
+
+    config.token = farm_api::Bearer::default();
+    let report = loadgen::swarm::swarm(&config, std::future::pending())
+        .await
+        .expect("swarm");
+    assert_eq!(report.registered, 0, "{report:#?}");
+    assert_eq!(
+        report.errors_by_code(),
+        BTreeMap::from([("UNAUTHENTICATED".to_owned(), 10)])
+    );
+}
+
+/// Runs the binary with `args`, killing it after 20 s; (exit code, stderr).
+fn loadgen(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("swarm")
+        .args(args)
+        .env_remove("FARM_CONTROL_PLANE")
+        .env_remove("FARM_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn loadgen");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadgen {args:?} still running after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn check_refused(args: &[&str], says: &str) {
+    let (code, stderr) = loadgen(args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(says),
+        "{args:?} should say {says:?}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_input_exits_with_2() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let closed = format!("http://{closed}");
+    let cp = ["--control-plane", closed.as_str()];
+    let with = |more: &[&'static str]| {
+        let mut all = cp.to_vec();
+        all.extend_from_slice(more);
+        all
+    };
+    check_refused(&with(&["--nodes", "0"]), "--nodes");
+    check_refused(&with(&["--duration", "forever"]), "--duration");
+    check_refused(&with(&["--heartbeat", "1ms"]), "--heartbeat");
+    check_refused(&["--control-plane", "http://"], "URL");
+    check_refused(&["--control-plane", "not a url"], "URL");
+    check_refused(&["--nodes", "10"], "--control-plane");
+    check_refused(
+        &with(&["--nodes", "10", "--duration", "1s"]),
+        "cannot connect",
+    );
+}
