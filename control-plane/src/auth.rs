@@ -85,6 +85,8 @@ pub const ACCESS: &[(&str, &[Role])] = &[
     ("farm.v1.Farm/NodeAction", ADMINS),
     ("farm.v1.Farm/SimulateLoad", ADMINS),
     ("farm.v1.Farm/Broadcast", ADMINS),
+    // Load tests drive every node of the farm: admins alone.
+    ("farm.v1.LoadTest/Run", ADMINS),
     // Metrics: every role reads (nodes may look at the farm's load).
     ("farm.v1.Metrics/GetFarmMetrics", ANY),
     ("farm.v1.Metrics/GetNodeMetrics", ANY),

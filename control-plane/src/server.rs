@@ -7,7 +7,8 @@ use std::{future::Future, time::Duration};
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
     config_server::ConfigServer, discovery_server::DiscoveryServer, farm_server::FarmServer,
-    metrics_server::MetricsServer, registry_server::RegistryServer,
+    load_test_server::LoadTestServer, metrics_server::MetricsServer,
+    registry_server::RegistryServer,
 };
 use futures::future::{BoxFuture, Either, FutureExt};
 use http::{HeaderName, header};
@@ -25,7 +26,10 @@ use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    api::{ConfigService, DiscoveryService, FarmService, MetricsService, RegistryService},
+    api::{
+        ConfigService, DiscoveryService, FarmService, MetricsService, RegistryService,
+        loadtest::LoadTestService,
+    },
     core::NodeState,
     state::FarmState,
     supervisor::Supervisor,
@@ -37,12 +41,13 @@ const MAX_DECODE: usize = 4 * 1024 * 1024;
 const MAX_ENCODE: usize = 16 * 1024 * 1024;
 
 /// Services advertised by reflection.
-const SERVED: [&str; 8] = [
+const SERVED: [&str; 9] = [
     "farm.v1.Registry",
     "farm.v1.Config",
     "farm.v1.Discovery",
     "farm.v1.Farm",
     "farm.v1.Metrics",
+    "farm.v1.LoadTest",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -80,6 +85,7 @@ pub fn routes(
     let farm = FarmService::new(api.state.clone(), api.supervisor.clone());
     let config = ConfigService::new(api.state.clone(), api.shutdown.clone());
     let metrics = MetricsService::new(api.state.clone(), api.shutdown.clone());
+    let loadtest = LoadTestService::new(api.state.clone(), api.shutdown.clone());
     let mut routes = Routes::builder();
     routes
         .add_service(
@@ -104,6 +110,11 @@ pub fn routes(
         )
         .add_service(
             MetricsServer::new(metrics)
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        )
+        .add_service(
+            LoadTestServer::new(loadtest)
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
@@ -146,7 +157,7 @@ async fn index() -> &'static str {
         env!("CARGO_PKG_VERSION"),
         "\n\n",
         "gRPC (h2c) and gRPC-Web on this port: farm.v1.Registry, farm.v1.Discovery, farm.v1.Farm,\n",
-        "farm.v1.Config, farm.v1.Metrics,\n",
+        "farm.v1.Config, farm.v1.Metrics, farm.v1.LoadTest,\n",
         "grpc.health.v1.Health, and server reflection (grpcurl -plaintext HOST:PORT list).\n\n",
         "HTTP: /healthz (alive), /readyz (serving, and how many nodes are healthy),\n",
         "/metrics (the farm and the control plane in the Prometheus text format)\n",

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Farm, healthy, interop_required, run_with_env, stdout};
+use common::{ADMIN, Farm, NODE, TOKENS, VIEWER, healthy, interop_required, run_with_env, stdout};
 use farm_api::v1::{
     DeregisterRequest, DiffRequest, DiscoverRequest, GetConfigRequest, GetEffectiveConfigRequest,
     HeartbeatRequest, HistoryRequest, ListGroupsRequest, ListNodesRequest, NodeActionKind,
@@ -33,20 +33,6 @@ use tonic::{
     service::{Interceptor, interceptor::InterceptedService},
     transport::Channel,
 };
-
-const ADMIN: &str = "admin-7f3a9c1e5b";
-const NODE: &str = "node-2d8e4b6a0f";
-const VIEWER: &str = "viewer-9b1c5e7d3a";
-
-/// The flags that give the control plane all three tokens.
-const TOKENS: &[&str] = &[
-    "--admin-token",
-    ADMIN,
-    "--node-token",
-    NODE,
-    "--viewer-token",
-    VIEWER,
-];
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +140,7 @@ const MATRIX: &[(&str, [bool; 3])] = &[
     ("farm.v1.Farm/NodeAction", [true, false, false]),
     ("farm.v1.Farm/SimulateLoad", [true, false, false]),
     ("farm.v1.Farm/Broadcast", [true, false, false]),
+    ("farm.v1.LoadTest/Run", [true, false, false]),
     ("farm.v1.Metrics/GetFarmMetrics", [true, true, true]),
     ("farm.v1.Metrics/GetNodeMetrics", [true, true, true]),
     ("farm.v1.Metrics/WatchMetrics", [true, true, true]),
@@ -330,6 +317,19 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
             })
             .await
             .map(drop),
+        // No node in this farm: an admin gets FAILED_PRECONDITION, past
+        // the check of roles.
+        "farm.v1.LoadTest/Run" => farm_api::v1::load_test_client::LoadTestClient::with_interceptor(
+            client.channel.clone(),
+            client.bearer.clone(),
+        )
+        .run(farm_api::v1::LoadTestRequest {
+            concurrency: 1,
+            duration_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .map(drop),
         "farm.v1.Metrics/GetFarmMetrics" => client
             .metrics()
             .get_farm_metrics(farm_api::v1::GetFarmMetricsRequest::default())

@@ -7,6 +7,7 @@ mod broadcast;
 pub mod config;
 mod discovery;
 mod farm;
+pub mod loadtest;
 mod metrics;
 mod registry;
 

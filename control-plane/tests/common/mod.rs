@@ -24,6 +24,21 @@ use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 
+/// Tokens of the three roles, for tests of a control plane that has them.
+pub const ADMIN: &str = "admin-7f3a9c1e5b";
+pub const NODE: &str = "node-2d8e4b6a0f";
+pub const VIEWER: &str = "viewer-9b1c5e7d3a";
+
+/// The flags that give the control plane all three tokens.
+pub const TOKENS: &[&str] = &[
+    "--admin-token",
+    ADMIN,
+    "--node-token",
+    NODE,
+    "--viewer-token",
+    VIEWER,
+];
+
 /// Path of a binary built by this workspace (`control-plane`, `farm-node`).
 pub fn binary(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_BIN_EXE_control-plane")).with_file_name(name);
