@@ -1,0 +1,1272 @@
+//! Load figures side by side, measured in one run, medians of alternating
+//! rounds:
+//!
+//! - (a) `loadgen run --max` against `h2load` on one `farm-node`, same
+//!   connections and requests in flight, `Workload/Work`; plus a stream-mode
+//!   loadgen row for information;
+//! - (b) the control plane's `Register` and `Discover` against the ceiling of
+//!   a bare tonic echo server (`Workload/Work` answering at once, served by a
+//!   child copy of this bench), all three driven by the same closed-loop
+//!   tonic client written here (h2load rows for echo and Discover as a
+//!   cross-check: h2load cannot drive Register, whose names must be unique
+//!   per call, and it ignores `grpc-status`);
+//! - (c) `loadgen swarm` for an increasing number of simulated nodes, each
+//!   against a fresh control plane: the largest farm whose heartbeat p99
+//!   stays under 50 ms.
+//!
+//! Everything runs on 127.0.0.1 and every process started here is stopped,
+//! on panic too. The default run takes about five minutes; environment
+//! variables change it:
+//!
+//! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
+//! - `FARM_BENCH_SHAPES` (`1x1,4x16,4x100`): connections × streams of (a);
+//! - `FARM_BENCH_SECS` (3): measured seconds per figure, after 1 s warm-up;
+//! - `FARM_BENCH_PARTS` (`abc`): which parts to run;
+//! - `FARM_BENCH_SWARM` (`500,1000,2000,5000,10000,20000`): the ladder of
+//!   (c), climbed until a size fails;
+//! - `FARM_BENCH_SWARM_SECS` (10): duration of each swarm run;
+//! - `FARM_BENCH_SWARM_BUDGET` (150): seconds after which (c) climbs no
+//!   further.
+//!
+//! Run with `cargo build --release && cargo bench -p control-plane --bench load`.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use farm_api::v1::{
+    DiscoverRequest, HeartbeatRequest, InfoRequest, InfoResponse, LoadSpec, RegisterRequest,
+    SetLogLevelRequest, SetLogLevelResponse, SimulateLoadResponse, WorkRequest, WorkResponse,
+    discovery_client::DiscoveryClient,
+    registry_client::RegistryClient,
+    workload_client::WorkloadClient,
+    workload_server::{Workload, WorkloadServer},
+};
+use hdrhistogram::Histogram;
+use nix::{sys::signal, unistd::Pid};
+use prost::Message;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{
+    Request, Response, Status, Streaming,
+    transport::{Channel, Endpoint, Server, server::TcpIncoming},
+};
+
+/// Set in the environment of the child copy of this bench that serves echo.
+const ECHO_ENV: &str = "FARM_LOAD_BENCH_ECHO";
+/// Warm-up before every measured figure.
+const WARMUP: Duration = Duration::from_secs(1);
+/// Longest wait for a server to answer after its start.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+/// Heartbeat p99 a swarm size must stay under in (c).
+const SWARM_P99_LIMIT_US: f64 = 50_000.0;
+/// Longest the registration of a swarm's nodes may take.
+const SWARM_RAMP: Duration = Duration::from_secs(60);
+/// The control plane is thrown away after each size, so the final
+/// deregistration (one fsync each) is cut short.
+const SWARM_CLEANUP: Duration = Duration::from_secs(5);
+/// Shape of the closed-loop driver of (b): channels × tasks per channel.
+const DRIVER: (usize, usize) = (4, 16);
+/// Healthy nodes the control plane holds while Discover is measured.
+const PEERS: usize = 100;
+/// Peers each Discover asks for.
+const DISCOVER_COUNT: u32 = 5;
+/// Registrations per group in the Register driver (capacity is 10 000).
+const PER_GROUP: u64 = 5_000;
+
+/// Run length and which parts run, from the environment.
+struct Settings {
+    rounds: usize,
+    /// Shapes of (a): connections × streams (requests in flight per
+    /// connection).
+    shapes: Vec<(usize, usize)>,
+    secs: Duration,
+    parts: String,
+    swarm_ladder: Vec<usize>,
+    swarm_secs: Duration,
+    swarm_budget: Duration,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+/// `CxM`: C connections, M streams each.
+fn parse_shape(text: &str) -> (usize, usize) {
+    let number = |n: &str| {
+        n.trim()
+            .parse::<usize>()
+            .unwrap_or_else(|_| panic!("FARM_BENCH_SHAPES: {text:?} is not CxM"))
+            .max(1)
+    };
+    let (c, m) = text
+        .split_once('x')
+        .unwrap_or_else(|| panic!("FARM_BENCH_SHAPES: {text:?} is not CxM"));
+    (number(c), number(m))
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let ladder: String = env_or(
+            "FARM_BENCH_SWARM",
+            "500,1000,2000,5000,10000,20000".to_owned(),
+        );
+        Self {
+            rounds: env_or("FARM_BENCH_ROUNDS", 3usize).max(1),
+            shapes: env_or("FARM_BENCH_SHAPES", "1x1,4x16,4x100".to_owned())
+                .split(',')
+                .map(parse_shape)
+                .collect(),
+            secs: Duration::from_secs(env_or("FARM_BENCH_SECS", 3u64).max(1)),
+            parts: env_or("FARM_BENCH_PARTS", "abc".to_owned()),
+            swarm_ladder: ladder
+                .split(',')
+                .map(|n| n.trim().parse().expect("FARM_BENCH_SWARM: numbers"))
+                .collect(),
+            swarm_secs: Duration::from_secs(env_or("FARM_BENCH_SWARM_SECS", 10u64).max(1)),
+            swarm_budget: Duration::from_secs(env_or("FARM_BENCH_SWARM_BUDGET", 150u64)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Processes
+
+/// A long-lived child process, stopped when dropped: SIGTERM, then SIGKILL
+/// after three seconds.
+struct Proc {
+    child: Child,
+    /// Held so the child sees end of input when we go away (the echo server
+    /// stops on it).
+    _stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn spawn(command: &mut Command, what: &str) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            _stdin: stdin,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command with none of the farm's environment: no token or address from
+/// the caller's shell changes what is measured.
+fn clean_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FARM_") {
+            command.env_remove(key);
+        }
+    }
+    command.env("RUST_LOG", "error").stdout(Stdio::null());
+    command
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Runs a one-shot tool to its end (killed past `limit` or on panic), with
+/// none of the farm's environment; an error when it could not start, ran
+/// too long or failed.
+async fn run_tool(
+    program: &Path,
+    args: &[String],
+    limit: Duration,
+) -> Result<std::process::Output, String> {
+    let mut command = tokio::process::Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("FARM_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| format!("{} ran past {limit:?}", program.display()))?
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    if output.status.success() {
+        Ok(output)
+    } else {
+        Err(format!(
+            "{} {} exited with {}: {}",
+            program.display(),
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// A control plane with no runtime and no managed nodes, on its own data
+/// folder.
+struct ControlPlane {
+    addr: SocketAddr,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl ControlPlane {
+    async fn start(binary: &Path, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = free_addr();
+        let proc = Proc::spawn(
+            clean_command(binary)
+                .args(["serve", "--runtime", "none", "--nodes", "0"])
+                .args(["--listen", &addr.to_string()])
+                .args(extra)
+                .arg("--data-dir")
+                .arg(dir.path()),
+            "control-plane",
+        );
+        let started = Instant::now();
+        let mut discovery = DiscoveryClient::new(channel(addr));
+        let probe = DiscoverRequest {
+            count: 1,
+            ..Default::default()
+        };
+        while discovery.discover(probe.clone()).await.is_err() {
+            assert!(
+                started.elapsed() < READY_LIMIT,
+                "control plane not answering within {READY_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Self {
+            addr,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Waits until `Workload/Work` answers OK at `addr`.
+async fn wait_work(addr: SocketAddr) {
+    let started = Instant::now();
+    let mut client = WorkloadClient::new(channel(addr));
+    while client.work(WorkRequest::default()).await.is_err() {
+        assert!(
+            started.elapsed() < READY_LIMIT,
+            "{addr} does not answer Work within {READY_LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Figures
+
+/// One measured figure.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Medians, column by column, of a series of rounds.
+fn medians(runs: &[Figures]) -> Figures {
+    Figures {
+        rps: median(runs.iter().map(|f| f.rps).collect()),
+        p50_us: median(runs.iter().map(|f| f.p50_us).collect()),
+        p99_us: median(runs.iter().map(|f| f.p99_us).collect()),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
+/// Median of the per-round ratios `a[i] / b[i]` (rounds paired in time).
+fn ratio(a: &[Figures], b: &[Figures]) -> f64 {
+    median(a.iter().zip(b).map(|(a, b)| a.rps / b.rps).collect())
+}
+
+fn row(label: &str, tool: &str, runs: &[Figures], versus: Option<f64>) {
+    if runs.is_empty() {
+        println!("  {label:<10} {tool:<30} {:>10}", "(no data)");
+        return;
+    }
+    let m = medians(runs);
+    let versus = versus.map_or_else(String::new, |r| format!("{r:>8.2}"));
+    println!(
+        "  {label:<10} {tool:<30} {:>10.0} {:>8.0} {:>8.0} {:>7} {versus}",
+        m.rps, m.p50_us, m.p99_us, m.errors
+    );
+}
+
+fn header(last: &str) {
+    println!(
+        "  {:<10} {:<30} {:>10} {:>8} {:>8} {:>7} {last:>8}",
+        "shape", "tool", "rps", "p50 µs", "p99 µs", "errors"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// h2load
+
+/// A gRPC request body for h2load: the 5-byte prefix (not compressed, then
+/// the big-endian length) and the encoded message.
+fn grpc_body(message: &impl Message) -> Vec<u8> {
+    let encoded = message.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&u32::try_from(encoded.len()).expect("small").to_be_bytes());
+    body.extend_from_slice(&encoded);
+    body
+}
+
+/// `h2load` on `url` with `connections × streams` in flight for `secs`
+/// after the warm-up; latency percentiles from its request log.
+async fn h2load(
+    url: &str,
+    body: &Path,
+    (connections, streams): (usize, usize),
+    secs: Duration,
+    scratch: &Path,
+) -> Result<Figures, String> {
+    let log = scratch.join("h2load.log");
+    // The log file is appended to across runs.
+    let _ = std::fs::remove_file(&log);
+    let args: Vec<String> = [
+        "-c",
+        &connections.to_string(),
+        "-m",
+        &streams.to_string(),
+        "-D",
+        &secs.as_secs().to_string(),
+        "--warm-up-time",
+        &WARMUP.as_secs().to_string(),
+        "-d",
+        &body.display().to_string(),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--log-file",
+        &log.display().to_string(),
+        url,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let output = run_tool(Path::new("h2load"), &args, secs + WARMUP + READY_LIMIT).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_h2load(&text, &std::fs::read_to_string(&log).unwrap_or_default())
+        .ok_or_else(|| format!("cannot read h2load's output:\n{text}"))
+}
+
+/// Requests per second and failures from h2load's summary; percentiles
+/// from its log (`start µs \t status \t duration µs` per request).
+fn parse_h2load(summary: &str, log: &str) -> Option<Figures> {
+    // "finished in 3.00s, 10523.33 req/s, 1.23MB/s"
+    let rps: f64 = summary
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))?
+        .split(", ")
+        .nth(1)?
+        .strip_suffix(" req/s")?
+        .parse()
+        .ok()?;
+    // "requests: 100 total, 100 started, 100 done, 100 succeeded, 0 failed, 0 errored, 0 timeout"
+    let requests = summary.lines().find_map(|l| l.strip_prefix("requests: "))?;
+    let count = |what: &str| -> u64 {
+        requests
+            .split(", ")
+            .find_map(|part| part.strip_suffix(what))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let errors = count(" failed") + count(" errored") + count(" timeout");
+    let mut histogram = new_histogram();
+    for line in log.lines() {
+        let mut fields = line.split('\t');
+        let status: u16 = fields.nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let micros: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status == 200 {
+            histogram.saturating_record(micros.max(1));
+        }
+    }
+    let (p50_us, p99_us) = if histogram.is_empty() {
+        (f64::NAN, f64::NAN)
+    } else {
+        (
+            histogram.value_at_quantile(0.5) as f64,
+            histogram.value_at_quantile(0.99) as f64,
+        )
+    };
+    Some(Figures {
+        rps,
+        p50_us,
+        p99_us,
+        errors,
+    })
+}
+
+fn have_h2load() -> bool {
+    Command::new("h2load")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+// ---------------------------------------------------------------------------
+// loadgen
+
+/// `loadgen run --max` on `addr`; `streams` per connection (stream mode) or
+/// requests in flight per connection (unary).
+async fn loadgen_run(
+    loadgen: &Path,
+    addr: SocketAddr,
+    stream_mode: bool,
+    (connections, streams): (usize, usize),
+    secs: Duration,
+    scratch: &Path,
+) -> Result<Figures, String> {
+    let json = scratch.join("loadgen.json");
+    let _ = std::fs::remove_file(&json);
+    // One thread, as h2load runs by default.
+    let mut args: Vec<String> = vec![
+        "--threads".into(),
+        "1".into(),
+        "run".into(),
+        "--target".into(),
+        addr.to_string(),
+        "--max".into(),
+        "--mode".into(),
+        (if stream_mode { "stream" } else { "unary" }).into(),
+        "--connections".into(),
+        connections.to_string(),
+        "--concurrency".into(),
+        (connections * streams).to_string(),
+        "--duration".into(),
+        format!("{}s", secs.as_secs()),
+        "--warmup".into(),
+        format!("{}s", WARMUP.as_secs()),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    if stream_mode {
+        args.extend(["--streams".into(), streams.to_string()]);
+    }
+    run_tool(loadgen, &args, secs + WARMUP + READY_LIMIT).await?;
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("loadgen wrote no JSON: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))?;
+    let number = |pointer: &str| report.pointer(pointer).and_then(serde_json::Value::as_f64);
+    Ok(Figures {
+        rps: number("/throughput_rps").ok_or("loadgen JSON has no throughput_rps")?,
+        p50_us: number("/latency_us/p50").unwrap_or(f64::NAN),
+        p99_us: number("/latency_us/p99").unwrap_or(f64::NAN),
+        errors: number("/errors").unwrap_or(0.0) as u64,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// (a) loadgen against h2load on one farm-node
+
+async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let control_plane = ControlPlane::start(&bin.control_plane, &[]).await;
+    let node_addr = free_addr();
+    let _node = Proc::spawn(
+        clean_command(&bin.farm_node)
+            .args(["--control-plane", &control_plane.url()])
+            .args(["--listen", &node_addr.to_string()])
+            .args(["--name", "load-bench-node"]),
+        "farm-node",
+    );
+    wait_work(node_addr).await;
+    let body = scratch.path().join("work.grpc");
+    std::fs::write(
+        &body,
+        grpc_body(&WorkRequest {
+            id: 1,
+            ..Default::default()
+        }),
+    )
+    .expect("body file");
+    let url = format!("http://{node_addr}/farm.v1.Workload/Work");
+
+    println!(
+        "(a) Workload/Work on one farm-node, closed loop, {} rounds of {} s after {} s warm-up, \
+         order alternating; medians",
+        settings.rounds,
+        settings.secs.as_secs(),
+        WARMUP.as_secs()
+    );
+    println!(
+        "    ÷h2load: median of the per-round ratios (each round's figures taken back to back)"
+    );
+    println!(
+        "    h2load: -c C -m M (one thread); loadgen --threads 1 run --max --connections C --concurrency C*M; \
+         loadgen stream: --mode stream --streams M (one message in flight per stream)"
+    );
+    // Per shape: h2load, loadgen unary, loadgen stream.
+    let mut results: Vec<[Vec<Figures>; 3]> =
+        settings.shapes.iter().map(|_| Default::default()).collect();
+    for round in 0..settings.rounds {
+        for (shape, figures) in settings.shapes.iter().zip(&mut results) {
+            let mut order = [0usize, 1, 2];
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            let mut this_round: [Option<Figures>; 3] = [None; 3];
+            for tool in order {
+                let result = match tool {
+                    0 if !h2load_ok => continue,
+                    0 => h2load(&url, &body, *shape, settings.secs, scratch.path()).await,
+                    _ => {
+                        loadgen_run(
+                            &bin.loadgen,
+                            node_addr,
+                            tool == 2,
+                            *shape,
+                            settings.secs,
+                            scratch.path(),
+                        )
+                        .await
+                    }
+                };
+                match result {
+                    Ok(f) => this_round[tool] = Some(f),
+                    Err(e) => println!("    round {}: {e}", round + 1),
+                }
+            }
+            // Keep rounds paired: only complete rounds enter the medians.
+            if this_round[1].is_some() && (this_round[0].is_some() || !h2load_ok) {
+                for (tool, f) in this_round.into_iter().enumerate() {
+                    if let Some(f) = f {
+                        figures[tool].push(f);
+                    }
+                }
+            }
+        }
+    }
+    println!();
+    header("÷h2load");
+    for ((c, m), [h2, unary, stream]) in settings.shapes.iter().zip(&results) {
+        let shape = format!("{c}×{m}");
+        let versus = |runs: &[Figures]| (!h2.is_empty()).then(|| ratio(runs, h2));
+        row(&shape, "h2load", h2, (!h2.is_empty()).then_some(1.0));
+        row(&shape, "loadgen run --max (unary)", unary, versus(unary));
+        row(&shape, "loadgen run --max (stream)", stream, versus(stream));
+    }
+    println!();
+}
+
+// ---------------------------------------------------------------------------
+// (b) Register and Discover against a bare echo server
+
+/// `farm.v1.Workload` whose `Work` answers at once; nothing else is served.
+#[derive(Debug)]
+struct Echo;
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<WorkResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Workload for Echo {
+    async fn work(&self, request: Request<WorkRequest>) -> Result<Response<WorkResponse>, Status> {
+        Ok(Response::new(WorkResponse {
+            id: request.into_inner().id,
+            ..Default::default()
+        }))
+    }
+
+    type WorkStreamStream = ResponseStream;
+
+    async fn work_stream(
+        &self,
+        _: Request<Streaming<WorkRequest>>,
+    ) -> Result<Response<Self::WorkStreamStream>, Status> {
+        Err(Status::unimplemented("echo serves Work only"))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        Err(Status::unimplemented("echo serves Work only"))
+    }
+
+    async fn simulate_load(
+        &self,
+        _: Request<LoadSpec>,
+    ) -> Result<Response<SimulateLoadResponse>, Status> {
+        Err(Status::unimplemented("echo serves Work only"))
+    }
+
+    async fn set_log_level(
+        &self,
+        _: Request<SetLogLevelRequest>,
+    ) -> Result<Response<SetLogLevelResponse>, Status> {
+        Err(Status::unimplemented("echo serves Work only"))
+    }
+}
+
+/// The child's side: serves echo on a free port, prints the address, and
+/// stops when its standard input closes (the parent went away).
+async fn echo_main() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{addr}").expect("stdout");
+        out.flush().expect("stdout");
+    }
+    let parent_gone = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut buf = [0u8; 64];
+            while std::io::stdin().read(&mut buf).is_ok_and(|n| n > 0) {}
+        })
+        .await;
+    };
+    // Socket settings as the control plane's server.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(WorkloadServer::new(Echo))
+        .serve_with_incoming_shutdown(incoming, parent_gone)
+        .await
+        .expect("echo server");
+}
+
+/// Starts the echo server: this bench again, in echo mode.
+fn start_echo() -> (Proc, SocketAddr) {
+    let exe = std::env::current_exe().expect("own path");
+    let mut child = Proc::spawn(
+        Command::new(exe).env(ECHO_ENV, "1").stdout(Stdio::piped()),
+        "echo server",
+    );
+    let stdout = child.child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("echo server address");
+    let addr = line
+        .trim()
+        .parse()
+        .expect("echo server printed its address");
+    (child, addr)
+}
+
+/// What the closed-loop driver calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Echo,
+    Discover,
+    Register,
+}
+
+/// One driver task's OK latencies and errors by status code.
+type TaskTally = (Histogram<u64>, BTreeMap<String, u64>);
+
+/// What one driver run measured.
+#[derive(Debug, Default)]
+struct Driven {
+    figures: Figures,
+    errors_by_code: BTreeMap<String, u64>,
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant bounds")
+}
+
+/// Closed loop: `channels` HTTP/2 connections, `tasks` per connection each
+/// with one call in flight, for `secs` after the warm-up. Counts the calls
+/// that complete within the measured window; only OK answers count toward
+/// throughput and latency, the others are counted by status code. `tag`
+/// makes Register names unique across runs against one control plane.
+async fn drive(
+    addr: SocketAddr,
+    call: Call,
+    (channels, tasks): (usize, usize),
+    secs: Duration,
+    tag: &str,
+) -> Driven {
+    let channels: Vec<Channel> = (0..channels).map(|_| channel(addr)).collect();
+    let start = Instant::now();
+    let measure = start + WARMUP;
+    let end = measure + secs;
+    let tag: Arc<str> = tag.into();
+    let workers: Vec<JoinHandle<TaskTally>> = (0..channels.len() * tasks)
+        .map(|task| {
+            let channel = channels[task % channels.len()].clone();
+            let tag = Arc::clone(&tag);
+            tokio::spawn(async move {
+                let mut work = WorkloadClient::new(channel.clone());
+                let mut discovery = DiscoveryClient::new(channel.clone());
+                let mut registry = RegistryClient::new(channel);
+                let mut latency = new_histogram();
+                let mut errors = BTreeMap::new();
+                for seq in 0u64.. {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let result = match call {
+                        Call::Echo => work
+                            .work(WorkRequest {
+                                id: seq,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop),
+                        Call::Discover => discovery
+                            .discover(DiscoverRequest {
+                                count: DISCOVER_COUNT,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop),
+                        Call::Register => registry
+                            .register(RegisterRequest {
+                                name: format!("{tag}-t{task}-{seq}"),
+                                address: format!("127.0.0.1:{}", 1024 + seq % 60_000),
+                                group: format!("{tag}-t{task}-g{}", seq / PER_GROUP),
+                                ..Default::default()
+                            })
+                            .await
+                            .map(drop),
+                    };
+                    let done = Instant::now();
+                    if done < measure || done > end {
+                        continue;
+                    }
+                    match result {
+                        Ok(()) => {
+                            let micros =
+                                u64::try_from((done - sent).as_micros()).unwrap_or(u64::MAX);
+                            latency.saturating_record(micros.max(1));
+                        }
+                        Err(status) => {
+                            *errors.entry(format!("{:?}", status.code())).or_insert(0) += 1;
+                        }
+                    }
+                }
+                (latency, errors)
+            })
+        })
+        .collect();
+    let mut latency = new_histogram();
+    let mut errors_by_code = BTreeMap::new();
+    for worker in workers {
+        let (l, e) = worker.await.expect("driver task");
+        latency.add(&l).expect("same bounds");
+        for (code, n) in e {
+            *errors_by_code.entry(code).or_insert(0) += n;
+        }
+    }
+    let ok = latency.len();
+    Driven {
+        figures: Figures {
+            rps: ok as f64 / secs.as_secs_f64(),
+            p50_us: latency.value_at_quantile(0.5) as f64,
+            p99_us: latency.value_at_quantile(0.99) as f64,
+            errors: errors_by_code.values().sum(),
+        },
+        errors_by_code,
+    }
+}
+
+/// Nodes that heartbeat for as long as this lives, so Discover has healthy
+/// peers to pick from.
+struct Peers(Vec<JoinHandle<()>>);
+
+impl Drop for Peers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+async fn healthy_peers(addr: SocketAddr, count: usize) -> Peers {
+    let channel = channel(addr);
+    let mut tasks = Vec::with_capacity(count);
+    for i in 0..count {
+        let mut registry = RegistryClient::new(channel.clone());
+        let registered = registry
+            .register(RegisterRequest {
+                name: format!("peer-{i}"),
+                address: format!("127.0.0.1:{}", 20_000 + i),
+                ..Default::default()
+            })
+            .await
+            .expect("register a peer")
+            .into_inner();
+        let every = Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(10)));
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(HeartbeatRequest {
+            node_id: registered.node_id,
+            secret: registered.secret,
+            seq: 1,
+            serving: true,
+            ..Default::default()
+        })
+        .await
+        .expect("queue");
+        let mut acks = registry
+            .heartbeat(ReceiverStream::new(rx))
+            .await
+            .expect("heartbeat stream")
+            .into_inner();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            for seq in 2u64.. {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let beat = HeartbeatRequest { seq, serving: true, ..Default::default() };
+                        if tx.send(beat).await.is_err() {
+                            break;
+                        }
+                    }
+                    ack = acks.message() => if !matches!(ack, Ok(Some(_))) {
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    // Healthy once the first heartbeats are in.
+    let started = Instant::now();
+    let mut discovery = DiscoveryClient::new(channel);
+    loop {
+        let matched = discovery
+            .discover(DiscoverRequest {
+                count: 1,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().matched)
+            .unwrap_or(0);
+        if matched as usize >= count {
+            break;
+        }
+        assert!(
+            started.elapsed() < READY_LIMIT,
+            "{count} peers not healthy within {READY_LIMIT:?} ({matched} are)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Peers(tasks)
+}
+
+/// Serial 4 KiB write + fsync in a file of the temporary folder's file
+/// system (where the control plane keeps its SQLite database) for one
+/// second: how many per second, p50 and p99 in µs.
+fn fsync_probe() -> (f64, f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let file = tempfile::tempfile().expect("probe file");
+    let block = [0x5au8; 4096];
+    let mut latency = new_histogram();
+    let started = Instant::now();
+    let mut i = 0u64;
+    while started.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
+        file.write_all_at(&block, (i % 64) * 4096).expect("write");
+        file.sync_data().expect("fsync");
+        let micros = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+        latency.saturating_record(micros.max(1));
+        i += 1;
+    }
+    (
+        latency.len() as f64 / started.elapsed().as_secs_f64(),
+        latency.value_at_quantile(0.5) as f64,
+        latency.value_at_quantile(0.99) as f64,
+    )
+}
+
+async fn part_b(bin: &Bins, settings: &Settings, h2load_ok: bool) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (_echo, echo_addr) = start_echo();
+    wait_work(echo_addr).await;
+    let work_body = scratch.path().join("work.grpc");
+    std::fs::write(
+        &work_body,
+        grpc_body(&WorkRequest {
+            id: 1,
+            ..Default::default()
+        }),
+    )
+    .expect("body file");
+    let discover_body = scratch.path().join("discover.grpc");
+    std::fs::write(
+        &discover_body,
+        grpc_body(&DiscoverRequest {
+            count: DISCOVER_COUNT,
+            ..Default::default()
+        }),
+    )
+    .expect("body file");
+
+    let (k, t) = DRIVER;
+    println!(
+        "(b) control plane against a bare tonic echo server, closed loop, {k} connections × {t} \
+         calls in flight, {} rounds of {} s after {} s warm-up; medians",
+        settings.rounds,
+        settings.secs.as_secs(),
+        WARMUP.as_secs()
+    );
+    println!("    ÷echo: median of the per-round ratios");
+    println!(
+        "    driver: one tonic client in this bench, OK answers only. echo: Workload/Work \
+         answering at once (a child process, tonic defaults, nodelay)."
+    );
+    println!(
+        "    Discover: count {DISCOVER_COUNT} among {PEERS} healthy heartbeating nodes. Register: a new \
+         identity per call (unique name, no node_id), {PER_GROUP} per group, fresh control plane \
+         (--runtime none --nodes 0) each round, SQLite synchronous=FULL on {}",
+        std::env::temp_dir().display()
+    );
+    // echo (h2load), discover (h2load), echo, discover, register (driver)
+    let mut runs: [Vec<Figures>; 5] = Default::default();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..settings.rounds {
+        let control_plane = ControlPlane::start(&bin.control_plane, &[]).await;
+        let _peers = healthy_peers(control_plane.addr, PEERS).await;
+        let echo_url = format!("http://{echo_addr}/farm.v1.Workload/Work");
+        let discover_url = format!("http://{}/farm.v1.Discovery/Discover", control_plane.addr);
+        let mut order: Vec<usize> = if h2load_ok {
+            vec![0, 2, 1, 3, 4]
+        } else {
+            vec![2, 3, 4]
+        };
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut this_round: [Option<Figures>; 5] = [None; 5];
+        for which in order {
+            let measured = match which {
+                0 => h2load(&echo_url, &work_body, DRIVER, settings.secs, scratch.path()).await,
+                1 => {
+                    h2load(
+                        &discover_url,
+                        &discover_body,
+                        DRIVER,
+                        settings.secs,
+                        scratch.path(),
+                    )
+                    .await
+                }
+                _ => {
+                    let (addr, call) = match which {
+                        2 => (echo_addr, Call::Echo),
+                        3 => (control_plane.addr, Call::Discover),
+                        _ => (control_plane.addr, Call::Register),
+                    };
+                    let driven =
+                        drive(addr, call, DRIVER, settings.secs, &format!("r{round}")).await;
+                    for (code, n) in driven.errors_by_code {
+                        *errors.entry(format!("{call:?} {code}")).or_insert(0) += n;
+                    }
+                    Ok(driven.figures)
+                }
+            };
+            match measured {
+                Ok(f) => this_round[which] = Some(f),
+                Err(e) => println!("    round {}: {e}", round + 1),
+            }
+        }
+        if this_round[2..].iter().all(Option::is_some) {
+            for (which, f) in this_round.into_iter().enumerate() {
+                if let Some(f) = f {
+                    runs[which].push(f);
+                }
+            }
+        }
+    }
+    let [h2_echo, h2_discover, echo, discover, register] = &runs;
+    println!();
+    header("÷echo");
+    let shape = format!("{k}×{t}");
+    if h2load_ok {
+        row(&shape, "h2load  echo Work", h2_echo, Some(1.0));
+        row(
+            &shape,
+            "h2load  Discover",
+            h2_discover,
+            Some(ratio(h2_discover, h2_echo)),
+        );
+    }
+    row(&shape, "driver  echo Work", echo, Some(1.0));
+    row(
+        &shape,
+        "driver  Discover",
+        discover,
+        Some(ratio(discover, echo)),
+    );
+    row(
+        &shape,
+        "driver  Register",
+        register,
+        Some(ratio(register, echo)),
+    );
+    if h2load_ok {
+        println!("  driver echo ÷ h2load echo: {:.2}", ratio(echo, h2_echo));
+    }
+    for (what, n) in &errors {
+        println!("  errors: {what}: {n}");
+    }
+    println!("  target: Register ÷ echo and Discover ÷ echo ≥ 0.50");
+    let (rate, p50, p99) = fsync_probe();
+    println!(
+        "  disk, for scale: serial 4 KiB write + fdatasync in {}: {rate:.0}/s (p50 {p50:.0} µs, \
+         p99 {p99:.0} µs)",
+        std::env::temp_dir().display()
+    );
+    println!();
+}
+
+// ---------------------------------------------------------------------------
+// (c) swarm ladder
+
+/// One rung of the ladder, as `loadgen swarm --json` reports it.
+#[derive(Debug)]
+struct Rung {
+    nodes: usize,
+    registered: u64,
+    heartbeats: u64,
+    errors: u64,
+    rtt: [f64; 5],
+    register_p99_us: f64,
+}
+
+async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Result<Rung, String> {
+    // Room for every node in the default group (10 000 by default).
+    let control_plane =
+        ControlPlane::start(&bin.control_plane, &["--group-capacity", "1000000"]).await;
+    let json = scratch.join(format!("swarm-{nodes}.json"));
+    let args: Vec<String> = vec![
+        "swarm".into(),
+        "--control-plane".into(),
+        control_plane.url(),
+        "--nodes".into(),
+        nodes.to_string(),
+        "--heartbeat".into(),
+        "1s".into(),
+        "--duration".into(),
+        format!("{}s", secs.as_secs()),
+        "--ramp-timeout".into(),
+        format!("{}s", SWARM_RAMP.as_secs()),
+        "--cleanup-timeout".into(),
+        format!("{}s", SWARM_CLEANUP.as_secs()),
+        "--quiet".into(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    // Registration comes first and may be slow (every identity on disk),
+    // deregistration last.
+    let limit = secs + SWARM_RAMP + SWARM_CLEANUP + Duration::from_secs(15);
+    run_tool(&bin.loadgen, &args, limit).await?;
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("no JSON: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("swarm JSON: {e}"))?;
+    let number = |pointer: &str| report.pointer(pointer).and_then(serde_json::Value::as_f64);
+    let rtt = |p: &str| number(&format!("/heartbeat_rtt_us/{p}")).unwrap_or(f64::NAN);
+    Ok(Rung {
+        nodes,
+        registered: number("/registered").ok_or("swarm JSON has no `registered`")? as u64,
+        heartbeats: number("/heartbeats").unwrap_or(0.0) as u64,
+        errors: number("/errors").unwrap_or(0.0) as u64,
+        rtt: [rtt("p50"), rtt("p90"), rtt("p99"), rtt("p999"), rtt("max")],
+        register_p99_us: number("/register_us/p99").unwrap_or(f64::NAN),
+    })
+}
+
+async fn part_c(bin: &Bins, settings: &Settings) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    println!(
+        "(c) loadgen swarm --heartbeat 1s --duration {}s, a fresh control plane per size \
+         (--runtime none --nodes 0 --group-capacity 1000000); heartbeat round trips in ms; \
+         a size passes with every node registered, no error and p99 under 50 ms",
+        settings.swarm_secs.as_secs()
+    );
+    let started = Instant::now();
+    let mut rungs = Vec::new();
+    for &nodes in &settings.swarm_ladder {
+        if started.elapsed() > settings.swarm_budget {
+            println!(
+                "  stopping before {nodes} nodes: past the {} s budget (FARM_BENCH_SWARM_BUDGET)",
+                settings.swarm_budget.as_secs()
+            );
+            break;
+        }
+        match swarm(bin, nodes, settings.swarm_secs, scratch.path()).await {
+            Ok(rung) => {
+                let failed = !passes(&rung);
+                rungs.push(rung);
+                if failed {
+                    break;
+                }
+            }
+            Err(e) if rungs.is_empty() => {
+                println!("  skipped: `loadgen swarm` does not work here ({e})");
+                println!();
+                return;
+            }
+            Err(e) => {
+                println!("  {nodes} nodes: {e}");
+                break;
+            }
+        }
+    }
+    println!(
+        "  {:>6} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>11}  p99 < 50 ms",
+        "nodes",
+        "registered",
+        "heartbeats",
+        "errors",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "reg p99 ms",
+    );
+    for r in &rungs {
+        let ms = |us: f64| us / 1e3;
+        println!(
+            "  {:>6} {:>10} {:>10} {:>7} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>11.1}  {}",
+            r.nodes,
+            r.registered,
+            r.heartbeats,
+            r.errors,
+            ms(r.rtt[0]),
+            ms(r.rtt[1]),
+            ms(r.rtt[2]),
+            ms(r.rtt[3]),
+            ms(r.rtt[4]),
+            ms(r.register_p99_us),
+            if passes(r) { "yes" } else { "no" }
+        );
+    }
+    match rungs.iter().filter(|r| passes(r)).map(|r| r.nodes).max() {
+        Some(n) => println!("  largest swarm with heartbeat p99 under 50 ms: {n} nodes"),
+        None => println!("  no swarm size kept heartbeat p99 under 50 ms"),
+    }
+    println!();
+}
+
+/// Every node registered, no errors, heartbeat p99 under the limit.
+fn passes(rung: &Rung) -> bool {
+    rung.registered == rung.nodes as u64
+        && rung.errors == 0
+        && rung.heartbeats > 0
+        && rung.rtt[2] < SWARM_P99_LIMIT_US
+}
+
+// ---------------------------------------------------------------------------
+
+/// The workspace's release binaries.
+struct Bins {
+    control_plane: PathBuf,
+    farm_node: PathBuf,
+    loadgen: PathBuf,
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::var_os(ECHO_ENV).is_some() {
+        echo_main().await;
+        return;
+    }
+    let control_plane = PathBuf::from(env!("CARGO_BIN_EXE_control-plane"));
+    let bin = Bins {
+        farm_node: control_plane.with_file_name("farm-node"),
+        loadgen: control_plane.with_file_name("loadgen"),
+        control_plane,
+    };
+    for path in [&bin.farm_node, &bin.loadgen] {
+        assert!(
+            path.is_file(),
+            "{} is missing: `cargo build --release` first",
+            path.display()
+        );
+    }
+    let settings = Settings::from_env();
+    let h2load_ok = have_h2load();
+    if !h2load_ok {
+        println!(
+            "h2load is not installed: the h2load rows are left out. Install it with \
+             `apt-get install nghttp2-client` (Debian) and run again.\n"
+        );
+    }
+    let started = Instant::now();
+    if settings.parts.contains('a') {
+        part_a(&bin, &settings, h2load_ok).await;
+    }
+    if settings.parts.contains('b') {
+        part_b(&bin, &settings, h2load_ok).await;
+    }
+    if settings.parts.contains('c') {
+        part_c(&bin, &settings).await;
+    }
+    println!("total {:.0} s", started.elapsed().as_secs_f64());
+}
