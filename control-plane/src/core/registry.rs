@@ -232,15 +232,13 @@ impl Group {
     }
 }
 
-/// Up to this many healthy nodes in a group, its leader is looked for among
-/// them rather than among all members.
-const SMALL_HEALTHY: usize = 64;
-
-/// A set with O(1) insert, remove and random access, for sampling.
+/// A set with O(1) insert, remove and random access (for sampling), and its
+/// members in id order (for the lowest, a group's leader).
 #[derive(Debug, Clone, Default)]
 struct IndexSet {
     items: Vec<NodeId>,
     positions: HashMap<NodeId, usize>,
+    ordered: BTreeSet<NodeId>,
 }
 
 impl IndexSet {
@@ -248,6 +246,7 @@ impl IndexSet {
         if !self.positions.contains_key(&id) {
             self.positions.insert(id, self.items.len());
             self.items.push(id);
+            self.ordered.insert(id);
         }
     }
 
@@ -257,6 +256,7 @@ impl IndexSet {
             if let Some(moved) = self.items.get(pos) {
                 self.positions.insert(*moved, pos);
             }
+            self.ordered.remove(&id);
         }
     }
 
@@ -954,18 +954,15 @@ impl Registry {
         let Some(g) = self.groups.get(group) else {
             return Vec::new();
         };
-        // The lowest healthy id. Looked for among the healthy nodes when
-        // they are few (none, while a burst of new nodes registers), else
-        // among the members in id order, where one is soon found: either
-        // way a registration does not cost a scan of the whole group.
-        let healthy = |id: &NodeId| self.state_of(*id) == NodeState::Healthy;
-        let leader = match self.healthy_by_group.get(group) {
-            None => None,
-            Some(set) if set.len() <= SMALL_HEALTHY => {
-                set.items.iter().copied().filter(healthy).min()
-            }
-            Some(_) => g.members.iter().copied().find(healthy),
-        };
+        // The lowest healthy id, from the group's healthy nodes in id order
+        // (the first is healthy unless a runtime status has just changed):
+        // no change to a node costs a scan of its group.
+        let leader = self.healthy_by_group.get(group).and_then(|set| {
+            set.ordered
+                .iter()
+                .copied()
+                .find(|id| self.state_of(*id) == NodeState::Healthy)
+        });
         let old = g.leader;
         if old == leader {
             return Vec::new();
