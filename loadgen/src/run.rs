@@ -208,12 +208,14 @@ struct UnaryConn {
     uri: http::Uri,
     /// `host:port` to connect to.
     authority: String,
-    /// The connection in use, and whether it has ended. A `std` mutex:
-    /// held to clone or swap it.
-    current: Mutex<Option<(SendRequest<Bytes>, Arc<AtomicBool>)>>,
+    /// The connection in use. A `std` mutex: held to clone or swap it.
+    current: Mutex<Option<Link>>,
     /// Held while connecting, so callers make one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
 }
+
+/// A handle on a connection, and whether the connection has ended.
+type Link = (SendRequest<Bytes>, Arc<AtomicBool>);
 
 /// How long connecting to a target may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -277,16 +279,16 @@ impl UnaryConn {
         })
     }
 
-    fn open(&self) -> Option<SendRequest<Bytes>> {
+    fn open(&self) -> Option<Link> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|(_, ended)| !ended.load(Ordering::Acquire))
-            .map(|(sender, _)| sender.clone())
+            .cloned()
     }
 
-    async fn sender(&self) -> Result<SendRequest<Bytes>, String> {
+    async fn link(&self) -> Result<Link, String> {
         if let Some(sender) = self.open() {
             return Ok(sender);
         }
@@ -315,18 +317,26 @@ impl UnaryConn {
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|err| err.to_string())?;
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((sender.clone(), ended));
-        Ok(sender)
+        let link = (sender, ended);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
+        Ok(link)
     }
 
-    async fn call(&self, frame: Bytes) -> Outcome {
-        let sender = match self.sender().await {
-            Ok(sender) => sender,
-            Err(reason) => {
-                tracing::debug!(target = %self.authority, %reason, "cannot connect");
-                return Outcome::unreached(UNAVAILABLE);
-            }
+    /// Sends `frame` as a `Work` call. `cache` keeps the caller's own handle
+    /// on the connection between calls (cloning one costs a lock).
+    async fn call(&self, frame: Bytes, cache: &mut Option<Link>) -> Outcome {
+        let cached = cache
+            .take()
+            .filter(|(_, ended)| !ended.load(Ordering::Acquire));
+        let (sender, ended) = match cached {
+            Some(link) => link,
+            None => match self.link().await {
+                Ok(link) => link,
+                Err(reason) => {
+                    tracing::debug!(target = %self.authority, %reason, "cannot connect");
+                    return Outcome::unreached(UNAVAILABLE);
+                }
+            },
         };
         let request = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/grpc")
@@ -338,6 +348,7 @@ impl UnaryConn {
         let answered = async {
             let mut sender = sender.ready().await?;
             let (response, mut body) = sender.send_request(request, false)?;
+            *cache = Some((sender, ended));
             body.send_data(frame, true)?;
             let response = response.await?;
             if response.status() != http::StatusCode::OK {
@@ -394,11 +405,12 @@ enum Caller {
 }
 
 impl Caller {
-    /// Sends request number `n` of `plan`.
-    async fn call(&self, plan: &Plan, n: u64) -> Outcome {
+    /// Sends request number `n` of `plan`; `cache` is the caller's own
+    /// connection handle, kept between calls.
+    async fn call(&self, plan: &Plan, n: u64, cache: &mut Option<Link>) -> Outcome {
         let failing = usize::from(plan.fails(n));
         match self {
-            Caller::Unary(conn) => conn.call(plan.frames[failing].clone()).await,
+            Caller::Unary(conn) => conn.call(plan.frames[failing].clone(), cache).await,
             Caller::Stream(stream) => stream.call(plan.requests[failing].clone()).await,
         }
     }
@@ -481,13 +493,14 @@ async fn worker(
     shard: Shards,
     index: usize,
 ) {
+    let mut link = None;
     loop {
         let sent = Instant::now();
         if sent >= plan.end {
             break;
         }
         let n = built.fetch_add(1, Ordering::Relaxed) + 1;
-        let outcome = caller.call(&plan, n).await;
+        let outcome = caller.call(&plan, n, &mut link).await;
         let done = Instant::now();
         if sent >= plan.measure {
             record(&shard[index], done - sent, done - sent, outcome.code);
@@ -594,7 +607,7 @@ async fn dispatch(
         tasks.spawn(async move {
             let _permit = permit;
             let sent = Instant::now();
-            let outcome = caller.call(&plan, slot + 1).await;
+            let outcome = caller.call(&plan, slot + 1, &mut None).await;
             let done = Instant::now();
             if at >= plan.measure {
                 let shard = &shards[slot as usize % shards.len()];
