@@ -53,6 +53,8 @@ pub const FARM_LABEL: &str = "farm.id";
 pub const SLOT_LABEL: &str = "farm.slot";
 /// Port nodes listen on inside their containers.
 pub const NODE_PORT: u16 = 7000;
+/// Tries, 100 ms apart, at removing the farm's network at shutdown.
+const NETWORK_REMOVAL_TRIES: u32 = 100;
 /// Where a node's slot folder is mounted in its container.
 const CACHE_MOUNT: &str = "/cache";
 /// How long any one engine request may take (builds and stops included).
@@ -718,10 +720,11 @@ impl Runtime for DockerRuntime {
 
     async fn close(&self) {
         // The network goes with the last container. The engine may still be
-        // releasing the endpoints of containers just removed: retry a while.
+        // releasing the endpoints of containers just removed (seconds for
+        // fifty on a loaded machine): retry a while.
         let name = &self.network;
         let mut last = None;
-        for _ in 0..20 {
+        for _ in 0..NETWORK_REMOVAL_TRIES {
             match self.docker.remove_network(name).await {
                 Ok(()) => {
                     debug!(network = %name, "removed the farm's network");
