@@ -37,6 +37,16 @@ pub enum Mode {
     Stream,
 }
 
+impl Mode {
+    /// The mode as its flag spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Unary => "unary",
+            Mode::Stream => "stream",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("loop").required(true).args(["rate", "max"])))]
 #[command(group(clap::ArgGroup::new("aim").required(true).args(["targets", "control_plane"])))]

@@ -8,6 +8,8 @@ use farm_api::{
 };
 use tonic::transport::Endpoint;
 
+use crate::config::target_uri;
+
 /// How long reaching the control plane may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,11 +44,7 @@ pub async fn healthy_nodes(
     token: Option<&str>,
     group: Option<&str>,
 ) -> Result<Vec<String>, DiscoverError> {
-    let uri = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    };
+    let uri = target_uri(url).map_err(|_| DiscoverError::BadUrl(url.to_owned()))?;
     let endpoint = Endpoint::from_shared(uri.clone())
         .map_err(|_| DiscoverError::BadUrl(url.to_owned()))?
         .connect_timeout(CONNECT_TIMEOUT)

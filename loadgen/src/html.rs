@@ -7,7 +7,6 @@
 use std::{fmt::Write as _, io::Write};
 
 use crate::{
-    Mode,
     progress::human_us,
     report::{Report, code_name_order},
 };
@@ -150,10 +149,7 @@ fn nines(p: f64) -> f64 {
 
 /// Writes `report` as an HTML page.
 pub fn write_html(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
-    let mode = match report.mode {
-        Mode::Unary => "unary",
-        Mode::Stream => "stream",
-    };
+    let mode = report.mode.name();
     let asked = match report.rate {
         Some(rate) => format!("open loop at {rate:.1} req/s"),
         None => format!("closed loop, {} in flight", report.concurrency),
@@ -188,17 +184,9 @@ pub fn write_html(report: &Report, out: &mut impl Write) -> std::io::Result<()> 
     if report.interrupted {
         row("Stopped early", "partial results".to_owned());
     }
-    let (c, u) = (&report.latency_us, &report.uncorrected_latency_us);
     let mut latency =
         String::from("<table><tr><th>Latency</th><th>corrected</th><th>uncorrected</th></tr>");
-    for (name, a, b) in [
-        ("p50", c.p50, u.p50),
-        ("p90", c.p90, u.p90),
-        ("p99", c.p99, u.p99),
-        ("p99.9", c.p999, u.p999),
-        ("p99.99", c.p9999, u.p9999),
-        ("max", c.max, u.max),
-    ] {
+    for (name, a, b) in report.latency_rows() {
         let _ = write!(
             latency,
             "<tr><th>{name}</th><td>{}</td><td>{}</td></tr>",

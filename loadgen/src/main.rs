@@ -140,13 +140,12 @@ fn describe(config: &RunConfig) -> String {
         )
     };
     format!(
-        "loadgen: {:?} requests to {} target{} for {}{warmup}, {shape}",
-        config.mode,
+        "loadgen: {} requests to {} target{} for {}{warmup}, {shape}",
+        config.mode.name(),
         config.targets.len(),
         if config.targets.len() == 1 { "" } else { "s" },
         humantime::format_duration(config.duration),
     )
-    .to_lowercase()
 }
 
 fn write_to(

@@ -46,7 +46,8 @@ impl Progress {
             human_us(interval.latency_us.p99)
         );
         let mut err = std::io::stderr().lock();
-        let written = if self.terminal {
+        // Progress is a courtesy: a closed standard error does not stop the run.
+        let _ = if self.terminal {
             let filled = (done * BAR as f64).round() as usize;
             write!(
                 err,
@@ -60,8 +61,6 @@ impl Progress {
         } else {
             writeln!(err, "{:>6.1} s {figures}", interval.elapsed_s)
         };
-        // Progress is a courtesy: a closed standard error does not stop the run.
-        let _ = written;
         self.drawn = true;
     }
 

@@ -43,7 +43,8 @@ impl Default for Recorder {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+/// A duration in whole microseconds, at least 1 (what histograms record).
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -224,11 +225,7 @@ impl Report {
             duration_s: secs,
             requests: all.requests,
             errors: all.errors.values().sum(),
-            errors_by_code: all
-                .errors
-                .iter()
-                .map(|(c, n)| (code_name(*c).to_owned(), *n))
-                .collect(),
+            errors_by_code: by_code_name(&all.errors),
             throughput_rps: if secs > 0.0 {
                 all.requests as f64 / secs
             } else {
@@ -260,13 +257,10 @@ impl Report {
 
     /// Writes the summary table.
     pub fn write_text(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let mode = match self.mode {
-            Mode::Unary => "unary",
-            Mode::Stream => "stream",
-        };
         writeln!(
             out,
-            "Summary ({mode}, {} target{})",
+            "Summary ({}, {} target{})",
+            self.mode.name(),
             self.targets.len(),
             if self.targets.len() == 1 { "" } else { "s" }
         )?;
@@ -319,6 +313,15 @@ impl Report {
         serde_json::to_writer_pretty(&mut *out, self)?;
         writeln!(out)
     }
+}
+
+/// Counts by gRPC status code, keyed by the code's name instead.
+pub fn by_code_name(codes: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
+    let mut named = BTreeMap::new();
+    for (code, n) in codes {
+        *named.entry(code_name(*code).to_owned()).or_default() += n;
+    }
+    named
 }
 
 /// Error counts by name, most frequent first.

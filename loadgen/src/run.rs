@@ -50,6 +50,8 @@ pub enum RunError {
     Stream { target: String, message: String },
     #[error("a load-test task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// How long requests still in flight when the duration is up may take to
@@ -339,8 +341,11 @@ impl UnaryConn {
             },
         };
         let request = http::Request::post(self.uri.clone())
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers")
+            .header(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/grpc"),
+            )
+            .header(http::header::TE, http::HeaderValue::from_static("trailers"))
             .body(());
         let Ok(request) = request else {
             return Outcome::unreached(13);
@@ -579,10 +584,7 @@ async fn dispatch(
         std::thread::Builder::new()
             .name("loadgen-schedule".to_owned())
             .spawn(move || schedule(&plan, rate, &slots_tx))
-            .map_err(|err| RunError::Stream {
-                target: "the scheduler".to_owned(),
-                message: err.to_string(),
-            })?
+            .map_err(RunError::Thread)?
     };
     let permits = Arc::new(Semaphore::new(concurrency));
     let mut tasks = JoinSet::new();
@@ -694,7 +696,7 @@ async fn tick(
             } => ended,
         };
         let to = ended.map_or(next, |at| at.max(measure));
-        let mut second = take_second(&shards);
+        let second = take_second(&shards);
         if let Some(ended) = ended {
             let tail = to.saturating_duration_since(from);
             if tail < SECOND / 4
@@ -720,17 +722,15 @@ async fn tick(
             }
             return intervals;
         }
-        if next > measure {
-            let interval = Interval::new(
-                intervals.len() as u64 + 1,
-                next.saturating_duration_since(measure),
-                SECOND,
-                &second,
-            );
-            progress(&interval);
-            intervals.push(interval);
-            last = Some(std::mem::take(&mut second));
-        }
+        let interval = Interval::new(
+            intervals.len() as u64 + 1,
+            next.saturating_duration_since(measure),
+            SECOND,
+            &second,
+        );
+        progress(&interval);
+        intervals.push(interval);
+        last = Some(second);
         from = next;
     }
 }

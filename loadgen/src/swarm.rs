@@ -50,7 +50,10 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
-use crate::report::{Percentiles, code_name, new_histogram};
+use crate::{
+    config::target_uri,
+    report::{Percentiles, by_code_name, micros, new_histogram},
+};
 
 /// Simulated nodes per HTTP/2 connection when `--connections` is not given
 /// (servers commonly allow 100 to 200 concurrent streams on one).
@@ -271,11 +274,7 @@ impl TryFrom<&SwarmArgs> for SwarmConfig {
 /// `http://host:port` from a URL, or from a bare `host:port`.
 fn control_plane_uri(url: &str) -> Result<String, SwarmConfigError> {
     let bad = || SwarmConfigError::BadUrl(url.to_owned());
-    let uri = if url.contains("://") {
-        url.to_owned()
-    } else {
-        format!("http://{url}")
-    };
+    let uri = target_uri(url).map_err(|_| bad())?;
     let parsed = uri.parse::<tonic::transport::Uri>().map_err(|_| bad())?;
     if parsed.scheme_str() != Some("http") || parsed.host().is_none_or(str::is_empty) {
         return Err(bad());
@@ -361,13 +360,10 @@ impl Stats {
     }
 
     fn record(histogram: &Mutex<Histogram<u64>>, elapsed: Duration) {
-        let micros = u64::try_from(elapsed.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
         histogram
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .saturating_record(micros);
+            .saturating_record(micros(elapsed));
     }
 
     fn error(&self, phase: fn(&mut Errors) -> &mut BTreeMap<i32, u64>, code: Code) {
@@ -873,14 +869,6 @@ pub struct SwarmReport {
     pub interrupted: bool,
 }
 
-fn by_name(codes: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
-    let mut named = BTreeMap::new();
-    for (code, n) in codes {
-        *named.entry(code_name(*code).to_owned()).or_default() += n;
-    }
-    named
-}
-
 /// Percentiles as the JSON report carries them.
 #[derive(Debug, Serialize)]
 struct JsonPercentiles {
@@ -936,18 +924,18 @@ impl SwarmReport {
             ramp_s: ramp.as_secs_f64(),
             duration_s: measured.as_secs_f64(),
             register_us: Stats::percentiles(&stats.register),
-            register_errors: by_name(&errors.register),
+            register_errors: by_code_name(&errors.register),
             heartbeats_sent: stats.sent.load(Ordering::Relaxed),
             heartbeats_acked: stats.acked.load(Ordering::Relaxed),
             heartbeats_skipped: stats.skipped.load(Ordering::Relaxed),
-            stream_breaks: by_name(&errors.heartbeat),
+            stream_breaks: by_code_name(&errors.heartbeat),
             heartbeat_rtt_us: Stats::percentiles(&stats.rtt),
             ramp_heartbeat_rtt_us: Stats::percentiles(&stats.ramp_rtt),
             config_pushes: stats.config_pushes.load(Ordering::Relaxed),
             deregistered,
             already_gone,
             left_registered,
-            deregister_errors: by_name(&errors.deregister),
+            deregister_errors: by_code_name(&errors.deregister),
             interrupted,
         }
     }

@@ -282,7 +282,7 @@ fn run_error(err: &RunError) -> Status {
         RunError::Config(_) => Status::invalid_argument(message),
         // A node went away between its selection and the run.
         RunError::Stream { .. } => Status::unavailable(message),
-        RunError::Task(_) => Status::internal(message),
+        RunError::Task(_) | RunError::Thread(_) => Status::internal(message),
     }
 }
 
