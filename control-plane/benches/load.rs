@@ -50,6 +50,7 @@ use farm_api::v1::{
     workload_server::{Workload, WorkloadServer},
 };
 use hdrhistogram::Histogram;
+use loadgen::report::new_histogram;
 use nix::{sys::signal, unistd::Pid};
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -188,16 +189,21 @@ impl Drop for Proc {
     }
 }
 
-/// A command with none of the farm's environment: no token or address from
-/// the caller's shell changes what is measured.
-fn clean_command(program: &Path) -> Command {
-    let mut command = Command::new(program);
+/// Takes the farm's environment from `command`: no token or address from
+/// the caller's shell changes what is measured. Quiet logs too.
+fn without_farm_env(command: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("FARM_") {
             command.env_remove(key);
         }
     }
-    command.env("RUST_LOG", "error").stdout(Stdio::null());
+    command.env("RUST_LOG", "error")
+}
+
+/// A command with none of the farm's environment and its output dropped.
+fn clean_command(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    without_farm_env(&mut command).stdout(Stdio::null());
     command
 }
 
@@ -223,14 +229,9 @@ async fn run_tool(
     limit: Duration,
 ) -> Result<std::process::Output, String> {
     let mut command = tokio::process::Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FARM_") {
-            command.env_remove(key);
-        }
-    }
+    without_farm_env(command.as_std_mut());
     command
         .args(args)
-        .env("RUST_LOG", "error")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -732,10 +733,6 @@ type TaskTally = (Histogram<u64>, BTreeMap<String, u64>);
 struct Driven {
     figures: Figures,
     errors_by_code: BTreeMap<String, u64>,
-}
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 2).expect("constant bounds")
 }
 
 /// Closed loop: `channels` HTTP/2 connections, `tasks` per connection each

@@ -428,7 +428,7 @@ struct Write {
 /// the callers in flight instead of queuing behind one sync each.
 #[derive(Debug)]
 pub struct NodeWriter {
-    writes: Mutex<std::sync::mpsc::Sender<Write>>,
+    writes: std::sync::mpsc::Sender<Write>,
 }
 
 impl NodeWriter {
@@ -454,9 +454,7 @@ impl NodeWriter {
                     }
                 }
             })?;
-        Ok(Self {
-            writes: Mutex::new(writes),
-        })
+        Ok(Self { writes })
     }
 
     /// Writes `node` with whatever else is waiting; resolves once it is on
@@ -473,11 +471,7 @@ impl NodeWriter {
 
     async fn write(&self, change: Change) -> Result<(), StoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        let sent = self
-            .writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(Write { change, done });
+        let sent = self.writes.send(Write { change, done });
         if sent.is_err() {
             return Err(StoreError::Batch("the writer has stopped".to_owned()));
         }
