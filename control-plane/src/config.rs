@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
 use crate::{
-    auth::{Token, Tokens, parse_token},
     core::{HealthPolicy, Limits},
+    transport::auth::{Token, Tokens, parse_token},
 };
 
 /// gRPC control plane for a simulated server farm.

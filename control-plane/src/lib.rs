@@ -2,19 +2,21 @@
 //! farm of `farm-node` agents, served over gRPC, gRPC-Web and HTTP on one
 //! port.
 //!
-//! [`core`] holds the rules and knows nothing of the wire; [`api`] adapts it
-//! to `farm.v1`; [`runtime`] and [`supervisor`] run the nodes; [`serve`]
-//! wires it all to a listener. The binary in `main.rs` only parses flags,
-//! binds the port and installs the shutdown signal.
+//! `core` holds the rules and knows nothing of the wire; `state` shares
+//! them between tasks and persists them through `store`; `api` adapts them
+//! to `farm.v1`; `transport` serves the port; `runtime` and `supervisor`
+//! run the nodes; [`serve`] wires it all to a listener and shuts it down in
+//! order. The binary in `main.rs` only parses flags ([`config`]), binds the
+//! port and installs the shutdown signal.
 
-pub mod api;
-pub mod auth;
 pub mod config;
-pub mod core;
-pub mod prometheus;
-pub mod runtime;
 pub mod serve;
-pub mod server;
-pub mod state;
-pub mod store;
-pub mod supervisor;
+
+mod api;
+mod core;
+mod prometheus;
+mod runtime;
+mod state;
+mod store;
+mod supervisor;
+mod transport;

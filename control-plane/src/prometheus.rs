@@ -14,24 +14,13 @@
 //! lines; label values are escaped.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt::Write as _,
-    pin::Pin,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
-    task::{Context, Poll},
-    time::Instant,
 };
-
-use axum::body::Body;
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use http::{HeaderMap, Request, Response, header};
-use http_body::Frame;
-use prost::Message as _;
-use tower::{Layer, Service};
 
 use crate::{
     core::{NodeState, metrics::FarmAggregate},
@@ -46,10 +35,6 @@ const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
-
-/// The label of calls to paths no service of this port declares: one label
-/// for all of them, so callers cannot create series at will.
-const OTHER_METHOD: &str = "other";
 
 /// The control plane's own counters. One per control plane (kept in its
 /// state), so several in one process (tests) do not mix.
@@ -119,12 +104,7 @@ impl Telemetry {
         self.heartbeat_streams.load(Ordering::Relaxed)
     }
 
-    /// Configuration pushes so far.
-    pub fn config_pushes(&self) -> u64 {
-        self.config_pushes.load(Ordering::Relaxed)
-    }
-
-    fn record_call(&self, method: &'static str, code: &'static str, seconds: f64) {
+    pub(crate) fn record_call(&self, method: &'static str, code: &'static str, seconds: f64) {
         let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
         let stats = rpcs.entry(method).or_default();
         *stats.codes.entry(code).or_default() += 1;
@@ -133,213 +113,6 @@ impl Telemetry {
         }
         stats.count += 1;
         stats.sum += seconds;
-    }
-}
-
-/// The methods this port serves, as `/package.Service/Method` paths: the
-/// farm's from its descriptor set, health and reflection by name.
-fn known_methods() -> &'static BTreeSet<String> {
-    static KNOWN: OnceLock<BTreeSet<String>> = OnceLock::new();
-    KNOWN.get_or_init(|| {
-        let mut known: BTreeSet<String> = [
-            "/grpc.health.v1.Health/Check",
-            "/grpc.health.v1.Health/Watch",
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
-        if let Ok(set) = prost_types::FileDescriptorSet::decode(farm_api::FILE_DESCRIPTOR_SET) {
-            for file in &set.file {
-                for service in &file.service {
-                    for method in &service.method {
-                        known.insert(format!(
-                            "/{}.{}/{}",
-                            file.package(),
-                            service.name(),
-                            method.name()
-                        ));
-                    }
-                }
-            }
-        }
-        known
-    })
-}
-
-/// The `method` label of a call to `path`: `package.Service/Method`, or
-/// [`OTHER_METHOD`].
-fn method_label(path: &str) -> &'static str {
-    known_methods()
-        .get(path)
-        .map_or(OTHER_METHOD, |p| p.strip_prefix('/').unwrap_or(p))
-}
-
-/// The canonical name of a gRPC status code (as `grpc-status` carries it).
-fn code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "CANCELLED",
-        b"2" => "UNKNOWN",
-        b"3" => "INVALID_ARGUMENT",
-        b"4" => "DEADLINE_EXCEEDED",
-        b"5" => "NOT_FOUND",
-        b"6" => "ALREADY_EXISTS",
-        b"7" => "PERMISSION_DENIED",
-        b"8" => "RESOURCE_EXHAUSTED",
-        b"9" => "FAILED_PRECONDITION",
-        b"10" => "ABORTED",
-        b"11" => "OUT_OF_RANGE",
-        b"12" => "UNIMPLEMENTED",
-        b"13" => "INTERNAL",
-        b"14" => "UNAVAILABLE",
-        b"15" => "DATA_LOSS",
-        b"16" => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
-    headers
-        .get("grpc-status")
-        .map(|value| code_name(value.as_bytes()))
-}
-
-/// Counts every gRPC call that reaches the routes, by method and status
-/// code, and how long it took until its last byte (for a stream, its
-/// lifetime). Calls refused by the auth layer outside it are not counted.
-#[derive(Debug, Clone)]
-pub struct RpcMetricsLayer {
-    telemetry: Arc<Telemetry>,
-}
-
-impl RpcMetricsLayer {
-    pub fn new(telemetry: Arc<Telemetry>) -> Self {
-        Self { telemetry }
-    }
-}
-
-impl<S> Layer<S> for RpcMetricsLayer {
-    type Service = RpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics {
-            inner,
-            telemetry: Arc::clone(&self.telemetry),
-        }
-    }
-}
-
-/// The service [`RpcMetricsLayer`] wraps around the routes.
-#[derive(Debug, Clone)]
-pub struct RpcMetrics<S> {
-    inner: S,
-    telemetry: Arc<Telemetry>,
-}
-
-impl<S> Service<Request<Body>> for RpcMetrics<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let grpc = request
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if !grpc {
-            return Box::pin(self.inner.call(request));
-        }
-        let mut call = Call {
-            telemetry: Arc::clone(&self.telemetry),
-            method: method_label(request.uri().path()),
-            started: Instant::now(),
-            done: false,
-        };
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            // A trailers-only response (most errors) carries its status in
-            // the headers and no body worth waiting for.
-            if let Some(code) = grpc_status(response.headers()) {
-                call.finish(code);
-                return Ok(response);
-            }
-            Ok(response.map(|inner| Body::new(CountedBody { inner, call })))
-        })
-    }
-}
-
-/// One call being timed; recorded once, at its status or when dropped.
-#[derive(Debug)]
-struct Call {
-    telemetry: Arc<Telemetry>,
-    method: &'static str,
-    started: Instant,
-    done: bool,
-}
-
-impl Call {
-    fn finish(&mut self, code: &'static str) {
-        if !self.done {
-            self.done = true;
-            let seconds = self.started.elapsed().as_secs_f64();
-            self.telemetry.record_call(self.method, code, seconds);
-        }
-    }
-}
-
-impl Drop for Call {
-    /// A response dropped before its trailers: the client went away.
-    fn drop(&mut self) {
-        self.finish("CANCELLED");
-    }
-}
-
-/// A response body that records its call's status when the trailers pass.
-struct CountedBody {
-    inner: Body,
-    call: Call,
-}
-
-impl http_body::Body for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-                    this.call.finish(code);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.call.finish("UNKNOWN"),
-            Poll::Ready(None) => this.call.finish("UNKNOWN"),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -925,21 +698,6 @@ mod tests {
         let live = ProcessStats::read();
         assert!(live.resident_bytes.is_some_and(|b| b > 0.0), "{live:?}");
         assert!(live.cpu_seconds.is_some(), "{live:?}");
-    }
-
-    #[test]
-    fn methods_are_labelled_only_when_served() {
-        assert_eq!(
-            method_label("/farm.v1.Registry/Register"),
-            "farm.v1.Registry/Register"
-        );
-        assert_eq!(
-            method_label("/grpc.health.v1.Health/Check"),
-            "grpc.health.v1.Health/Check"
-        );
-        assert_eq!(method_label("/made.up/Path"), OTHER_METHOD);
-        assert_eq!(code_name(b"5"), "NOT_FOUND");
-        assert_eq!(code_name(b"99"), "UNKNOWN");
     }
 
     #[test]

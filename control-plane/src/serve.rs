@@ -14,88 +14,70 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::{
-    config::{RuntimeKind, ServeConfig},
+    config::ServeConfig,
     core::{DEFAULT_GROUP, NodeState},
-    runtime::{
-        DockerRuntime, DockerRuntimeConfig, InstanceEvent, ProcessRuntime, ProcessRuntimeConfig,
-        Runtime, docker,
-    },
-    server::{self, Api},
+    runtime::select::{self, SetupError},
     state::FarmState,
     store::{Store, StoreError},
     supervisor::{Supervisor, SupervisorConfig},
+    transport::{self, Api, services},
 };
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 /// How long open connections may take to drain at shutdown.
 const DRAIN: Duration = Duration::from_secs(5);
-/// Services whose health `grpc.health.v1` reports; "" is the whole server.
-const SERVICES: [&str; 6] = [
-    "",
-    "farm.v1.Registry",
-    "farm.v1.Discovery",
-    "farm.v1.Farm",
-    "farm.v1.Config",
-    "farm.v1.Metrics",
-];
-/// Process starts in flight at once (a process starts in about a millisecond).
-const PROCESS_START_PARALLELISM: usize = 16;
-/// Container creates and starts in flight at once: the engine serialises
-/// much of the work, and more in flight only queues there.
-const DOCKER_START_PARALLELISM: usize = 8;
+/// How long a running load test may take to send its partial report at
+/// shutdown before the nodes it drives are stopped anyway.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the control plane could not start or stopped with an error.
 #[derive(Debug, Error)]
 pub enum ServeError {
+    /// The data folder could not be created.
     #[error("cannot create the data folder {path}: {source}")]
     DataDir {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error(
-        "the farm-node program was not found at {0}; build it with `cargo build --release -p farm-node` or pass --node-binary"
-    )]
-    NodeBinary(PathBuf),
+    /// The runtime could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] SetupError),
+    /// The listener's own address could not be read.
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
-    #[error(transparent)]
-    Docker(#[from] crate::runtime::DockerError),
-    #[error(
-        "the node image needs a statically linked farm-node; {0} is not one (build one with scripts/build-static)"
-    )]
-    NotStatic(PathBuf),
-    #[error(
-        "the node image needs a statically linked farm-node and none was found (looked at {0:?}); build one with scripts/build-static or pass --node-image-binary"
-    )]
-    NoStaticNode(Vec<PathBuf>),
-    #[error("cannot keep the farm id in {path}: {source}")]
-    FarmId {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The farm's network gateway could not be listened on.
     #[error("cannot listen for nodes on the farm's network at {gateway}: {source}")]
     NodeListener {
         gateway: IpAddr,
         source: std::io::Error,
     },
+    /// Reflection could not read the descriptor sets.
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The server failed.
     #[error("the server failed: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The server task panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(String),
 }
 
 /// Runs the control plane on `listener` until `shutdown` resolves.
+///
+/// Shutdown goes in order: readiness goes off (health `NOT_SERVING`,
+/// `/readyz` 503); services are told to stop, so streams end and a running
+/// load test sends its partial report; then the nodes stop; then the
+/// server drains; then the store closes.
 pub async fn run(
     config: ServeConfig,
     listener: TcpListener,
@@ -110,9 +92,8 @@ pub async fn run(
     let store = Store::open(&config.data_dir)?;
     let state = FarmState::open(store, config.policy, config.limits)?;
     let ticker = state.spawn_ticker(TICK);
-    let cancel = CancellationToken::new();
 
-    let runtime = build_runtime(&config).await?;
+    let runtime = select::build(&config).await?;
     // Nodes on a network of their own reach the control plane on that
     // network's gateway: a second listener there serves the same routes.
     let mut node_listener = None;
@@ -148,28 +129,28 @@ pub async fn run(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let api = Api {
-        state: state.clone(),
-        supervisor: supervisor.as_ref().map(|(s, _)| s.clone()),
-        shutdown: cancel.clone(),
-    };
-    let routes = server::routes(&api, health_service)?;
+    let api = Api::new(state.clone(), supervisor.as_ref().map(|(s, _)| s.clone()));
+    let routes = transport::routes(&api, health_service)?;
     let server_stop = CancellationToken::new();
+    let telemetry = Arc::clone(state.telemetry());
     let node_server = node_listener.map(|listener| {
-        tokio::spawn(server::serve(
+        tokio::spawn(transport::serve(
             listener,
             routes.clone(),
             config.tokens.clone(),
+            Arc::clone(&telemetry),
             server_stop.clone().cancelled_owned(),
         ))
     });
-    let mut server = tokio::spawn(server::serve(
+    let mut server = tokio::spawn(transport::serve(
         listener,
         routes,
         config.tokens.clone(),
+        telemetry,
         server_stop.clone().cancelled_owned(),
     ));
-    for service in SERVICES {
+    // "" is the server as a whole.
+    for service in std::iter::once("").chain(services::names()) {
         health
             .set_service_status(service, ServingStatus::Serving)
             .await;
@@ -192,9 +173,8 @@ pub async fn run(
         }
     }
 
-    // Stop taking work, then stop the nodes while their streams are still
-    // served (so they leave cleanly), then end streams and drain.
-    for service in SERVICES {
+    // Readiness goes off: health checks and load balancers stop sending.
+    for service in std::iter::once("").chain(services::names()) {
         health
             .set_service_status(service, ServingStatus::NotServing)
             .await;
@@ -202,6 +182,16 @@ pub async fn run(
     if let Some(task) = bring_up {
         task.abort();
     }
+    // Services stop: streams end, and a running load test stops and sends
+    // its partial report while the nodes it drives still answer.
+    api.stop();
+    if tokio::time::timeout(REPORT_GRACE, api.idle())
+        .await
+        .is_err()
+    {
+        warn!(after = ?REPORT_GRACE, "a load test still runs; stopping the nodes anyway");
+    }
+    // Then the nodes.
     if let Some((supervisor, task)) = supervisor {
         supervisor.shutdown().await;
         if let Err(err) = task.await {
@@ -213,7 +203,7 @@ pub async fn run(
     {
         runtime.close().await;
     }
-    cancel.cancel();
+    // Then the connections drain.
     server_stop.cancel();
     ticker.abort();
     if let Some(node_server) = node_server
@@ -231,153 +221,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The runtime the farm runs on.
-struct RuntimeParts {
-    runtime: Arc<dyn Runtime>,
-    exits: mpsc::UnboundedReceiver<InstanceEvent>,
-    /// Where nodes reach the control plane when not through the listener's
-    /// own address: the gateway of the farm's network.
-    node_side: Option<IpAddr>,
-    /// Starts in flight at once.
-    start_parallelism: usize,
-}
-
-async fn build_runtime(config: &ServeConfig) -> Result<Option<RuntimeParts>, ServeError> {
-    match config.runtime {
-        RuntimeKind::None => Ok(None),
-        RuntimeKind::Process => process_runtime(config).map(Some),
-        RuntimeKind::Docker => {
-            let binary = image_binary(config)?;
-            docker_runtime(config, binary).await.map(Some)
-        }
-        RuntimeKind::Auto => {
-            if let Err(err) = docker::connect(&config.docker.host).await {
-                info!(cause = %err, "no Docker engine: nodes run as processes");
-                return process_runtime(config).map(Some);
-            }
-            match image_binary(config) {
-                Ok(binary) => docker_runtime(config, binary).await.map(Some),
-                Err(err) => {
-                    warn!(cause = %err, "a Docker engine answers, but nodes run as processes");
-                    process_runtime(config).map(Some)
-                }
-            }
-        }
-    }
-}
-
-fn process_runtime(config: &ServeConfig) -> Result<RuntimeParts, ServeError> {
-    let node_binary = match &config.node_binary {
-        Some(path) => path.clone(),
-        None => default_node_binary(),
-    };
-    if !node_binary.is_file() {
-        return Err(ServeError::NodeBinary(node_binary));
-    }
-    let (tx, rx) = mpsc::unbounded_channel();
-    let runtime = ProcessRuntime::new(
-        ProcessRuntimeConfig {
-            node_binary,
-            nodes_dir: config.data_dir.join("nodes"),
-            node_token: config.tokens.node.clone(),
-        },
-        tx,
-    );
-    Ok(RuntimeParts {
-        runtime: Arc::new(runtime),
-        exits: rx,
-        node_side: None,
-        start_parallelism: PROCESS_START_PARALLELISM,
-    })
-}
-
-async fn docker_runtime(
-    config: &ServeConfig,
-    node_binary: PathBuf,
-) -> Result<RuntimeParts, ServeError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let runtime = DockerRuntime::start(
-        DockerRuntimeConfig {
-            host: config.docker.host.clone(),
-            node_binary,
-            nodes_dir: config.data_dir.join("nodes"),
-            farm_id: farm_id(&config.data_dir)?,
-            cpus: config.docker.cpus,
-            memory: config.docker.memory,
-            node_token: config.tokens.node.clone(),
-        },
-        tx,
-    )
-    .await?;
-    let gateway = runtime.gateway();
-    Ok(RuntimeParts {
-        runtime: Arc::new(runtime),
-        exits: rx,
-        node_side: Some(gateway),
-        start_parallelism: DOCKER_START_PARALLELISM,
-    })
-}
-
-/// The statically linked farm-node the node image is built from.
-fn image_binary(config: &ServeConfig) -> Result<PathBuf, ServeError> {
-    if let Some(path) = &config.docker.image_binary {
-        return if docker::is_static_executable(path) {
-            Ok(path.clone())
-        } else {
-            Err(ServeError::NotStatic(path.clone()))
-        };
-    }
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(PathBuf::from))
-        .unwrap_or_default();
-    // Next to this program, then where scripts/build-static puts it.
-    let target = exe_dir.parent().map(PathBuf::from).unwrap_or_default();
-    let candidates = [
-        exe_dir.join("farm-node"),
-        target.join("x86_64-unknown-linux-gnu/container/farm-node"),
-        exe_dir.join("../x86_64-unknown-linux-gnu/container/farm-node"),
-    ];
-    candidates
-        .iter()
-        .find(|path| docker::is_static_executable(path))
-        .cloned()
-        .ok_or_else(|| ServeError::NoStaticNode(candidates.to_vec()))
-}
-
-/// This farm's id: made up once, then kept in the data folder, so a
-/// restarted control plane recognises its containers.
-fn farm_id(data_dir: &std::path::Path) -> Result<String, ServeError> {
-    let path = data_dir.join("farm-id");
-    let err = |source| ServeError::FarmId {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let id = text.trim();
-            if !id.is_empty()
-                && id.len() <= 32
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            {
-                return Ok(id.to_owned());
-            }
-            Err(err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{id:?} is not a farm id (1 to 32 of a-z 0-9)"),
-            )))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = format!("{:08x}", rand::random::<u32>());
-            std::fs::write(&path, format!("{id}\n")).map_err(err)?;
-            Ok(id)
-        }
-        Err(e) => Err(err(e)),
-    }
-}
-
 /// Binds the listener nodes dial on the farm's network: the control plane's
 /// port if free there, any port otherwise.
 async fn bind_node_side(gateway: IpAddr, port: u16) -> Result<TcpListener, ServeError> {
@@ -387,14 +230,6 @@ async fn bind_node_side(gateway: IpAddr, port: u16) -> Result<TcpListener, Serve
             .await
             .map_err(|source| ServeError::NodeListener { gateway, source }),
     }
-}
-
-/// `farm-node` next to this executable, where cargo puts it.
-fn default_node_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("farm-node")))
-        .unwrap_or_else(|| PathBuf::from("farm-node"))
 }
 
 /// The address nodes on this machine dial: a wildcard listen address is

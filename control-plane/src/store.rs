@@ -187,6 +187,7 @@ impl Store {
     }
 
     /// Inserts or updates one identity.
+    #[cfg(test)]
     pub fn upsert_node(&self, node: &StoredNode) -> Result<(), StoreError> {
         upsert(&self.conn(), node)
     }

@@ -11,6 +11,45 @@ use std::{path::Path, time::Duration};
 
 use common::{Farm, interop_required, run, stdout};
 
+/// Every service reflection lists is one the health service reports as
+/// serving, with tokens configured (health and reflection stay open), so a
+/// load balancer's per-service check never disagrees with `list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listed_service_answers_serving() {
+    let farm = Farm::start(0, common::TOKENS).await;
+    let addr = farm.addr.to_string();
+    let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"]).await else {
+        return;
+    };
+    let listed = stdout(&output, "grpcurl list");
+    let services: Vec<&str> = listed.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        services.len() >= 9 && services.contains(&"farm.v1.LoadTest"),
+        "{listed}"
+    );
+    for service in services.iter().copied().chain([""]) {
+        let request = format!(r#"{{"service":"{service}"}}"#);
+        let output = run(
+            "grpcurl",
+            &[
+                "-plaintext",
+                "-d",
+                &request,
+                &addr,
+                "grpc.health.v1.Health/Check",
+            ],
+        )
+        .await
+        .expect("grpcurl");
+        let answer = stdout(&output, &format!("health of {service:?}"));
+        assert!(
+            answer.contains(r#""status": "SERVING""#),
+            "{service:?}: {answer}"
+        );
+    }
+    farm.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_calls_through_reflection() {
     let farm = Farm::start(3, &[]).await;

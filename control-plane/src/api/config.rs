@@ -18,9 +18,9 @@ use tracing::info;
 
 use super::{parse_node_id, timestamp};
 use crate::{
-    auth::{Role, writer},
     core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
     state::{FarmState, StateError},
+    transport::auth::{Role, writer},
 };
 
 /// Events queued per watcher before it is considered stuck.

@@ -63,6 +63,13 @@ impl LoadTestService {
             running: Arc::new(Semaphore::new(1)),
         }
     }
+
+    /// Resolves once no load test runs: its engine has returned and its
+    /// report (or error) is queued for its caller.
+    pub async fn idle(&self) {
+        // The semaphore is never closed, so acquiring only waits.
+        let _ = self.running.acquire().await;
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<LoadTestEvent, Status>> + Send + 'static>>;
@@ -129,9 +136,6 @@ impl LoadTest for LoadTestService {
                 let _ = progress_tx.send(Ok(progress_event(interval)));
             };
             let result = loadgen::run_with_progress(&config, stop, progress).await;
-            // The engine's requests are over: the next load test may start,
-            // even before this caller has read the end of its stream.
-            drop(permit);
             match result {
                 Ok(report) => {
                     info!(
@@ -149,6 +153,10 @@ impl LoadTest for LoadTestService {
                     let _ = tx.send(Err(run_error(&err)));
                 }
             }
+            // The engine's requests are over and the outcome is queued: the
+            // next load test may start, even before this caller has read the
+            // end of its stream.
+            drop(permit);
         });
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
     }

@@ -7,7 +7,7 @@ mod broadcast;
 pub mod config;
 mod discovery;
 mod farm;
-pub mod loadtest;
+mod loadtest;
 mod metrics;
 mod registry;
 
@@ -19,6 +19,7 @@ use tonic::Status;
 pub use config::ConfigService;
 pub use discovery::DiscoveryService;
 pub use farm::FarmService;
+pub use loadtest::LoadTestService;
 pub use metrics::MetricsService;
 pub use registry::RegistryService;
 
@@ -26,6 +27,7 @@ use crate::{
     core::{DomainError, NodeId, NodeState, NodeView},
     state::StateError,
     supervisor::FarmError,
+    transport::auth::Refusal,
 };
 
 impl From<DomainError> for Status {
@@ -40,6 +42,24 @@ impl From<DomainError> for Status {
             DomainError::Aborted(m) => Status::aborted(m),
         }
     }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::NotAllowed { .. } => Status::permission_denied(message),
+            Refusal::NoToken { .. }
+            | Refusal::NotBearer
+            | Refusal::EmptyToken
+            | Refusal::UnknownToken => Status::unauthenticated(message),
+        }
+    }
+}
+
+/// The answer to a gRPC call of a path no service here serves.
+pub fn unimplemented(path: &str) -> Status {
+    Status::unimplemented(format!("{path} is not served here"))
 }
 
 impl From<StateError> for Status {

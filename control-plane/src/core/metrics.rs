@@ -406,11 +406,8 @@ impl MetricsBook {
         self.series.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
     /// Node `id`'s latest sample.
+    #[cfg(test)]
     pub fn latest(&self, id: NodeId) -> Option<&Sample> {
         self.series.get(&id).and_then(|s| s.samples.back())
     }

@@ -16,11 +16,10 @@ mod registry;
 
 pub use error::DomainError;
 pub use health::HealthPolicy;
-pub use names::{NodeId, validate_address, validate_group, validate_labels, validate_name};
+pub use names::{NodeId, validate_group};
 pub use registry::{
-    DEFAULT_GROUP, Discovered, Event, EventKind, GroupView, Limits, MAX_DISCOVER, NewIdentity,
-    NodeView, Now, Registered, RegistrationRequest, Registry, RuntimeStatus, RuntimeView,
-    StoredNode, Tick,
+    DEFAULT_GROUP, Discovered, Event, EventKind, GroupView, Limits, NewIdentity, NodeView, Now,
+    Registered, RegistrationRequest, Registry, RuntimeStatus, RuntimeView, StoredNode,
 };
 
 /// Health as the control plane reports it.

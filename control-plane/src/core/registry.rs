@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use rand::Rng;
@@ -63,7 +63,8 @@ impl Now {
     }
 
     /// This time plus `d` on both clocks.
-    pub fn after(self, d: Duration) -> Self {
+    #[cfg(test)]
+    pub fn after(self, d: std::time::Duration) -> Self {
         Self {
             mono: self.mono + d,
             wall: self.wall + d,
@@ -777,6 +778,7 @@ impl Registry {
     }
 
     /// The current revision.
+    #[cfg(test)]
     pub fn revision(&self) -> u64 {
         self.revision
     }

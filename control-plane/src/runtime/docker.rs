@@ -43,7 +43,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
-use crate::auth::Token;
+use crate::transport::auth::Token;
 
 /// Label on everything the farm creates.
 pub const MANAGED_LABEL: &str = "farm.managed";

@@ -4,6 +4,7 @@
 
 pub mod docker;
 mod process;
+pub(crate) mod select;
 
 use std::{path::Path, time::Duration};
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal};
-use crate::auth::Token;
+use crate::transport::auth::Token;
 
 /// How often an adopted process (not our child, so not waitable) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(100);

@@ -1,0 +1,84 @@
+//! The port: gRPC over h2c, gRPC-Web over HTTP/1.1 (with CORS), and plain
+//! HTTP, all on one listener, behind one tower stack.
+//!
+//! [`services`] is the table of what is served; [`routes`] builds the
+//! routes from it and `api/`'s handlers; [`auth`] decides who may call what;
+//! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
+//! [`rpc_metrics`] counts the calls. [`serve`] stacks them in order.
+
+pub(crate) mod auth;
+mod grpc_web;
+mod routes;
+mod rpc_metrics;
+pub(crate) mod services;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use http::{HeaderName, header};
+use tokio::net::TcpListener;
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub(crate) use routes::{Api, routes};
+
+use crate::prometheus::Telemetry;
+
+/// Serves `routes` on `listener` until `shutdown` resolves, then drains.
+/// Calls to `farm.v1` need one of `tokens` (when any is set).
+///
+/// The stack, outermost first; each layer sits where it does for the
+/// reason on its line.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    mut routes: Routes,
+    tokens: auth::Tokens,
+    telemetry: Arc<Telemetry>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let router = std::mem::take(routes.axum_router_mut());
+    // Innermost, on the routes: counts only calls that passed auth, by the
+    // method the table names.
+    *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(telemetry));
+    Server::builder()
+        // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
+        .accept_http1(true)
+        // Notice dead peers on idle connections (a node frozen mid-stream).
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        // Outermost: answer CORS preflights before anything else runs.
+        .layer(cors())
+        // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
+        .layer(grpc_web::GrpcWebOrPlainLayer)
+        // Inside the translation, so gRPC-Web calls are checked too;
+        // refused calls never reach the routes.
+        .layer(auth::AuthLayer::new(tokens))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// CORS for browsers calling through gRPC-Web: any origin, the gRPC-Web
+/// headers in, and the gRPC status headers out.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_credentials(true)
+        .max_age(Duration::from_secs(24 * 60 * 60))
+        .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+}
