@@ -409,7 +409,7 @@ impl FarmState {
             let entry = book.snapshot(vec![view], now.mono, fresh).pop();
             (entry, book.history(id))
         };
-        let entry = entry.ok_or_else(|| DomainError::NotFound(format!("no node with id {id}")))?;
+        let entry = entry.ok_or(DomainError::UnknownNode(id))?;
         Ok((metrics::node_metrics(entry), history))
     }
 
@@ -446,7 +446,7 @@ impl FarmState {
                 }
                 Scope::Group(name) => {
                     if !registry.list_groups().iter().any(|g| &g.name == name) {
-                        return Err(DomainError::NotFound(format!("no group {name:?}")).into());
+                        return Err(DomainError::UnknownGroup(name.clone()).into());
                     }
                 }
             }
@@ -475,8 +475,9 @@ impl FarmState {
             .shared
             .store
             .config_version(&scope, version)?
-            .ok_or_else(|| {
-                DomainError::NotFound(format!("{scope} has no version {version} in its history"))
+            .ok_or_else(|| DomainError::UnknownVersion {
+                scope: scope.clone(),
+                version,
             })?;
         self.put_config(scope, old.data, expected, role, version)
     }
@@ -512,10 +513,9 @@ impl FarmState {
                 .shared
                 .store
                 .config_version(scope, version)?
-                .ok_or_else(|| {
-                    DomainError::NotFound(format!(
-                        "{scope} has no version {version} in its history"
-                    ))
+                .ok_or_else(|| DomainError::UnknownVersion {
+                    scope: scope.clone(),
+                    version,
                 })?
                 .data)
         };

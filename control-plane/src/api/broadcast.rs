@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use farm_api::v1::{
     BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
-    workload_client::WorkloadClient,
+    broadcast_request, workload_client::WorkloadClient,
 };
 use futures::{StreamExt, stream};
 use tonic::{Status, transport::Endpoint};
 
-use super::parse_node_id;
+use super::{ApiError, BadRequest, NodeCallError, parse_node_id};
 use crate::{core::NodeView, state::FarmState};
 
 /// Nodes contacted at once.
@@ -25,19 +25,83 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum Command {
     Info,
-    SimulateLoad(LoadSpec),
+    SimulateLoad(Load),
     LogLevel(String),
+}
+
+impl TryFrom<Option<broadcast_request::Command>> for Command {
+    type Error = BadRequest;
+
+    fn try_from(command: Option<broadcast_request::Command>) -> Result<Self, BadRequest> {
+        use broadcast_request::Command as Wire;
+        match command {
+            Some(Wire::Info(_)) => Ok(Self::Info),
+            Some(Wire::SimulateLoad(load)) => Ok(Self::SimulateLoad(load.try_into()?)),
+            Some(Wire::LogLevel(level)) if level.filter.trim().is_empty() => {
+                Err(BadRequest::missing("log_level.filter"))
+            }
+            Some(Wire::LogLevel(level)) => Ok(Self::LogLevel(level.filter)),
+            None => Err(BadRequest::Missing {
+                field: "command",
+                hint: ": info, simulate_load or log_level",
+            }),
+        }
+    }
+}
+
+/// A load checked before any node is asked, so a bad one fails the call as
+/// a whole instead of every node one by one.
+#[derive(Debug, Clone)]
+pub struct Load(LoadSpec);
+
+impl TryFrom<LoadSpec> for Load {
+    type Error = BadRequest;
+
+    fn try_from(spec: LoadSpec) -> Result<Self, BadRequest> {
+        if !(0.0..=100.0).contains(&spec.cpu_percent) {
+            return Err(BadRequest::out_of_range(
+                "cpu_percent",
+                spec.cpu_percent,
+                "between 0 and 100",
+            ));
+        }
+        if spec.memory_mib > 1024 {
+            return Err(BadRequest::out_of_range(
+                "memory_mib",
+                spec.memory_mib,
+                "at most 1024",
+            ));
+        }
+        if !(1..=600_000).contains(&spec.duration_ms) {
+            return Err(BadRequest::out_of_range(
+                "duration_ms",
+                spec.duration_ms,
+                "between 1 and 600000",
+            ));
+        }
+        Ok(Self(spec))
+    }
+}
+
+impl Load {
+    /// The load as asked.
+    pub fn spec(&self) -> &LoadSpec {
+        &self.0
+    }
 }
 
 /// The selected nodes: the listed ids (each must exist), else the group's
 /// members, else every node.
-pub fn select(state: &FarmState, selector: Option<NodeSelector>) -> Result<Vec<NodeView>, Status> {
+pub fn select(
+    state: &FarmState,
+    selector: Option<NodeSelector>,
+) -> Result<Vec<NodeView>, ApiError> {
     let selector = selector.unwrap_or_default();
     let nodes = if selector.node_ids.is_empty() {
         state.list_nodes(&selector.group)?
     } else {
         if !selector.group.is_empty() {
-            return Err(Status::invalid_argument("give node_ids or group, not both"));
+            return Err(BadRequest::Rule("give node_ids or group, not both").into());
         }
         let mut nodes = Vec::with_capacity(selector.node_ids.len());
         for id in &selector.node_ids {
@@ -48,7 +112,7 @@ pub fn select(state: &FarmState, selector: Option<NodeSelector>) -> Result<Vec<N
         nodes
     };
     if nodes.is_empty() {
-        return Err(Status::invalid_argument("no node is selected"));
+        return Err(ApiError::NoNodeSelected);
     }
     Ok(nodes)
 }
@@ -86,11 +150,14 @@ async fn ask(node: NodeView, command: Command) -> NodeResult {
     let outcome = call(&node.address, command).await;
     let (code, message, output) = match outcome {
         Ok(output) => (0, String::new(), output),
-        Err(status) => (
-            status.code() as u32,
-            status.message().to_owned(),
-            String::new(),
-        ),
+        Err(err) => {
+            let status = Status::from(err);
+            (
+                status.code() as u32,
+                status.message().to_owned(),
+                String::new(),
+            )
+        }
     };
     NodeResult {
         node_id: node.id.to_string(),
@@ -103,9 +170,11 @@ async fn ask(node: NodeView, command: Command) -> NodeResult {
 }
 
 /// One node's answer as JSON.
-async fn call(address: &str, command: Command) -> Result<String, Status> {
-    let unreachable =
-        |e: String| Status::unavailable(format!("cannot reach the node at {address}: {e}"));
+async fn call(address: &str, command: Command) -> Result<String, NodeCallError> {
+    let unreachable = |e: String| NodeCallError::Unreachable {
+        address: address.to_owned(),
+        cause: e,
+    };
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -130,8 +199,8 @@ async fn call(address: &str, command: Command) -> Result<String, Status> {
                 "connected": info.connected,
             })
         }
-        Command::SimulateLoad(spec) => {
-            let until = client.simulate_load(spec).await?.into_inner().until;
+        Command::SimulateLoad(load) => {
+            let until = client.simulate_load(load.0).await?.into_inner().until;
             serde_json::json!({ "until": until.map(|t| t.to_string()) })
         }
         Command::LogLevel(filter) => {
@@ -144,28 +213,4 @@ async fn call(address: &str, command: Command) -> Result<String, Status> {
         }
     };
     Ok(output.to_string())
-}
-
-/// Checks a load before any node is asked, so a bad one fails the call as a
-/// whole instead of every node one by one.
-pub fn validate_load(spec: &LoadSpec) -> Result<(), Status> {
-    if !(0.0..=100.0).contains(&spec.cpu_percent) {
-        return Err(Status::invalid_argument(format!(
-            "cpu_percent must be between 0 and 100, got {}",
-            spec.cpu_percent
-        )));
-    }
-    if spec.memory_mib > 1024 {
-        return Err(Status::invalid_argument(format!(
-            "memory_mib must be at most 1024, got {}",
-            spec.memory_mib
-        )));
-    }
-    if !(1..=600_000).contains(&spec.duration_ms) {
-        return Err(Status::invalid_argument(format!(
-            "duration_ms must be between 1 and 600000, got {}",
-            spec.duration_ms
-        )));
-    }
-    Ok(())
 }

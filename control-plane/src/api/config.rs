@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{parse_node_id, timestamp};
+use super::{ApiError, BadRequest, parse_node_id, timestamp};
 use crate::{
     core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
     state::{FarmState, StateError},
@@ -43,20 +43,25 @@ impl ConfigService {
     async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(FarmState) -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, Status> {
+    ) -> Result<T, ApiError> {
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || call(state))
             .await
-            .map_err(|e| Status::internal(format!("configuration task failed: {e}")))?
-            .map_err(Status::from)
+            .map_err(|e| ApiError::Task {
+                what: "the configuration task",
+                cause: e.to_string(),
+            })?
+            .map_err(ApiError::from)
     }
 }
 
-fn parse_scope(scope: &str) -> Result<Scope, Status> {
+fn parse_scope(scope: &str) -> Result<Scope, ApiError> {
     if scope.is_empty() {
-        return Err(Status::invalid_argument(
-            "scope is required: `global`, `group:<name>` or `node:<id>`",
-        ));
+        return Err(BadRequest::Missing {
+            field: "scope",
+            hint: ": `global`, `group:<name>` or `node:<id>`",
+        }
+        .into());
     }
     Ok(scope.parse()?)
 }
@@ -198,7 +203,7 @@ async fn watch_node(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
                 return;
             }
             () = tx.closed() => return,
@@ -234,7 +239,11 @@ async fn watch_scope(
                     return;
                 }
                 Err(err) => {
-                    let _ = tx.send(Err(Status::internal(err.to_string()))).await;
+                    let failed = ApiError::Task {
+                        what: "the configuration task",
+                        cause: err.to_string(),
+                    };
+                    let _ = tx.send(Err(failed.into())).await;
                     return;
                 }
             };
@@ -260,7 +269,7 @@ async fn watch_scope(
         let next = tokio::select! {
             next = live.recv() => next,
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
                 return;
             }
             () = tx.closed() => return,
@@ -317,7 +326,10 @@ impl Config for ConfigService {
             .data
             .as_ref()
             .map(struct_to_json)
-            .ok_or_else(|| Status::invalid_argument("data is required (a JSON object)"))?;
+            .ok_or(BadRequest::Missing {
+                field: "data",
+                hint: " (a JSON object)",
+            })?;
         let expected = request.expected_version;
         let entry = self
             .blocking(move |state| state.put_config(scope, data, expected, role, 0))
@@ -339,7 +351,7 @@ impl Config for ConfigService {
             0 => 100,
             n @ 1..=1000 => n as usize,
             n => {
-                return Err(Status::invalid_argument(format!("limit {n} is above 1000")));
+                return Err(BadRequest::out_of_range("limit", n, "at most 1000").into());
             }
         };
         let before = request.before_version;
@@ -359,7 +371,7 @@ impl Config for ConfigService {
         let request = request.into_inner();
         let scope = parse_scope(&request.scope)?;
         if request.version == 0 {
-            return Err(Status::invalid_argument("version is required"));
+            return Err(BadRequest::missing("version").into());
         }
         let (version, expected) = (request.version, request.expected_version);
         let entry = self
@@ -424,9 +436,7 @@ impl Config for ConfigService {
                 tokio::spawn(watch_node(state, id, request.from_version, tx, shutdown));
             }
             _ => {
-                return Err(Status::invalid_argument(
-                    "give exactly one of scope and node_id",
-                ));
+                return Err(BadRequest::Rule("give exactly one of scope and node_id").into());
             }
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -3,16 +3,18 @@
 use farm_api::v1::{
     BroadcastRequest, BroadcastResponse, ListNodesRequest, ListNodesResponse, NodeActionKind,
     NodeActionRequest, NodeActionResponse, ScaleRequest, ScaleResponse, SimulateLoadRequest,
-    broadcast_request, farm_server::Farm,
+    farm_server::Farm,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::{
-    broadcast::{self, Command},
+    ApiError, BadRequest,
+    broadcast::{self, Command, Load},
     node_info, parse_node_id,
 };
 use crate::{
+    core::NodeId,
     state::FarmState,
     supervisor::{FarmError, NodeAction, Supervisor},
 };
@@ -30,25 +32,40 @@ impl FarmService {
         Self { state, supervisor }
     }
 
-    fn supervisor(&self) -> Result<&Supervisor, Status> {
-        self.supervisor
-            .as_ref()
-            .ok_or_else(|| FarmError::NoRuntime.into())
+    fn supervisor(&self) -> Result<&Supervisor, FarmError> {
+        self.supervisor.as_ref().ok_or(FarmError::NoRuntime)
     }
 }
 
-fn action(kind: i32) -> Result<NodeAction, Status> {
-    match NodeActionKind::try_from(kind) {
-        Ok(NodeActionKind::Start) => Ok(NodeAction::Start),
-        Ok(NodeActionKind::Stop) => Ok(NodeAction::Stop),
-        Ok(NodeActionKind::Restart) => Ok(NodeAction::Restart),
-        Ok(NodeActionKind::Pause) => Ok(NodeAction::Pause),
-        Ok(NodeActionKind::Unpause) => Ok(NodeAction::Unpause),
-        Ok(NodeActionKind::Kill) => Ok(NodeAction::Kill),
-        Ok(NodeActionKind::Remove) => Ok(NodeAction::Remove),
-        Ok(NodeActionKind::Unspecified) | Err(_) => Err(Status::invalid_argument(format!(
-            "action {kind} is not one of START, STOP, RESTART, PAUSE, UNPAUSE, KILL, REMOVE"
-        ))),
+/// One action on one node, as a `NodeAction` request asks.
+struct Act {
+    id: NodeId,
+    action: NodeAction,
+}
+
+impl TryFrom<NodeActionRequest> for Act {
+    type Error = ApiError;
+
+    fn try_from(request: NodeActionRequest) -> Result<Self, ApiError> {
+        let id = parse_node_id("node_id", &request.node_id)?;
+        let action = match NodeActionKind::try_from(request.action) {
+            Ok(NodeActionKind::Start) => NodeAction::Start,
+            Ok(NodeActionKind::Stop) => NodeAction::Stop,
+            Ok(NodeActionKind::Restart) => NodeAction::Restart,
+            Ok(NodeActionKind::Pause) => NodeAction::Pause,
+            Ok(NodeActionKind::Unpause) => NodeAction::Unpause,
+            Ok(NodeActionKind::Kill) => NodeAction::Kill,
+            Ok(NodeActionKind::Remove) => NodeAction::Remove,
+            Ok(NodeActionKind::Unspecified) | Err(_) => {
+                return Err(BadRequest::out_of_range(
+                    "action",
+                    request.action,
+                    "one of START, STOP, RESTART, PAUSE, UNPAUSE, KILL, REMOVE",
+                )
+                .into());
+            }
+        };
+        Ok(Self { id, action })
     }
 }
 
@@ -83,9 +100,7 @@ impl Farm for FarmService {
         &self,
         request: Request<NodeActionRequest>,
     ) -> Result<Response<NodeActionResponse>, Status> {
-        let request = request.into_inner();
-        let id = parse_node_id("node_id", &request.node_id)?;
-        let action = action(request.action)?;
+        let Act { id, action } = request.into_inner().try_into()?;
         let before = self.state.node(id)?;
         let supervisor = self.supervisor()?;
         supervisor.act(id, action).await?;
@@ -104,16 +119,17 @@ impl Farm for FarmService {
         request: Request<SimulateLoadRequest>,
     ) -> Result<Response<BroadcastResponse>, Status> {
         let request = request.into_inner();
-        let load = request
+        let load: Load = request
             .load
-            .ok_or_else(|| Status::invalid_argument("load is required"))?;
-        broadcast::validate_load(&load)?;
+            .ok_or(BadRequest::missing("load"))?
+            .try_into()?;
         let nodes = broadcast::select(&self.state, request.nodes)?;
+        let spec = load.spec();
         info!(
             nodes = nodes.len(),
-            cpu_percent = load.cpu_percent,
-            memory_mib = load.memory_mib,
-            duration_ms = load.duration_ms,
+            cpu_percent = spec.cpu_percent,
+            memory_mib = spec.memory_mib,
+            duration_ms = spec.duration_ms,
             "simulating load"
         );
         Ok(Response::new(
@@ -126,24 +142,7 @@ impl Farm for FarmService {
         request: Request<BroadcastRequest>,
     ) -> Result<Response<BroadcastResponse>, Status> {
         let request = request.into_inner();
-        let command = match request.command {
-            Some(broadcast_request::Command::Info(_)) => Command::Info,
-            Some(broadcast_request::Command::SimulateLoad(load)) => {
-                broadcast::validate_load(&load)?;
-                Command::SimulateLoad(load)
-            }
-            Some(broadcast_request::Command::LogLevel(level)) => {
-                if level.filter.trim().is_empty() {
-                    return Err(Status::invalid_argument("log_level.filter is required"));
-                }
-                Command::LogLevel(level.filter)
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "command is required: info, simulate_load or log_level",
-                ));
-            }
-        };
+        let command = Command::try_from(request.command)?;
         let nodes = broadcast::select(&self.state, request.nodes)?;
         let response = broadcast::broadcast(nodes, command).await;
         info!(

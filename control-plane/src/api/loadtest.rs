@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::parse_node_id;
+use super::{ApiError, BadRequest, parse_node_id};
 use crate::{
     core::{NodeState, NodeView},
     state::FarmState,
@@ -85,17 +85,19 @@ impl LoadTest for LoadTestService {
         let request = request.into_inner();
         check(&request)?;
         if self.shutdown.is_cancelled() {
-            return Err(Status::unavailable("the control plane is shutting down"));
+            return Err(ApiError::ShuttingDown.into());
         }
         let permit = Arc::clone(&self.running)
             .try_acquire_owned()
-            .map_err(|_| Status::resource_exhausted("a load test is already running"))?;
+            .map_err(|_| ApiError::LoadTestRunning)?;
         let nodes = select(&self.state, &request.group, &request.node_ids)?;
         let targets = nodes
             .iter()
             .map(|n| {
-                loadgen::config::target_uri(&n.address)
-                    .map_err(|e| Status::internal(format!("node {} has a bad address: {e}", n.id)))
+                loadgen::config::target_uri(&n.address).map_err(|e| ApiError::NodeAddress {
+                    node: n.id.to_string(),
+                    cause: e.to_string(),
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let config = run_config(&request, targets)?;
@@ -150,7 +152,7 @@ impl LoadTest for LoadTestService {
                 }
                 Err(err) => {
                     warn!(cause = %err, "load test failed");
-                    let _ = tx.send(Err(run_error(&err)));
+                    let _ = tx.send(Err(ApiError::LoadTest(err).into()));
                 }
             }
             // The engine's requests are over and the outcome is queued: the
@@ -164,13 +166,13 @@ impl LoadTest for LoadTestService {
 
 /// Checks every value of a request before any node is looked at, so a bad
 /// request is INVALID_ARGUMENT whatever the farm's state.
-fn check(request: &LoadTestRequest) -> Result<(), Status> {
-    let bad = |m: String| Err(Status::invalid_argument(m));
+fn check(request: &LoadTestRequest) -> Result<(), BadRequest> {
     mode(request.mode)?;
     if !(request.rate.is_finite() && request.rate >= 0.0) {
-        return bad(format!(
-            "rate must be a number of requests per second, 0 or more (0: closed loop), not {}",
-            request.rate
+        return Err(BadRequest::out_of_range(
+            "rate",
+            request.rate,
+            "a number of requests per second, 0 or more (0: closed loop)",
         ));
     }
     for (field, value, max) in [
@@ -178,7 +180,11 @@ fn check(request: &LoadTestRequest) -> Result<(), Status> {
         ("duration_ms", request.duration_ms, MAX_DURATION_MS),
     ] {
         if !(1..=max).contains(&value) {
-            return bad(format!("{field} must be between 1 and {max}, not {value}"));
+            return Err(BadRequest::out_of_range(
+                field,
+                value,
+                format!("between 1 and {max}"),
+            ));
         }
     }
     for (field, value, max) in [
@@ -190,31 +196,39 @@ fn check(request: &LoadTestRequest) -> Result<(), Status> {
         ("delay_ms", request.delay_ms, MAX_DELAY_MS),
     ] {
         if value > max {
-            return bad(format!("{field} must be at most {max}, not {value}"));
+            return Err(BadRequest::out_of_range(
+                field,
+                value,
+                format!("at most {max}"),
+            ));
         }
     }
     if !(0.0..=1.0).contains(&request.error_rate) {
-        return bad(format!(
-            "error_rate must be between 0 and 1, not {}",
-            request.error_rate
+        return Err(BadRequest::out_of_range(
+            "error_rate",
+            request.error_rate,
+            "between 0 and 1",
         ));
     }
     if request.fail_code > 16 {
-        return bad(format!(
-            "fail_code must be a gRPC status code from 1 to 16 (0: UNAVAILABLE), not {}",
-            request.fail_code
+        return Err(BadRequest::out_of_range(
+            "fail_code",
+            request.fail_code,
+            "a gRPC status code from 1 to 16 (0: UNAVAILABLE)",
         ));
     }
     Ok(())
 }
 
-fn mode(mode: i32) -> Result<Mode, Status> {
+fn mode(mode: i32) -> Result<Mode, BadRequest> {
     match LoadMode::try_from(mode) {
         Ok(LoadMode::Unspecified | LoadMode::Unary) => Ok(Mode::Unary),
         Ok(LoadMode::Stream) => Ok(Mode::Stream),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "mode {mode} is not one of LOAD_MODE_UNARY, LOAD_MODE_STREAM"
-        ))),
+        Err(_) => Err(BadRequest::out_of_range(
+            "mode",
+            mode,
+            "one of LOAD_MODE_UNARY, LOAD_MODE_STREAM",
+        )),
     }
 }
 
@@ -227,7 +241,7 @@ fn load_mode(mode: Mode) -> LoadMode {
 
 /// The engine's run for a checked request against `targets`; the engine's
 /// own validation has the last word.
-fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConfig, Status> {
+fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConfig, ApiError> {
     let config = RunConfig {
         targets,
         mode: mode(request.mode)?,
@@ -246,9 +260,7 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
             code => code,
         },
     };
-    config
-        .validate()
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    config.validate().map_err(RunError::Config)?;
     Ok(config)
 }
 
@@ -256,7 +268,7 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
 /// `group` (every node when empty), only those listed in `node_ids` when
 /// any is. An unknown group or node id is NOT_FOUND; no healthy node left
 /// is FAILED_PRECONDITION.
-fn select(state: &FarmState, group: &str, node_ids: &[String]) -> Result<Vec<NodeView>, Status> {
+fn select(state: &FarmState, group: &str, node_ids: &[String]) -> Result<Vec<NodeView>, ApiError> {
     let mut nodes = state.list_nodes(group)?;
     if !node_ids.is_empty() {
         let mut wanted = HashSet::with_capacity(node_ids.len());
@@ -270,28 +282,11 @@ fn select(state: &FarmState, group: &str, node_ids: &[String]) -> Result<Vec<Nod
     }
     nodes.retain(|n| n.state == NodeState::Healthy);
     if nodes.is_empty() {
-        let group = if group.is_empty() {
-            String::new()
-        } else {
-            format!(" in group {group:?}")
-        };
-        return Err(Status::failed_precondition(format!(
-            "no healthy node{group} matches the selection"
-        )));
+        return Err(ApiError::NoHealthyNode {
+            group: group.to_owned(),
+        });
     }
     Ok(nodes)
-}
-
-/// The status of a run the engine could not carry out.
-fn run_error(err: &RunError) -> Status {
-    let message = format!("load test failed: {err}");
-    match err {
-        // Checked before the run; the engine's rules are the last word.
-        RunError::Config(_) => Status::invalid_argument(message),
-        // A node went away between its selection and the run.
-        RunError::Stream { .. } => Status::unavailable(message),
-        RunError::Task(_) | RunError::Thread(_) => Status::internal(message),
-    }
 }
 
 fn progress_event(interval: &Interval) -> LoadTestEvent {
@@ -363,9 +358,11 @@ mod tests {
     fn refused(field: &str, change: impl FnOnce(&mut LoadTestRequest)) {
         let mut request = valid();
         change(&mut request);
-        let status = check(&request).expect_err("refused");
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-        assert!(status.message().contains(field), "{status:?}");
+        let err = check(&request).expect_err("refused");
+        assert!(
+            matches!(&err, BadRequest::OutOfRange { field: f, .. } if *f == field),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{parse_node_id, timestamp};
+use super::{ApiError, BadRequest, parse_node_id, timestamp};
 use crate::{
     core::metrics::{FarmAggregate, Latency, NodeMetrics, Sample},
     state::FarmState,
@@ -42,15 +42,17 @@ impl MetricsService {
 }
 
 /// The snapshot interval a `WatchMetrics` request asks for.
-fn watch_interval(interval_ms: u32) -> Result<Duration, Status> {
+fn watch_interval(interval_ms: u32) -> Result<Duration, BadRequest> {
     match interval_ms {
         0 => Ok(DEFAULT_INTERVAL),
         ms if (MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) => {
             Ok(Duration::from_millis(u64::from(ms)))
         }
-        ms => Err(Status::invalid_argument(format!(
-            "interval_ms must be between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS} (or 0 for 1000), not {ms}"
-        ))),
+        ms => Err(BadRequest::out_of_range(
+            "interval_ms",
+            ms,
+            format!("between {MIN_INTERVAL_MS} and {MAX_INTERVAL_MS} (or 0 for 1000)"),
+        )),
     }
 }
 
@@ -60,12 +62,15 @@ async fn farm_metrics(
     state: &FarmState,
     group: &str,
     include_nodes: bool,
-) -> Result<FarmAggregate, Status> {
+) -> Result<FarmAggregate, ApiError> {
     let (state, group) = (state.clone(), group.to_owned());
     tokio::task::spawn_blocking(move || state.farm_metrics(&group, include_nodes))
         .await
-        .map_err(|e| Status::internal(format!("metrics task failed: {e}")))?
-        .map_err(Status::from)
+        .map_err(|e| ApiError::Task {
+            what: "the metrics task",
+            cause: e.to_string(),
+        })?
+        .map_err(ApiError::from)
 }
 
 #[tonic::async_trait]
@@ -131,7 +136,7 @@ impl Metrics for MetricsService {
                     () = tx.closed() => return,
                     () = shutdown.cancelled() => {
                         let _ = tx
-                            .send(Err(Status::unavailable("the control plane is shutting down")))
+                            .send(Err(ApiError::ShuttingDown.into()))
                             .await;
                         return;
                     }
@@ -250,8 +255,16 @@ mod tests {
         assert_eq!(watch_interval(60_000).ok(), Some(Duration::from_secs(60)));
         for ms in [1, 99, 60_001, u32::MAX] {
             let err = watch_interval(ms).expect_err("out of range");
-            assert_eq!(err.code(), tonic::Code::InvalidArgument);
-            assert!(err.message().contains("interval_ms"), "{}", err.message());
+            assert!(
+                matches!(
+                    err,
+                    BadRequest::OutOfRange {
+                        field: "interval_ms",
+                        ..
+                    }
+                ),
+                "{err}"
+            );
         }
     }
 

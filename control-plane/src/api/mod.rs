@@ -1,11 +1,12 @@
 //! gRPC adapters: thin translations between `farm.v1` messages and the
-//! domain. Wire types are converted here (bad input becomes
-//! `INVALID_ARGUMENT`), and the `From` impls below decide every status code
-//! the control plane returns, in one place.
+//! domain. Requests become domain types through `TryFrom` (a malformed one
+//! is a [`BadRequest`]), and [`error`] decides every status code the
+//! control plane returns, in one place.
 
 mod broadcast;
 pub mod config;
 mod discovery;
+mod error;
 mod farm;
 mod loadtest;
 mod metrics;
@@ -14,83 +15,21 @@ mod registry;
 use std::{collections::BTreeMap, time::SystemTime};
 
 use farm_api::v1;
-use tonic::Status;
 
 pub use config::ConfigService;
 pub use discovery::DiscoveryService;
+pub use error::{ApiError, BadRequest, NodeCallError, unimplemented};
 pub use farm::FarmService;
 pub use loadtest::LoadTestService;
 pub use metrics::MetricsService;
 pub use registry::RegistryService;
 
-use crate::{
-    core::{DomainError, NodeId, NodeState, NodeView},
-    state::StateError,
-    supervisor::FarmError,
-    transport::auth::Refusal,
-};
-
-impl From<DomainError> for Status {
-    fn from(err: DomainError) -> Self {
-        match err {
-            DomainError::InvalidArgument(m) => Status::invalid_argument(m),
-            DomainError::NotFound(m) => Status::not_found(m),
-            DomainError::AlreadyExists(m) => Status::already_exists(m),
-            DomainError::PermissionDenied(m) => Status::permission_denied(m),
-            DomainError::ResourceExhausted(m) => Status::resource_exhausted(m),
-            DomainError::FailedPrecondition(m) => Status::failed_precondition(m),
-            DomainError::Aborted(m) => Status::aborted(m),
-        }
-    }
-}
-
-impl From<Refusal> for Status {
-    fn from(refusal: Refusal) -> Self {
-        let message = refusal.to_string();
-        match refusal {
-            Refusal::NotAllowed { .. } => Status::permission_denied(message),
-            Refusal::NoToken { .. }
-            | Refusal::NotBearer
-            | Refusal::EmptyToken
-            | Refusal::UnknownToken => Status::unauthenticated(message),
-        }
-    }
-}
-
-/// The answer to a gRPC call of a path no service here serves.
-pub fn unimplemented(path: &str) -> Status {
-    Status::unimplemented(format!("{path} is not served here"))
-}
-
-impl From<StateError> for Status {
-    fn from(err: StateError) -> Self {
-        match err {
-            StateError::Domain(err) => err.into(),
-            // The write was not acknowledged; the client may retry.
-            StateError::Store(err) => Status::unavailable(err.to_string()),
-        }
-    }
-}
-
-impl From<FarmError> for Status {
-    fn from(err: FarmError) -> Self {
-        match err {
-            FarmError::Domain(err) => err.into(),
-            FarmError::State(err) => err.into(),
-            FarmError::TooMany { .. } => Status::invalid_argument(err.to_string()),
-            FarmError::NoRuntime | FarmError::NotManaged(_) | FarmError::NotRunning { .. } => {
-                Status::failed_precondition(err.to_string())
-            }
-            FarmError::Runtime(_) => Status::internal(err.to_string()),
-            FarmError::ShuttingDown => Status::unavailable(err.to_string()),
-        }
-    }
-}
+use crate::core::{NodeId, NodeState, NodeView};
 
 /// Parses a node id field; `field` names it in the error.
-fn parse_node_id(field: &str, value: &str) -> Result<NodeId, Status> {
+fn parse_node_id(field: &'static str, value: &str) -> Result<NodeId, ApiError> {
     if value.is_empty() {
-        return Err(Status::invalid_argument(format!("{field} is required")));
+        return Err(BadRequest::missing(field).into());
     }
     Ok(value.parse()?)
 }

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
-use super::{config::effective_message, labels, metrics::sample_from_message};
+use super::{
+    ApiError, BadRequest, config::effective_message, labels, metrics::sample_from_message,
+};
 use crate::{
     core::{
         HealthPolicy, RegistrationRequest,
@@ -100,6 +102,25 @@ fn effective_interval(effective: Option<&Effective>, policy: HealthPolicy) -> Du
         })
 }
 
+impl TryFrom<RegisterRequest> for RegistrationRequest {
+    type Error = BadRequest;
+
+    fn try_from(request: RegisterRequest) -> Result<Self, BadRequest> {
+        let identity = match (request.node_id.is_empty(), request.secret.is_empty()) {
+            (true, true) => None,
+            (true, false) => return Err(BadRequest::Rule("secret given without node_id")),
+            (false, _) => Some((request.node_id, request.secret)),
+        };
+        Ok(RegistrationRequest {
+            name: request.name,
+            address: request.address,
+            group: request.group,
+            labels: labels(request.labels),
+            identity,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Registry for RegistryService {
     #[instrument(skip_all, fields(node.name = %request.get_ref().name))]
@@ -107,23 +128,9 @@ impl Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        let request = request.into_inner();
-        let identity = match (request.node_id.is_empty(), request.secret.is_empty()) {
-            (true, true) => None,
-            (true, false) => {
-                return Err(Status::invalid_argument("secret given without node_id"));
-            }
-            (false, _) => Some((request.node_id, request.secret)),
-        };
         let registered = self
             .state
-            .register(RegistrationRequest {
-                name: request.name,
-                address: request.address,
-                group: request.group,
-                labels: labels(request.labels),
-                identity,
-            })
+            .register(request.into_inner().try_into()?)
             .await?;
         let policy = self.state.policy();
         self.state.telemetry().registered(registered.reattached);
@@ -164,11 +171,8 @@ impl Registry for RegistryService {
                 () = shutdown.cancelled() => return,
             };
             if first.node_id.is_empty() || first.secret.is_empty() {
-                let _ = tx
-                    .send(Err(Status::invalid_argument(
-                        "the first heartbeat must carry node_id and secret",
-                    )))
-                    .await;
+                let refused = BadRequest::Rule("the first heartbeat must carry node_id and secret");
+                let _ = tx.send(Err(refused.into())).await;
                 return;
             }
             let (id, epoch) = match state.open_stream(&first.node_id, &first.secret) {
@@ -230,7 +234,7 @@ impl Registry for RegistryService {
                             }
                         }
                         () = shutdown.cancelled() => {
-                            let _ = tx.send(Err(Status::unavailable("the control plane is shutting down"))).await;
+                            let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
                             break Ok(None);
                         }
                     }
@@ -252,7 +256,7 @@ impl Registry for RegistryService {
     ) -> Result<Response<DeregisterResponse>, Status> {
         let request = request.into_inner();
         if request.node_id.is_empty() || request.secret.is_empty() {
-            return Err(Status::invalid_argument("node_id and secret are required"));
+            return Err(BadRequest::Rule("node_id and secret are required").into());
         }
         let id = self
             .state

@@ -12,7 +12,7 @@ use std::{collections::HashMap, fmt, str::FromStr, time::SystemTime};
 
 use serde_json::{Map, Value};
 
-use super::{DomainError, NodeId, validate_group};
+use super::{DomainError, NodeId, names::truncate, validate_group};
 
 /// Largest configuration of one scope, as compact JSON.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
@@ -44,11 +44,7 @@ impl FromStr for Scope {
     type Err = DomainError;
 
     fn from_str(s: &str) -> Result<Self, DomainError> {
-        let bad = || {
-            DomainError::invalid(format!(
-                "scope {s:?} is not `global`, `group:<name>` or `node:<id>`"
-            ))
-        };
+        let bad = || DomainError::MalformedScope(truncate(s));
         if s == "global" {
             return Ok(Self::Global);
         }
@@ -81,15 +77,14 @@ pub struct ConfigEntry {
 /// [`MAX_CONFIG_BYTES`] as JSON.
 pub fn validate_data(data: &Value) -> Result<(), DomainError> {
     if !data.is_object() {
-        return Err(DomainError::invalid(
-            "configuration data must be a JSON object",
-        ));
+        return Err(DomainError::ConfigNotObject);
     }
     let size = serde_json::to_vec(data).map_or(usize::MAX, |v| v.len());
     if size > MAX_CONFIG_BYTES {
-        return Err(DomainError::invalid(format!(
-            "configuration data is {size} bytes as JSON; the limit is {MAX_CONFIG_BYTES}"
-        )));
+        return Err(DomainError::ConfigTooLarge {
+            size,
+            max: MAX_CONFIG_BYTES,
+        });
     }
     Ok(())
 }
@@ -266,9 +261,11 @@ impl ConfigBook {
         validate_data(&data)?;
         let current = self.version_of(&scope);
         if expected != 0 && expected != current {
-            return Err(DomainError::Aborted(format!(
-                "{scope} is at version {current}, not the expected {expected}"
-            )));
+            return Err(DomainError::VersionConflict {
+                scope,
+                expected,
+                current,
+            });
         }
         Ok(ConfigEntry {
             scope,
@@ -329,7 +326,7 @@ mod tests {
             "zone:a",
         ] {
             assert!(
-                matches!(bad.parse::<Scope>(), Err(DomainError::InvalidArgument(_))),
+                matches!(bad.parse::<Scope>(), Err(DomainError::MalformedScope(_))),
                 "{bad:?}"
             );
         }
@@ -415,7 +412,11 @@ mod tests {
         assert_eq!(put(&mut book, "global", json!({"a": 2}), 1), Ok(3));
         let lost = put(&mut book, "global", json!({"a": 3}), 1).expect_err("stale");
         assert!(
-            matches!(&lost, DomainError::Aborted(m) if m.contains("version 3")),
+            lost == DomainError::VersionConflict {
+                scope: Scope::Global,
+                expected: 1,
+                current: 3
+            },
             "{lost}"
         );
         assert_eq!(book.version_of(&Scope::Global), 3);

@@ -33,12 +33,7 @@ impl FromStr for NodeId {
             .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|digits| digits.parse().ok())
             .map(NodeId)
-            .ok_or_else(|| {
-                DomainError::invalid(format!(
-                    "malformed node id {:?}: expected `n` followed by digits, e.g. `n7`",
-                    truncate(s)
-                ))
-            })
+            .ok_or_else(|| DomainError::MalformedNodeId(truncate(s)))
     }
 }
 
@@ -46,21 +41,22 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
-fn validate_identifier(what: &str, value: &str) -> Result<(), DomainError> {
+fn validate_identifier(what: &'static str, value: &str) -> Result<(), DomainError> {
+    let invalid = |problem: String| Err(DomainError::InvalidName { what, problem });
     if value.is_empty() {
-        return Err(DomainError::invalid(format!("{what} must not be empty")));
+        return invalid("must not be empty".to_owned());
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(DomainError::invalid(format!(
-            "{what} is {} characters long; at most {MAX_NAME_LEN} allowed",
+        return invalid(format!(
+            "is {} characters long; at most {MAX_NAME_LEN} allowed",
             value.len()
-        )));
+        ));
     }
     if let Some(bad) = value.chars().find(|c| !is_name_char(*c)) {
-        return Err(DomainError::invalid(format!(
-            "{what} {:?} contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed",
+        return invalid(format!(
+            "{:?} contains {bad:?}; only letters, digits, '.', '_' and '-' are allowed",
             truncate(value)
-        )));
+        ));
     }
     Ok(())
 }
@@ -78,11 +74,9 @@ pub fn validate_group(group: &str) -> Result<(), DomainError> {
 /// Checks an address: `host:port` with a non-zero port, the host an IP
 /// address (IPv6 in brackets) or a DNS name.
 pub fn validate_address(address: &str) -> Result<(), DomainError> {
-    let bad = |why: &str| {
-        DomainError::invalid(format!(
-            "address {:?} {why}; expected host:port",
-            truncate(address)
-        ))
+    let bad = |problem: &'static str| DomainError::InvalidAddress {
+        given: truncate(address),
+        problem,
     };
     if address.len() > MAX_ADDRESS_LEN {
         return Err(bad("is too long"));
@@ -113,18 +107,19 @@ pub fn validate_address(address: &str) -> Result<(), DomainError> {
 /// Checks labels: at most 32, keys like names, values up to 255 characters.
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), DomainError> {
     if labels.len() > MAX_LABELS {
-        return Err(DomainError::invalid(format!(
-            "{} labels given; at most {MAX_LABELS} allowed",
-            labels.len()
-        )));
+        return Err(DomainError::TooManyLabels {
+            count: labels.len(),
+            max: MAX_LABELS,
+        });
     }
     for (key, value) in labels {
         validate_identifier("label key", key)?;
         if value.len() > MAX_LABEL_VALUE_LEN {
-            return Err(DomainError::invalid(format!(
-                "value of label {key:?} is {} characters long; at most {MAX_LABEL_VALUE_LEN} allowed",
-                value.len()
-            )));
+            return Err(DomainError::LabelTooLong {
+                key: key.clone(),
+                len: value.len(),
+                max: MAX_LABEL_VALUE_LEN,
+            });
         }
     }
     Ok(())

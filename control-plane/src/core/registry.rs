@@ -368,10 +368,11 @@ impl Registry {
             Some((id, secret)) => {
                 let id = self.authenticate(&id, &secret)?;
                 if let Some(holder) = self.by_name.get(&request.name).filter(|h| **h != id) {
-                    return Err(DomainError::AlreadyExists(format!(
-                        "name {:?} is held by node {holder}",
-                        request.name
-                    )));
+                    return Err(DomainError::NameTaken {
+                        name: request.name,
+                        holder: *holder,
+                        fresh: false,
+                    });
                 }
                 let current_group = self.nodes[&id].stored.group.clone();
                 if current_group != group {
@@ -405,10 +406,11 @@ impl Registry {
             }
             None => {
                 if let Some(holder) = self.by_name.get(&request.name) {
-                    return Err(DomainError::AlreadyExists(format!(
-                        "name {:?} is held by node {holder}; re-register with its node_id and secret, or pick another name",
-                        request.name
-                    )));
+                    return Err(DomainError::NameTaken {
+                        name: request.name,
+                        holder: *holder,
+                        fresh: true,
+                    });
                 }
                 self.admit_to_group(&group, now)?;
                 let id = NodeId(self.next_id);
@@ -453,22 +455,17 @@ impl Registry {
     /// Checks a node id and its secret.
     pub fn authenticate(&self, id: &str, secret: &str) -> Result<NodeId, DomainError> {
         let id: NodeId = id.parse()?;
-        let record = self.nodes.get(&id).ok_or_else(|| {
-            DomainError::NotFound(format!(
-                "unknown node id {id}; register without node_id to get a new identity"
-            ))
-        })?;
+        let record = self
+            .nodes
+            .get(&id)
+            .ok_or(DomainError::UnknownIdentity(id))?;
         if secret.is_empty() {
-            return Err(DomainError::invalid(format!(
-                "secret of node {id} is missing"
-            )));
+            return Err(DomainError::MissingSecret(id));
         }
         if constant_time_eq(&hash_secret(secret), &record.stored.secret_hash) {
             Ok(id)
         } else {
-            Err(DomainError::PermissionDenied(format!(
-                "wrong secret for node {id}"
-            )))
+            Err(DomainError::WrongSecret(id))
         }
     }
 
@@ -493,9 +490,7 @@ impl Registry {
     ) -> Result<(), DomainError> {
         let record = self.record_mut(id)?;
         if record.stream != Some(epoch) {
-            return Err(DomainError::FailedPrecondition(format!(
-                "heartbeat stream of node {id} was superseded by a newer one"
-            )));
+            return Err(DomainError::StreamSuperseded(id));
         }
         record.last_heartbeat = Some((now.mono, now.wall));
         record.last_heard = now.mono;
@@ -545,9 +540,7 @@ impl Registry {
         let id = self.authenticate(id, secret)?;
         let name = &self.nodes[&id].stored.name;
         if self.runtime.contains_key(name) {
-            return Err(DomainError::FailedPrecondition(format!(
-                "node {id} is managed by the control plane; remove it with Farm.NodeAction"
-            )));
+            return Err(DomainError::ManagedNode(id));
         }
         self.remove(id, now);
         Ok(id)
@@ -650,9 +643,10 @@ impl Registry {
         rng: &mut impl Rng,
     ) -> Result<Discovered, DomainError> {
         if count == 0 || count > MAX_DISCOVER {
-            return Err(DomainError::invalid(format!(
-                "count must be between 1 and {MAX_DISCOVER}, got {count}"
-            )));
+            return Err(DomainError::CountOutOfRange {
+                count,
+                max: MAX_DISCOVER,
+            });
         }
         validate_labels(labels)?;
         let empty = IndexSet::default();
@@ -711,7 +705,7 @@ impl Registry {
         if self.nodes.contains_key(&id) {
             Ok(self.view(id))
         } else {
-            Err(DomainError::NotFound(format!("no node with id {id}")))
+            Err(DomainError::UnknownNode(id))
         }
     }
 
@@ -789,32 +783,28 @@ impl Registry {
     }
 
     fn record_mut(&mut self, id: NodeId) -> Result<&mut NodeRecord, DomainError> {
-        self.nodes
-            .get_mut(&id)
-            .ok_or_else(|| DomainError::NotFound(format!("no node with id {id}")))
+        self.nodes.get_mut(&id).ok_or(DomainError::UnknownNode(id))
     }
 
     fn require_group(&self, name: &str) -> Result<&Group, DomainError> {
         self.groups
             .get(name)
-            .ok_or_else(|| DomainError::NotFound(format!("no group named {:?}", truncate(name))))
+            .ok_or_else(|| DomainError::UnknownGroup(truncate(name)))
     }
 
     /// Checks that one more member fits in `group`, creating it if needed.
     fn admit_to_group(&mut self, group: &str, now: Now) -> Result<(), DomainError> {
         match self.groups.get(group) {
-            Some(g) if g.members.len() >= g.capacity as usize => {
-                Err(DomainError::ResourceExhausted(format!(
-                    "group {group:?} is full ({} members)",
-                    g.capacity
-                )))
-            }
+            Some(g) if g.members.len() >= g.capacity as usize => Err(DomainError::GroupFull {
+                group: group.to_owned(),
+                capacity: g.capacity,
+            }),
             Some(_) => Ok(()),
             None if self.groups.len() >= self.limits.max_groups as usize => {
-                Err(DomainError::ResourceExhausted(format!(
-                    "cannot create group {group:?}: the farm already has the maximum of {} groups",
-                    self.limits.max_groups
-                )))
+                Err(DomainError::TooManyGroups {
+                    group: group.to_owned(),
+                    max: self.limits.max_groups,
+                })
             }
             None => {
                 self.groups.insert(

@@ -103,14 +103,14 @@ fn reattach_requires_the_secret() {
         .registry
         .register(request.clone(), fresh(), f.now)
         .unwrap_err();
-    assert!(matches!(err, DomainError::PermissionDenied(_)), "{err:?}");
+    assert_eq!(err, DomainError::WrongSecret(first.id));
 
     request.identity = Some(("n99".into(), "secret-of-node-1".into()));
     let err = f
         .registry
         .register(request.clone(), fresh(), f.now)
         .unwrap_err();
-    assert!(matches!(err, DomainError::NotFound(_)), "{err:?}");
+    assert_eq!(err, DomainError::UnknownIdentity(NodeId(99)));
 
     request.identity = Some((first.id.to_string(), "secret-of-node-1".into()));
     let again = f
@@ -131,7 +131,10 @@ fn a_name_belongs_to_one_identity() {
     let mut f = Fixture::new();
     f.try_register("node-1", "").expect("register");
     let err = f.try_register("node-1", "").unwrap_err();
-    assert!(matches!(err, DomainError::AlreadyExists(_)), "{err:?}");
+    assert!(
+        matches!(&err, DomainError::NameTaken { name, fresh: true, .. } if name == "node-1"),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -143,10 +146,22 @@ fn group_capacity_and_group_count_are_enforced() {
     f.try_register("a", "room").expect("first");
     f.try_register("b", "room").expect("second");
     let err = f.try_register("c", "room").unwrap_err();
-    assert!(matches!(err, DomainError::ResourceExhausted(_)), "{err:?}");
+    assert_eq!(
+        err,
+        DomainError::GroupFull {
+            group: "room".into(),
+            capacity: 2
+        }
+    );
     // `default` and `room` exist: a third group is refused.
     let err = f.try_register("d", "other").unwrap_err();
-    assert!(matches!(err, DomainError::ResourceExhausted(_)), "{err:?}");
+    assert_eq!(
+        err,
+        DomainError::TooManyGroups {
+            group: "other".into(),
+            max: 2
+        }
+    );
     f.try_register("e", "")
         .expect("default group still has room");
 }
@@ -303,13 +318,19 @@ fn discover_samples_filters_and_rejects_bad_counts() {
             .registry
             .discover("", count, &none, None, &mut f.rng)
             .unwrap_err();
-        assert!(matches!(err, DomainError::InvalidArgument(_)));
+        assert_eq!(
+            err,
+            DomainError::CountOutOfRange {
+                count,
+                max: MAX_DISCOVER
+            }
+        );
     }
     let err = f
         .registry
         .discover("nope", 1, &none, None, &mut f.rng)
         .unwrap_err();
-    assert!(matches!(err, DomainError::NotFound(_)));
+    assert_eq!(err, DomainError::UnknownGroup("nope".into()));
     let excluded = f.registry.node(NodeId(1)).expect("node").id;
     let all = f
         .registry

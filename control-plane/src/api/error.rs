@@ -1,0 +1,281 @@
+//! Every way a call can fail, and the one place their gRPC status codes
+//! are chosen.
+//!
+//! Handlers return `Result<_, ApiError>` internally (or any error that
+//! converts into one) and tonic's `Status` only at their edge, through the
+//! single `From<ApiError> for Status` below. Requests are read into domain
+//! types with `TryFrom`, whose failures are [`BadRequest`]s.
+
+use thiserror::Error;
+use tonic::Status;
+
+use crate::{
+    core::DomainError, state::StateError, store::StoreError, supervisor::FarmError,
+    transport::auth::Refusal,
+};
+
+/// A request the caller got wrong before any rule of the farm was asked.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum BadRequest {
+    /// A field that must be set is empty.
+    #[error("{field} is required{hint}")]
+    Missing {
+        field: &'static str,
+        /// What the field takes, starting with `: `, or nothing.
+        hint: &'static str,
+    },
+    /// A number or enum value outside what the field takes.
+    #[error("{field} must be {allowed}, not {given}")]
+    OutOfRange {
+        field: &'static str,
+        given: String,
+        allowed: String,
+    },
+    /// A rule about how fields go together, in one sentence.
+    #[error("{0}")]
+    Rule(&'static str),
+}
+
+impl BadRequest {
+    /// `field` is required.
+    pub fn missing(field: &'static str) -> Self {
+        Self::Missing { field, hint: "" }
+    }
+
+    /// `field` holds `given`, which is not `allowed`.
+    pub fn out_of_range(field: &'static str, given: impl ToString, allowed: impl ToString) -> Self {
+        Self::OutOfRange {
+            field,
+            given: given.to_string(),
+            allowed: allowed.to_string(),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// The request is malformed.
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+    /// A rule of the farm refused it.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The supervisor refused or failed.
+    #[error(transparent)]
+    Farm(#[from] FarmError),
+    /// The call came while the control plane shuts down.
+    #[error("the control plane is shutting down")]
+    ShuttingDown,
+    /// A load test is running; one runs at a time.
+    #[error("a load test is already running")]
+    LoadTestRunning,
+    /// A selection of nodes that leaves none healthy to drive.
+    #[error("no healthy node{} matches the selection", in_group(.group))]
+    NoHealthyNode { group: String },
+    /// A selection that names no node at all.
+    #[error("no node is selected")]
+    NoNodeSelected,
+    /// The load test engine refused the run or failed during it.
+    #[error("load test failed: {0}")]
+    LoadTest(#[from] loadgen::RunError),
+    /// A node's registered address is not one the engine can dial.
+    #[error("node {node} has a bad address: {cause}")]
+    NodeAddress { node: String, cause: String },
+    /// A blocking task of the control plane itself failed.
+    #[error("{what} failed: {cause}")]
+    Task { what: &'static str, cause: String },
+}
+
+/// Why the control plane's own call to one node failed, reported in that
+/// node's result (not as the status of the whole call).
+#[derive(Debug, Error)]
+pub enum NodeCallError {
+    /// No connection to the node could be made in time.
+    #[error("cannot reach the node at {address}: {cause}")]
+    Unreachable { address: String, cause: String },
+    /// The node answered with an error.
+    #[error(transparent)]
+    Answered(#[from] Status),
+}
+
+impl From<NodeCallError> for Status {
+    fn from(err: NodeCallError) -> Self {
+        match err {
+            NodeCallError::Unreachable { .. } => Status::unavailable(err.to_string()),
+            NodeCallError::Answered(status) => status,
+        }
+    }
+}
+
+fn in_group(group: &str) -> String {
+    if group.is_empty() {
+        String::new()
+    } else {
+        format!(" in group {group:?}")
+    }
+}
+
+impl From<StateError> for ApiError {
+    fn from(err: StateError) -> Self {
+        match err {
+            StateError::Domain(err) => Self::Domain(err),
+            StateError::Store(err) => Self::Store(err),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        use loadgen::RunError;
+        let message = err.to_string();
+        match err {
+            ApiError::BadRequest(_) => Status::invalid_argument(message),
+            ApiError::Domain(err) => domain(err, message),
+            // The write was not acknowledged; the client may retry.
+            ApiError::Store(_) => Status::unavailable(message),
+            ApiError::Farm(err) => farm(err, message),
+            ApiError::ShuttingDown => Status::unavailable(message),
+            ApiError::LoadTestRunning => Status::resource_exhausted(message),
+            ApiError::NoHealthyNode { .. } => Status::failed_precondition(message),
+            ApiError::NoNodeSelected => Status::invalid_argument(message),
+            // Checked before the run; the engine's rules are the last word.
+            ApiError::LoadTest(RunError::Config(_)) => Status::invalid_argument(message),
+            // A node went away between its selection and the run.
+            ApiError::LoadTest(RunError::Stream { .. }) => Status::unavailable(message),
+            ApiError::LoadTest(_) | ApiError::NodeAddress { .. } | ApiError::Task { .. } => {
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+fn domain(err: DomainError, message: String) -> Status {
+    use DomainError as E;
+    match err {
+        E::MalformedNodeId(_)
+        | E::InvalidName { .. }
+        | E::InvalidAddress { .. }
+        | E::TooManyLabels { .. }
+        | E::LabelTooLong { .. }
+        | E::CountOutOfRange { .. }
+        | E::MalformedScope(_)
+        | E::ConfigNotObject
+        | E::ConfigTooLarge { .. }
+        | E::MissingSecret(_) => Status::invalid_argument(message),
+        // A node told NOT_FOUND or PERMISSION_DENIED for its identity
+        // forgets it and registers afresh.
+        E::UnknownNode(_)
+        | E::UnknownIdentity(_)
+        | E::UnknownGroup(_)
+        | E::UnknownVersion { .. } => Status::not_found(message),
+        E::WrongSecret(_) => Status::permission_denied(message),
+        E::NameTaken { .. } => Status::already_exists(message),
+        E::GroupFull { .. } | E::TooManyGroups { .. } => Status::resource_exhausted(message),
+        // The stream must end; the node opens a new one if it still runs.
+        E::StreamSuperseded(_) | E::ManagedNode(_) => Status::failed_precondition(message),
+        E::VersionConflict { .. } => Status::aborted(message),
+    }
+}
+
+fn farm(err: FarmError, message: String) -> Status {
+    match err {
+        FarmError::Domain(err) => domain(err, message),
+        FarmError::State(StateError::Domain(err)) => domain(err, message),
+        FarmError::State(StateError::Store(_)) => Status::unavailable(message),
+        FarmError::TooMany { .. } => Status::invalid_argument(message),
+        FarmError::NoRuntime | FarmError::NotManaged(_) | FarmError::NotRunning { .. } => {
+            Status::failed_precondition(message)
+        }
+        FarmError::Runtime(_) => Status::internal(message),
+        FarmError::ShuttingDown => Status::unavailable(message),
+    }
+}
+
+impl From<Refusal> for Status {
+    fn from(refusal: Refusal) -> Self {
+        let message = refusal.to_string();
+        match refusal {
+            Refusal::NotAllowed { .. } => Status::permission_denied(message),
+            Refusal::NoToken { .. }
+            | Refusal::NotBearer
+            | Refusal::EmptyToken
+            | Refusal::UnknownToken => Status::unauthenticated(message),
+        }
+    }
+}
+
+/// The answer to a gRPC call of a path no service here serves.
+pub fn unimplemented(path: &str) -> Status {
+    Status::unimplemented(format!("{path} is not served here"))
+}
+
+/// `?` on domain, state and request errors in handlers that return
+/// `Status`.
+macro_rules! into_status {
+    ($($from:ty),*) => {$(
+        impl From<$from> for Status {
+            fn from(err: $from) -> Self {
+                ApiError::from(err).into()
+            }
+        }
+    )*};
+}
+into_status!(BadRequest, DomainError, StateError, FarmError, StoreError);
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::core::{NodeId, config::Scope};
+
+    /// The codes clients act on: a node forgets its identity on NOT_FOUND
+    /// and PERMISSION_DENIED, a writer retries a lost compare-and-set
+    /// (ABORTED), a full group is RESOURCE_EXHAUSTED.
+    #[test]
+    fn domain_errors_keep_their_codes() {
+        let id = NodeId(7);
+        for (err, code) in [
+            (DomainError::UnknownIdentity(id), Code::NotFound),
+            (DomainError::UnknownNode(id), Code::NotFound),
+            (DomainError::WrongSecret(id), Code::PermissionDenied),
+            (
+                DomainError::NameTaken {
+                    name: "a".into(),
+                    holder: id,
+                    fresh: true,
+                },
+                Code::AlreadyExists,
+            ),
+            (
+                DomainError::GroupFull {
+                    group: "g".into(),
+                    capacity: 2,
+                },
+                Code::ResourceExhausted,
+            ),
+            (
+                DomainError::VersionConflict {
+                    scope: Scope::Global,
+                    expected: 1,
+                    current: 2,
+                },
+                Code::Aborted,
+            ),
+            (DomainError::StreamSuperseded(id), Code::FailedPrecondition),
+            (
+                DomainError::MalformedNodeId("x".into()),
+                Code::InvalidArgument,
+            ),
+        ] {
+            let message = err.to_string();
+            let status = Status::from(err);
+            assert_eq!(status.code(), code, "{message}");
+            assert_eq!(status.message(), message);
+        }
+    }
+}
