@@ -120,7 +120,7 @@ impl Telemetry {
 pub fn render(state: &FarmState) -> String {
     let mut out = Exposition::default();
     // The whole farm always exists, so this cannot fail.
-    let farm = state.farm_metrics("", true).unwrap_or_default();
+    let farm = state.samples().farm("", true).unwrap_or_default();
     nodes(&mut out, &farm);
     aggregate(&mut out, &farm);
     control_plane(&mut out, state.telemetry());

@@ -23,8 +23,8 @@ use crate::{
     config::ServeConfig,
     core::{DEFAULT_GROUP, NodeState},
     runtime::select::{self, SetupError},
-    state::FarmState,
-    store::{Store, StoreError},
+    state::{FarmState, Members},
+    store::StoreError,
     supervisor::{Supervisor, SupervisorConfig},
     transport::{self, Api, services},
 };
@@ -89,8 +89,7 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&config.data_dir)?;
-    let state = FarmState::open(store, config.policy, config.limits)?;
+    let state = FarmState::open(config.data_dir.clone(), config.policy, config.limits).await?;
     let ticker = state.spawn_ticker(TICK);
 
     let runtime = select::build(&config).await?;
@@ -114,7 +113,7 @@ pub async fn run(
         );
         Supervisor::spawn(
             parts.runtime,
-            state.clone(),
+            state.members(),
             SupervisorConfig {
                 desired: config.nodes,
                 max_nodes: config.max_nodes,
@@ -159,7 +158,7 @@ pub async fn run(
     let bring_up = api
         .supervisor
         .clone()
-        .map(|s| tokio::spawn(report_bring_up(state.clone(), s, started)));
+        .map(|s| tokio::spawn(report_bring_up(state.members(), s, started)));
 
     tokio::select! {
         () = shutdown => info!("shutting down"),
@@ -217,6 +216,11 @@ pub async fn run(
         Ok(Err(err)) => warn!(cause = %err, "the server task failed while draining"),
         Err(_) => warn!(after = ?DRAIN, "connections still open after draining; closing them"),
     }
+    // Last, the store: every acknowledged write is on disk already; this
+    // folds the log into the database and releases it.
+    if let Err(err) = state.close().await {
+        warn!(cause = %err, "could not close the store cleanly");
+    }
     info!("stopped");
     Ok(())
 }
@@ -247,12 +251,12 @@ fn reachable(local: SocketAddr) -> SocketAddr {
 }
 
 /// Logs once when every managed node is healthy, with the time it took.
-async fn report_bring_up(state: FarmState, supervisor: Supervisor, started: Instant) {
-    let mut events = state.subscribe();
+async fn report_bring_up(members: Members, supervisor: Supervisor, started: Instant) {
+    let mut events = members.subscribe();
     let mut warned = false;
     loop {
         let desired = supervisor.desired() as usize;
-        let healthy = state.count_by_state(NodeState::Healthy);
+        let healthy = members.count_by_state(NodeState::Healthy);
         if desired > 0 && healthy >= desired {
             info!(
                 nodes = healthy,

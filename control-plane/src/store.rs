@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -80,13 +80,37 @@ pub enum StoreError {
     /// A batch of identities could not be written.
     #[error("writing node identities failed: {0}")]
     Batch(String),
+    /// The store was closed (the control plane is shutting down).
+    #[error("the store is closed")]
+    Closed,
+    /// A blocking task running store calls failed.
+    #[error("a store task failed: {0}")]
+    Task(String),
 }
 
 /// Handle to the database. Calls are short and synchronous; a
 /// `std::sync::Mutex` serialises them (SQLite allows one writer anyway).
 #[derive(Debug)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    /// `None` once closed.
+    conn: Mutex<Option<Connection>>,
+}
+
+/// The open connection, locked.
+struct Conn<'a>(MutexGuard<'a, Option<Connection>>);
+
+impl std::ops::Deref for Conn<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.0.as_ref().expect("checked open when locked")
+    }
+}
+
+impl std::ops::DerefMut for Conn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.0.as_mut().expect("checked open when locked")
+    }
 }
 
 impl Store {
@@ -137,19 +161,33 @@ impl Store {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    fn conn(&self) -> Result<Conn<'_>, StoreError> {
         // A panic while holding the lock cannot leave SQLite half-written
         // (each call is one statement or transaction), so poisoning is moot.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(Conn(guard))
+    }
+
+    /// Closes the database: the write-ahead log is folded into it and the
+    /// file released. Every later call fails with [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match conn {
+            Some(conn) => conn.close().map_err(|(_, err)| StoreError::Query(err)),
+            None => Ok(()),
+        }
     }
 
     /// Every stored identity.
     pub fn load_nodes(&self) -> Result<Vec<StoredNode>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(
             "SELECT id, name, address, grp, labels, secret_hash, registered_ms FROM nodes ORDER BY id",
         )?;
@@ -189,13 +227,13 @@ impl Store {
     /// Inserts or updates one identity.
     #[cfg(test)]
     pub fn upsert_node(&self, node: &StoredNode) -> Result<(), StoreError> {
-        upsert(&self.conn(), node)
+        upsert(&*self.conn()?, node)
     }
 
     /// Applies `changes` in order in one transaction: one sync to disk for
     /// all of them.
     fn apply<'a>(&self, changes: impl IntoIterator<Item = &'a Change>) -> Result<(), StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         for change in changes {
             match change {
@@ -212,7 +250,7 @@ impl Store {
 
     /// The latest version of every scope, and the highest version written.
     pub fn load_configs(&self) -> Result<(Vec<ConfigEntry>, u64), StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {CONFIG_COLUMNS} FROM config_versions
              WHERE version IN (SELECT MAX(version) FROM config_versions GROUP BY scope)"
@@ -238,7 +276,7 @@ impl Store {
             .unwrap_or_default()
             .as_millis();
         let scope = entry.scope.to_string();
-        let mut conn = self.conn();
+        let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO config_versions (scope, version, data, created_ms, role, rollback_of)
@@ -270,7 +308,7 @@ impl Store {
         before: u64,
         limit: usize,
     ) -> Result<Vec<ConfigEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {CONFIG_COLUMNS} FROM config_versions
              WHERE scope = ?1 AND (?2 = 0 OR version < ?2)
@@ -292,7 +330,7 @@ impl Store {
         after: u64,
         limit: usize,
     ) -> Result<Vec<ConfigEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {CONFIG_COLUMNS} FROM config_versions
              WHERE scope = ?1 AND version > ?2 ORDER BY version LIMIT ?3"
@@ -312,7 +350,7 @@ impl Store {
         scope: &Scope,
         version: u64,
     ) -> Result<Option<ConfigEntry>, StoreError> {
-        let conn = self.conn();
+        let conn = self.conn()?;
         let row = conn
             .query_row(
                 &format!(
@@ -331,7 +369,7 @@ impl Store {
 
     /// How many versions of `scope` are kept.
     pub fn config_count(&self, scope: &Scope) -> Result<usize, StoreError> {
-        let count: i64 = self.conn().query_row(
+        let count: i64 = self.conn()?.query_row(
             "SELECT COUNT(*) FROM config_versions WHERE scope = ?1",
             params![scope.to_string()],
             |r| r.get(0),
@@ -341,29 +379,12 @@ impl Store {
 
     /// The oldest version of `scope` still kept.
     pub fn oldest_config_version(&self, scope: &Scope) -> Result<Option<u64>, StoreError> {
-        let oldest: Option<i64> = self.conn().query_row(
+        let oldest: Option<i64> = self.conn()?.query_row(
             "SELECT MIN(version) FROM config_versions WHERE scope = ?1",
             params![scope.to_string()],
             |r| r.get(0),
         )?;
         Ok(oldest.and_then(|v| u64::try_from(v).ok()))
-    }
-
-    /// Forgets identities.
-    pub fn delete_nodes(&self, ids: &[NodeId]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare("DELETE FROM nodes WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute(params![i64::try_from(id.0).unwrap_or(i64::MAX)])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
     }
 }
 
@@ -422,6 +443,14 @@ struct Write {
     done: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
+/// What the writer's thread is asked to do.
+#[derive(Debug)]
+enum Job {
+    Write(Write),
+    /// Finish what is queued, then end.
+    Close,
+}
+
 /// Writes node identities and their removals in batches (group commit). Each
 /// caller waits until its change is on disk; changes that arrive while one
 /// transaction commits go together in the next, in order, with one sync to
@@ -429,22 +458,34 @@ struct Write {
 /// the callers in flight instead of queuing behind one sync each.
 #[derive(Debug)]
 pub struct NodeWriter {
-    writes: std::sync::mpsc::Sender<Write>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    /// The thread, until [`NodeWriter::close`] joins it.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl NodeWriter {
-    /// Starts the writer's thread; it ends when the writer is dropped.
+    /// Starts the writer's thread; it ends when the writer is closed or
+    /// dropped.
     pub fn start(store: std::sync::Arc<Store>) -> std::io::Result<Self> {
-        let (writes, queue) = std::sync::mpsc::channel::<Write>();
-        std::thread::Builder::new()
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
             .name("farm-node-writer".to_owned())
             .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH
-                        && let Ok(next) = queue.try_recv()
-                    {
-                        batch.push(next);
+                let mut closing = false;
+                while !closing && let Ok(first) = queue.recv() {
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(job) = next.take() {
+                        match job {
+                            Job::Write(write) => batch.push(write),
+                            Job::Close => closing = true,
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = queue.try_recv().ok();
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
                     }
                     let written = store
                         .apply(batch.iter().map(|w| &w.change))
@@ -455,31 +496,51 @@ impl NodeWriter {
                     }
                 }
             })?;
-        Ok(Self { writes })
+        Ok(Self {
+            jobs,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
-    /// Writes `node` with whatever else is waiting; resolves once it is on
-    /// disk. Waiting holds no thread.
-    pub async fn upsert(&self, node: StoredNode) -> Result<(), StoreError> {
-        self.write(Change::Upsert(node)).await
-    }
-
-    /// Removes the identity `id` with whatever else is waiting; resolves
-    /// once that is on disk.
-    pub async fn delete(&self, id: NodeId) -> Result<(), StoreError> {
-        self.write(Change::Delete(id)).await
-    }
-
-    async fn write(&self, change: Change) -> Result<(), StoreError> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        let sent = self.writes.send(Write { change, done });
-        if sent.is_err() {
-            return Err(StoreError::Batch("the writer has stopped".to_owned()));
+    /// Writes what is queued, then stops the thread and waits for it.
+    /// Later writes fail. Blocks: call from a blocking thread.
+    pub fn close(&self) {
+        let _ = self.jobs.send(Job::Close);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!("the node writer's thread panicked");
         }
-        match outcome.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(StoreError::Batch(message)),
-            Err(_) => Err(StoreError::Batch("the writer has stopped".to_owned())),
+    }
+
+    /// Queues `node` at once, to be written with whatever else is waiting;
+    /// the future resolves once it is on disk. Waiting holds no thread.
+    pub fn upsert(&self, node: StoredNode) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        self.write(Change::Upsert(node))
+    }
+
+    /// Queues the removal of the identity `id` at once; the future resolves
+    /// once that is on disk.
+    pub fn delete(&self, id: NodeId) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        self.write(Change::Delete(id))
+    }
+
+    /// Queues `change` now (so the order of calls is the order on disk) and
+    /// returns the wait for its batch.
+    fn write(&self, change: Change) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let sent = self.jobs.send(Job::Write(Write { change, done })).is_ok();
+        async move {
+            let stopped = || StoreError::Batch("the writer has stopped".to_owned());
+            if !sent {
+                return Err(stopped());
+            }
+            match outcome.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(StoreError::Batch(message)),
+                Err(_) => Err(stopped()),
+            }
         }
     }
 }
@@ -510,7 +571,7 @@ mod tests {
             let mut moved = node(1, "a");
             moved.address = "127.0.0.1:2".into();
             store.upsert_node(&moved).expect("update");
-            store.delete_nodes(&[NodeId(2)]).expect("delete");
+            store.apply([&Change::Delete(NodeId(2))]).expect("delete");
         }
         let store = Store::open(&dir).expect("reopen");
         let nodes = store.load_nodes().expect("load");
@@ -556,6 +617,34 @@ mod tests {
         assert_eq!(nodes.len(), 399);
         assert!(nodes.iter().any(|n| n.name == "n7050"));
         assert!(!nodes.iter().any(|n| n.name == "n1"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// Closing writes what was queued before it, refuses what comes after,
+    /// and leaves a database that opens again with every write in it.
+    #[test]
+    fn closing_finishes_queued_writes_and_refuses_later_ones() {
+        let dir = tempdir();
+        {
+            let store = std::sync::Arc::new(Store::open(&dir).expect("open"));
+            let writer = NodeWriter::start(std::sync::Arc::clone(&store)).expect("writer");
+            let queued: Vec<_> = (1..=20u64)
+                .map(|id| writer.upsert(node(id, &format!("n{id}"))))
+                .collect();
+            writer.close();
+            for write in queued {
+                futures::executor::block_on(write).expect("written before the close");
+            }
+            let late = futures::executor::block_on(writer.upsert(node(99, "late")));
+            assert!(late.is_err(), "a write after the close is refused");
+            store.close().expect("close");
+            assert!(matches!(store.load_nodes(), Err(StoreError::Closed)));
+        }
+        let nodes = Store::open(&dir)
+            .expect("reopen")
+            .load_nodes()
+            .expect("load");
+        assert_eq!(nodes.len(), 20);
         std::fs::remove_dir_all(dir).ok();
     }
 

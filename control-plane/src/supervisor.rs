@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 use crate::{
     core::{DomainError, NodeId, RuntimeStatus, RuntimeView},
     runtime::{Instance, InstanceEvent, InstanceExit, InstanceSpec, Runtime, RuntimeError, Signal},
-    state::{FarmState, StateError},
+    state::{Members, StateError},
 };
 
 /// A run shorter than this counts as a crash loop for backoff.
@@ -131,7 +131,7 @@ impl Supervisor {
     /// then brings the farm to size.
     pub fn spawn(
         runtime: Arc<dyn Runtime>,
-        state: FarmState,
+        state: Members,
         config: SupervisorConfig,
         exits: mpsc::UnboundedReceiver<InstanceEvent>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -259,7 +259,7 @@ fn backoff(failures: u32) -> Duration {
 
 struct Task {
     runtime: Arc<dyn Runtime>,
-    state: FarmState,
+    state: Members,
     config: SupervisorConfig,
     desired: Arc<AtomicU32>,
     slots: BTreeMap<u32, Slot>,
@@ -396,7 +396,7 @@ impl Task {
                 slot.not_before = Instant::now();
                 if action == NodeAction::Remove {
                     slot.starts = 0;
-                    self.state.forget(id)?;
+                    self.state.forget(id).await?;
                     runtime.remove(&node.name).await?;
                 }
             }
@@ -555,7 +555,7 @@ impl Task {
                 warn!(slot = %slot.name, cause = %err, "could not stop node being removed");
             }
             if let Some(id) = state.id_of(&slot.name)
-                && let Err(err) = state.forget(id)
+                && let Err(err) = state.forget(id).await
             {
                 warn!(slot = %slot.name, cause = %err, "could not forget node being removed");
             }

@@ -12,7 +12,7 @@ use futures::{StreamExt, stream};
 use tonic::{Status, transport::Endpoint};
 
 use super::{ApiError, BadRequest, NodeCallError, parse_node_id};
-use crate::{core::NodeView, state::FarmState};
+use crate::{core::NodeView, state::Members};
 
 /// Nodes contacted at once.
 const PARALLEL: usize = 32;
@@ -93,19 +93,19 @@ impl Load {
 /// The selected nodes: the listed ids (each must exist), else the group's
 /// members, else every node.
 pub fn select(
-    state: &FarmState,
+    members: &Members,
     selector: Option<NodeSelector>,
 ) -> Result<Vec<NodeView>, ApiError> {
     let selector = selector.unwrap_or_default();
     let nodes = if selector.node_ids.is_empty() {
-        state.list_nodes(&selector.group)?
+        members.list_nodes(&selector.group)?
     } else {
         if !selector.group.is_empty() {
             return Err(BadRequest::Rule("give node_ids or group, not both").into());
         }
         let mut nodes = Vec::with_capacity(selector.node_ids.len());
         for id in &selector.node_ids {
-            nodes.push(state.node(parse_node_id("node_ids", id)?)?);
+            nodes.push(members.node(parse_node_id("node_ids", id)?)?);
         }
         nodes.sort_by_key(|n| n.id);
         nodes.dedup_by_key(|n| n.id);

@@ -19,7 +19,7 @@ use tracing::info;
 use super::{ApiError, BadRequest, parse_node_id, timestamp};
 use crate::{
     core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
-    state::{FarmState, StateError},
+    state::Configs,
     transport::auth::{Role, writer},
 };
 
@@ -29,29 +29,14 @@ const WATCH_QUEUE: usize = 64;
 /// The Config service.
 #[derive(Debug, Clone)]
 pub struct ConfigService {
-    state: FarmState,
+    configs: Configs,
     /// Cancelled at shutdown: open watches end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl ConfigService {
-    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
-        Self { state, shutdown }
-    }
-
-    /// Runs a blocking state call (store I/O) off the async workers.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(FarmState) -> Result<T, StateError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let state = self.state.clone();
-        tokio::task::spawn_blocking(move || call(state))
-            .await
-            .map_err(|e| ApiError::Task {
-                what: "the configuration task",
-                cause: e.to_string(),
-            })?
-            .map_err(ApiError::from)
+    pub fn new(configs: Configs, shutdown: CancellationToken) -> Self {
+        Self { configs, shutdown }
     }
 }
 
@@ -169,17 +154,17 @@ type EventSender = mpsc::Sender<Result<ConfigEvent, Status>>;
 
 /// Streams a node's effective configuration each time it changes.
 async fn watch_node(
-    state: FarmState,
+    configs: Configs,
     id: crate::core::NodeId,
     from: u64,
     tx: EventSender,
     shutdown: CancellationToken,
 ) {
-    let mut changes = state.config_changes();
+    let mut changes = configs.changes();
     let mut last = from;
     loop {
         changes.mark_unchanged();
-        match state.effective_config(id) {
+        match configs.effective(id) {
             Ok(effective) if effective.version > last => {
                 last = effective.version;
                 let event = ConfigEvent {
@@ -214,44 +199,31 @@ async fn watch_node(
 /// Streams every version of `scope` after `from`: the kept history, then
 /// live versions; a snapshot when the history no longer reaches back.
 async fn watch_scope(
-    state: FarmState,
+    configs: Configs,
     scope: Scope,
     from: u64,
     tx: EventSender,
     shutdown: CancellationToken,
 ) {
-    let mut live = state.subscribe_config();
+    let mut live = configs.subscribe();
     let mut last = from;
     let mut catch_up = true;
     loop {
         if catch_up {
             catch_up = false;
-            let scope_at = scope.clone();
-            let state_at = state.clone();
-            let since = tokio::task::spawn_blocking(move || {
-                state_at.config_since(&scope_at, last, HISTORY_PER_SCOPE)
-            })
-            .await;
+            let since = configs.since(scope.clone(), last, HISTORY_PER_SCOPE).await;
             let (entries, complete) = match since {
-                Ok(Ok(found)) => found,
-                Ok(Err(err)) => {
-                    let _ = tx.send(Err(err.into())).await;
-                    return;
-                }
+                Ok(found) => found,
                 Err(err) => {
-                    let failed = ApiError::Task {
-                        what: "the configuration task",
-                        cause: err.to_string(),
-                    };
-                    let _ = tx.send(Err(failed.into())).await;
+                    let _ = tx.send(Err(err.into())).await;
                     return;
                 }
             };
             let events: Vec<ConfigEvent> = if complete {
                 entries.iter().map(|e| event(e, false)).collect()
             } else {
-                state
-                    .get_config(&scope)
+                configs
+                    .latest(&scope)
                     .map(|e| event(&e, true))
                     .into_iter()
                     .collect()
@@ -296,7 +268,7 @@ impl Config for ConfigService {
         request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
         let scope = parse_scope(&request.get_ref().scope)?;
-        let response = match self.state.get_config(&scope) {
+        let response = match self.configs.latest(&scope) {
             Some(entry) => GetConfigResponse {
                 scope: scope.to_string(),
                 version: entry.version,
@@ -331,9 +303,7 @@ impl Config for ConfigService {
                 hint: " (a JSON object)",
             })?;
         let expected = request.expected_version;
-        let entry = self
-            .blocking(move |state| state.put_config(scope, data, expected, role, 0))
-            .await?;
+        let entry = self.configs.put(scope, data, expected, role).await?;
         info!(scope = %entry.scope, version = entry.version, role, "configuration written");
         Ok(Response::new(PutConfigResponse {
             scope: entry.scope.to_string(),
@@ -355,9 +325,7 @@ impl Config for ConfigService {
             }
         };
         let before = request.before_version;
-        let entries = self
-            .blocking(move |state| state.config_history(&scope, before, limit))
-            .await?;
+        let entries = self.configs.history(scope, before, limit).await?;
         Ok(Response::new(HistoryResponse {
             versions: entries.iter().map(version_message).collect(),
         }))
@@ -375,7 +343,8 @@ impl Config for ConfigService {
         }
         let (version, expected) = (request.version, request.expected_version);
         let entry = self
-            .blocking(move |state| state.rollback_config(scope, version, expected, role))
+            .configs
+            .rollback(scope, version, expected, role)
             .await?;
         info!(scope = %entry.scope, version = entry.version, rollback_of = version, role, "configuration rolled back");
         Ok(Response::new(RollbackResponse {
@@ -388,9 +357,7 @@ impl Config for ConfigService {
         let request = request.into_inner();
         let scope = parse_scope(&request.scope)?;
         let (from, to) = (request.from_version, request.to_version);
-        let (from, to, changes) = self
-            .blocking(move |state| state.config_diff(&scope, from, to))
-            .await?;
+        let (from, to, changes) = self.configs.diff(scope, from, to).await?;
         Ok(Response::new(DiffResponse {
             from_version: from,
             to_version: to,
@@ -403,7 +370,7 @@ impl Config for ConfigService {
         request: Request<GetEffectiveConfigRequest>,
     ) -> Result<Response<EffectiveConfig>, Status> {
         let id = parse_node_id("node_id", &request.get_ref().node_id)?;
-        let effective = self.state.effective_config(id)?;
+        let effective = self.configs.effective(id)?;
         Ok(Response::new(effective_message(&effective)))
     }
 
@@ -416,13 +383,13 @@ impl Config for ConfigService {
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
         let request = request.into_inner();
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
-        let state = self.state.clone();
+        let configs = self.configs.clone();
         let shutdown = self.shutdown.clone();
         match (request.scope.is_empty(), request.node_id.is_empty()) {
             (false, true) => {
                 let scope = parse_scope(&request.scope)?;
                 tokio::spawn(watch_scope(
-                    state,
+                    configs,
                     scope,
                     request.from_version,
                     tx,
@@ -432,8 +399,8 @@ impl Config for ConfigService {
             (true, false) => {
                 let id = parse_node_id("node_id", &request.node_id)?;
                 // Unknown nodes are refused before the stream starts.
-                self.state.effective_config(id)?;
-                tokio::spawn(watch_node(state, id, request.from_version, tx, shutdown));
+                self.configs.effective(id)?;
+                tokio::spawn(watch_node(configs, id, request.from_version, tx, shutdown));
             }
             _ => {
                 return Err(BadRequest::Rule("give exactly one of scope and node_id").into());

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use super::{labels, node_info, parse_node_id, peer, timestamp};
 use crate::{
     core::{Event, EventKind, NodeView, validate_group},
-    state::{FarmState, WatchStart},
+    state::{Members, WatchStart},
 };
 
 /// Events queued per watcher before it counts as slow.
@@ -25,14 +25,14 @@ const WATCH_QUEUE: usize = 256;
 /// The Discovery service.
 #[derive(Debug, Clone)]
 pub struct DiscoveryService {
-    state: FarmState,
+    members: Members,
     /// Cancelled at shutdown: watch streams end.
     shutdown: CancellationToken,
 }
 
 impl DiscoveryService {
-    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
-        Self { state, shutdown }
+    pub fn new(members: Members, shutdown: CancellationToken) -> Self {
+        Self { members, shutdown }
     }
 }
 
@@ -56,7 +56,7 @@ fn live_event(event: &Event) -> WatchEvent {
 /// Feeds one watcher: its starting point, then live events, resetting with
 /// a fresh snapshot whenever it falls too far behind.
 async fn feed_watcher(
-    state: FarmState,
+    members: Members,
     group: String,
     start: WatchStart,
     mut events: broadcast::Receiver<Arc<Event>>,
@@ -115,7 +115,7 @@ async fn feed_watcher(
                 {
                     return;
                 }
-                let (fresh, receiver) = state.watch(&group, 0);
+                let (fresh, receiver) = members.watch(&group, 0);
                 events = receiver;
                 start = Some(fresh);
             }
@@ -136,7 +136,7 @@ impl Discovery for DiscoveryService {
         } else {
             Some(parse_node_id("exclude_id", &request.exclude_id)?)
         };
-        let found = self.state.discover(
+        let found = self.members.discover(
             &request.group,
             request.count,
             &labels(request.labels),
@@ -158,10 +158,10 @@ impl Discovery for DiscoveryService {
         if !request.group.is_empty() {
             validate_group(&request.group)?;
         }
-        let (start, events) = self.state.watch(&request.group, request.from_revision);
+        let (start, events) = self.members.watch(&request.group, request.from_revision);
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
         tokio::spawn(feed_watcher(
-            self.state.clone(),
+            self.members.clone(),
             request.group,
             start,
             events,
@@ -176,7 +176,7 @@ impl Discovery for DiscoveryService {
         _request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let groups = self
-            .state
+            .members
             .list_groups()
             .into_iter()
             .map(|g| GroupInfo {

@@ -15,21 +15,24 @@ use super::{
 };
 use crate::{
     core::NodeId,
-    state::FarmState,
+    state::Members,
     supervisor::{FarmError, NodeAction, Supervisor},
 };
 
 /// The Farm service.
 #[derive(Debug, Clone)]
 pub struct FarmService {
-    state: FarmState,
+    members: Members,
     /// `None` with `--runtime none`: mutations fail with FAILED_PRECONDITION.
     supervisor: Option<Supervisor>,
 }
 
 impl FarmService {
-    pub fn new(state: FarmState, supervisor: Option<Supervisor>) -> Self {
-        Self { state, supervisor }
+    pub fn new(members: Members, supervisor: Option<Supervisor>) -> Self {
+        Self {
+            members,
+            supervisor,
+        }
     }
 
     fn supervisor(&self) -> Result<&Supervisor, FarmError> {
@@ -75,7 +78,7 @@ impl Farm for FarmService {
         &self,
         request: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        let nodes = self.state.list_nodes(&request.into_inner().group)?;
+        let nodes = self.members.list_nodes(&request.into_inner().group)?;
         Ok(Response::new(ListNodesResponse {
             nodes: nodes.into_iter().map(node_info).collect(),
             desired: self.supervisor.as_ref().map_or(0, Supervisor::desired),
@@ -101,13 +104,13 @@ impl Farm for FarmService {
         request: Request<NodeActionRequest>,
     ) -> Result<Response<NodeActionResponse>, Status> {
         let Act { id, action } = request.into_inner().try_into()?;
-        let before = self.state.node(id)?;
+        let before = self.members.node(id)?;
         let supervisor = self.supervisor()?;
         supervisor.act(id, action).await?;
         let node = if action == NodeAction::Remove {
             before
         } else {
-            self.state.node(id)?
+            self.members.node(id)?
         };
         Ok(Response::new(NodeActionResponse {
             node: Some(node_info(node)),
@@ -123,7 +126,7 @@ impl Farm for FarmService {
             .load
             .ok_or(BadRequest::missing("load"))?
             .try_into()?;
-        let nodes = broadcast::select(&self.state, request.nodes)?;
+        let nodes = broadcast::select(&self.members, request.nodes)?;
         let spec = load.spec();
         info!(
             nodes = nodes.len(),
@@ -143,7 +146,7 @@ impl Farm for FarmService {
     ) -> Result<Response<BroadcastResponse>, Status> {
         let request = request.into_inner();
         let command = Command::try_from(request.command)?;
-        let nodes = broadcast::select(&self.state, request.nodes)?;
+        let nodes = broadcast::select(&self.members, request.nodes)?;
         let response = broadcast::broadcast(nodes, command).await;
         info!(
             succeeded = response.succeeded,

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::{ApiError, BadRequest, parse_node_id};
 use crate::{
     core::{NodeState, NodeView},
-    state::FarmState,
+    state::Members,
 };
 
 /// Longest measurement and longest warm-up a run may ask for.
@@ -47,7 +47,7 @@ const DEFAULT_FAIL_CODE: u32 = tonic::Code::Unavailable as u32;
 /// The LoadTest service.
 #[derive(Debug, Clone)]
 pub struct LoadTestService {
-    state: FarmState,
+    members: Members,
     /// Cancelled at shutdown: a running load test stops and reports.
     shutdown: CancellationToken,
     /// One permit: held by the running load test until its engine has
@@ -56,9 +56,9 @@ pub struct LoadTestService {
 }
 
 impl LoadTestService {
-    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
+    pub fn new(members: Members, shutdown: CancellationToken) -> Self {
         Self {
-            state,
+            members,
             shutdown,
             running: Arc::new(Semaphore::new(1)),
         }
@@ -90,7 +90,7 @@ impl LoadTest for LoadTestService {
         let permit = Arc::clone(&self.running)
             .try_acquire_owned()
             .map_err(|_| ApiError::LoadTestRunning)?;
-        let nodes = select(&self.state, &request.group, &request.node_ids)?;
+        let nodes = select(&self.members, &request.group, &request.node_ids)?;
         let targets = nodes
             .iter()
             .map(|n| {
@@ -268,14 +268,14 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
 /// `group` (every node when empty), only those listed in `node_ids` when
 /// any is. An unknown group or node id is NOT_FOUND; no healthy node left
 /// is FAILED_PRECONDITION.
-fn select(state: &FarmState, group: &str, node_ids: &[String]) -> Result<Vec<NodeView>, ApiError> {
-    let mut nodes = state.list_nodes(group)?;
+fn select(members: &Members, group: &str, node_ids: &[String]) -> Result<Vec<NodeView>, ApiError> {
+    let mut nodes = members.list_nodes(group)?;
     if !node_ids.is_empty() {
         let mut wanted = HashSet::with_capacity(node_ids.len());
         for id in node_ids {
             let id = parse_node_id("node_ids", id)?;
             // Each must exist, in the group or not.
-            state.node(id)?;
+            members.node(id)?;
             wanted.insert(id);
         }
         nodes.retain(|n| wanted.contains(&n.id));

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use super::{ApiError, BadRequest, parse_node_id, timestamp};
 use crate::{
     core::metrics::{FarmAggregate, Latency, NodeMetrics, Sample},
-    state::FarmState,
+    state::Samples,
 };
 
 /// `WatchMetrics` interval when the request gives none.
@@ -30,14 +30,14 @@ const MAX_INTERVAL_MS: u32 = 60_000;
 /// The Metrics service.
 #[derive(Debug, Clone)]
 pub struct MetricsService {
-    state: FarmState,
+    samples: Samples,
     /// Cancelled at shutdown: watch streams end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl MetricsService {
-    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
-        Self { state, shutdown }
+    pub fn new(samples: Samples, shutdown: CancellationToken) -> Self {
+        Self { samples, shutdown }
     }
 }
 
@@ -59,12 +59,12 @@ fn watch_interval(interval_ms: u32) -> Result<Duration, BadRequest> {
 /// The aggregate of `group`, computed on a blocking thread: at thousands
 /// of nodes decoding and merging their histograms takes milliseconds.
 async fn farm_metrics(
-    state: &FarmState,
+    samples: &Samples,
     group: &str,
     include_nodes: bool,
 ) -> Result<FarmAggregate, ApiError> {
-    let (state, group) = (state.clone(), group.to_owned());
-    tokio::task::spawn_blocking(move || state.farm_metrics(&group, include_nodes))
+    let (samples, group) = (samples.clone(), group.to_owned());
+    tokio::task::spawn_blocking(move || samples.farm(&group, include_nodes))
         .await
         .map_err(|e| ApiError::Task {
             what: "the metrics task",
@@ -80,7 +80,7 @@ impl Metrics for MetricsService {
         request: Request<GetFarmMetricsRequest>,
     ) -> Result<Response<FarmMetrics>, Status> {
         let request = request.into_inner();
-        let farm = farm_metrics(&self.state, &request.group, request.include_nodes).await?;
+        let farm = farm_metrics(&self.samples, &request.group, request.include_nodes).await?;
         Ok(Response::new(farm_message(farm)))
     }
 
@@ -89,7 +89,7 @@ impl Metrics for MetricsService {
         request: Request<GetNodeMetricsRequest>,
     ) -> Result<Response<GetNodeMetricsResponse>, Status> {
         let id = parse_node_id("node_id", &request.get_ref().node_id)?;
-        let (node, history) = self.state.node_metrics(id)?;
+        let (node, history) = self.samples.node(id)?;
         Ok(Response::new(GetNodeMetricsResponse {
             node: Some(node_message(node)),
             history: history.iter().map(sample_message).collect(),
@@ -106,9 +106,9 @@ impl Metrics for MetricsService {
         let request = request.into_inner();
         let period = watch_interval(request.interval_ms)?;
         // The first snapshot now: an unknown group fails the call itself.
-        let first = farm_metrics(&self.state, &request.group, request.include_nodes).await?;
+        let first = farm_metrics(&self.samples, &request.group, request.include_nodes).await?;
         let (tx, rx) = mpsc::channel(1);
-        let state = self.state.clone();
+        let samples = self.samples.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(period);
@@ -121,7 +121,7 @@ impl Metrics for MetricsService {
                 let farm = match next.take() {
                     Some(farm) => farm,
                     // A group purged since the watch began is an empty farm.
-                    None => farm_metrics(&state, &request.group, request.include_nodes)
+                    None => farm_metrics(&samples, &request.group, request.include_nodes)
                         .await
                         .unwrap_or_else(|_| FarmAggregate {
                             at: Some(SystemTime::now()),

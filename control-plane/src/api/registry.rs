@@ -1,6 +1,6 @@
 //! `farm.v1.Registry`: registration and the heartbeat stream.
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use farm_api::v1::{
     DeregisterRequest, DeregisterResponse, EffectiveConfig, HeartbeatRequest, HeartbeatResponse,
@@ -21,7 +21,8 @@ use crate::{
         HealthPolicy, RegistrationRequest,
         config::{Effective, lookup},
     },
-    state::FarmState,
+    prometheus::Telemetry,
+    state::{Configs, FarmState, Members, Samples},
 };
 
 /// Acknowledgements queued per stream before the node is considered stuck.
@@ -30,14 +31,23 @@ const ACK_QUEUE: usize = 16;
 /// The Registry service.
 #[derive(Debug, Clone)]
 pub struct RegistryService {
-    state: FarmState,
+    members: Members,
+    configs: Configs,
+    samples: Samples,
+    telemetry: Arc<Telemetry>,
     /// Cancelled at shutdown: open heartbeat streams end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl RegistryService {
-    pub fn new(state: FarmState, shutdown: CancellationToken) -> Self {
-        Self { state, shutdown }
+    pub fn new(state: &FarmState, shutdown: CancellationToken) -> Self {
+        Self {
+            members: state.members(),
+            configs: state.configs(),
+            samples: state.samples(),
+            telemetry: Arc::clone(state.telemetry()),
+            shutdown,
+        }
     }
 }
 
@@ -129,11 +139,11 @@ impl Registry for RegistryService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let registered = self
-            .state
+            .members
             .register(request.into_inner().try_into()?)
             .await?;
-        let policy = self.state.policy();
-        self.state.telemetry().registered(registered.reattached);
+        let policy = self.members.policy();
+        self.telemetry.registered(registered.reattached);
         if registered.reattached {
             debug!(node.id = %registered.id, "node re-attached");
         } else {
@@ -156,7 +166,12 @@ impl Registry for RegistryService {
         request: Request<Streaming<HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         let mut inbound = request.into_inner();
-        let state = self.state.clone();
+        let (members, configs, samples) = (
+            self.members.clone(),
+            self.configs.clone(),
+            self.samples.clone(),
+        );
+        let telemetry = Arc::clone(&self.telemetry);
         let shutdown = self.shutdown.clone();
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         // The response starts at once; the node's first message (its
@@ -175,7 +190,7 @@ impl Registry for RegistryService {
                 let _ = tx.send(Err(refused.into())).await;
                 return;
             }
-            let (id, epoch) = match state.open_stream(&first.node_id, &first.secret) {
+            let (id, epoch) = match members.open_stream(&first.node_id, &first.secret) {
                 Ok(opened) => opened,
                 Err(err) => {
                     let _ = tx.send(Err(err.into())).await;
@@ -183,21 +198,21 @@ impl Registry for RegistryService {
                 }
             };
             debug!(node.id = %id, epoch, "heartbeat stream opened");
-            let _open = state.telemetry().heartbeat_stream();
-            let policy = state.policy();
-            let mut changes = state.config_changes();
-            let mut pusher = Pusher::new(state.effective_config(id).ok(), policy);
+            let _open = telemetry.heartbeat_stream();
+            let policy = members.policy();
+            let mut changes = configs.changes();
+            let mut pusher = Pusher::new(configs.effective(id).ok(), policy);
             let mut message = first;
             loop {
                 if let Err(err) =
-                    state.heartbeat(id, epoch, message.config_version, message.serving)
+                    members.heartbeat(id, epoch, message.config_version, message.serving)
                 {
                     let _ = tx.send(Err(err.into())).await;
                     break;
                 }
                 if let Some(sample) = message.metrics.take() {
                     let sample = sample_from_message(sample, std::time::SystemTime::now());
-                    state.record_sample(id, sample);
+                    samples.record(id, sample);
                 }
                 pusher.reported = message.config_version;
                 let ack = HeartbeatResponse {
@@ -206,7 +221,7 @@ impl Registry for RegistryService {
                     config: pusher.due(),
                 };
                 if ack.config.is_some() {
-                    state.telemetry().config_pushed();
+                    telemetry.config_pushed();
                 }
                 if tx.send(Ok(ack)).await.is_err() {
                     break;
@@ -220,14 +235,14 @@ impl Registry for RegistryService {
                             if changed.is_err() {
                                 break Ok(None);
                             }
-                            pusher.update(state.effective_config(id).ok());
+                            pusher.update(configs.effective(id).ok());
                             if let Some(config) = pusher.due() {
                                 let push = HeartbeatResponse {
                                     ack_seq: 0,
                                     heartbeat_interval_ms: pusher.interval_ms,
                                     config: Some(config),
                                 };
-                                state.telemetry().config_pushed();
+                                telemetry.config_pushed();
                                 if tx.send(Ok(push)).await.is_err() {
                                     break Ok(None);
                                 }
@@ -244,7 +259,7 @@ impl Registry for RegistryService {
                     Ok(None) | Err(_) => break,
                 };
             }
-            state.close_stream(id, epoch);
+            members.close_stream(id, epoch);
             debug!(node.id = %id, epoch, "heartbeat stream closed");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -259,7 +274,7 @@ impl Registry for RegistryService {
             return Err(BadRequest::Rule("node_id and secret are required").into());
         }
         let id = self
-            .state
+            .members
             .deregister(&request.node_id, &request.secret)
             .await?;
         info!(node.id = %id, "node deregistered");

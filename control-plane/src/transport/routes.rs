@@ -47,7 +47,7 @@ impl Api {
     pub(crate) fn new(state: FarmState, supervisor: Option<Supervisor>) -> Self {
         let shutdown = CancellationToken::new();
         Self {
-            load_test: LoadTestService::new(state.clone(), shutdown.clone()),
+            load_test: LoadTestService::new(state.members(), shutdown.clone()),
             state,
             supervisor,
             shutdown,
@@ -85,27 +85,27 @@ pub(crate) fn routes(
     let mut routes = Routes::builder();
     routes
         .add_service(
-            RegistryServer::new(RegistryService::new(state.clone(), shutdown.clone()))
+            RegistryServer::new(RegistryService::new(state, shutdown.clone()))
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            DiscoveryServer::new(DiscoveryService::new(state.clone(), shutdown.clone()))
+            DiscoveryServer::new(DiscoveryService::new(state.members(), shutdown.clone()))
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            FarmServer::new(FarmService::new(state.clone(), api.supervisor.clone()))
+            FarmServer::new(FarmService::new(state.members(), api.supervisor.clone()))
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            ConfigServer::new(ConfigService::new(state.clone(), shutdown.clone()))
+            ConfigServer::new(ConfigService::new(state.configs(), shutdown.clone()))
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            MetricsServer::new(MetricsService::new(state.clone(), shutdown.clone()))
+            MetricsServer::new(MetricsService::new(state.samples(), shutdown.clone()))
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
@@ -185,7 +185,7 @@ async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
             "shutting down\n".to_owned(),
         );
     }
-    let healthy = api.state.count_by_state(NodeState::Healthy);
+    let healthy = api.state.members().count_by_state(NodeState::Healthy);
     let desired = api.supervisor.as_ref().map_or(0, Supervisor::desired);
     (
         StatusCode::OK,

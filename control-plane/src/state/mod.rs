@@ -1,0 +1,214 @@
+//! Shared state of a running control plane, as three handles on one
+//! [`Arc`]: [`Members`] (the registry of nodes, groups and health, and its
+//! membership events), [`Configs`] (configuration versions and their
+//! pushes) and [`Samples`] (the nodes' metrics). Each service holds the
+//! handles it needs; all of them see the same state.
+//!
+//! Store I/O never runs on an async worker: node identities go through the
+//! [`NodeWriter`]'s thread (a caller awaits its batch without holding a
+//! thread), and every configuration read or write runs on a blocking
+//! thread, so a slow disk sync stalls no other call.
+//!
+//! Locks: the registry, the configuration book and the metrics book each
+//! have their own `std::sync::Mutex` (every critical section is short and
+//! never awaits). When two are needed the registry is locked first, and the
+//! metrics book is never held with either.
+
+mod configs;
+mod members;
+mod samples;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use thiserror::Error;
+use tokio::sync::{broadcast, watch};
+use tracing::info;
+
+pub use configs::Configs;
+pub use members::{Members, WatchStart};
+pub use samples::Samples;
+
+use crate::{
+    core::{
+        DomainError, Event, HealthPolicy, Limits, Now, Registry,
+        config::{ConfigBook, ConfigEntry},
+        metrics::MetricsBook,
+    },
+    prometheus::Telemetry,
+    store::{NodeWriter, Store, StoreError, wall_micros},
+};
+
+/// Events a slow watcher may fall behind by before it is reset.
+const EVENT_BUFFER: usize = 8192;
+/// Configuration versions a slow watcher may fall behind by before it is
+/// resynchronised from the store.
+const CONFIG_EVENT_BUFFER: usize = 1024;
+
+/// Why a state operation failed.
+#[derive(Debug, Error)]
+pub enum StateError {
+    /// The domain refused the operation.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The store failed; nothing was acknowledged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The whole state: where the handles come from.
+#[derive(Debug, Clone)]
+pub struct FarmState {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    registry: Mutex<Registry>,
+    store: Arc<Store>,
+    /// Registrations' identities and removals, written in batches.
+    writer: NodeWriter,
+    events: broadcast::Sender<Arc<Event>>,
+    /// Latest version of every scope. Locked after `registry` when both are
+    /// needed, never the other way round.
+    config: Mutex<ConfigBook>,
+    /// The highest configuration version: heartbeat streams wake on it.
+    config_version: watch::Sender<u64>,
+    /// Every new configuration version, for `WatchConfig`.
+    config_events: broadcast::Sender<Arc<ConfigEntry>>,
+    /// The nodes' recent metrics samples. Never held together with
+    /// `registry`: the node list is read first, then this.
+    metrics: Mutex<MetricsBook>,
+    /// The control plane's own counters, for `/metrics`.
+    telemetry: Arc<Telemetry>,
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // Registry methods leave it consistent at every return; a panic in
+        // one would be a bug, and refusing all further work would not help.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn book(&self) -> MutexGuard<'_, ConfigBook> {
+        // The book changes only by `commit`, after the store has the entry.
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn metrics(&self) -> MutexGuard<'_, MetricsBook> {
+        // Every book method leaves it consistent.
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the registry's new events; called with its lock held, so
+    /// watchers see events in revision order.
+    fn publish(&self, registry: &mut Registry) {
+        for event in registry.take_events() {
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(Arc::new(event));
+        }
+    }
+}
+
+impl FarmState {
+    /// Opens the store in `dir`, loads the stored identities and
+    /// configuration, and starts the identity writer. Blocks on the disk:
+    /// runs on a blocking thread.
+    pub async fn open(
+        dir: std::path::PathBuf,
+        policy: HealthPolicy,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, policy, limits))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    fn open_blocking(
+        dir: &std::path::Path,
+        policy: HealthPolicy,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let store = Store::open(dir)?;
+        let now = Now::read();
+        let mut registry = Registry::new(policy, limits, wall_micros(now.wall), now);
+        let stored = store.load_nodes()?;
+        if !stored.is_empty() {
+            info!(
+                nodes = stored.len(),
+                "restored node identities from the store"
+            );
+        }
+        registry.restore(stored, now);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (latest, last_version) = store.load_configs()?;
+        let book = ConfigBook::new(latest, last_version);
+        let (config_version, _) = watch::channel(book.last_version());
+        let (config_events, _) = broadcast::channel(CONFIG_EVENT_BUFFER);
+        let store = Arc::new(store);
+        let writer = NodeWriter::start(Arc::clone(&store))
+            .map_err(|e| StoreError::Batch(format!("cannot start the writer: {e}")))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                registry: Mutex::new(registry),
+                store,
+                writer,
+                events,
+                config: Mutex::new(book),
+                config_version,
+                config_events,
+                metrics: Mutex::new(MetricsBook::new()),
+                telemetry: Arc::default(),
+            }),
+        })
+    }
+
+    /// Nodes, groups, health and membership events.
+    pub fn members(&self) -> Members {
+        Members::new(Arc::clone(&self.shared))
+    }
+
+    /// Configuration versions and their pushes.
+    pub fn configs(&self) -> Configs {
+        Configs::new(Arc::clone(&self.shared))
+    }
+
+    /// The nodes' metrics samples.
+    pub fn samples(&self) -> Samples {
+        Samples::new(Arc::clone(&self.shared))
+    }
+
+    /// The control plane's own counters.
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.shared.telemetry
+    }
+
+    /// Applies deadlines every `period` (and forgets, in the store, nodes
+    /// dropped for silence) until the returned task is aborted.
+    pub fn spawn_ticker(&self, period: Duration) -> tokio::task::JoinHandle<()> {
+        let members = self.members();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                members.tick().await;
+            }
+        })
+    }
+
+    /// Closes the store once every write in flight is on disk: the writer's
+    /// thread finishes its queue and ends, and the write-ahead log is folded
+    /// into the database. Later writes fail as if the disk were gone.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            shared.writer.close();
+            shared.store.close()
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
