@@ -1,8 +1,11 @@
 //! Runtimes start, stop and signal the farm's nodes. Everything that touches
 //! processes or containers lives behind the [`Runtime`] trait, so the
-//! supervisor never knows which kind of node it keeps at size.
+//! supervisor never knows which kind of node it keeps at size. Tests of the
+//! supervisor use `memory`, a runtime that only records calls.
 
 pub mod docker;
+#[cfg(test)]
+pub(crate) mod memory;
 mod process;
 pub(crate) mod select;
 
