@@ -138,6 +138,7 @@ pub async fn run(
             listener,
             routes.clone(),
             config.tokens.clone(),
+            config.browser.clone(),
             Arc::clone(&telemetry),
             server_stop.clone().cancelled_owned(),
         ))
@@ -146,6 +147,7 @@ pub async fn run(
         listener,
         routes,
         config.tokens.clone(),
+        config.browser.clone(),
         telemetry,
         server_stop.clone().cancelled_owned(),
     ));
