@@ -44,9 +44,12 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     if browser.any_origin() {
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
         warn!(
-            address = ?listener.local_addr().ok(),
-            "--cors-origin '*': every web page a browser here opens may call this farm"
+            %address,
+            "--cors-origin '*': any web page opened in a browser that reaches this port may call the farm"
         );
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -63,7 +66,7 @@ pub(crate) async fn serve(
         // Outermost: refuse foreign hosts (DNS rebinding) and untrusted
         // origins before any other layer or handler sees the request.
         .layer(browser::BrowserGuardLayer::new(browser))
-        // Answer CORS preflights before anything else runs.
+        // Answer the preflights of the origins let through; mark their calls.
         .layer(cors())
         // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
         .layer(grpc_web::GrpcWebOrPlainLayer)
