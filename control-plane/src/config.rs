@@ -12,7 +12,10 @@ use thiserror::Error;
 
 use crate::{
     core::{HealthPolicy, Limits},
-    transport::auth::{Token, Tokens, parse_token},
+    transport::{
+        auth::{Token, Tokens, parse_token},
+        browser::BrowserPolicy,
+    },
 };
 
 /// gRPC control plane for a simulated server farm.
@@ -151,6 +154,34 @@ pub struct ServeArgs {
     /// configuration reads (dashboards).
     #[arg(long, env = "FARM_VIEWER_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub viewer_token: Option<Token>,
+
+    /// A web origin (`scheme://host[:port]`, e.g. `http://localhost:5173`)
+    /// whose pages may call the API from a browser. Pages served by the
+    /// control plane itself (the same origin) always may; no other origin
+    /// may unless listed here. Repeatable, or comma-separated. `*` allows
+    /// every origin: any web page opened in a browser that reaches this port
+    /// could then drive the farm.
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "FARM_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// A host name browsers may address the control plane by (e.g. this
+    /// machine's name, or a proxy's), any port. IP addresses and
+    /// `localhost` always pass; a browser request naming any other host is
+    /// refused (HTTP 421), which stops DNS rebinding. gRPC clients over
+    /// HTTP/2 without an `Origin` may use any name. Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "allowed-host",
+        value_name = "HOST",
+        env = "FARM_ALLOWED_HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Parses a size: a number with an optional unit (`k`, `m`, `g`, `KiB`,
@@ -235,6 +266,21 @@ or listen on loopback (127.0.0.1, ::1), where no token is needed"
 (or use --runtime none, where nodes come from elsewhere)"
     )]
     NoNodeToken,
+    /// A `--cors-origin` value is not an origin.
+    #[error(
+        "--cors-origin {value:?} is not an origin: {problem} \
+(an origin is scheme://host[:port], e.g. http://localhost:5173)"
+    )]
+    CorsOrigin {
+        value: String,
+        problem: &'static str,
+    },
+    /// An `--allowed-host` value is not a host name.
+    #[error("--allowed-host {value:?} is not a host name: {problem} (e.g. farm.example)")]
+    AllowedHost {
+        value: String,
+        problem: &'static str,
+    },
 }
 
 /// Validated settings of `serve`.
@@ -255,6 +301,9 @@ pub struct ServeConfig {
     pub keep_nodes: bool,
     /// Bearer tokens of each role; none means every call is let through.
     pub tokens: Tokens,
+    /// Which browser pages may call, by origin, and which host names
+    /// browsers may use.
+    pub browser: BrowserPolicy,
 }
 
 /// Settings of the Docker runtime.
@@ -305,6 +354,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             return Err(ConfigError::Memory(args.node_memory));
         }
         let tokens = tokens(args)?;
+        let browser = browser(args)?;
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -332,8 +382,33 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             start_parallelism: args.start_parallelism.map(usize::from),
             keep_nodes: args.keep_nodes,
             tokens,
+            browser,
         })
     }
+}
+
+/// The browser policy of `args`: each origin and host name well-formed.
+/// Empty values (`FARM_CORS_ORIGIN=`, a trailing comma) add nothing.
+fn browser(args: &ServeArgs) -> Result<BrowserPolicy, ConfigError> {
+    let given = |values: &[String]| {
+        values
+            .iter()
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
+            .collect::<Vec<String>>()
+    };
+    let mut policy = BrowserPolicy::default();
+    for value in given(&args.cors_origins) {
+        if let Err(problem) = policy.trust_origin(&value) {
+            return Err(ConfigError::CorsOrigin { value, problem });
+        }
+    }
+    for value in given(&args.allowed_hosts) {
+        if let Err(problem) = policy.allow_host(&value) {
+            return Err(ConfigError::AllowedHost { value, problem });
+        }
+    }
+    Ok(policy)
 }
 
 /// The tokens of `args`, each usable and distinct; none only on loopback.
@@ -586,6 +661,56 @@ mod tests {
         assert_eq!(
             config.tokens.node.as_ref().map(Token::expose),
             Some("node-secret")
+        );
+    }
+
+    #[test]
+    fn browser_flags_are_checked() {
+        let err = parse(&["--cors-origin", "evil.example"]).expect_err("no scheme");
+        assert!(
+            err.contains("--cors-origin \"evil.example\"") && err.contains("no scheme"),
+            "{err}"
+        );
+        let err = parse(&["--cors-origin", "http://a.example/app"]).expect_err("a path");
+        assert!(err.contains("no path"), "{err}");
+        let err = parse(&["--allowed-host", "farm.example:80"]).expect_err("a port");
+        assert!(
+            err.contains("--allowed-host") && err.contains("without a port"),
+            "{err}"
+        );
+
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(config.browser, BrowserPolicy::default());
+        assert!(!config.browser.any_origin());
+
+        let mut want = BrowserPolicy::default();
+        want.trust_origin("http://localhost:5173").expect("origin");
+        want.trust_origin("https://farm.example").expect("origin");
+        want.allow_host("farm.example").expect("host");
+        want.allow_host("build-box").expect("host");
+        // Repeated, or comma-separated as the variables hold them.
+        let config = parse(&[
+            "--cors-origin",
+            "http://localhost:5173,https://farm.example",
+            "--allowed-host",
+            "farm.example",
+            "--allowed-host",
+            "build-box",
+        ])
+        .expect("valid");
+        assert_eq!(config.browser, want);
+
+        assert_eq!(
+            parse(&["--cors-origin", "", "--allowed-host", ""])
+                .expect("empty values add nothing")
+                .browser,
+            BrowserPolicy::default()
+        );
+        assert!(
+            parse(&["--cors-origin", "*"])
+                .expect("every origin")
+                .browser
+                .any_origin()
         );
     }
 }

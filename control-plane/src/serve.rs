@@ -137,6 +137,7 @@ pub async fn run(
             listener,
             routes.clone(),
             config.tokens.clone(),
+            config.browser.clone(),
             Arc::clone(&telemetry),
             server_stop.clone().cancelled_owned(),
         ))
@@ -145,6 +146,7 @@ pub async fn run(
         listener,
         routes,
         config.tokens.clone(),
+        config.browser.clone(),
         telemetry,
         server_stop.clone().cancelled_owned(),
     ));

@@ -522,7 +522,8 @@ async fn health_reflection_and_http_stay_open() {
     assert!(names.contains(&"farm.v1.Farm"), "{names:?}");
 
     for path in ["/", "/healthz", "/readyz"] {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let response = http(farm.addr, request.as_bytes()).await;
         assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
     }
@@ -545,7 +546,7 @@ async fn http(addr: std::net::SocketAddr, request: &[u8]) -> String {
 fn grpc_web_list_groups(authorization: Option<&str>) -> Vec<u8> {
     let header = authorization.map_or_else(String::new, |a| format!("authorization: {a}\r\n"));
     format!(
-        "POST /farm.v1.Discovery/ListGroups HTTP/1.1\r\nHost: x\r\n\
+        "POST /farm.v1.Discovery/ListGroups HTTP/1.1\r\nHost: localhost\r\n\
 content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n{header}\
 origin: http://localhost:5173\r\ncontent-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
     )
@@ -554,7 +555,8 @@ origin: http://localhost:5173\r\ncontent-length: 5\r\nConnection: close\r\n\r\n\
 
 #[tokio::test]
 async fn grpc_web_calls_need_a_token_too() {
-    let farm = Farm::start(0, TOKENS).await;
+    let flags = [TOKENS, &["--cors-origin", "http://localhost:5173"]].concat();
+    let farm = Farm::start(0, &flags).await;
 
     let shown = http(farm.addr, &grpc_web_list_groups(None)).await;
     let lower = shown.to_ascii_lowercase();
@@ -587,7 +589,7 @@ async fn grpc_web_calls_need_a_token_too() {
 
     // A viewer may not scale the farm from a browser either.
     let scale = format!(
-        "POST /farm.v1.Farm/Scale HTTP/1.1\r\nHost: x\r\n\
+        "POST /farm.v1.Farm/Scale HTTP/1.1\r\nHost: localhost\r\n\
 content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: {viewer}\r\n\
 content-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
     );
@@ -598,7 +600,7 @@ content-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
     );
 
     // Preflights carry no token and still pass.
-    let preflight = b"OPTIONS /farm.v1.Farm/ListNodes HTTP/1.1\r\nHost: x\r\n\
+    let preflight = b"OPTIONS /farm.v1.Farm/ListNodes HTTP/1.1\r\nHost: localhost\r\n\
 origin: http://localhost:5173\r\naccess-control-request-method: POST\r\n\
 access-control-request-headers: content-type,x-grpc-web,authorization\r\nConnection: close\r\n\r\n";
     let shown = http(farm.addr, preflight).await.to_ascii_lowercase();

@@ -505,7 +505,7 @@ async fn a_run_ends_with_a_partial_report_when_the_control_plane_stops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_browser_runs_a_load_test_through_grpc_web() {
-    let farm = Farm::start(1, &[]).await;
+    let farm = Farm::start(1, &["--cors-origin", "http://localhost:5173"]).await;
     let nodes = farm.wait_healthy(1, Duration::from_secs(20)).await;
 
     let message = quick(500).encode_to_vec();
@@ -513,7 +513,7 @@ async fn a_browser_runs_a_load_test_through_grpc_web() {
     body.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
     body.extend_from_slice(&message);
     let mut request = format!(
-        "POST /farm.v1.LoadTest/Run HTTP/1.1\r\nHost: x\r\n\
+        "POST /farm.v1.LoadTest/Run HTTP/1.1\r\nHost: localhost\r\n\
 content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
 origin: http://localhost:5173\r\ncontent-length: {}\r\nConnection: close\r\n\r\n",
         body.len()

@@ -486,7 +486,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
 /// Sends one raw HTTP/1.1 request and returns the head and the body.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
@@ -1128,7 +1128,7 @@ async fn watch_metrics_streams_over_grpc_web() {
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(&message);
     let head = format!(
-        "POST /farm.v1.Metrics/WatchMetrics HTTP/1.1\r\nHost: x\r\n\
+        "POST /farm.v1.Metrics/WatchMetrics HTTP/1.1\r\nHost: localhost\r\n\
 content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
 content-length: {}\r\nConnection: close\r\n\r\n",
         body.len()

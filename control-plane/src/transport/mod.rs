@@ -2,11 +2,13 @@
 //! HTTP, all on one listener, behind one tower stack.
 //!
 //! [`services`] is the table of what is served; [`routes`] builds the
-//! routes from it and `api/`'s handlers; [`auth`] decides who may call what;
+//! routes from it and `api/`'s handlers; [`browser`] keeps other web pages
+//! (and rebound DNS names) out; [`auth`] decides who may call what;
 //! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
 //! [`rpc_metrics`] counts the calls. [`serve`] stacks them in order.
 
 pub(crate) mod auth;
+pub(crate) mod browser;
 mod grpc_web;
 mod routes;
 mod rpc_metrics;
@@ -21,13 +23,15 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::warn;
 
 pub(crate) use routes::{Api, routes};
 
 use crate::prometheus::Telemetry;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains.
-/// Calls to `farm.v1` need one of `tokens` (when any is set).
+/// Browsers may call as `browser` allows; calls to `farm.v1` need one of
+/// `tokens` (when any is set).
 ///
 /// The stack, outermost first; each layer sits where it does for the
 /// reason on its line.
@@ -35,9 +39,19 @@ pub(crate) async fn serve(
     listener: TcpListener,
     mut routes: Routes,
     tokens: auth::Tokens,
+    browser: browser::BrowserPolicy,
     telemetry: Arc<Telemetry>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
+    if browser.any_origin() {
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        warn!(
+            %address,
+            "--cors-origin '*': any web page opened in a browser that reaches this port may call the farm"
+        );
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = std::mem::take(routes.axum_router_mut());
     // Innermost, on the routes: counts only calls that passed auth, by the
@@ -49,7 +63,10 @@ pub(crate) async fn serve(
         // Notice dead peers on idle connections (a node frozen mid-stream).
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        // Outermost: answer CORS preflights before anything else runs.
+        // Outermost: refuse foreign hosts (DNS rebinding) and untrusted
+        // origins before any other layer or handler sees the request.
+        .layer(browser::BrowserGuardLayer::new(browser))
+        // Answer the preflights of the origins let through; mark their calls.
         .layer(cors())
         // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
         .layer(grpc_web::GrpcWebOrPlainLayer)
@@ -61,12 +78,14 @@ pub(crate) async fn serve(
         .await
 }
 
-/// CORS for browsers calling through gRPC-Web: any origin, the gRPC-Web
-/// headers in, and the gRPC status headers out.
+/// CORS for browsers calling through gRPC-Web: the request's origin (the
+/// guard outside has refused every origin not allowed), the gRPC-Web
+/// headers in, and the gRPC status headers out. No credentials: nothing on
+/// this port reads cookies, and tokens travel in `authorization`, set by
+/// the page itself.
 fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
-        .allow_credentials(true)
         .max_age(Duration::from_secs(24 * 60 * 60))
         .allow_methods([http::Method::GET, http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
