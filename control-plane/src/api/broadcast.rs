@@ -4,9 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use farm_api::v1::{
-    BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
-    workload_client::WorkloadClient,
+use farm_api::{
+    node::{MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB},
+    v1::{
+        BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
+        workload_client::WorkloadClient,
+    },
 };
 use futures::{StreamExt, stream};
 use tonic::{Status, transport::Endpoint};
@@ -146,8 +149,8 @@ async fn call(address: &str, command: Command) -> Result<String, Status> {
     Ok(output.to_string())
 }
 
-/// Checks a load before any node is asked, so a bad one fails the call as a
-/// whole instead of every node one by one.
+/// Checks a load against the node's limits before any node is asked, so a
+/// bad one fails the call as a whole instead of every node one by one.
 pub fn validate_load(spec: &LoadSpec) -> Result<(), Status> {
     if !(0.0..=100.0).contains(&spec.cpu_percent) {
         return Err(Status::invalid_argument(format!(
@@ -155,15 +158,15 @@ pub fn validate_load(spec: &LoadSpec) -> Result<(), Status> {
             spec.cpu_percent
         )));
     }
-    if spec.memory_mib > 1024 {
+    if spec.memory_mib > MAX_LOAD_MEMORY_MIB {
         return Err(Status::invalid_argument(format!(
-            "memory_mib must be at most 1024, got {}",
+            "memory_mib must be at most {MAX_LOAD_MEMORY_MIB}, got {}",
             spec.memory_mib
         )));
     }
-    if !(1..=600_000).contains(&spec.duration_ms) {
+    if !(1..=MAX_LOAD_DURATION_MS).contains(&spec.duration_ms) {
         return Err(Status::invalid_argument(format!(
-            "duration_ms must be between 1 and 600000, got {}",
+            "duration_ms must be between 1 and {MAX_LOAD_DURATION_MS}, got {}",
             spec.duration_ms
         )));
     }
