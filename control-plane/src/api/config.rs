@@ -1,9 +1,15 @@
 //! `farm.v1.Config`: versioned configuration per scope, and its pushes.
+//!
+//! Data is checked before it is stored, by a write or a rollback, with the
+//! parser nodes apply it with (`farm_api::node`): a known key holding a value
+//! a node would ignore is refused; keys the farm does not know are the
+//! user's own and pass.
 
 use std::pin::Pin;
 
 use farm_api::{
     json,
+    node::{self, InvalidConfig},
     v1::{
         self, ChangeKind, ConfigEvent, DiffRequest, DiffResponse, EffectiveConfig,
         GetConfigRequest, GetConfigResponse, GetEffectiveConfigRequest, HistoryRequest,
@@ -69,6 +75,19 @@ fn wire_data(data: &Value) -> prost_types::Struct {
     data.as_object()
         .map(json::json_to_struct)
         .unwrap_or_default()
+}
+
+/// The answer to configuration data holding known keys with values a node
+/// could not apply (of version `rollback_of`, for a rollback):
+/// INVALID_ARGUMENT, one sentence per key, naming its value and what it
+/// takes.
+fn unusable_config(err: &InvalidConfig, rollback_of: Option<u64>) -> Status {
+    match rollback_of {
+        None => Status::invalid_argument(err.to_string()),
+        Some(version) => Status::invalid_argument(format!(
+            "version {version} cannot be restored, a node could not apply it: {err}"
+        )),
+    }
 }
 
 fn version_message(entry: &ConfigEntry) -> v1::ConfigVersion {
@@ -273,6 +292,7 @@ impl Config for ConfigService {
             .as_ref()
             .map(json::struct_to_json)
             .ok_or_else(|| Status::invalid_argument("data is required (a JSON object)"))?;
+        node::check(&data).map_err(|err| unusable_config(&err, None))?;
         let expected = request.expected_version;
         let entry = self
             .blocking(move |state| state.put_config(scope, Value::Object(data), expected, role, 0))
@@ -318,8 +338,25 @@ impl Config for ConfigService {
         }
         let (version, expected) = (request.version, request.expected_version);
         let entry = self
-            .blocking(move |state| state.rollback_config(scope, version, expected, role))
-            .await?;
+            .blocking(move |state| {
+                // The target is checked as a write would be; it cannot have
+                // changed by the time it is written again: stored versions
+                // never change.
+                let target = state.config_history(&scope, version.saturating_add(1), 1)?;
+                if let Some(data) = target
+                    .first()
+                    .filter(|entry| entry.version == version)
+                    .and_then(|entry| entry.data.as_object())
+                    && let Err(err) = node::check(data)
+                {
+                    return Ok(Err(err));
+                }
+                state
+                    .rollback_config(scope, version, expected, role)
+                    .map(Ok)
+            })
+            .await?
+            .map_err(|err| unusable_config(&err, Some(version)))?;
         info!(scope = %entry.scope, version = entry.version, rollback_of = version, role, "configuration rolled back");
         Ok(Response::new(RollbackResponse {
             scope: entry.scope.to_string(),
