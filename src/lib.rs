@@ -4,7 +4,8 @@
 //!
 //! - [`v1`]: message types, clients and servers generated from
 //!   `proto/farm/v1/*.proto`, and [`FILE_DESCRIPTOR_SET`] for server
-//!   reflection.
+//!   reflection; the servers decode with [`codec::ServerCodec`], which
+//!   answers a request that does not decode with `INVALID_ARGUMENT`.
 //! - [`node`]: what a node does and accepts: its limits, the configuration
 //!   keys it applies and the one parser that reads them, which the control
 //!   plane also uses to refuse configurations a node could not apply.
@@ -13,6 +14,7 @@
 //! - [`status`]: gRPC status codes by their canonical names.
 //! - [`Bearer`]: the one way every client presents its token.
 
+pub mod codec;
 pub mod json;
 pub mod node;
 pub mod status;
@@ -20,7 +22,10 @@ pub mod status;
 /// Generated `farm.v1` types, clients (`*_client`) and servers (`*_server`).
 pub mod v1 {
     #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    // Messages and clients.
     tonic::include_proto!("farm.v1");
+    // Servers, generated apart with their own codec (see `build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/server/farm.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of `farm.v1` and its imports, for server

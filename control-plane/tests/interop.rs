@@ -140,6 +140,18 @@ async fn grpcurl_sees_configurations_a_node_cannot_apply_refused() {
         )
     );
 
+    // Data 90 objects deep: more than the server decodes. grpcurl sends it
+    // as it is, and gets one short sentence back.
+    let deep = (0..89).fold("{}".to_owned(), |inner, _| format!(r#"{{"a": {inner}}}"#));
+    let output = put(deep).await.expect("grpcurl");
+    let (code, message) = grpcurl_error(&output);
+    assert_eq!(code, "InvalidArgument");
+    assert_eq!(
+        message,
+        "the request could not be decoded: it is nested too deeply"
+    );
+    assert!(message.len() < 200);
+
     // Nothing was stored.
     let output = run(
         "grpcurl",
