@@ -1,6 +1,13 @@
 //! Compiles `proto/farm/v1/*.proto` with protox (no system `protoc`) into
 //! tonic clients and servers, and writes the encoded file descriptor set that
 //! server reflection serves.
+//!
+//! Two passes, because tonic-prost-build gives clients and servers one
+//! codec: the first writes the messages and the clients, which use
+//! tonic-prost's own codec (a response that does not decode is the server's
+//! fault: INTERNAL); the second writes only the servers, under `server/`,
+//! with `farm_api::codec::ServerCodec` (a request that does not decode is
+//! the caller's fault: INVALID_ARGUMENT) and the messages of the first pass.
 
 use std::{env, fs, path::PathBuf};
 
@@ -25,7 +32,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     tonic_prost_build::configure()
         .build_client(true)
+        .build_server(false)
+        .compile_fds(descriptors.clone())?;
+
+    let server_dir = out_dir.join("server");
+    fs::create_dir_all(&server_dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
         .build_server(true)
+        .codec_path("crate::codec::ServerCodec")
+        .extern_path(".farm.v1", "crate::v1")
+        .out_dir(&server_dir)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,12 +1,31 @@
-//! The `farm.v1` gRPC API: message types, clients and servers generated from
-//! `proto/farm/v1/*.proto`, and the encoded file descriptor set that server
-//! reflection serves, and [`Bearer`], the one way every client presents its
-//! token. Nothing else: no logic lives here.
+//! The `farm.v1` gRPC API and the node's contract, shared by `farm-node`,
+//! `loadgen` and `control-plane` so that each of them holds a node to the
+//! same rules:
+//!
+//! - [`v1`]: message types, clients and servers generated from
+//!   `proto/farm/v1/*.proto`, and [`FILE_DESCRIPTOR_SET`] for server
+//!   reflection; the servers decode with [`codec::ServerCodec`], which
+//!   answers a request that does not decode with `INVALID_ARGUMENT`.
+//! - [`node`]: what a node does and accepts: its limits, the configuration
+//!   keys it applies and the one parser that reads them, which the control
+//!   plane also uses to refuse configurations a node could not apply.
+//! - [`json`]: JSON ↔ `google.protobuf.Struct`, the form configurations
+//!   travel in.
+//! - [`status`]: gRPC status codes by their canonical names.
+//! - [`Bearer`]: the one way every client presents its token.
+
+pub mod codec;
+pub mod json;
+pub mod node;
+pub mod status;
 
 /// Generated `farm.v1` types, clients (`*_client`) and servers (`*_server`).
 pub mod v1 {
     #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+    // Messages and clients.
     tonic::include_proto!("farm.v1");
+    // Servers, generated apart with their own codec (see `build.rs`).
+    include!(concat!(env!("OUT_DIR"), "/server/farm.v1.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of `farm.v1` and its imports, for server

@@ -1,5 +1,6 @@
 //! `farm.v1.Config`: versions, compare-and-set, history, rollback, diff,
-//! durability across a crash, watches, and pushes to every node.
+//! durability across a crash, watches, pushes to every node, and values a
+//! node could not apply refused before they are stored.
 
 mod common;
 
@@ -13,6 +14,7 @@ use farm_api::v1::{
 };
 use nix::sys::signal;
 use prost_types::{Struct, Value, value::Kind};
+use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 
@@ -47,6 +49,11 @@ fn put(scope: &str, data: Struct, expected: u64) -> PutConfigRequest {
         data: Some(data),
         expected_version: expected,
     }
+}
+
+/// A JSON object as configuration data.
+fn data(value: serde_json::Value) -> Struct {
+    farm_api::json::json_to_struct(value.as_object().expect("an object"))
 }
 
 fn delay_of(data: &Option<Struct>) -> Option<f64> {
@@ -603,4 +610,192 @@ async fn heartbeat_interval_ms_changes_how_often_a_node_heartbeats() {
         after >= 10,
         "about 20 heartbeats in 800 ms at 40 ms: {after}"
     );
+}
+
+#[tokio::test]
+async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = config(&farm);
+    let cases = [
+        (
+            json!({"workload": {"delay_ms": -5}}),
+            "workload.delay_ms is -5; it must be a whole number from 0 to 60000.",
+        ),
+        (
+            json!({"workload": {"delay_ms": "abc"}}),
+            "workload.delay_ms is \"abc\"; it must be a whole number from 0 to 60000.",
+        ),
+        (
+            json!({"workload.delay_ms": 1.5}),
+            "workload.delay_ms is 1.5; it must be a whole number from 0 to 60000.",
+        ),
+        (
+            json!({"workload": {"response_bytes": 4_000_001}}),
+            "workload.response_bytes is 4000001; it must be a whole number from 0 to 4000000.",
+        ),
+        (
+            json!({"workload": {"error_rate": 2}}),
+            "workload.error_rate is 2; it must be a number from 0 to 1.",
+        ),
+        (
+            json!({"workload.error_rate": true}),
+            "workload.error_rate is true; it must be a number from 0 to 1.",
+        ),
+        (
+            json!({"heartbeat_interval_ms": 5}),
+            "heartbeat_interval_ms is 5; it must be a whole number from 10 to 3600000.",
+        ),
+        (
+            json!({"workload": "fast"}),
+            "workload is \"fast\"; it must be an object.",
+        ),
+        // The nested value hides the dotted one from a node today; a merge
+        // that drops the nested one would make the node use it.
+        (
+            json!({"workload": {"delay_ms": 5}, "workload.delay_ms": "abc"}),
+            "workload.delay_ms is \"abc\"; it must be a whole number from 0 to 60000.",
+        ),
+        // Every problem, one sentence each.
+        (
+            json!({"workload": {"delay_ms": -5, "error_rate": "x"}, "heartbeat_interval_ms": 0}),
+            "workload.delay_ms is -5; it must be a whole number from 0 to 60000. \
+             workload.error_rate is \"x\"; it must be a number from 0 to 1. \
+             heartbeat_interval_ms is 0; it must be a whole number from 10 to 3600000.",
+        ),
+    ];
+    for (bad, said) in &cases {
+        let status = client
+            .put_config(put("global", data(bad.clone()), 0))
+            .await
+            .expect_err("must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
+        assert_eq!(status.message(), *said, "{bad}");
+    }
+    let history = |mut client: ConfigClient<Channel>| async move {
+        client
+            .history(HistoryRequest {
+                scope: "global".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("History")
+            .into_inner()
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(history(client.clone()).await, [0u64; 0], "nothing stored");
+
+    // Keys the farm does not know are the user's own, whatever they hold;
+    // `null` leaves a known key unset.
+    let mine = json!({
+        "workload": {"delay_ms": 150, "delay": "slow"},
+        "workload.owner": "me",
+        "mine": {"delay_ms": "abc", "error_rate": 7},
+        "heartbeat_interval_ms": null,
+    });
+    let version = client
+        .put_config(put("global", data(mine.clone()), 0))
+        .await
+        .expect("unknown keys pass")
+        .into_inner()
+        .version;
+    let stored = client
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!(stored.version, version);
+    let stored = farm_api::json::struct_to_json(&stored.data.expect("data"));
+    assert_eq!(serde_json::Value::Object(stored), mine);
+
+    // A refused write leaves the latest version as it was, even one whose
+    // compare-and-set would have passed.
+    let status = client
+        .put_config(put("global", delay(-5.0), version))
+        .await
+        .expect_err("must be refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(history(client.clone()).await, [version]);
+}
+
+#[tokio::test]
+async fn a_rollback_to_a_version_a_node_cannot_apply_is_refused() {
+    // Versions stored before the farm checked values may hold anything:
+    // a first control plane creates the store, and they are written into
+    // it as an older version of the farm would have.
+    let dir = Farm::start(0, &[]).await.stop().await;
+    {
+        let db = rusqlite::Connection::open(dir.path().join("farm.db")).expect("store");
+        for (version, data) in [
+            (1, json!({"workload": {"delay_ms": -5}})),
+            (2, json!({"workload": {"delay_ms": "abc"}, "mine": 1})),
+            (3, json!({"workload": {"delay_ms": 20}})),
+            (4, json!({"workload": {"delay_ms": 30}})),
+        ] {
+            db.execute(
+                "INSERT INTO config_versions (version, scope, data, created_ms, role, rollback_of) \
+                 VALUES (?1, 'global', ?2, 1700000000000, 'admin', 0)",
+                rusqlite::params![version, data.to_string()],
+            )
+            .expect("insert");
+        }
+    }
+    let farm = Farm::start_in(dir, 0, &[]).await;
+    let mut client = config(&farm);
+    let rollback = |version: u64| RollbackRequest {
+        scope: "global".into(),
+        version,
+        expected_version: 4,
+    };
+    for (version, said) in [
+        (1, "workload.delay_ms is -5;"),
+        (2, "workload.delay_ms is \"abc\";"),
+    ] {
+        let status = client
+            .rollback(rollback(version))
+            .await
+            .expect_err("must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with(&format!("version {version} cannot be restored")),
+            "{status:?}"
+        );
+        assert!(status.message().contains(said), "{status:?}");
+    }
+    let versions: Vec<u64> = client
+        .history(HistoryRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("History")
+        .into_inner()
+        .versions
+        .iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, [4, 3, 2, 1], "nothing stored");
+
+    // A version a node can apply is restored as before.
+    let restored = client
+        .rollback(rollback(3))
+        .await
+        .expect("Rollback")
+        .into_inner()
+        .version;
+    assert_eq!(restored, 5);
+    let current = client
+        .get_config(GetConfigRequest {
+            scope: "global".into(),
+        })
+        .await
+        .expect("GetConfig")
+        .into_inner();
+    assert_eq!((current.version, delay_of(&current.data)), (5, Some(20.0)));
 }

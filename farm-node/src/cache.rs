@@ -87,7 +87,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::settings::Settings;
 
     fn sample() -> NodeConfigData {
         let Value::Object(data) = json!({
@@ -110,7 +109,7 @@ mod tests {
         assert_eq!(cache.load(), Some(config.clone()));
         let again = ConfigCache::new(Some(dir.path())).load().expect("cached");
         assert_eq!(again, config);
-        let (settings, problems) = Settings::from_config(&again);
+        let (settings, problems) = again.settings();
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(
             (settings.version, settings.delay_ms, settings.response_bytes),

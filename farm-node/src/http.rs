@@ -11,10 +11,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use farm_api::node::{MAX_DELAY_MS, MAX_RESPONSE_BYTES};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::workload::{MAX_DELAY_MS, MAX_RESPONSE_BYTES, NodeStatus};
+use crate::workload::NodeStatus;
 
 #[derive(Debug, Clone)]
 struct Http {

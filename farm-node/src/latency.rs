@@ -16,25 +16,24 @@ use std::{
     time::Duration,
 };
 
+use farm_api::{
+    node::{LATENCY_SIGNIFICANT_FIGURES, MAX_LATENCY_US},
+    status::MAX_CODE,
+};
 use hdrhistogram::{
     Histogram,
     serialization::{Deserializer, Serializer, V2Serializer},
 };
 
-/// Highest latency a histogram holds, in microseconds (one minute: the
-/// longest delay a request may ask for); longer ones are recorded as this.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
-/// Significant figures of the latency histograms.
-pub const SIGNIFICANT_FIGURES: u8 = 3;
-/// Highest gRPC status code (`UNAUTHENTICATED`).
-const MAX_CODE: usize = 16;
 /// gRPC `UNKNOWN`: where a code out of range is counted.
 const UNKNOWN: usize = 2;
+/// Status codes counted apart: 0 to [`MAX_CODE`].
+const CODES: usize = MAX_CODE as usize + 1;
 
 /// An empty latency histogram: microseconds from 1 to [`MAX_LATENCY_US`],
-/// [`SIGNIFICANT_FIGURES`] significant figures.
+/// [`LATENCY_SIGNIFICANT_FIGURES`] significant figures.
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGNIFICANT_FIGURES)
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, LATENCY_SIGNIFICANT_FIGURES)
         .expect("constant histogram bounds are valid")
 }
 
@@ -78,7 +77,7 @@ pub fn merge_serialized(older: &[u8], newer: &[u8]) -> Vec<u8> {
 pub struct Recorder {
     requests: AtomicU64,
     /// Requests answered with each status code (index), 0 included.
-    by_code: [AtomicU64; MAX_CODE + 1],
+    by_code: [AtomicU64; CODES],
     /// Latency (µs) of the requests answered since the last [`Self::swap`].
     interval: Mutex<Histogram<u64>>,
 }
@@ -104,7 +103,7 @@ impl Recorder {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let index = usize::try_from(code)
             .ok()
-            .filter(|&c| c <= MAX_CODE)
+            .filter(|&c| c < CODES)
             .unwrap_or(UNKNOWN);
         self.by_code[index].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);

@@ -21,7 +21,7 @@ pub mod workload;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use farm_api::v1::workload_server::WorkloadServer;
+use farm_api::{node::MAX_RESPONSE_BYTES, v1::workload_server::WorkloadServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -31,7 +31,7 @@ pub use crate::config::{NodeArgs, NodeConfig};
 use crate::{
     agent::{Agent, AgentError},
     sampler::{CGROUP_ROOT, SAMPLE_INTERVAL, Sampler},
-    workload::{MAX_RESPONSE_BYTES, NodeStatus, WorkloadService},
+    workload::{NodeStatus, WorkloadService},
 };
 
 /// Largest Workload message in either direction: the biggest allowed

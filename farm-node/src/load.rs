@@ -15,15 +15,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use farm_api::node::{MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB};
 use thiserror::Error;
 use tracing::info;
 
 use crate::sampler::{CGROUP_ROOT, Cgroup};
 
 /// Longest simulation.
-pub const MAX_DURATION: Duration = Duration::from_secs(600);
-/// Most memory one simulation holds.
-pub const MAX_MEMORY_MIB: u32 = 1024;
+pub const MAX_DURATION: Duration = Duration::from_millis(MAX_LOAD_DURATION_MS as u64);
 /// Duty-cycle period of the CPU burners.
 const PERIOD: Duration = Duration::from_millis(10);
 
@@ -36,7 +35,7 @@ pub enum LoadError {
         "memory_mib must be at most {max} (1 GiB and 3/4 of the node's memory limit), got {asked}"
     )]
     Memory { asked: u32, max: u32 },
-    #[error("duration_ms must be between 1 and 600000, got {0}")]
+    #[error("duration_ms must be between 1 and {MAX_LOAD_DURATION_MS}, got {0}")]
     Duration(u32),
 }
 
@@ -61,7 +60,7 @@ impl Load {
         }
         let max = u32::try_from(memory_limit / 4 * 3 / (1 << 20))
             .unwrap_or(u32::MAX)
-            .min(MAX_MEMORY_MIB);
+            .min(MAX_LOAD_MEMORY_MIB);
         if memory_mib > max {
             return Err(LoadError::Memory {
                 asked: memory_mib,
@@ -152,7 +151,7 @@ fn burn(duty: f64, until: Instant, stop: &AtomicBool) {
 }
 
 /// CPUs and memory this process may use, read now: the cgroup's limits,
-/// else the machine's CPUs and no memory limit beyond [`MAX_MEMORY_MIB`].
+/// else the machine's CPUs and no memory limit beyond [`MAX_LOAD_MEMORY_MIB`].
 /// For before the first sample, which carries the same figures.
 pub fn capacity_now() -> (f64, u64) {
     let cgroup = Cgroup::new(CGROUP_ROOT);

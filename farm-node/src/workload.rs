@@ -13,9 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use farm_api::v1::{
-    InfoRequest, InfoResponse, LoadSpec, SetLogLevelRequest, SetLogLevelResponse,
-    SimulateLoadResponse, WorkRequest, WorkResponse, workload_server::Workload,
+use farm_api::{
+    node::{MAX_CPU_US, MAX_DELAY_MS, MAX_RESPONSE_BYTES, Settings},
+    status::MAX_CODE,
+    v1::{
+        InfoRequest, InfoResponse, LoadSpec, SetLogLevelRequest, SetLogLevelResponse,
+        SimulateLoadResponse, WorkRequest, WorkResponse, workload_server::Workload,
+    },
 };
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
@@ -27,16 +31,9 @@ use tracing::{info, warn};
 use crate::{
     load::{self, Load, Simulator},
     sampler::Metrics,
-    settings::{NodeConfigData, Settings},
+    settings::NodeConfigData,
 };
 
-/// Longest delay a request may ask for.
-pub const MAX_DELAY_MS: u32 = 60_000;
-/// Largest response a request may ask for: the whole response message then
-/// stays under the 4 MiB that gRPC clients accept by default.
-pub const MAX_RESPONSE_BYTES: u32 = 4_000_000;
-/// Longest CPU work a request may ask for.
-pub const MAX_CPU_US: u32 = 1_000_000;
 /// Requests of one `WorkStream` served at once; further ones wait.
 pub const STREAM_IN_FLIGHT: usize = 256;
 
@@ -86,9 +83,9 @@ impl NodeStatus {
     /// Applies `config` (from `source`: the control plane or the cache) at
     /// once; keys that cannot be used are reported and ignored.
     pub fn apply_config(&self, config: &NodeConfigData, source: &str) -> Settings {
-        let (settings, problems) = Settings::from_config(config);
+        let (settings, problems) = config.settings();
         for problem in &problems {
-            warn!(config.version = config.version, key = %problem.key, cause = %problem.reason, "ignoring a configuration key");
+            warn!(config.version = config.version, key = %problem.key, cause = %problem, "ignoring a configuration key");
         }
         *self
             .settings
@@ -158,9 +155,9 @@ fn validate(request: &WorkRequest) -> Result<(), Status> {
             request.cpu_us
         )));
     }
-    if request.fail_code > 16 {
+    if request.fail_code > MAX_CODE {
         return Err(Status::invalid_argument(format!(
-            "fail_code {} is not a gRPC status code (1 to 16)",
+            "fail_code {} is not a gRPC status code (1 to {MAX_CODE})",
             request.fail_code
         )));
     }

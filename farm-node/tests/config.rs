@@ -10,8 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ControlPlane, Node, http_get};
-use farm_api::v1::{WorkRequest, workload_client::WorkloadClient};
+use common::{ControlPlane, Node, http_get, object};
+use farm_api::v1::{PutConfigRequest, WorkRequest, workload_client::WorkloadClient};
 use farm_node::NodeConfig;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -252,13 +252,29 @@ async fn a_configuration_put_reaches_the_node_at_once() {
         "{index}"
     );
 
-    // Layers merge: the group's dotted keys add to the global delay, and a
-    // bad value is ignored while the rest applies.
+    // A value the node could not apply is refused before it is stored.
+    let refused = cp
+        .config()
+        .put_config(PutConfigRequest {
+            scope: "group:blue".into(),
+            data: Some(farm_api::json::json_to_struct(&object(
+                json!({"workload.response_bytes": 64, "workload.error_rate": "often"}),
+            ))),
+            expected_version: 0,
+        })
+        .await
+        .expect_err("a bad error rate");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("workload.error_rate is \"often\""),
+        "{refused:?}"
+    );
+
+    // Layers merge: the group's dotted keys add to the global delay.
     let version = cp
-        .put_config(
-            "group:blue",
-            json!({"workload.response_bytes": 64, "workload.error_rate": "often"}),
-        )
+        .put_config("group:blue", json!({"workload.response_bytes": 64}))
         .await;
     cp.wait_config("p1", version).await;
     let (took, result) = timed_work(&node).await;

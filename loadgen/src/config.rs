@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use farm_api::status::MAX_CODE;
 
 /// `loadgen`: load tests against the farm's nodes.
 #[derive(Debug, Parser)]
@@ -128,7 +129,7 @@ pub enum ConfigError {
     ZeroDuration,
     #[error("--error-rate must be between 0 and 1, not {0}")]
     BadErrorRate(f64),
-    #[error("--fail-code must be 1 to 16, not {0}")]
+    #[error("--fail-code must be 1 to {MAX_CODE}, not {0}")]
     BadFailCode(u32),
     #[error("{0:?} is not a target address")]
     BadTarget(String),
@@ -138,10 +139,8 @@ pub enum ConfigError {
     BadDelay(u32),
 }
 
-/// The most a node answers with (its `Workload` limit).
-pub const MAX_RESPONSE_BYTES: u32 = 4_000_000;
-/// The longest delay a node accepts.
-pub const MAX_DELAY_MS: u32 = 60_000;
+/// The largest response and the longest delay a node accepts.
+pub use farm_api::node::{MAX_DELAY_MS, MAX_RESPONSE_BYTES};
 /// Default in-flight cap of a closed-loop run.
 pub const CLOSED_CONCURRENCY: usize = 16;
 /// Default in-flight cap of an open-loop run.
@@ -250,7 +249,7 @@ impl RunConfig {
         if !(0.0..=1.0).contains(&self.error_rate) {
             return Err(ConfigError::BadErrorRate(self.error_rate));
         }
-        if self.error_rate > 0.0 && !(1..=16).contains(&self.fail_code) {
+        if self.error_rate > 0.0 && !(1..=MAX_CODE).contains(&self.fail_code) {
             return Err(ConfigError::BadFailCode(self.fail_code));
         }
         if self.response_bytes > MAX_RESPONSE_BYTES {

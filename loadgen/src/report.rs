@@ -3,16 +3,14 @@
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
+use farm_api::{node::MAX_LATENCY_US, status};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::config::Mode;
 
-/// Highest latency recorded, in microseconds (a minute); larger values are
-/// clamped to it.
-pub const MAX_LATENCY_US: u64 = 60_000_000;
-
-/// A latency histogram in microseconds, 3 significant figures.
+/// A latency histogram in microseconds up to [`MAX_LATENCY_US`] (a node's
+/// longest delay; larger values are clamped to it), 3 significant figures.
 pub fn new_histogram() -> Histogram<u64> {
     #[allow(clippy::expect_used)]
     Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
@@ -315,11 +313,13 @@ impl Report {
     }
 }
 
-/// Counts by gRPC status code, keyed by the code's name instead.
+/// Counts by gRPC status code, keyed by the code's canonical name instead
+/// (`OTHER` for a number gRPC does not define).
 pub fn by_code_name(codes: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
     let mut named = BTreeMap::new();
     for (code, n) in codes {
-        *named.entry(code_name(*code).to_owned()).or_default() += n;
+        let name = status::name(*code).unwrap_or("OTHER");
+        *named.entry(name.to_owned()).or_default() += n;
     }
     named
 }
@@ -329,30 +329,6 @@ pub fn code_name_order(errors: &BTreeMap<String, u64>) -> Vec<(&str, u64)> {
     let mut all: Vec<(&str, u64)> = errors.iter().map(|(c, n)| (c.as_str(), *n)).collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     all
-}
-
-/// The canonical name of a gRPC status code.
-pub fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "OTHER",
-    }
 }
 
 #[cfg(test)]

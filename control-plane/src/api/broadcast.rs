@@ -4,9 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use farm_api::v1::{
-    BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
-    broadcast_request, workload_client::WorkloadClient,
+use farm_api::{
+    node::{MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB},
+    v1::{
+        BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
+        broadcast_request, workload_client::WorkloadClient,
+    },
 };
 use futures::{StreamExt, stream};
 use tonic::{Status, transport::Endpoint};
@@ -65,18 +68,18 @@ impl TryFrom<LoadSpec> for Load {
                 "between 0 and 100",
             ));
         }
-        if spec.memory_mib > 1024 {
+        if spec.memory_mib > MAX_LOAD_MEMORY_MIB {
             return Err(BadRequest::out_of_range(
                 "memory_mib",
                 spec.memory_mib,
-                "at most 1024",
+                format!("at most {MAX_LOAD_MEMORY_MIB}"),
             ));
         }
-        if !(1..=600_000).contains(&spec.duration_ms) {
+        if !(1..=MAX_LOAD_DURATION_MS).contains(&spec.duration_ms) {
             return Err(BadRequest::out_of_range(
                 "duration_ms",
                 spec.duration_ms,
-                "between 1 and 600000",
+                format!("between 1 and {MAX_LOAD_DURATION_MS}"),
             ));
         }
         Ok(Self(spec))

@@ -1,12 +1,19 @@
 //! `farm.v1.Config`: versioned configuration per scope, and its pushes.
+//!
+//! Data is checked before it is stored, by a write or a rollback (see
+//! `core::config::validate_data`): a known key holding a value a node would
+//! ignore is refused; keys the farm does not know are the user's own.
 
 use std::pin::Pin;
 
-use farm_api::v1::{
-    self, ChangeKind, ConfigEvent, DiffRequest, DiffResponse, EffectiveConfig, GetConfigRequest,
-    GetConfigResponse, GetEffectiveConfigRequest, HistoryRequest, HistoryResponse,
-    PutConfigRequest, PutConfigResponse, RollbackRequest, RollbackResponse, WatchConfigRequest,
-    config_server::Config,
+use farm_api::{
+    json,
+    v1::{
+        self, ChangeKind, ConfigEvent, DiffRequest, DiffResponse, EffectiveConfig,
+        GetConfigRequest, GetConfigResponse, GetEffectiveConfigRequest, HistoryRequest,
+        HistoryResponse, PutConfigRequest, PutConfigResponse, RollbackRequest, RollbackResponse,
+        WatchConfigRequest, config_server::Config,
+    },
 };
 use futures::Stream;
 use serde_json::Value;
@@ -51,66 +58,22 @@ fn parse_scope(scope: &str) -> Result<Scope, ApiError> {
     Ok(scope.parse()?)
 }
 
-/// A protobuf `Value` as JSON. Whole numbers become JSON integers, so that
-/// `150` stays `150` and not `150.0`.
-pub fn to_json(value: &prost_types::Value) -> Value {
-    use prost_types::value::Kind;
-    match &value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(*b),
-        Some(Kind::StringValue(s)) => Value::String(s.clone()),
-        Some(Kind::NumberValue(n)) => {
-            if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                Value::from(*n as i64)
-            } else {
-                serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number)
-            }
-        }
-        Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => Value::Array(l.values.iter().map(to_json).collect()),
-    }
+/// Stored data (always a JSON object) in its wire form.
+fn wire_data(data: &Value) -> prost_types::Struct {
+    data.as_object()
+        .map(json::json_to_struct)
+        .unwrap_or_default()
 }
 
-pub fn struct_to_json(s: &prost_types::Struct) -> Value {
-    Value::Object(
-        s.fields
-            .iter()
-            .map(|(k, v)| (k.clone(), to_json(v)))
-            .collect(),
-    )
-}
-
-/// JSON as a protobuf `Value`.
-pub fn from_json(value: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(from_json).collect(),
-        }),
-        Value::Object(_) => Kind::StructValue(json_to_struct(value)),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
-
-/// A JSON object as a protobuf `Struct` (anything else: empty).
-pub fn json_to_struct(value: &Value) -> prost_types::Struct {
-    prost_types::Struct {
-        fields: value
-            .as_object()
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), from_json(v))).collect())
-            .unwrap_or_default(),
-    }
-}
-
+/// The answer to configuration data holding known keys with values a node
+/// could not apply (of version `rollback_of`, for a rollback):
+/// INVALID_ARGUMENT, one sentence per key, naming its value and what it
+/// takes.
 fn version_message(entry: &ConfigEntry) -> v1::ConfigVersion {
     v1::ConfigVersion {
         scope: entry.scope.to_string(),
         version: entry.version,
-        data: Some(json_to_struct(&entry.data)),
+        data: Some(wire_data(&entry.data)),
         created_at: Some(timestamp(entry.created_at)),
         role: entry.role.clone(),
         rollback_of: entry.rollback_of,
@@ -121,7 +84,7 @@ fn event(entry: &ConfigEntry, snapshot: bool) -> ConfigEvent {
     ConfigEvent {
         scope: entry.scope.to_string(),
         version: entry.version,
-        data: Some(json_to_struct(&entry.data)),
+        data: Some(wire_data(&entry.data)),
         created_at: Some(timestamp(entry.created_at)),
         role: entry.role.clone(),
         snapshot,
@@ -132,7 +95,7 @@ fn event(entry: &ConfigEntry, snapshot: bool) -> ConfigEvent {
 pub fn effective_message(effective: &Effective) -> EffectiveConfig {
     EffectiveConfig {
         version: effective.version,
-        data: Some(json_to_struct(&effective.data)),
+        data: Some(wire_data(&effective.data)),
     }
 }
 
@@ -145,8 +108,8 @@ fn change_message(change: Change) -> v1::ConfigChange {
     v1::ConfigChange {
         path,
         kind: kind.into(),
-        old_value: old.as_ref().map(from_json),
-        new_value: new.as_ref().map(from_json),
+        old_value: old.as_ref().map(json::from_json),
+        new_value: new.as_ref().map(json::from_json),
     }
 }
 
@@ -170,7 +133,7 @@ async fn watch_node(
                 let event = ConfigEvent {
                     scope: Scope::Node(id).to_string(),
                     version: effective.version,
-                    data: Some(json_to_struct(&effective.data)),
+                    data: Some(wire_data(&effective.data)),
                     created_at: None,
                     role: String::new(),
                     snapshot: false,
@@ -272,7 +235,7 @@ impl Config for ConfigService {
             Some(entry) => GetConfigResponse {
                 scope: scope.to_string(),
                 version: entry.version,
-                data: Some(json_to_struct(&entry.data)),
+                data: Some(wire_data(&entry.data)),
                 updated_at: Some(timestamp(entry.created_at)),
                 role: entry.role,
             },
@@ -297,13 +260,16 @@ impl Config for ConfigService {
         let data = request
             .data
             .as_ref()
-            .map(struct_to_json)
+            .map(json::struct_to_json)
             .ok_or(BadRequest::Missing {
                 field: "data",
                 hint: " (a JSON object)",
             })?;
         let expected = request.expected_version;
-        let entry = self.configs.put(scope, data, expected, role).await?;
+        let entry = self
+            .configs
+            .put(scope, Value::Object(data), expected, role)
+            .await?;
         info!(scope = %entry.scope, version = entry.version, role, "configuration written");
         Ok(Response::new(PutConfigResponse {
             scope: entry.scope.to_string(),
@@ -407,24 +373,5 @@ impl Config for ConfigService {
             }
         }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn json_and_struct_round_trip() {
-        let data = json!({"workload": {"delay_ms": 150, "error_rate": 0.25}, "tags": ["a", true, null], "n": -3});
-        let back = struct_to_json(&json_to_struct(&data));
-        assert_eq!(back, data);
-        assert_eq!(
-            back["workload"]["delay_ms"].as_u64(),
-            Some(150),
-            "integers stay integers"
-        );
     }
 }

@@ -165,6 +165,7 @@ fn domain(err: DomainError, message: String) -> Status {
         | E::MalformedScope(_)
         | E::ConfigNotObject
         | E::ConfigTooLarge { .. }
+        | E::UnusableConfig { .. }
         | E::MissingSecret(_) => Status::invalid_argument(message),
         // A node told NOT_FOUND or PERMISSION_DENIED for its identity
         // forgets it and registers afresh.

@@ -38,9 +38,9 @@ const MAX_CONNECTIONS: u32 = 100;
 const MAX_STREAMS: u32 = 100;
 /// Largest request payload and response a run may ask for: what a node
 /// accepts (its responses must fit gRPC's default 4 MiB message limit).
-const MAX_BYTES: u32 = loadgen::config::MAX_RESPONSE_BYTES;
+const MAX_BYTES: u32 = farm_api::node::MAX_RESPONSE_BYTES;
 /// Longest delay a node accepts, in milliseconds.
-const MAX_DELAY_MS: u32 = loadgen::config::MAX_DELAY_MS;
+const MAX_DELAY_MS: u32 = farm_api::node::MAX_DELAY_MS;
 /// Status code of requested failures when the request names none.
 const DEFAULT_FAIL_CODE: u32 = tonic::Code::Unavailable as u32;
 
@@ -210,7 +210,7 @@ fn check(request: &LoadTestRequest) -> Result<(), BadRequest> {
             "between 0 and 1",
         ));
     }
-    if request.fail_code > 16 {
+    if request.fail_code > farm_api::status::MAX_CODE {
         return Err(BadRequest::out_of_range(
             "fail_code",
             request.fail_code,

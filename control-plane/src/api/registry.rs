@@ -2,9 +2,12 @@
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
-use farm_api::v1::{
-    DeregisterRequest, DeregisterResponse, EffectiveConfig, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, registry_server::Registry,
+use farm_api::{
+    node::Settings,
+    v1::{
+        DeregisterRequest, DeregisterResponse, EffectiveConfig, HeartbeatRequest,
+        HeartbeatResponse, RegisterRequest, RegisterResponse, registry_server::Registry,
+    },
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -17,10 +20,7 @@ use super::{
     ApiError, BadRequest, config::effective_message, labels, metrics::sample_from_message,
 };
 use crate::{
-    core::{
-        HealthPolicy, RegistrationRequest,
-        config::{Effective, lookup},
-    },
+    core::{HealthPolicy, RegistrationRequest, config::Effective},
     prometheus::Telemetry,
     state::{Configs, FarmState, Members, Samples},
 };
@@ -98,17 +98,16 @@ impl Pusher {
     }
 }
 
-/// A node's heartbeat interval: its configured `heartbeat_interval_ms`,
-/// kept between 10 ms and half the heartbeat timeout (so a configured
-/// interval never makes a live node miss its deadline), or the default.
+/// A node's heartbeat interval: its configured `heartbeat_interval_ms`, as
+/// the node itself reads it (`farm_api::node`), at most half the heartbeat
+/// timeout (so a configured interval never makes a live node miss its
+/// deadline); the default otherwise.
 fn effective_interval(effective: Option<&Effective>, policy: HealthPolicy) -> Duration {
     effective
-        .and_then(|e| lookup(&e.data, "heartbeat_interval_ms"))
-        .and_then(serde_json::Value::as_f64)
-        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .and_then(|e| e.data.as_object())
+        .and_then(|data| Settings::from_config(0, data).0.heartbeat_interval_ms)
         .map_or(policy.heartbeat_interval, |ms| {
-            Duration::from_millis(ms as u64)
-                .clamp(Duration::from_millis(10), policy.heartbeat_timeout / 2)
+            Duration::from_millis(u64::from(ms)).min(policy.heartbeat_timeout / 2)
         })
 }
 

@@ -74,11 +74,18 @@ pub struct ConfigEntry {
 }
 
 /// Checks that `data` can be stored: an object, at most
-/// [`MAX_CONFIG_BYTES`] as JSON.
-pub fn validate_data(data: &Value) -> Result<(), DomainError> {
-    if !data.is_object() {
+/// [`MAX_CONFIG_BYTES`] as JSON, whose known keys hold values a node can
+/// apply — judged by the node's own parser (`farm_api::node`), so the
+/// control plane and the nodes never disagree. `rollback_of` (0 for a
+/// write) names the version a rollback would restore.
+pub fn validate_data(data: &Value, rollback_of: u64) -> Result<(), DomainError> {
+    let Some(object) = data.as_object() else {
         return Err(DomainError::ConfigNotObject);
-    }
+    };
+    farm_api::node::check(object).map_err(|problems| DomainError::UnusableConfig {
+        rollback_of,
+        problems,
+    })?;
     let size = serde_json::to_vec(data).map_or(usize::MAX, |v| v.len());
     if size > MAX_CONFIG_BYTES {
         return Err(DomainError::ConfigTooLarge {
@@ -189,16 +196,6 @@ pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
     out
 }
 
-/// The value at a dotted key path: nested objects first
-/// (`{"workload": {"delay_ms": 5}}`), then the dotted name as a top-level
-/// key (`{"workload.delay_ms": 5}`).
-pub fn lookup<'a>(data: &'a Value, path: &str) -> Option<&'a Value> {
-    let nested = path
-        .split('.')
-        .try_fold(data, |value, key| value.as_object()?.get(key));
-    nested.or_else(|| data.as_object()?.get(path))
-}
-
 /// A node's effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effective {
@@ -258,7 +255,7 @@ impl ConfigBook {
         rollback_of: u64,
         now: SystemTime,
     ) -> Result<ConfigEntry, DomainError> {
-        validate_data(&data)?;
+        validate_data(&data, rollback_of)?;
         let current = self.version_of(&scope);
         if expected != 0 && expected != current {
             return Err(DomainError::VersionConflict {
@@ -347,30 +344,27 @@ mod tests {
     }
 
     #[test]
-    fn data_must_be_a_small_object() {
-        assert!(validate_data(&json!({"a": 1})).is_ok());
-        assert!(validate_data(&json!([1])).is_err());
-        assert!(validate_data(&json!("text")).is_err());
-        let big = json!({"blob": "x".repeat(MAX_CONFIG_BYTES)});
-        let err = validate_data(&big).expect_err("too big");
-        assert!(err.to_string().contains("limit"), "{err}");
-    }
-
-    #[test]
-    fn keys_are_found_nested_or_dotted() {
-        let nested = json!({"workload": {"delay_ms": 5}});
-        let dotted = json!({"workload.delay_ms": 7});
-        let both = json!({"workload": {"delay_ms": 5}, "workload.delay_ms": 7});
-        assert_eq!(lookup(&nested, "workload.delay_ms"), Some(&json!(5)));
-        assert_eq!(lookup(&dotted, "workload.delay_ms"), Some(&json!(7)));
-        assert_eq!(lookup(&both, "workload.delay_ms"), Some(&json!(5)));
-        assert_eq!(lookup(&nested, "workload.error_rate"), None);
+    fn data_must_be_a_small_object_a_node_can_apply() {
+        assert!(validate_data(&json!({"a": 1}), 0).is_ok());
         assert_eq!(
-            lookup(
-                &json!({"heartbeat_interval_ms": 250}),
-                "heartbeat_interval_ms"
-            ),
-            Some(&json!(250))
+            validate_data(&json!([1]), 0),
+            Err(DomainError::ConfigNotObject)
+        );
+        assert!(validate_data(&json!("text"), 0).is_err());
+        let big = json!({"blob": "x".repeat(MAX_CONFIG_BYTES)});
+        let err = validate_data(&big, 0).expect_err("too big");
+        assert!(err.to_string().contains("limit"), "{err}");
+        let bad = json!({"workload": {"delay_ms": -5}, "mine": "anything"});
+        let err = validate_data(&bad, 0).expect_err("unusable");
+        assert_eq!(
+            err.to_string(),
+            "workload.delay_ms is -5; it must be a whole number from 0 to 60000."
+        );
+        let err = validate_data(&bad, 7).expect_err("unusable");
+        assert!(
+            err.to_string()
+                .starts_with("version 7 cannot be restored, a node could not apply it: "),
+            "{err}"
         );
     }
 

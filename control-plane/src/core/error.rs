@@ -2,12 +2,21 @@
 //! in the domain's words; the gRPC adapter (`api::error`) decides which
 //! status code each becomes, in one place.
 
+use farm_api::node::InvalidConfig;
 use thiserror::Error;
 
 use super::{NodeId, config::Scope};
 
+fn restoring(version: u64) -> String {
+    if version == 0 {
+        String::new()
+    } else {
+        format!("version {version} cannot be restored, a node could not apply it: ")
+    }
+}
+
 /// Why a domain operation was refused.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[derive(Debug, Error, Clone, PartialEq)]
 pub enum DomainError {
     /// A node id that is not `n` followed by digits.
     #[error("malformed node id {0:?}: expected `n` followed by digits, e.g. `n7`")]
@@ -44,6 +53,14 @@ pub enum DomainError {
     /// Configuration data above the size limit.
     #[error("configuration data is {size} bytes as JSON; the limit is {max}")]
     ConfigTooLarge { size: usize, max: usize },
+    /// Configuration data holding a known key with a value a node could
+    /// not apply (checked with the node's own parser).
+    #[error("{}{problems}", restoring(*.rollback_of))]
+    UnusableConfig {
+        /// The version a rollback would restore; 0 for a write.
+        rollback_of: u64,
+        problems: InvalidConfig,
+    },
     /// A node proving its identity without its secret.
     #[error("secret of node {0} is missing")]
     MissingSecret(NodeId),

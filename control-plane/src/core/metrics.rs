@@ -636,12 +636,16 @@ pub fn freshness(heartbeat_timeout: Duration) -> Duration {
 mod tests {
     use std::collections::BTreeMap;
 
+    use farm_api::node::{LATENCY_SIGNIFICANT_FIGURES, MAX_LATENCY_US};
     use hdrhistogram::serialization::{Serializer, V2Serializer};
 
     use super::*;
 
+    /// `values` in a histogram shaped as a node's, serialised as it sends it.
     fn histogram(values: &[u64]) -> Bytes {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+        let mut h =
+            Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, LATENCY_SIGNIFICANT_FIGURES)
+                .expect("histogram");
         for v in values {
             h.record(*v).expect("record");
         }
@@ -875,7 +879,7 @@ mod tests {
         for round in 0..40 {
             // Spreads from microseconds to a minute, some empty.
             let n = next() % 500;
-            let scale = 1 + next() % 60_000_000;
+            let scale = 1 + next() % MAX_LATENCY_US;
             let values: Vec<u64> = (0..n).map(|_| 1 + next() % scale).collect();
             let bytes = histogram(&values);
             let counts = decode(&bytes).expect("decodes");

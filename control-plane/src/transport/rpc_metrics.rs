@@ -35,28 +35,14 @@ fn grpc_status(headers: &HeaderMap) -> Option<&'static str> {
         .map(|value| code_name(value.as_bytes()))
 }
 
-/// The canonical name of a gRPC status code (as `grpc-status` carries it).
+/// The canonical name of a gRPC status code as `grpc-status` carries it
+/// (ASCII digits); `UNKNOWN` for anything else.
 fn code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "CANCELLED",
-        b"2" => "UNKNOWN",
-        b"3" => "INVALID_ARGUMENT",
-        b"4" => "DEADLINE_EXCEEDED",
-        b"5" => "NOT_FOUND",
-        b"6" => "ALREADY_EXISTS",
-        b"7" => "PERMISSION_DENIED",
-        b"8" => "RESOURCE_EXHAUSTED",
-        b"9" => "FAILED_PRECONDITION",
-        b"10" => "ABORTED",
-        b"11" => "OUT_OF_RANGE",
-        b"12" => "UNIMPLEMENTED",
-        b"13" => "INTERNAL",
-        b"14" => "UNAVAILABLE",
-        b"15" => "DATA_LOSS",
-        b"16" => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
+    std::str::from_utf8(code)
+        .ok()
+        .and_then(|digits| digits.parse::<u32>().ok())
+        .and_then(farm_api::status::name)
+        .unwrap_or("UNKNOWN")
 }
 
 /// Counts every gRPC call that reaches the routes, by method and status

@@ -84,7 +84,7 @@ impl ControlPlane {
         self.config()
             .put_config(PutConfigRequest {
                 scope: scope.into(),
-                data: Some(to_struct(data)),
+                data: Some(farm_api::json::json_to_struct(&object(data))),
                 expected_version: 0,
             })
             .await
@@ -297,31 +297,10 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A JSON object as a `google.protobuf.Struct`.
-pub fn to_struct(data: serde_json::Value) -> prost_types::Struct {
+/// A JSON object's map.
+pub fn object(data: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
     let serde_json::Value::Object(fields) = data else {
         panic!("configuration data must be an object, got {data}")
     };
-    prost_types::Struct {
-        fields: fields
-            .into_iter()
-            .map(|(key, value)| (key, to_value(value)))
-            .collect(),
-    }
-}
-
-fn to_value(value: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    use serde_json::Value;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().expect("a number")),
-        Value::String(s) => Kind::StringValue(s),
-        Value::Array(values) => Kind::ListValue(prost_types::ListValue {
-            values: values.into_iter().map(to_value).collect(),
-        }),
-        object @ Value::Object(_) => Kind::StructValue(to_struct(object)),
-    };
-    prost_types::Value { kind: Some(kind) }
+    fields
 }
