@@ -1,6 +1,7 @@
-//! `loadgen`: parses flags, finds the targets, runs the load test with
-//! progress on standard error and Ctrl-C as an early stop, and prints the
-//! report (and writes it as JSON or HTML when asked).
+//! `loadgen`: parses flags, finds the targets, runs the load test (or the
+//! swarm) with progress on standard error and Ctrl-C or SIGTERM as an early
+//! stop, and prints the report (and writes it as JSON or HTML when asked).
+//! The only place that handles signals and chooses exit codes.
 //!
 //! Exit codes: 0 done, 2 bad input (flags, an unreachable control plane, no
 //! node to drive), 1 anything else.
@@ -8,7 +9,11 @@
 use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
-use loadgen::{Cli, Command, Report, RunConfig, progress::Progress};
+use loadgen::{
+    Cli, Command, Report, RunConfig,
+    progress::Progress,
+    swarm::{SwarmArgs, SwarmConfig, SwarmError},
+};
 
 /// Bad input, as opposed to a failure along the way.
 const USAGE: u8 = 2;
@@ -46,10 +51,27 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM: the run stops early
+/// and reports what it measured.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn run(command: Command) -> ExitCode {
     let args = match command {
         Command::Run(args) => args,
-        Command::Swarm(args) => return loadgen::swarm::cli(args).await,
+        Command::Swarm(args) => return swarm(args).await,
     };
     let targets = match &args.control_plane {
         Some(url) => {
@@ -79,9 +101,7 @@ async fn run(command: Command) -> ExitCode {
 
     let mut progress = Progress::new(config.duration);
     progress.start(&describe(&config));
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let stop = shutdown();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let shown = tokio::spawn(async move {
         while let Some(interval) = rx.recv().await {
@@ -160,4 +180,61 @@ fn write_to(
             std::io::Write::flush(&mut out)
         })
         .map_err(|err| format!("cannot write {}: {err}", path.display()))
+}
+
+/// `loadgen swarm`: validates the flags, runs with Ctrl-C as an early stop,
+/// and prints the report. Exit code 2 for bad flags or an unreachable
+/// control plane, 1 when nothing registered or the report cannot be written.
+async fn swarm(args: SwarmArgs) -> ExitCode {
+    let config = match SwarmConfig::try_from(&args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let progress = (!args.quiet).then_some(|line: &loadgen::swarm::SwarmProgress| {
+        eprintln!("{line}");
+    });
+    let report = match loadgen::swarm::swarm_with_progress(&config, shutdown(), progress).await {
+        Ok(report) => report,
+        Err(err @ SwarmError::Unreachable { .. }) => {
+            eprintln!("error: {}", chain(&err));
+            return ExitCode::from(USAGE);
+        }
+    };
+    if let Err(err) = report.write_text(&mut std::io::stdout().lock()) {
+        eprintln!("error: cannot print the report: {err}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &args.json {
+        let written = std::fs::File::create(path).and_then(|mut file| report.write_json(&mut file));
+        if let Err(err) = written {
+            eprintln!("error: cannot write {}: {err}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if report.registered == 0 {
+        eprintln!("error: no node could register; see the errors above");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// An error and its causes, `: `-separated (a cause that repeats the
+/// one before it said once).
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut last = String::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if said != last {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        last = said;
+        source = cause.source();
+    }
+    text
 }
