@@ -18,6 +18,6 @@ pub mod report;
 pub mod run;
 pub mod swarm;
 
-pub use config::{Cli, Command, ConfigError, Mode, RunArgs, RunConfig};
-pub use report::{Interval, Percentiles, Recorder, Report};
+pub use config::{Cli, Command, ConfigError, Mode, RunArgs, RunConfig, Thresholds};
+pub use report::{ConnectErrors, Interval, Percentiles, Recorder, Report};
 pub use run::{RunError, run, run_with_progress};

@@ -16,7 +16,7 @@ use farm_api::v1::{
     LoadTestStarted, load_test_event::Event, load_test_server::LoadTest,
 };
 use futures::Stream;
-use loadgen::{Mode, Percentiles, Report, RunConfig, RunError, report::Interval};
+use loadgen::{Mode, Percentiles, Report, RunConfig, RunError, Thresholds, report::Interval};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -237,6 +237,8 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
             0 => DEFAULT_FAIL_CODE,
             code => code,
         },
+        // The request has no thresholds to check.
+        thresholds: Thresholds::default(),
     };
     config
         .validate()
@@ -280,8 +282,6 @@ fn run_error(err: &RunError) -> Status {
     match err {
         // Checked before the run; the engine's rules are the last word.
         RunError::Config(_) => Status::invalid_argument(message),
-        // A node went away between its selection and the run.
-        RunError::Stream { .. } => Status::unavailable(message),
         RunError::Task(_) | RunError::Thread(_) => Status::internal(message),
     }
 }
