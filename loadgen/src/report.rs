@@ -350,7 +350,7 @@ impl Report {
     pub fn failures(&self) -> Vec<String> {
         let mut failures = Vec::new();
         if self.requests == self.errors {
-            failures.push(format!("no request succeeded: {}", self.why_none()));
+            failures.push(self.why_none());
         }
         if let Some(check) = self.thresholds.max_error_rate
             && check.crossed
@@ -376,17 +376,17 @@ impl Report {
     /// Why no request succeeded.
     fn why_none(&self) -> String {
         if self.requests > 0 {
-            return format!("all {} requests failed", self.requests);
+            return format!("no request succeeded: all {} failed", self.requests);
         }
         if self.connect_errors_by_target.is_empty() {
-            return "none was completed".to_owned();
+            return "no request succeeded: none was completed".to_owned();
         }
         let problems: Vec<String> = self
             .connect_errors_by_target
             .iter()
             .map(|(target, errors)| connect_problem(target, errors))
             .collect();
-        format!("none could be sent: {}", problems.join("; "))
+        format!("no request could be sent: {}", problems.join("; "))
     }
 
     /// The summary's percentiles: name, corrected and uncorrected latency
@@ -684,7 +684,7 @@ mod tests {
         assert!(text.contains("Connect errors: 12"), "{text}");
         assert!(
             text.contains(
-                "FAILED: no request succeeded: none could be sent: \
+                "FAILED: no request could be sent: \
                  connection refused to 127.0.0.1:1 (12 failed attempts, none answered)"
             ),
             "{text}"
@@ -695,7 +695,7 @@ mod tests {
         let all_failed = report(&failing, Thresholds::default(), BTreeMap::new());
         assert_eq!(
             all_failed.failures(),
-            ["no request succeeded: all 1 requests failed"]
+            ["no request succeeded: all 1 failed"]
         );
     }
 

@@ -292,7 +292,10 @@ impl UnaryConn {
         number: impl FnOnce() -> u64,
         cache: &mut Option<Link>,
     ) -> Option<Sent> {
-        let (sender, state) = match cache.take().filter(|(_, state)| state.is_open()) {
+        let cached = cache.take().filter(|(_, state)| state.is_open());
+        // Waiting (bounded by the end of the run) only when there is no
+        // connection: a timer per request would cost the open loop.
+        let (sender, state) = match cached.or_else(|| self.open()) {
             Some(link) => link,
             None => tokio::time::timeout_at(plan.end, self.link()).await.ok()?,
         };
