@@ -7,9 +7,18 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use farm_api::status::MAX_CODE;
 
+/// What `loadgen`'s exit code means, as `--help` shows it.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  the run succeeded (the swarm registered nodes)
+  1  no request succeeded (a target refusing every connection, every request
+     failing), a --max-error-rate or --max-p99 threshold was crossed, or the
+     report could not be written
+  2  bad input: flags, an unreachable control plane, no node to drive";
+
 /// `loadgen`: load tests against the farm's nodes.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about)]
+#[command(name = "loadgen", version, about, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -22,6 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Drives `farm.v1.Workload` on the targets and prints a summary.
+    #[command(after_help = EXIT_CODES)]
     Run(RunArgs),
     /// Simulates many node agents in one process against a control plane and
     /// reports heartbeat round-trip percentiles.
@@ -114,6 +124,32 @@ pub struct RunArgs {
     /// Write the report as one self-contained HTML page to this file.
     #[arg(long, value_name = "FILE")]
     pub html: Option<std::path::PathBuf>,
+    /// Threshold: the run fails (exit code 1) when more than this share of
+    /// the requests sent failed, as a fraction (`0.01`) or a percentage
+    /// (`1%`). Requests that could not be sent for want of a connection are
+    /// connect errors, not failed requests.
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub max_error_rate: Option<f64>,
+    /// Threshold: the run fails (exit code 1) when the p99 latency
+    /// (corrected for coordinated omission) is above this (`50ms`, `1s`).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub max_p99: Option<Duration>,
+}
+
+/// A share as a fraction (`0.01`) or a percentage (`1%`), 0 to 1.
+fn parse_share(text: &str) -> Result<f64, String> {
+    let (number, scale) = match text.trim().strip_suffix('%') {
+        Some(percent) => (percent.trim(), 100.0),
+        None => (text.trim(), 1.0),
+    };
+    let share = number
+        .parse::<f64>()
+        .map(|n| n / scale)
+        .map_err(|_| format!("{text:?} is not a fraction (0.01) or a percentage (1%)"))?;
+    if !(0.0..=1.0).contains(&share) {
+        return Err(format!("{text:?} is not between 0 and 1 (0% and 100%)"));
+    }
+    Ok(share)
 }
 
 /// What is wrong with the flags.
@@ -137,6 +173,12 @@ pub enum ConfigError {
     BadResponseBytes(u32),
     #[error("--delay-ms may be at most {MAX_DELAY_MS}, not {0}")]
     BadDelay(u32),
+    /// The error-rate threshold is not a share from 0 to 1.
+    #[error("--max-error-rate must be between 0 and 1, not {0}")]
+    BadMaxErrorRate(f64),
+    /// The p99 threshold is zero, which every run would cross.
+    #[error("--max-p99 must be longer than zero")]
+    ZeroMaxP99,
 }
 
 /// The largest response and the longest delay a node accepts.
@@ -145,6 +187,16 @@ pub use farm_api::node::{MAX_DELAY_MS, MAX_RESPONSE_BYTES};
 pub const CLOSED_CONCURRENCY: usize = 16;
 /// Default in-flight cap of an open-loop run.
 pub const OPEN_CONCURRENCY: usize = 1024;
+
+/// Limits a run must stay within to succeed, in the spirit of k6's
+/// thresholds: crossing one makes the run fail (exit code 1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Thresholds {
+    /// Highest share (0 to 1) of the requests sent that may fail.
+    pub max_error_rate: Option<f64>,
+    /// Highest p99 latency, corrected for coordinated omission.
+    pub max_p99: Option<Duration>,
+}
 
 /// A validated run.
 #[derive(Debug, Clone)]
@@ -168,6 +220,8 @@ pub struct RunConfig {
     /// Share of requests asked to fail with `fail_code` (0 to 1).
     pub error_rate: f64,
     pub fail_code: u32,
+    /// Limits the run must stay within to succeed.
+    pub thresholds: Thresholds,
 }
 
 impl RunConfig {
@@ -187,6 +241,7 @@ impl RunConfig {
             delay_ms: 0,
             error_rate: 0.0,
             fail_code: 14,
+            thresholds: Thresholds::default(),
         }
     }
 
@@ -214,6 +269,10 @@ impl RunConfig {
             delay_ms: args.delay_ms,
             error_rate: args.error_rate,
             fail_code: args.fail_code,
+            thresholds: Thresholds {
+                max_error_rate: args.max_error_rate,
+                max_p99: args.max_p99,
+            },
         };
         config.validate()?;
         Ok(config)
@@ -258,7 +317,41 @@ impl RunConfig {
         if self.delay_ms > MAX_DELAY_MS {
             return Err(ConfigError::BadDelay(self.delay_ms));
         }
+        if let Some(share) = self.thresholds.max_error_rate
+            && !(0.0..=1.0).contains(&share)
+        {
+            return Err(ConfigError::BadMaxErrorRate(share));
+        }
+        if self.thresholds.max_p99 == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroMaxP99);
+        }
         Ok(())
+    }
+
+    /// What is about to run, in one line.
+    pub fn describe(&self) -> String {
+        let shape = match self.rate {
+            Some(rate) => format!(
+                "{rate} req/s (open loop, at most {} in flight)",
+                self.concurrency
+            ),
+            None => format!("closed loop, {} in flight", self.concurrency),
+        };
+        let warmup = if self.warmup.is_zero() {
+            String::new()
+        } else {
+            format!(
+                " after {} of warm-up",
+                humantime::format_duration(self.warmup)
+            )
+        };
+        format!(
+            "loadgen: {} requests to {} target{} for {}{warmup}, {shape}",
+            self.mode.name(),
+            self.targets.len(),
+            if self.targets.len() == 1 { "" } else { "s" },
+            humantime::format_duration(self.duration),
+        )
     }
 }
 
@@ -310,6 +403,36 @@ mod tests {
         assert_eq!(config.duration, Duration::from_secs(60));
         assert_eq!(config.mode, Mode::Stream);
         assert_eq!((config.connections, config.streams), (1, 1));
+        assert_eq!(config.thresholds, Thresholds::default());
+    }
+
+    #[test]
+    fn thresholds_take_fractions_percentages_and_durations() {
+        let with = |more: &[&str]| {
+            let mut all = vec!["--target", "127.0.0.1:7001", "--max"];
+            all.extend_from_slice(more);
+            parse(&all)
+        };
+        let config = with(&["--max-error-rate", "0.01", "--max-p99", "50ms"]).expect("valid");
+        assert_eq!(
+            config.thresholds,
+            Thresholds {
+                max_error_rate: Some(0.01),
+                max_p99: Some(Duration::from_millis(50)),
+            }
+        );
+        let percent = with(&["--max-error-rate", "2.5%"]).expect("valid");
+        assert_eq!(percent.thresholds.max_error_rate, Some(0.025));
+        for bad in [
+            &["--max-error-rate", "1.5"][..],
+            &["--max-error-rate", "150%"],
+            &["--max-error-rate", "-0.1"],
+            &["--max-error-rate", "some"],
+            &["--max-p99", "soon"],
+            &["--max-p99", "0s"],
+        ] {
+            assert!(with(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -172,17 +172,34 @@ pub fn write_html(report: &Report, out: &mut impl Write) -> std::io::Result<()> 
     for (code, n) in code_name_order(&report.errors_by_code) {
         row(&format!("  {code}"), n.to_string());
     }
+    if report.connect_errors > 0 {
+        row("Connect errors", report.connect_errors.to_string());
+        for (target, errors) in &report.connect_errors_by_target {
+            row(
+                &format!("  {target}"),
+                format!("{} ({} failed attempts)", errors.last_error, errors.count),
+            );
+        }
+    }
     if !report.kept_up {
+        let waited = report.missed - report.missed_unconnected;
+        let why = match (waited, report.missed_unconnected) {
+            (_, 0) => "the targets did not keep up".to_owned(),
+            (0, _) => "no connection to send them on".to_owned(),
+            (waited, unconnected) => {
+                format!("{waited} waiting for a free slot, {unconnected} for a connection")
+            }
+        };
         row(
             "Missed",
-            format!(
-                "{} scheduled requests never sent: the targets did not keep up",
-                report.missed
-            ),
+            format!("{} scheduled requests never sent: {why}", report.missed),
         );
     }
     if report.interrupted {
         row("Stopped early", "partial results".to_owned());
+    }
+    for failure in report.failures() {
+        row("FAILED", failure);
     }
     let mut latency =
         String::from("<table><tr><th>Latency</th><th>corrected</th><th>uncorrected</th></tr>");

@@ -1,15 +1,24 @@
-//! `loadgen`: parses flags, finds the targets, runs the load test with
-//! progress on standard error and Ctrl-C as an early stop, and prints the
-//! report (and writes it as JSON or HTML when asked).
+//! `loadgen`: parses flags, finds the targets, runs the load test (or the
+//! swarm) with progress on standard error and Ctrl-C or SIGTERM as an early
+//! stop, and prints the report (and writes it as JSON or HTML when asked).
+//! The only place that handles signals and chooses exit codes.
 //!
-//! Exit codes: 0 done, 2 bad input (flags, an unreachable control plane, no
-//! node to drive), 1 anything else.
+//! Exit codes (`loadgen --help` says the same): 0 the run succeeded; 1 no
+//! request succeeded, a threshold was crossed, or the report could not be
+//! written; 2 bad input (flags, an unreachable control plane, no node to
+//! drive).
 
 use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
-use loadgen::{Cli, Command, Report, RunConfig, progress::Progress};
+use loadgen::{
+    Cli, Command, Report, RunArgs, RunConfig,
+    progress::Progress,
+    swarm::{SwarmArgs, SwarmConfig, SwarmError, SwarmProgress},
+};
 
+/// The run did not succeed, or its report could not be written.
+const FAILED: u8 = 1;
 /// Bad input, as opposed to a failure along the way.
 const USAGE: u8 = 2;
 
@@ -20,6 +29,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
+    // Bad flags end here with clap's message and exit code 2.
     let cli = Cli::parse();
     let runtime = match cli.threads {
         Some(0) => {
@@ -37,51 +47,59 @@ fn main() -> ExitCode {
             .enable_all()
             .build(),
     };
-    match runtime {
-        Ok(runtime) => runtime.block_on(run(cli.command)),
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
-            ExitCode::FAILURE
+            return ExitCode::from(FAILED);
         }
-    }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Swarm(args) => swarm(args).await,
+        }
+    })
 }
 
-async fn run(command: Command) -> ExitCode {
-    let args = match command {
-        Command::Run(args) => args,
-        Command::Swarm(args) => return loadgen::swarm::cli(args).await,
-    };
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM: the run stops early
+/// and reports what it measured.
+async fn shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `loadgen run`: exit code 0 when the run succeeded, 1 when no request
+/// succeeded or a threshold was crossed (the summary says which), 2 for
+/// bad input.
+async fn run(args: RunArgs) -> ExitCode {
     let targets = match &args.control_plane {
         Some(url) => {
-            match loadgen::discover::healthy_nodes(
-                url,
-                args.token.as_deref(),
-                args.group.as_deref(),
-            )
-            .await
-            {
+            let (token, group) = (args.token.as_deref(), args.group.as_deref());
+            match loadgen::discover::healthy_nodes(url, token, group).await {
                 Ok(targets) => targets,
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    return ExitCode::from(USAGE);
-                }
+                Err(err) => return fail(USAGE, &err),
             }
         }
         None => args.targets.clone(),
     };
     let config = match RunConfig::from_args(&args, &targets) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::from(USAGE);
-        }
+        Err(err) => return fail(USAGE, &err),
     };
 
     let mut progress = Progress::new(config.duration);
-    progress.start(&describe(&config));
-    let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    progress.start(&config.describe());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let shown = tokio::spawn(async move {
         while let Some(interval) = rx.recv().await {
@@ -89,21 +107,18 @@ async fn run(command: Command) -> ExitCode {
         }
         progress.finish();
     });
-    let report = loadgen::run_with_progress(&config, stop, move |interval| {
+    let report = loadgen::run_with_progress(&config, shutdown(), move |interval| {
         let _ = tx.send(interval.clone());
     })
     .await;
     let _ = shown.await;
     let report = match report {
         Ok(report) => report,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return ExitCode::FAILURE;
-        }
+        Err(err) => return fail(FAILED, &err),
     };
     if let Err(err) = report.write_text(&mut std::io::stdout().lock()) {
         eprintln!("error: cannot print the report: {err}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(FAILED);
     }
     let mut written = Ok(());
     if let Some(path) = &args.json {
@@ -114,38 +129,64 @@ async fn run(command: Command) -> ExitCode {
             loadgen::html::write_html(r, out)
         }));
     }
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
+    if let Err(message) = written {
+        eprintln!("error: {message}");
+        return ExitCode::from(FAILED);
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(FAILED)
     }
 }
 
-fn describe(config: &RunConfig) -> String {
-    let shape = match config.rate {
-        Some(rate) => format!(
-            "{rate} req/s (open loop, at most {} in flight)",
-            config.concurrency
-        ),
-        None => format!("closed loop, {} in flight", config.concurrency),
+/// `loadgen swarm`: exit code 2 for bad flags or an unreachable control
+/// plane, 1 when nothing registered or the report cannot be written.
+async fn swarm(args: SwarmArgs) -> ExitCode {
+    let config = match SwarmConfig::try_from(&args) {
+        Ok(config) => config,
+        Err(err) => return fail(USAGE, &err),
     };
-    let warmup = if config.warmup.is_zero() {
-        String::new()
-    } else {
-        format!(
-            " after {} of warm-up",
-            humantime::format_duration(config.warmup)
-        )
+    let progress = (!args.quiet).then_some(|line: &SwarmProgress| eprintln!("{line}"));
+    let report = match loadgen::swarm::swarm_with_progress(&config, shutdown(), progress).await {
+        Ok(report) => report,
+        Err(err @ SwarmError::Unreachable { .. }) => return fail(USAGE, &err),
     };
-    format!(
-        "loadgen: {} requests to {} target{} for {}{warmup}, {shape}",
-        config.mode.name(),
-        config.targets.len(),
-        if config.targets.len() == 1 { "" } else { "s" },
-        humantime::format_duration(config.duration),
-    )
+    if let Err(err) = report.write_text(&mut std::io::stdout().lock()) {
+        eprintln!("error: cannot print the report: {err}");
+        return ExitCode::from(FAILED);
+    }
+    if let Some(path) = &args.json {
+        let written = std::fs::File::create(path).and_then(|mut file| report.write_json(&mut file));
+        if let Err(err) = written {
+            eprintln!("error: cannot write {}: {err}", path.display());
+            return ExitCode::from(FAILED);
+        }
+    }
+    if report.registered == 0 {
+        eprintln!("error: no node could register; see the errors above");
+        return ExitCode::from(FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints `err` and its causes, `: `-separated (a cause that repeats the
+/// one before it said once), and exits with `code`.
+fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
+    let mut text = err.to_string();
+    let mut last = String::new();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if said != last && !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        last = said;
+        source = cause.source();
+    }
+    eprintln!("error: {text}");
+    ExitCode::from(code)
 }
 
 fn write_to(

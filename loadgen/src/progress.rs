@@ -39,12 +39,18 @@ impl Progress {
     pub fn interval(&mut self, interval: &Interval) {
         let total = self.duration.as_secs_f64().max(f64::EPSILON);
         let done = (interval.elapsed_s / total).clamp(0.0, 1.0);
-        let figures = format!(
-            "{:>10.1} req/s  {:>7} errors  p99 {:>9}",
-            interval.throughput_rps,
-            interval.errors,
+        let p99 = if interval.requests == 0 {
+            "-".to_owned()
+        } else {
             human_us(interval.latency_us.p99)
+        };
+        let mut figures = format!(
+            "{:>10.1} req/s  {:>7} errors  p99 {p99:>9}",
+            interval.throughput_rps, interval.errors,
         );
+        if interval.connect_errors > 0 {
+            figures.push_str(&format!("  {} connect errors", interval.connect_errors));
+        }
         let mut err = std::io::stderr().lock();
         // Progress is a courtesy: a closed standard error does not stop the run.
         let _ = if self.terminal {

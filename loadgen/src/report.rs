@@ -1,5 +1,7 @@
 //! HDR recording per worker, the merged [`Report`], and its renderings: a
-//! text summary table and JSON.
+//! text summary table and JSON. The report also judges the run: it failed
+//! when no request succeeded or when it crossed a threshold the user set
+//! ([`Report::failures`]).
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -7,7 +9,10 @@ use farm_api::{node::MAX_LATENCY_US, status};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::config::Mode;
+use crate::{
+    config::{Mode, Thresholds},
+    progress::human_us,
+};
 
 /// A latency histogram in microseconds up to [`MAX_LATENCY_US`] (a node's
 /// longest delay; larger values are clamped to it), 3 significant figures.
@@ -95,6 +100,70 @@ impl From<&Histogram<u64>> for Percentiles {
     }
 }
 
+/// Failed connection attempts to one target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectErrors {
+    /// Attempts that failed: refused, timed out, or closed (or the stream
+    /// ended) before anything was answered.
+    pub count: u64,
+    /// Connections (streams, in stream mode) that did answer.
+    pub established: u64,
+    /// What the last failed attempt ran into (`connection refused`, ...).
+    pub last_error: String,
+}
+
+/// One threshold and how the run measured against it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Check {
+    /// The limit set.
+    pub limit: f64,
+    /// What the run measured (0 when no request completed).
+    pub actual: f64,
+    /// Whether `actual` is above `limit`.
+    pub crossed: bool,
+}
+
+impl Check {
+    fn new(limit: f64, actual: f64) -> Self {
+        Self {
+            limit,
+            actual,
+            crossed: actual > limit,
+        }
+    }
+}
+
+/// The thresholds the user set (`--max-error-rate`, `--max-p99`), checked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ThresholdChecks {
+    /// Share of the requests sent that failed, from 0 to 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<Check>,
+    /// Corrected p99 latency, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_p99_us: Option<Check>,
+}
+
+impl ThresholdChecks {
+    fn new(limits: &Thresholds, requests: u64, errors: u64, p99_us: u64) -> Self {
+        let error_rate = if requests > 0 {
+            errors as f64 / requests as f64
+        } else {
+            0.0
+        };
+        Self {
+            max_error_rate: limits.max_error_rate.map(|max| Check::new(max, error_rate)),
+            max_p99_us: limits
+                .max_p99
+                .map(|max| Check::new(micros(max) as f64, p99_us as f64)),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.max_error_rate.is_none() && self.max_p99_us.is_none()
+    }
+}
+
 /// One second of a run (the last one may be shorter), as progress shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Interval {
@@ -105,6 +174,8 @@ pub struct Interval {
     /// Requests completed in this interval, failed ones included.
     pub requests: u64,
     pub errors: u64,
+    /// Failed connection attempts in this interval.
+    pub connect_errors: u64,
     pub throughput_rps: f64,
     /// Latency from the scheduled send time.
     pub latency_us: Percentiles,
@@ -113,13 +184,20 @@ pub struct Interval {
 }
 
 impl Interval {
-    pub(crate) fn new(second: u64, elapsed: Duration, length: Duration, all: &Recorder) -> Self {
+    pub(crate) fn new(
+        second: u64,
+        elapsed: Duration,
+        length: Duration,
+        all: &Recorder,
+        connect_errors: u64,
+    ) -> Self {
         let secs = length.as_secs_f64();
         Self {
             second,
             elapsed_s: elapsed.as_secs_f64(),
             requests: all.requests,
             errors: all.errors.values().sum(),
+            connect_errors,
             throughput_rps: if secs > 0.0 {
                 all.requests as f64 / secs
             } else {
@@ -173,15 +251,25 @@ pub struct Report {
     pub concurrency: usize,
     /// Measured time in seconds (shorter than asked when stopped early).
     pub duration_s: f64,
+    /// Requests sent and completed, failed ones included. Requests that
+    /// could not be sent for want of a connection are not requests.
     pub requests: u64,
     pub errors: u64,
     /// Failed requests by status code name (`UNAVAILABLE`, ...).
     pub errors_by_code: BTreeMap<String, u64>,
+    /// Failed connection attempts (refused, timed out, closed before
+    /// answering), every target together.
+    pub connect_errors: u64,
+    /// Failed connection attempts by target, for the targets that had any.
+    pub connect_errors_by_target: BTreeMap<String, ConnectErrors>,
     /// Achieved requests per second.
     pub throughput_rps: f64,
-    /// Open loop: scheduled requests that were never sent because all
-    /// `concurrency` requests were in flight until the run ended.
+    /// Open loop: scheduled requests that were never sent, because all
+    /// `concurrency` requests were in flight until the run ended, or
+    /// because there was no connection to send them on.
     pub missed: u64,
+    /// Open loop: of `missed`, those that had no connection to go out on.
+    pub missed_unconnected: u64,
     /// Open loop: whether the targets kept up with the asked rate (nothing
     /// missed). Always true in closed loop.
     pub kept_up: bool,
@@ -195,6 +283,11 @@ pub struct Report {
     pub intervals: Vec<Interval>,
     /// Whether the run was stopped before its duration was up.
     pub interrupted: bool,
+    /// The thresholds set, and whether the run crossed them.
+    pub thresholds: ThresholdChecks,
+    /// Whether the run succeeded: some request succeeded and no threshold
+    /// was crossed (the exit code is 0 then, 1 otherwise).
+    pub passed: bool,
 }
 
 /// What a run measured, before it becomes a [`Report`].
@@ -207,6 +300,9 @@ pub(crate) struct Measured<'a> {
     pub measured: Duration,
     pub all: &'a Recorder,
     pub missed: u64,
+    pub missed_unconnected: u64,
+    pub connect_errors: BTreeMap<String, ConnectErrors>,
+    pub thresholds: Thresholds,
     pub intervals: Vec<Interval>,
     pub interrupted: bool,
 }
@@ -215,28 +311,80 @@ impl Report {
     pub(crate) fn new(m: Measured<'_>) -> Self {
         let secs = m.measured.as_secs_f64();
         let all = m.all;
-        Self {
+        let errors = all.errors.values().sum();
+        let latency_us = Percentiles::from(&all.corrected);
+        let mut report = Self {
             mode: m.mode,
             targets: m.targets.to_vec(),
             rate: m.rate,
             concurrency: m.concurrency,
             duration_s: secs,
             requests: all.requests,
-            errors: all.errors.values().sum(),
+            errors,
             errors_by_code: by_code_name(&all.errors),
+            connect_errors: m.connect_errors.values().map(|e| e.count).sum(),
+            connect_errors_by_target: m.connect_errors,
             throughput_rps: if secs > 0.0 {
                 all.requests as f64 / secs
             } else {
                 0.0
             },
             missed: m.missed,
+            missed_unconnected: m.missed_unconnected,
             kept_up: m.missed == 0,
-            latency_us: Percentiles::from(&all.corrected),
+            thresholds: ThresholdChecks::new(&m.thresholds, all.requests, errors, latency_us.p99),
+            latency_us,
             uncorrected_latency_us: Percentiles::from(&all.uncorrected),
             spectrum: spectrum(all),
             intervals: m.intervals,
             interrupted: m.interrupted,
+            passed: false,
+        };
+        report.passed = report.failures().is_empty();
+        report
+    }
+
+    /// Why the run failed, a sentence each; empty when it succeeded.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.requests == self.errors {
+            failures.push(self.why_none());
         }
+        if let Some(check) = self.thresholds.max_error_rate
+            && check.crossed
+        {
+            failures.push(format!(
+                "--max-error-rate crossed: {} of the requests failed, more than {}",
+                percent(check.actual),
+                percent(check.limit)
+            ));
+        }
+        if let Some(check) = self.thresholds.max_p99_us
+            && check.crossed
+        {
+            failures.push(format!(
+                "--max-p99 crossed: the p99 latency was {}, above {}",
+                human_us(check.actual as u64),
+                human_us(check.limit as u64)
+            ));
+        }
+        failures
+    }
+
+    /// Why no request succeeded.
+    fn why_none(&self) -> String {
+        if self.requests > 0 {
+            return format!("no request succeeded: all {} failed", self.requests);
+        }
+        if self.connect_errors_by_target.is_empty() {
+            return "no request succeeded: none was completed".to_owned();
+        }
+        let problems: Vec<String> = self
+            .connect_errors_by_target
+            .iter()
+            .map(|(target, errors)| connect_problem(target, errors))
+            .collect();
+        format!("no request could be sent: {}", problems.join("; "))
     }
 
     /// The summary's percentiles: name, corrected and uncorrected latency
@@ -271,6 +419,12 @@ impl Report {
         for (code, n) in code_name_order(&self.errors_by_code) {
             writeln!(out, "    {code:<20} {n}")?;
         }
+        if self.connect_errors > 0 {
+            writeln!(out, "  Connect errors: {}", self.connect_errors)?;
+            for (target, errors) in &self.connect_errors_by_target {
+                writeln!(out, "    {}", connect_problem(target, errors))?;
+            }
+        }
         match self.rate {
             Some(rate) => {
                 writeln!(
@@ -279,12 +433,20 @@ impl Report {
                     self.throughput_rps,
                     100.0 * self.throughput_rps / rate
                 )?;
-                if !self.kept_up {
+                let waited = self.missed - self.missed_unconnected;
+                if waited > 0 {
                     writeln!(
                         out,
-                        "  The targets did not keep up: {} scheduled requests were never sent \
+                        "  The targets did not keep up: {waited} scheduled requests were never sent \
                          (all {} in flight); the corrected latency counts the wait of those sent.",
-                        self.missed, self.concurrency
+                        self.concurrency
+                    )?;
+                }
+                if self.missed_unconnected > 0 {
+                    writeln!(
+                        out,
+                        "  {} scheduled requests were never sent: no connection to send them on.",
+                        self.missed_unconnected
                     )?;
                 }
             }
@@ -295,6 +457,10 @@ impl Report {
             )?,
         }
         writeln!(out)?;
+        if self.requests == 0 {
+            writeln!(out, "  Latency: none measured (no request completed)")?;
+            return self.write_verdict(out);
+        }
         writeln!(
             out,
             "  Latency (us)  {:>12} {:>12}",
@@ -302,6 +468,41 @@ impl Report {
         )?;
         for (name, a, b) in self.latency_rows() {
             writeln!(out, "  {name:<12}  {a:>12} {b:>12}")?;
+        }
+        self.write_verdict(out)
+    }
+
+    /// The thresholds and, when the run failed, why.
+    fn write_verdict(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let state = |check: &Check| if check.crossed { "CROSSED" } else { "ok" };
+        if !self.thresholds.is_empty() {
+            writeln!(out)?;
+            writeln!(out, "  Thresholds:")?;
+        }
+        if let Some(check) = &self.thresholds.max_error_rate {
+            writeln!(
+                out,
+                "    error rate {:>9} (limit {:>9})  {}",
+                percent(check.actual),
+                percent(check.limit),
+                state(check)
+            )?;
+        }
+        if let Some(check) = &self.thresholds.max_p99_us {
+            writeln!(
+                out,
+                "    p99        {:>9} (limit {:>9})  {}",
+                human_us(check.actual as u64),
+                human_us(check.limit as u64),
+                state(check)
+            )?;
+        }
+        let failures = self.failures();
+        if !failures.is_empty() {
+            writeln!(out)?;
+        }
+        for failure in failures {
+            writeln!(out, "FAILED: {failure}")?;
         }
         Ok(())
     }
@@ -311,6 +512,27 @@ impl Report {
         serde_json::to_writer_pretty(&mut *out, self)?;
         writeln!(out)
     }
+}
+
+/// A share as a percentage: `1.25%`.
+fn percent(share: f64) -> String {
+    format!("{:.2}%", share * 100.0)
+}
+
+/// A target's connection failures in a line: `connection refused to
+/// 127.0.0.1:50071 (24 attempts, none answered)`.
+fn connect_problem(target: &str, errors: &ConnectErrors) -> String {
+    let address = target.strip_prefix("http://").unwrap_or(target);
+    let answered = match errors.established {
+        0 => "none answered".to_owned(),
+        n => format!("{n} answered"),
+    };
+    format!(
+        "{} to {address} ({} failed attempt{}, {answered})",
+        errors.last_error,
+        errors.count,
+        if errors.count == 1 { "" } else { "s" }
+    )
 }
 
 /// Counts by gRPC status code, keyed by the code's canonical name instead
@@ -335,6 +557,124 @@ pub fn code_name_order(errors: &BTreeMap<String, u64>) -> Vec<(&str, u64)> {
 mod tests {
     use super::*;
 
+    /// A two-second open-loop report of `all` against one target.
+    fn report(
+        all: &Recorder,
+        thresholds: Thresholds,
+        connect_errors: BTreeMap<String, ConnectErrors>,
+    ) -> Report {
+        Report::new(Measured {
+            mode: Mode::Unary,
+            targets: &["http://127.0.0.1:1".to_owned()],
+            rate: Some(50.0),
+            concurrency: 4,
+            measured: Duration::from_secs(2),
+            all,
+            missed: 0,
+            missed_unconnected: 0,
+            connect_errors,
+            thresholds,
+            intervals: Vec::new(),
+            interrupted: false,
+        })
+    }
+
+    fn text(report: &Report) -> String {
+        let mut text = Vec::new();
+        report.write_text(&mut text).expect("text");
+        String::from_utf8(text).expect("utf-8")
+    }
+
+    #[test]
+    fn thresholds_judge_the_run() {
+        // 100 requests, 10 failed, p99 at about 99 ms.
+        let mut all = Recorder::default();
+        for i in 1..=100 {
+            all.record(
+                Duration::from_millis(i),
+                Duration::from_millis(i),
+                if i % 10 == 0 { 14 } else { 0 },
+            );
+        }
+        let check = |max_error_rate: Option<f64>, max_p99_ms: Option<u64>| {
+            report(
+                &all,
+                Thresholds {
+                    max_error_rate,
+                    max_p99: max_p99_ms.map(Duration::from_millis),
+                },
+                BTreeMap::new(),
+            )
+        };
+        let held = check(Some(0.1), Some(100));
+        assert!(held.passed, "{:?}", held.failures());
+        let held_text = text(&held);
+        assert!(
+            held_text.contains("Thresholds:") && !held_text.contains("FAILED"),
+            "{held_text}"
+        );
+
+        let rate = check(Some(0.05), None);
+        assert!(!rate.passed);
+        assert_eq!(
+            rate.thresholds.max_error_rate.map(|c| c.crossed),
+            Some(true)
+        );
+        let failures = rate.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("--max-error-rate") && failures[0].contains("10.00%"),
+            "{failures:?}"
+        );
+
+        let slow = check(None, Some(50));
+        assert!(!slow.passed);
+        let slow_text = text(&slow);
+        assert!(
+            slow_text.contains("FAILED: --max-p99 crossed"),
+            "{slow_text}"
+        );
+        assert!(slow_text.contains("CROSSED"), "{slow_text}");
+        let json = serde_json::to_value(&slow).expect("json");
+        assert_eq!(json["passed"], false);
+        assert_eq!(json["thresholds"]["max_p99_us"]["limit"], 50_000.0);
+        assert_eq!(json["thresholds"]["max_p99_us"]["crossed"], true);
+        assert!(json["thresholds"].get("max_error_rate").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_run_with_no_success_fails_and_says_why() {
+        let refused = ConnectErrors {
+            count: 12,
+            established: 0,
+            last_error: "connection refused".to_owned(),
+        };
+        let none = report(
+            &Recorder::default(),
+            Thresholds::default(),
+            [("http://127.0.0.1:1".to_owned(), refused)].into(),
+        );
+        assert!(!none.passed);
+        assert_eq!(none.connect_errors, 12);
+        let text = text(&none);
+        assert!(text.contains("Connect errors: 12"), "{text}");
+        assert!(
+            text.contains(
+                "FAILED: no request could be sent: \
+                 connection refused to 127.0.0.1:1 (12 failed attempts, none answered)"
+            ),
+            "{text}"
+        );
+
+        let mut failing = Recorder::default();
+        failing.record(Duration::from_millis(1), Duration::from_millis(1), 14);
+        let all_failed = report(&failing, Thresholds::default(), BTreeMap::new());
+        assert_eq!(
+            all_failed.failures(),
+            ["no request succeeded: all 1 failed"]
+        );
+    }
+
     #[test]
     fn recorders_merge_and_report() {
         let mut a = Recorder::default();
@@ -344,18 +684,9 @@ mod tests {
         }
         b.record(Duration::from_secs(120), Duration::from_millis(1), 14);
         a.merge(&b);
-        let report = Report::new(Measured {
-            mode: Mode::Unary,
-            targets: &["http://127.0.0.1:1".to_owned()],
-            rate: Some(50.0),
-            concurrency: 4,
-            measured: Duration::from_secs(2),
-            all: &a,
-            missed: 0,
-            intervals: Vec::new(),
-            interrupted: false,
-        });
+        let report = report(&a, Thresholds::default(), BTreeMap::new());
         assert_eq!((report.requests, report.errors), (100, 1));
+        assert!(report.passed, "{:?}", report.failures());
         assert_eq!(report.errors_by_code.get("UNAVAILABLE"), Some(&1));
         assert!((report.throughput_rps - 50.0).abs() < 1e-9);
         // Clamped to a minute, not lost.

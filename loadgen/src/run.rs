@@ -10,32 +10,42 @@
 //! the actual send. Scheduled requests still waiting when the run ends are
 //! reported as missed, so a rate the targets could not keep up with shows.
 //!
+//! Requests go out through `conn`'s callers, which connect (and connect
+//! again) through `dial`'s dialers: a target that refuses connections is
+//! asked again at the backoff's pace, its refusals are counted as connect
+//! errors, and the requests that could not be sent are not counted as
+//! requests. Each connection is tried once before the clock starts.
+//!
 //! Recording goes into shards (one per closed-loop worker, a few for the open
 //! loop's tasks), each holding the run's histograms and the current second's;
 //! a ticker takes the second's every second for progress, and the run's are
 //! merged at the end.
 
+mod conn;
+mod dial;
+
 use std::{
-    collections::HashMap,
     future::Future,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
 use bytes::Bytes;
-use farm_api::v1::{WorkRequest, WorkResponse, workload_client::WorkloadClient};
-use h2::client::SendRequest;
+use farm_api::v1::WorkRequest;
 use tokio::{
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
     time::Instant,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
+use self::{
+    conn::{Caller, StreamConn, UnaryConn, frame},
+    dial::{Dialer, Tally},
+};
 use crate::{
     config::{ConfigError, Mode, RunConfig},
     report::{Interval, Measured, Recorder, Report},
@@ -44,12 +54,13 @@ use crate::{
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The configuration breaks one of the rules of a run.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot open a WorkStream to {target}: {message}")]
-    Stream { target: String, message: String },
+    /// A task of the run panicked.
     #[error("a load-test task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The open loop's schedule thread could not be started.
     #[error("cannot start the scheduler thread: {0}")]
     Thread(std::io::Error),
 }
@@ -58,368 +69,8 @@ pub enum RunError {
 /// complete (plus the delay the nodes are asked for) before they are
 /// abandoned.
 const DRAIN: Duration = Duration::from_secs(1);
-/// Pause of a closed-loop worker after a request failed without reaching a
-/// server (connection refused, ...), so a dead target is not hammered.
-const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Recording shards of the open loop.
 const OPEN_SHARDS: usize = 8;
-
-/// Status code used when a stream ends under a request.
-const UNAVAILABLE: i32 = tonic::Code::Unavailable as i32;
-
-/// One open `WorkStream`; requests are matched to responses by id.
-#[derive(Debug)]
-struct LiveStream {
-    tx: mpsc::Sender<WorkRequest>,
-    /// Set by the reader once the stream has ended.
-    closed: Arc<AtomicBool>,
-    /// Requests awaiting their response. A `std` mutex: held for a map
-    /// operation only, never across an await.
-    pending: Arc<Mutex<HashMap<u64, oneshot::Sender<i32>>>>,
-    next_id: AtomicU64,
-}
-
-impl LiveStream {
-    async fn open(channel: Channel) -> Result<Self, tonic::Status> {
-        let (tx, rx) = mpsc::channel::<WorkRequest>(1024);
-        let mut client = WorkloadClient::new(channel);
-        let mut inbound = client
-            .work_stream(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
-        let pending: Arc<Mutex<HashMap<u64, oneshot::Sender<i32>>>> = Arc::default();
-        let reader = Arc::clone(&pending);
-        let closed = Arc::new(AtomicBool::new(false));
-        let closing = Arc::clone(&closed);
-        tokio::spawn(async move {
-            let end_code = loop {
-                match inbound.message().await {
-                    Ok(Some(WorkResponse { id, code, .. })) => {
-                        let waiter = reader
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .remove(&id);
-                        if let Some(waiter) = waiter {
-                            let _ = waiter.send(i32::try_from(code).unwrap_or(i32::MAX));
-                        }
-                    }
-                    Ok(None) => break UNAVAILABLE,
-                    Err(status) => break status.code() as i32,
-                }
-            };
-            closing.store(true, Ordering::Release);
-            let waiting: Vec<_> = reader
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain()
-                .collect();
-            for (_, waiter) in waiting {
-                let _ = waiter.send(end_code);
-            }
-        });
-        Ok(Self {
-            tx,
-            closed,
-            pending,
-            next_id: AtomicU64::new(1),
-        })
-    }
-
-    async fn call(&self, mut request: WorkRequest) -> Outcome {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        request.id = id;
-        let (done, answer) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, done);
-        if self.tx.send(request).await.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&id);
-            return Outcome::unreached(UNAVAILABLE);
-        }
-        match answer.await {
-            Ok(code) => Outcome {
-                code,
-                unreached: false,
-            },
-            Err(_) => Outcome::unreached(UNAVAILABLE),
-        }
-    }
-}
-
-/// A `WorkStream` that is opened again on its channel once it has ended, so
-/// a node that restarts or drops the stream costs the requests in flight,
-/// not the rest of the run.
-#[derive(Debug)]
-struct StreamConn {
-    channel: Channel,
-    /// The stream in use. A `std` mutex: held to clone or swap the `Arc`.
-    current: Mutex<Arc<LiveStream>>,
-    /// Held while opening a new stream, so workers open one, not one each.
-    reopening: tokio::sync::Mutex<()>,
-}
-
-impl StreamConn {
-    async fn open(channel: Channel) -> Result<Self, tonic::Status> {
-        let live = LiveStream::open(channel.clone()).await?;
-        Ok(Self {
-            channel,
-            current: Mutex::new(Arc::new(live)),
-            reopening: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn current(&self) -> Arc<LiveStream> {
-        Arc::clone(&self.current.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    async fn call(&self, request: WorkRequest) -> Outcome {
-        let mut live = self.current();
-        if live.closed.load(Ordering::Acquire) {
-            let _reopening = self.reopening.lock().await;
-            live = self.current();
-            if live.closed.load(Ordering::Acquire) {
-                match LiveStream::open(self.channel.clone()).await {
-                    Ok(new) => {
-                        live = Arc::new(new);
-                        *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Arc::clone(&live);
-                    }
-                    Err(status) => return Outcome::unreached(status.code() as i32),
-                }
-            }
-        }
-        live.call(request).await
-    }
-}
-
-/// `Work` calls straight on one HTTP/2 connection (the `h2` crate's),
-/// connected again when it is lost, with the request encoded once for the
-/// whole run. A tonic client would encode every request again and put a
-/// load-balancing buffer (a queue and a task hand-off) and a body-piping task
-/// in front of each: in a load generator that cost is taken from the target
-/// sharing the machine. The answer's status
-/// is read as gRPC defines it (`grpc-status` in the trailers, or in the
-/// headers of a trailers-only answer); its message is not decoded.
-#[derive(Debug)]
-struct UnaryConn {
-    /// `http://host:port/farm.v1.Workload/Work`.
-    uri: http::Uri,
-    /// `host:port` to connect to.
-    authority: String,
-    /// The connection in use. A `std` mutex: held to clone or swap it.
-    current: Mutex<Option<Link>>,
-    /// Held while connecting, so callers make one connection, not one each.
-    connecting: tokio::sync::Mutex<()>,
-}
-
-/// A handle on a connection, and whether the connection has ended.
-type Link = (SendRequest<Bytes>, Arc<AtomicBool>);
-
-/// How long connecting to a target may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A request as a gRPC message frame: uncompressed flag, big-endian length,
-/// the encoded message.
-fn frame(request: &WorkRequest) -> Bytes {
-    let message = prost::Message::encode_to_vec(request);
-    let mut frame = Vec::with_capacity(5 + message.len());
-    frame.push(0);
-    frame.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
-    frame.extend_from_slice(&message);
-    Bytes::from(frame)
-}
-
-/// The gRPC status an answer carries, from `headers` (trailers-only) or the
-/// trailers.
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// The gRPC code of an HTTP status that is not 200 (gRPC's mapping).
-fn code_of_http(status: http::StatusCode) -> i32 {
-    match status.as_u16() {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => UNAVAILABLE,
-        _ => 2,
-    }
-}
-
-impl UnaryConn {
-    fn new(target: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::BadTarget(target.to_owned());
-        let base: http::Uri = target.parse().map_err(|_| bad())?;
-        let authority = base.authority().ok_or_else(bad)?.clone();
-        let uri = http::Uri::builder()
-            .scheme(base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
-            .authority(authority.clone())
-            .path_and_query("/farm.v1.Workload/Work")
-            .build()
-            .map_err(|_| bad())?;
-        let authority = match authority.port_u16() {
-            Some(_) => authority.to_string(),
-            None => format!("{authority}:80"),
-        };
-        Ok(Self {
-            uri,
-            authority,
-            current: Mutex::new(None),
-            connecting: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn open(&self) -> Option<Link> {
-        self.current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .filter(|(_, ended)| !ended.load(Ordering::Acquire))
-            .cloned()
-    }
-
-    async fn link(&self) -> Result<Link, String> {
-        if let Some(sender) = self.open() {
-            return Ok(sender);
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(sender) = self.open() {
-            return Ok(sender);
-        }
-        let connect = async {
-            let stream = tokio::net::TcpStream::connect(&self.authority).await?;
-            stream.set_nodelay(true)?;
-            let (sender, connection) = h2::client::handshake(stream)
-                .await
-                .map_err(std::io::Error::other)?;
-            let authority = self.authority.clone();
-            let ended = Arc::new(AtomicBool::new(false));
-            let ending = Arc::clone(&ended);
-            tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    tracing::debug!(target = %authority, error = %err, "connection lost");
-                }
-                ending.store(true, Ordering::Release);
-            });
-            Ok::<_, std::io::Error>((sender, ended))
-        };
-        let (sender, ended) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|err| err.to_string())?;
-        let link = (sender, ended);
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
-        Ok(link)
-    }
-
-    /// Sends `frame` as a `Work` call. `cache` keeps the caller's own handle
-    /// on the connection between calls (cloning one costs a lock).
-    async fn call(&self, frame: Bytes, cache: &mut Option<Link>) -> Outcome {
-        let cached = cache
-            .take()
-            .filter(|(_, ended)| !ended.load(Ordering::Acquire));
-        let (sender, ended) = match cached {
-            Some(link) => link,
-            None => match self.link().await {
-                Ok(link) => link,
-                Err(reason) => {
-                    tracing::debug!(target = %self.authority, %reason, "cannot connect");
-                    return Outcome::unreached(UNAVAILABLE);
-                }
-            },
-        };
-        let request = http::Request::post(self.uri.clone())
-            .header(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            )
-            .header(http::header::TE, http::HeaderValue::from_static("trailers"))
-            .body(());
-        let Ok(request) = request else {
-            return Outcome::unreached(13);
-        };
-        let answered = async {
-            let mut sender = sender.ready().await?;
-            let (response, mut body) = sender.send_request(request, false)?;
-            *cache = Some((sender, ended));
-            body.send_data(frame, true)?;
-            let response = response.await?;
-            if response.status() != http::StatusCode::OK {
-                return Ok(code_of_http(response.status()));
-            }
-            if let Some(code) = grpc_status(response.headers()) {
-                return Ok(code);
-            }
-            let mut body = response.into_body();
-            while let Some(data) = body.data().await {
-                let data = data?;
-                let _ = body.flow_control().release_capacity(data.len());
-            }
-            let trailers = body.trailers().await?;
-            // No status at all is a broken answer: gRPC calls it UNKNOWN.
-            Ok::<_, h2::Error>(trailers.as_ref().and_then(grpc_status).unwrap_or(2))
-        };
-        match answered.await {
-            Ok(code) => Outcome {
-                code,
-                unreached: false,
-            },
-            Err(err) => {
-                tracing::debug!(target = %self.authority, error = %err, "request lost");
-                Outcome::unreached(UNAVAILABLE)
-            }
-        }
-    }
-}
-
-/// How one request ended.
-#[derive(Debug, Clone, Copy)]
-struct Outcome {
-    /// gRPC status code (0: OK).
-    code: i32,
-    /// The request never reached a server (no connection, stream gone).
-    unreached: bool,
-}
-
-impl Outcome {
-    fn unreached(code: i32) -> Self {
-        Self {
-            code,
-            unreached: true,
-        }
-    }
-}
-
-/// Where requests are sent.
-#[derive(Debug)]
-enum Caller {
-    Unary(UnaryConn),
-    Stream(StreamConn),
-}
-
-impl Caller {
-    /// Sends request number `n` of `plan`; `cache` is the caller's own
-    /// connection handle, kept between calls.
-    async fn call(&self, plan: &Plan, n: u64, cache: &mut Option<Link>) -> Outcome {
-        let failing = usize::from(plan.fails(n));
-        match self {
-            Caller::Unary(conn) => conn.call(plan.frames[failing].clone(), cache).await,
-            Caller::Stream(stream) => stream.call(plan.requests[failing].clone()).await,
-        }
-    }
-}
 
 /// The run's histograms and the current second's, behind one lock held for
 /// a record or a swap.
@@ -484,7 +135,17 @@ impl Plan {
     /// ⌊n·rate⌋ steps up).
     fn fails(&self, n: u64) -> bool {
         let rate = self.error_rate;
-        rate > 0.0 && (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor()
+        rate > 0.0 && (n as f64 * rate).floor() > ((n.max(1) - 1) as f64 * rate).floor()
+    }
+
+    /// Request number `n`.
+    fn request(&self, n: u64) -> &WorkRequest {
+        &self.requests[usize::from(self.fails(n))]
+    }
+
+    /// Request number `n` as a gRPC frame.
+    fn frame(&self, n: u64) -> Bytes {
+        self.frames[usize::from(self.fails(n))].clone()
     }
 }
 
@@ -499,19 +160,17 @@ async fn worker(
     index: usize,
 ) {
     let mut link = None;
-    loop {
-        let sent = Instant::now();
-        if sent >= plan.end {
-            break;
-        }
-        let n = built.fetch_add(1, Ordering::Relaxed) + 1;
-        let outcome = caller.call(&plan, n, &mut link).await;
+    while Instant::now() < plan.end {
+        let number = || built.fetch_add(1, Ordering::Relaxed) + 1;
+        // Not sent: there was no connection until the end, or the one
+        // there failed (its dialer puts the next attempt off).
+        let Some(sent) = caller.call(&plan, number, &mut link).await else {
+            continue;
+        };
         let done = Instant::now();
-        if sent >= plan.measure {
-            record(&shard[index], done - sent, done - sent, outcome.code);
-        }
-        if outcome.unreached {
-            tokio::time::sleep(RETRY_PAUSE).await;
+        if sent.at >= plan.measure {
+            let took = done - sent.at;
+            record(&shard[index], took, took, sent.code);
         }
     }
 }
@@ -569,14 +228,17 @@ fn schedule(plan: &Plan, rate: f64, slots: &mpsc::UnboundedSender<(u64, Instant)
 
 /// Open loop: sends each scheduled request as its own task, at most
 /// `concurrency` in flight, until the end. Returns the scheduled requests
-/// never sent, and the tasks still in flight. Stopped early by dropping it
-/// (which aborts its tasks and ends the schedule's thread).
+/// that never had a free slot, and the tasks still in flight; those that
+/// had one but no connection until the end are counted in `unconnected`.
+/// Stopped early by dropping it (which aborts its tasks and ends the
+/// schedule's thread).
 async fn dispatch(
     callers: Vec<Arc<Caller>>,
     plan: Arc<Plan>,
     rate: f64,
     concurrency: usize,
     shards: Shards,
+    unconnected: Arc<AtomicU64>,
 ) -> Result<(u64, JoinSet<()>), RunError> {
     let (slots_tx, mut slots) = mpsc::unbounded_channel();
     let scheduler = {
@@ -606,14 +268,22 @@ async fn dispatch(
         };
         let caller = Arc::clone(&callers[slot as usize % callers.len()]);
         let (plan, shards) = (Arc::clone(&plan), Arc::clone(&shards));
+        let unconnected = Arc::clone(&unconnected);
         tasks.spawn(async move {
             let _permit = permit;
-            let sent = Instant::now();
-            let outcome = caller.call(&plan, slot + 1, &mut None).await;
+            let sent = caller.call(&plan, || slot + 1, &mut None).await;
             let done = Instant::now();
-            if at >= plan.measure {
-                let shard = &shards[slot as usize % shards.len()];
-                record(shard, done - at, done - sent, outcome.code);
+            if at < plan.measure {
+                return;
+            }
+            match sent {
+                Some(sent) => {
+                    let shard = &shards[slot as usize % shards.len()];
+                    record(shard, done - at, done - sent.at, sent.code);
+                }
+                None => {
+                    unconnected.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
         while tasks.try_join_next().is_some() {}
@@ -636,21 +306,22 @@ fn channel(uri: &str) -> Result<Channel, RunError> {
         .connect_lazy())
 }
 
-async fn callers(config: &RunConfig) -> Result<Vec<Arc<Caller>>, RunError> {
+/// The callers of a run: per target, `connections` connections, each a
+/// caller (unary) or `streams` callers (stream mode), every connection with
+/// its own dialer counting into `tally`.
+fn callers(config: &RunConfig, tally: &Arc<Tally>) -> Result<Vec<Arc<Caller>>, RunError> {
     let mut callers = Vec::new();
     for target in &config.targets {
         for _ in 0..config.connections {
+            let dialer = Arc::new(Dialer::new(target.clone(), Arc::clone(tally)));
             match config.mode {
-                Mode::Unary => callers.push(Arc::new(Caller::Unary(UnaryConn::new(target)?))),
+                Mode::Unary => {
+                    callers.push(Arc::new(Caller::Unary(UnaryConn::new(target, dialer)?)));
+                }
                 Mode::Stream => {
                     let channel = channel(target)?;
                     for _ in 0..config.streams {
-                        let stream = StreamConn::open(channel.clone()).await.map_err(|status| {
-                            RunError::Stream {
-                                target: target.clone(),
-                                message: status.message().to_owned(),
-                            }
-                        })?;
+                        let stream = StreamConn::new(channel.clone(), Arc::clone(&dialer));
                         callers.push(Arc::new(Caller::Stream(stream)));
                     }
                 }
@@ -676,6 +347,7 @@ fn take_second(shards: &[Mutex<Shard>]) -> Recorder {
 /// when it is only the tail of requests completing after the end.
 async fn tick(
     shards: Shards,
+    tally: Arc<Tally>,
     measure: Instant,
     mut finished: watch::Receiver<Option<Instant>>,
     mut progress: impl FnMut(&Interval) + Send + 'static,
@@ -684,6 +356,14 @@ async fn tick(
     let mut intervals: Vec<Interval> = Vec::new();
     let mut last: Option<Recorder> = None;
     let mut from = measure;
+    // Connect errors of the warm-up are the first second's.
+    let mut connect_errors = 0;
+    let mut new_connect_errors = || {
+        let total = tally.total();
+        let new = total - connect_errors;
+        connect_errors = total;
+        new
+    };
     loop {
         let next = from + SECOND;
         let ended = tokio::select! {
@@ -709,6 +389,7 @@ async fn tick(
                     ended.saturating_duration_since(measure),
                     to.saturating_duration_since(start),
                     &previous,
+                    interval.connect_errors + new_connect_errors(),
                 ));
             } else if second.requests > 0 || tail >= SECOND / 4 {
                 let interval = Interval::new(
@@ -716,6 +397,7 @@ async fn tick(
                     to.saturating_duration_since(measure),
                     tail,
                     &second,
+                    new_connect_errors(),
                 );
                 progress(&interval);
                 intervals.push(interval);
@@ -727,6 +409,7 @@ async fn tick(
             next.saturating_duration_since(measure),
             SECOND,
             &second,
+            new_connect_errors(),
         );
         progress(&interval);
         intervals.push(interval);
@@ -751,17 +434,20 @@ pub async fn run_with_progress(
     progress: impl FnMut(&Interval) + Send + 'static,
 ) -> Result<Report, RunError> {
     config.validate()?;
-    let callers = callers(config).await?;
-
-    let start = Instant::now();
-    let measure = start + config.warmup;
-    let end = measure + config.duration;
-    let plan = Arc::new(Plan::new(start, measure, end, config));
+    let tally = Arc::new(Tally::default());
+    let callers = callers(config, &tally)?;
+    // Histograms take a while to allocate: before the clock starts.
     let shard_count = match config.rate {
         Some(_) => OPEN_SHARDS,
         None => config.concurrency,
     };
     let shards: Shards = (0..shard_count).map(|_| Mutex::default()).collect();
+    futures::future::join_all(callers.iter().map(|caller| caller.prepare())).await;
+
+    let start = Instant::now();
+    let measure = start + config.warmup;
+    let end = measure + config.duration;
+    let plan = Arc::new(Plan::new(start, measure, end, config));
 
     // Stops everything at once: on `stop`, or once the requests in flight
     // at the end have had their time to complete.
@@ -776,7 +462,14 @@ pub async fn run_with_progress(
         stopped
     });
     let (finished_tx, finished) = watch::channel(None);
-    let ticker = tokio::spawn(tick(Arc::clone(&shards), measure, finished, progress));
+    let ticker = tokio::spawn(tick(
+        Arc::clone(&shards),
+        Arc::clone(&tally),
+        measure,
+        finished,
+        progress,
+    ));
+    let unconnected = Arc::new(AtomicU64::new(0));
 
     let mut abort = abort;
     let missed = match config.rate {
@@ -787,6 +480,7 @@ pub async fn run_with_progress(
                 rate,
                 config.concurrency,
                 Arc::clone(&shards),
+                Arc::clone(&unconnected),
             );
             let mut stopping = abort.clone();
             tokio::select! {
@@ -836,6 +530,7 @@ pub async fn run_with_progress(
         Some(at) => at.saturating_duration_since(measure),
         None => config.duration,
     };
+    let unconnected = unconnected.load(Ordering::Relaxed);
     Ok(Report::new(Measured {
         mode: config.mode,
         targets: &config.targets,
@@ -843,7 +538,10 @@ pub async fn run_with_progress(
         concurrency: config.concurrency,
         measured,
         all: &all,
-        missed,
+        missed: missed + unconnected,
+        missed_unconnected: unconnected,
+        connect_errors: tally.failing(),
+        thresholds: config.thresholds,
         intervals,
         interrupted: stopped.is_some(),
     }))

@@ -1,4 +1,6 @@
-//! Runs against real farm-node servers on `127.0.0.1:0`, in this process.
+//! Runs against real farm-node servers on `127.0.0.1:0`, in this process,
+//! and against targets that refuse or drop connections; the binary's exit
+//! codes, thresholds and summary.
 
 use std::{process::Command, time::Duration};
 
@@ -368,6 +370,32 @@ fn bad_input_exits_2() {
             "--duration",
             "ten",
         ],
+        &[
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--max",
+            "--max-error-rate",
+            "2",
+        ],
+        &[
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--max",
+            "--max-error-rate",
+            "lots",
+        ],
+        &[
+            "run",
+            "--target",
+            "127.0.0.1:1",
+            "--max",
+            "--max-p99",
+            "fast",
+        ],
+        &["run", "--target", "127.0.0.1:1", "--max", "--max-p99", "0s"],
+        &["run", "--target", "127.0.0.1:1", "--max", "--no-such-flag"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(args)
@@ -514,4 +542,290 @@ async fn a_terminal_gets_a_progress_bar() {
     assert!(text.matches("\r\x1b[2K[").count() >= 2, "{text:?}");
     assert!(text.contains("#####") && text.contains("req/s"), "{text:?}");
     assert!(text.contains("Summary"), "{text:?}");
+}
+
+/// A loopback port nothing listens on (bound, then released).
+async fn refused_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Runs the loadgen binary with `args`: its exit code, stdout and stderr.
+async fn loadgen(args: Vec<String>) -> (Option<i32>, String, String) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(&args)
+            .output()
+            .expect("loadgen runs")
+    })
+    .await
+    .expect("join");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|a| (*a).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_target_fails_with_exit_1_and_is_not_hammered() {
+    let port = refused_port().await;
+    let target = format!("127.0.0.1:{port}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for mode in ["unary", "stream"] {
+        let json = dir.path().join(format!("{mode}.json"));
+        let (code, stdout, stderr) = loadgen(args(&[
+            "--threads",
+            "1",
+            "run",
+            "--target",
+            &target,
+            "--mode",
+            mode,
+            "--max",
+            "--connections",
+            "4",
+            "--concurrency",
+            "400",
+            "--duration",
+            "2s",
+            "--json",
+            json.to_str().expect("utf-8 path"),
+        ]))
+        .await;
+        assert_eq!(code, Some(1), "{mode}: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "FAILED: no request could be sent: connection refused to {target}"
+            )),
+            "{mode}: {stdout}"
+        );
+        assert!(stdout.contains("Connect errors:"), "{mode}: {stdout}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+        // Requests that were never sent are not requests.
+        assert_eq!(report["requests"], 0, "{mode}: {report}");
+        assert_eq!(report["errors"], 0, "{mode}: {report}");
+        assert_eq!(report["passed"], false, "{mode}: {report}");
+        let by_target = &report["connect_errors_by_target"][format!("http://{target}")];
+        assert_eq!(by_target["last_error"], "connection refused", "{report}");
+        assert_eq!(by_target["established"], 0, "{report}");
+        // Four connections, each tried again at the backoff's pace: a few
+        // dozen attempts in 2 s, not one per request (thousands).
+        let attempts = report["connect_errors"].as_u64().expect("connect_errors");
+        assert_eq!(by_target["count"].as_u64(), Some(attempts), "{report}");
+        assert!(
+            (4..100).contains(&attempts),
+            "{mode}: {attempts} connection attempts"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_that_drops_every_connection_is_asked_again_at_the_backoffs_pace() {
+    // Accepts and closes at once, counting: the attempts as the target sees them.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = std::sync::Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(socket);
+        }
+    });
+    for mode in [Mode::Unary, Mode::Stream] {
+        let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+        let mut config = RunConfig::closed(vec![addr.clone()], 200, Duration::from_millis(1500));
+        config.mode = mode;
+        config.connections = 2;
+        let report = loadgen::run(&config, std::future::pending())
+            .await
+            .expect("run");
+        let accepts = accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert_eq!(
+            (report.requests, report.errors),
+            (0, 0),
+            "{mode:?}: {report:?}"
+        );
+        assert!(!report.passed, "{mode:?}: {report:?}");
+        assert!(report.connect_errors >= 2, "{mode:?}: {report:?}");
+        // Two connections at the backoff's pace for 1.5 s: a handful each.
+        assert!(
+            (2..60).contains(&accepts),
+            "{mode:?}: {accepts} connections accepted"
+        );
+    }
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_target_that_comes_up_late_is_reached() {
+    for mode in [Mode::Unary, Mode::Stream] {
+        let port = refused_port().await;
+        let target = format!("http://127.0.0.1:{port}");
+        let mut config = RunConfig::closed(vec![target.clone()], 8, Duration::from_millis(1500));
+        config.mode = mode;
+        config.connections = 2;
+        let run = tokio::spawn(async move { loadgen::run(&config, std::future::pending()).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the port again");
+        let (_stop, rx) = oneshot::channel::<()>();
+        tokio::spawn(farm_node::run(
+            NodeConfig::new("http://127.0.0.1:1", "late"),
+            listener,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let report = run.await.expect("join").expect("run");
+        assert!(report.passed, "{mode:?}: {report:?}");
+        assert!(
+            report.requests > 0 && report.errors == 0,
+            "{mode:?}: {report:?}"
+        );
+        let errors = &report.connect_errors_by_target[&target];
+        assert!(
+            errors.count >= 1 && errors.established >= 1,
+            "{mode:?}: {errors:?}"
+        );
+        assert_eq!(errors.last_error, "connection refused");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crossed_thresholds_exit_1_and_are_named() {
+    let node = node().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    // A fifth of the requests fail, each takes 20 ms: over 1% and over 5 ms.
+    let (code, stdout, stderr) = loadgen(args(&[
+        "run",
+        "--target",
+        &node.addr,
+        "--max",
+        "--duration",
+        "1s",
+        "--error-rate",
+        "0.2",
+        "--delay-ms",
+        "20",
+        "--max-error-rate",
+        "1%",
+        "--max-p99",
+        "5ms",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("FAILED: --max-error-rate crossed: ")
+            && stdout.contains("% of the requests failed, more than 1.00%"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAILED: --max-p99 crossed") && stdout.contains("above 5.00 ms"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("no request"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    assert_eq!(report["passed"], false);
+    let thresholds = &report["thresholds"];
+    assert_eq!(thresholds["max_error_rate"]["limit"], 0.01, "{thresholds}");
+    assert_eq!(
+        thresholds["max_error_rate"]["crossed"], true,
+        "{thresholds}"
+    );
+    let rate = thresholds["max_error_rate"]["actual"].as_f64();
+    assert!(
+        rate.is_some_and(|r| (0.15..0.25).contains(&r)),
+        "{thresholds}"
+    );
+    assert_eq!(thresholds["max_p99_us"]["limit"], 5000.0, "{thresholds}");
+    assert_eq!(thresholds["max_p99_us"]["crossed"], true, "{thresholds}");
+    assert!(
+        thresholds["max_p99_us"]["actual"].as_f64() >= Some(20_000.0),
+        "{thresholds}"
+    );
+
+    // The same run within generous limits succeeds.
+    let (code, stdout, stderr) = loadgen(args(&[
+        "run",
+        "--target",
+        &node.addr,
+        "--max",
+        "--duration",
+        "1s",
+        "--error-rate",
+        "0.2",
+        "--max-error-rate",
+        "0.5",
+        "--max-p99",
+        "30s",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Thresholds:") && !stdout.contains("FAILED"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_run_where_every_request_fails_exits_1() {
+    let node = node().await;
+    let (code, stdout, stderr) = loadgen(args(&[
+        "run",
+        "--target",
+        &node.addr,
+        "--rate",
+        "50",
+        "--duration",
+        "1s",
+        "--error-rate",
+        "1",
+    ]))
+    .await;
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("FAILED: no request succeeded: all") && stdout.contains(" failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn help_documents_the_exit_codes_and_thresholds() {
+    for args in [&["--help"][..], &["run", "--help"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args(args)
+            .output()
+            .expect("loadgen runs");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("Exit codes:"), "{args:?}: {help}");
+        for code in [
+            "0  the run succeeded",
+            "1  no request succeeded",
+            "2  bad input",
+        ] {
+            assert!(help.contains(code), "{args:?}: {code} missing: {help}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["run", "--help"])
+        .output()
+        .expect("loadgen runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--max-error-rate <SHARE>") && help.contains("--max-p99 <DURATION>"),
+        "{help}"
+    );
 }

@@ -144,8 +144,6 @@ impl From<ApiError> for Status {
             ApiError::NoNodeSelected => Status::invalid_argument(message),
             // Checked before the run; the engine's rules are the last word.
             ApiError::LoadTest(RunError::Config(_)) => Status::invalid_argument(message),
-            // A node went away between its selection and the run.
-            ApiError::LoadTest(RunError::Stream { .. }) => Status::unavailable(message),
             ApiError::LoadTest(_) | ApiError::NodeAddress { .. } | ApiError::Task { .. } => {
                 Status::internal(message)
             }

@@ -16,7 +16,7 @@ use farm_api::v1::{
     LoadTestStarted, load_test_event::Event, load_test_server::LoadTest,
 };
 use futures::Stream;
-use loadgen::{Mode, Percentiles, Report, RunConfig, RunError, report::Interval};
+use loadgen::{Mode, Percentiles, Report, RunConfig, RunError, Thresholds, report::Interval};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -259,6 +259,8 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
             0 => DEFAULT_FAIL_CODE,
             code => code,
         },
+        // The request has no thresholds to check.
+        thresholds: Thresholds::default(),
     };
     config.validate().map_err(RunError::Config)?;
     Ok(config)
@@ -301,6 +303,7 @@ fn progress_event(interval: &Interval) -> LoadTestEvent {
             p99_us: interval.latency_us.p99,
             max_us: interval.latency_us.max,
             uncorrected_p99_us: interval.uncorrected_latency_us.p99,
+            connect_errors: interval.connect_errors,
         })),
     }
 }
@@ -336,6 +339,7 @@ fn report_event(report: &Report) -> LoadTestEvent {
             uncorrected_latency_us: Some(percentiles(&report.uncorrected_latency_us)),
             interrupted: report.interrupted,
             mode: load_mode(report.mode).into(),
+            connect_errors: report.connect_errors,
         })),
     }
 }
