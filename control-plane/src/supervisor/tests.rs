@@ -132,16 +132,22 @@ async fn settle() {
 }
 
 /// Yields to the loop until `done` holds; fails if it never does at this
-/// instant.
+/// instant (within 5 s of real time).
+///
+/// The store's writer answers from its own thread (forgetting a node waits
+/// for it), so between yields the writer gets real time: a blocking sleep
+/// keeps the runtime busy, so the paused clock does not auto-advance.
 #[track_caller]
 fn until(what: &'static str, mut done: impl FnMut() -> bool) -> impl Future<Output = ()> {
     let caller = std::panic::Location::caller();
     async move {
-        for _ in 0..1000 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
             if done() {
                 return;
             }
             tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_micros(100));
         }
         panic!("{caller}: never happened: {what}");
     }

@@ -16,19 +16,14 @@
 //! redacted, and the `authorization` header is taken off a request once it
 //! is checked, so no handler can print it.
 
-use std::{
-    fmt,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::{fmt, sync::Arc};
 
 use Role::{Admin, Node, Viewer};
-use futures::future::{Either, Ready, ready};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower_http::validate_request::ValidateRequest;
 use tracing::debug;
 
 use super::services::{self, Access};
@@ -246,15 +241,18 @@ fn bearer(value: &HeaderValue) -> Result<&[u8], Refusal> {
     }
 }
 
-/// Checks every call against the configured [`Tokens`]; see the module
-/// docs.
+/// Checks every call against the configured [`Tokens`] (see the module
+/// docs), as tower-http's request validation: refused calls are answered
+/// with their gRPC status and never reach the routes; allowed ones reach
+/// them with their [`Role`] in the request's extensions and without their
+/// `authorization` header.
 #[derive(Debug, Clone)]
-pub struct AuthLayer {
+pub struct AuthGate {
     tokens: Arc<Tokens>,
 }
 
-impl AuthLayer {
-    /// A layer enforcing `tokens` (none: everything passes).
+impl AuthGate {
+    /// A gate enforcing `tokens` (none: everything passes).
     pub fn new(tokens: Tokens) -> Self {
         Self {
             tokens: Arc::new(tokens),
@@ -262,52 +260,23 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = Auth<S>;
+impl<B> ValidateRequest<B> for AuthGate {
+    type ResponseBody = Body;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        Auth {
-            inner,
-            tokens: Arc::clone(&self.tokens),
-        }
-    }
-}
-
-/// The service [`AuthLayer`] makes: refused calls are answered here with
-/// their gRPC status and never reach `S`; allowed ones reach it with their
-/// [`Role`] in the request's extensions.
-#[derive(Debug, Clone)]
-pub struct Auth<S> {
-    inner: S,
-    tokens: Arc<Tokens>,
-}
-
-impl<S, B> Service<Request<B>> for Auth<S>
-where
-    S: Service<Request<B>, Response = Response<Body>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response<Body>, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response<Body>> {
         match self
             .tokens
             .authorize(request.uri().path(), request.headers())
         {
-            Ok(None) => Either::Right(self.inner.call(request)),
+            Ok(None) => Ok(()),
             Ok(Some(role)) => {
                 request.headers_mut().remove(header::AUTHORIZATION);
                 request.extensions_mut().insert(role);
-                Either::Right(self.inner.call(request))
+                Ok(())
             }
             Err(refusal) => {
                 debug!(path = request.uri().path(), %refusal, "call refused");
-                Either::Left(ready(Ok(Status::from(refusal).into_http())))
+                Err(Status::from(refusal).into_http())
             }
         }
     }

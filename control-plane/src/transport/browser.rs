@@ -5,7 +5,7 @@
 //! whether the page may read the answer, and a request with side effects
 //! (`Farm/Scale`) does its harm either way. DNS rebinding goes further: a
 //! page on `evil.example` re-points that name at `127.0.0.1`, and its calls
-//! become same-origin in the browser's eyes. So [`BrowserGuardLayer`]
+//! become same-origin in the browser's eyes. So [`BrowserGate`]
 //! refuses, before CORS, translation, auth or any handler runs:
 //!
 //! - a request naming a host (`Host`, or the URI's authority) that is not an
@@ -25,16 +25,14 @@ use std::{
     fmt,
     net::{IpAddr, Ipv6Addr},
     sync::Arc,
-    task::{Context, Poll},
 };
 
-use futures::future::{Either, Ready, ready};
 use http::{
     HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::Authority,
 };
 use thiserror::Error;
 use tonic::body::Body;
-use tower::{Layer, Service};
+use tower_http::validate_request::ValidateRequest;
 use tracing::debug;
 
 /// A web origin as browsers send it: `scheme://host[:port]`, the host in
@@ -336,14 +334,15 @@ impl Refusal {
 }
 
 /// Refuses browser-facing requests from untrusted origins or naming
-/// foreign hosts; see the module docs.
+/// foreign hosts (see the module docs), as tower-http's request validation:
+/// refused requests are answered here and never reach the layers inside.
 #[derive(Debug, Clone)]
-pub(crate) struct BrowserGuardLayer {
+pub(crate) struct BrowserGate {
     policy: Arc<BrowserPolicy>,
 }
 
-impl BrowserGuardLayer {
-    /// A layer enforcing `policy`.
+impl BrowserGate {
+    /// A gate enforcing `policy`.
     pub(crate) fn new(policy: BrowserPolicy) -> Self {
         Self {
             policy: Arc::new(policy),
@@ -351,44 +350,13 @@ impl BrowserGuardLayer {
     }
 }
 
-impl<S> Layer<S> for BrowserGuardLayer {
-    type Service = BrowserGuard<S>;
+impl<B> ValidateRequest<B> for BrowserGate {
+    type ResponseBody = Body;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        BrowserGuard {
-            inner,
-            policy: Arc::clone(&self.policy),
-        }
-    }
-}
-
-/// The service [`BrowserGuardLayer`] makes: refused requests are answered
-/// here and never reach `S`.
-#[derive(Debug, Clone)]
-pub(crate) struct BrowserGuard<S> {
-    inner: S,
-    policy: Arc<BrowserPolicy>,
-}
-
-impl<S, B> Service<Request<B>> for BrowserGuard<S>
-where
-    S: Service<Request<B>, Response = Response<Body>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Either<Ready<Result<Response<Body>, S::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self
-            .policy
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response<Body>> {
+        self.policy
             .check(request.version(), request.uri(), request.headers())
-        {
-            Ok(()) => Either::Right(self.inner.call(request)),
-            Err(refusal) => {
+            .map_err(|refusal| {
                 let headers = request.headers();
                 debug!(
                     path = request.uri().path(),
@@ -397,9 +365,8 @@ where
                     %refusal,
                     "browser request refused"
                 );
-                Either::Left(ready(Ok(refusal.into_response())))
-            }
-        }
+                refusal.into_response()
+            })
     }
 }
 

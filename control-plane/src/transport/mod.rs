@@ -22,7 +22,10 @@ use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    validate_request::ValidateRequestHeaderLayer,
+};
 use tracing::warn;
 
 pub(crate) use routes::{Api, routes};
@@ -65,14 +68,18 @@ pub(crate) async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         // Outermost: refuse foreign hosts (DNS rebinding) and untrusted
         // origins before any other layer or handler sees the request.
-        .layer(browser::BrowserGuardLayer::new(browser))
+        .layer(ValidateRequestHeaderLayer::custom(
+            browser::BrowserGate::new(browser),
+        ))
         // Answer the preflights of the origins let through; mark their calls.
         .layer(cors())
         // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
         .layer(grpc_web::GrpcWebOrPlainLayer)
         // Inside the translation, so gRPC-Web calls are checked too;
         // refused calls never reach the routes.
-        .layer(auth::AuthLayer::new(tokens))
+        .layer(ValidateRequestHeaderLayer::custom(auth::AuthGate::new(
+            tokens,
+        )))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
