@@ -6,17 +6,27 @@
 //! them between tasks and persists them through `store`; `api` adapts them
 //! to `farm.v1`; `transport` serves the port; `runtime` and `supervisor`
 //! run the nodes; [`serve`] wires it all to a listener and shuts it down in
-//! order. The binary in `main.rs` only parses flags ([`config`]), binds the
-//! port and installs the shutdown signal.
+//! order. `telemetry` counts the control plane's own work, `process_stats`
+//! reads the process's figures, and `exposition` renders them with the
+//! farm's metrics for `/metrics`. The binary in `main.rs` only parses flags
+//! ([`config`]), binds the port and installs the shutdown signal.
 
 pub mod config;
 pub mod serve;
 
+/// Public only to `benches/exposition.rs` (cargo feature `bench`), which
+/// renders a synthetic farm of 10,000 nodes with it.
+#[cfg(feature = "bench")]
+pub mod exposition;
+#[cfg(not(feature = "bench"))]
+mod exposition;
+
 mod api;
 mod core;
-mod prometheus;
+mod process_stats;
 mod runtime;
 mod state;
 mod store;
 mod supervisor;
+mod telemetry;
 mod transport;

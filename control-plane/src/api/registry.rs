@@ -21,8 +21,8 @@ use super::{
 };
 use crate::{
     core::{HealthPolicy, RegistrationRequest, config::Effective},
-    prometheus::Telemetry,
     state::{Configs, FarmState, Members, Samples},
+    telemetry::Telemetry,
 };
 
 /// Acknowledgements queued per stream before the node is considered stuck.

@@ -37,8 +37,8 @@ use crate::{
         config::{ConfigBook, ConfigEntry},
         metrics::MetricsBook,
     },
-    prometheus::Telemetry,
     store::{NodeWriter, Store, StoreError, wall_micros},
+    telemetry::Telemetry,
 };
 
 /// Events a slow watcher may fall behind by before it is reset.

@@ -30,7 +30,7 @@ use tracing::warn;
 
 pub(crate) use routes::{Api, routes};
 
-use crate::prometheus::Telemetry;
+use crate::telemetry::Telemetry;
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains.
 /// Browsers may call as `browser` allows; calls to `farm.v1` need one of

@@ -20,6 +20,7 @@ use crate::{
         RegistryService,
     },
     core::NodeState,
+    exposition::{self, ProcessStats},
     state::FarmState,
     supervisor::Supervisor,
 };
@@ -158,17 +159,23 @@ async fn index() -> String {
     )
 }
 
-/// The farm and the control plane in the Prometheus text format, rendered
-/// on a blocking thread (it reads `/proc` and merges every node's
-/// histogram).
+/// The farm and the control plane in the Prometheus text format. The
+/// farm's aggregate, the counters and `/proc` are gathered and rendered on
+/// a blocking thread (the aggregate merges every node's histogram).
 async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match tokio::task::spawn_blocking(move || crate::prometheus::render(&api.state)).await {
-        Ok(text) => (
-            [(header::CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)],
-            text,
-        )
-            .into_response(),
+    let scrape = move || {
+        // The whole farm always exists, so this cannot fail.
+        let farm = api.state.samples().farm("", true).unwrap_or_default();
+        let telemetry = api.state.telemetry().snapshot();
+        exposition::render(farm, telemetry, ProcessStats::read())
+    };
+    let rendered = match tokio::task::spawn_blocking(scrape).await {
+        Ok(rendered) => rendered.map_err(|err| err.to_string()),
+        Err(err) => Err(err.to_string()),
+    };
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, exposition::CONTENT_TYPE)], text).into_response(),
         Err(err) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("metrics failed: {err}\n"),

@@ -18,7 +18,7 @@ use http_body::Frame;
 use tower::{Layer, Service};
 
 use super::services;
-use crate::prometheus::Telemetry;
+use crate::telemetry::Telemetry;
 
 /// The label of calls to paths no service of this port declares.
 const OTHER_METHOD: &str = "other";

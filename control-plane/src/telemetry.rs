@@ -1,0 +1,190 @@
+//! The control plane's own counters: open heartbeat streams, registrations,
+//! configuration pushes, samples received, and every gRPC call by method
+//! and status code with its duration in fixed buckets.
+//!
+//! Counting is all this module does. The handlers and the RPC layer count
+//! through [`Telemetry`]; `/metrics` takes a [`TelemetrySnapshot`], plain
+//! data, and renders it elsewhere (`crate::exposition`), so nothing that
+//! counts depends on the text format.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+};
+
+/// Upper bounds of the RPC duration buckets, in seconds.
+pub const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The control plane's own counters. One per control plane (kept in its
+/// state), so several in one process (tests) do not mix.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    heartbeat_streams: AtomicI64,
+    registrations_new: AtomicU64,
+    registrations_reattached: AtomicU64,
+    config_pushes: AtomicU64,
+    samples: AtomicU64,
+    /// Calls per method. A `std::sync::Mutex`: held for a few additions at
+    /// the end of a call, never across an await.
+    rpcs: Mutex<BTreeMap<&'static str, MethodStats>>,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TelemetrySnapshot {
+    /// Heartbeat streams open.
+    pub heartbeat_streams: i64,
+    /// Registrations that created an identity.
+    pub registrations_new: u64,
+    /// Registrations that re-attached to a stored identity.
+    pub registrations_reattached: u64,
+    /// Configurations sent down heartbeat streams.
+    pub config_pushes: u64,
+    /// Metrics samples received from nodes.
+    pub samples: u64,
+    /// Calls per method (`package.Service/Method`).
+    pub rpcs: BTreeMap<&'static str, MethodStats>,
+}
+
+/// Calls of one gRPC method.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MethodStats {
+    /// Calls by status code name.
+    pub codes: BTreeMap<&'static str, u64>,
+    /// Calls that took at most each of [`BUCKETS`] and more than the bound
+    /// before it (not cumulative); longer calls are in `count` only.
+    pub buckets: [u64; BUCKETS.len()],
+    /// Calls finished.
+    pub count: u64,
+    /// Seconds, summed.
+    pub sum: f64,
+}
+
+/// Keeps the heartbeat stream gauge up while it lives.
+#[derive(Debug)]
+pub struct StreamGuard(Arc<Telemetry>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.heartbeat_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Telemetry {
+    /// Counts an open heartbeat stream until the guard drops.
+    pub fn heartbeat_stream(self: &Arc<Self>) -> StreamGuard {
+        self.heartbeat_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(Arc::clone(self))
+    }
+
+    /// Counts a successful registration.
+    pub fn registered(&self, reattached: bool) {
+        let counter = if reattached {
+            &self.registrations_reattached
+        } else {
+            &self.registrations_new
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a configuration sent down a heartbeat stream.
+    pub fn config_pushed(&self) {
+        self.config_pushes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a metrics sample received from a node.
+    pub fn sample_received(&self) {
+        self.samples.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished call of `method` with status `code` that took
+    /// `seconds`.
+    pub(crate) fn record_call(&self, method: &'static str, code: &'static str, seconds: f64) {
+        let mut rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = rpcs.entry(method).or_default();
+        *stats.codes.entry(code).or_default() += 1;
+        if let Some(i) = BUCKETS.iter().position(|le| seconds <= *le) {
+            stats.buckets[i] += 1;
+        }
+        stats.count += 1;
+        stats.sum += seconds;
+    }
+
+    /// Every counter now. The calls are copied under their lock (one entry
+    /// per method served, a few dozen at most); the other counters are read
+    /// one by one, so they need not agree to the call.
+    pub fn snapshot(&self) -> TelemetrySnapshot {
+        let rpcs = self.rpcs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        TelemetrySnapshot {
+            heartbeat_streams: self.heartbeat_streams.load(Ordering::Relaxed),
+            registrations_new: self.registrations_new.load(Ordering::Relaxed),
+            registrations_reattached: self.registrations_reattached.load(Ordering::Relaxed),
+            config_pushes: self.config_pushes.load(Ordering::Relaxed),
+            samples: self.samples.load(Ordering::Relaxed),
+            rpcs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_fill_buckets_and_codes() {
+        let telemetry = Telemetry::default();
+        telemetry.record_call("farm.v1.Registry/Register", "OK", 0.0002);
+        telemetry.record_call("farm.v1.Registry/Register", "OK", 0.0001);
+        telemetry.record_call("farm.v1.Registry/Register", "NOT_FOUND", 20.0);
+        let stats = &telemetry.snapshot().rpcs["farm.v1.Registry/Register"];
+        assert_eq!(
+            stats.codes,
+            BTreeMap::from([("NOT_FOUND", 1), ("OK", 2)]),
+            "by code"
+        );
+        // A bound is inclusive; a call past the last bound is in no bucket.
+        let mut buckets = [0; BUCKETS.len()];
+        buckets[0] = 1;
+        buckets[1] = 1;
+        assert_eq!(stats.buckets, buckets);
+        assert_eq!(stats.count, 3);
+        assert!((stats.sum - 20.0003).abs() < 1e-9, "{}", stats.sum);
+    }
+
+    #[test]
+    fn gauges_and_counters_follow_what_happens() {
+        let telemetry = Arc::new(Telemetry::default());
+        let first = telemetry.heartbeat_stream();
+        let second = telemetry.heartbeat_stream();
+        telemetry.registered(false);
+        telemetry.registered(false);
+        telemetry.registered(true);
+        telemetry.config_pushed();
+        telemetry.sample_received();
+        telemetry.sample_received();
+        drop(first);
+        assert_eq!(
+            telemetry.snapshot(),
+            TelemetrySnapshot {
+                heartbeat_streams: 1,
+                registrations_new: 2,
+                registrations_reattached: 1,
+                config_pushes: 1,
+                samples: 2,
+                rpcs: BTreeMap::new(),
+            }
+        );
+        drop(second);
+        assert_eq!(
+            telemetry.snapshot().heartbeat_streams,
+            0,
+            "every stream closed"
+        );
+    }
+}
