@@ -237,6 +237,21 @@ impl Api {
     }
 }
 
+/// `Deref` to the [`Api`] held in a field `api`: a control plane, in this
+/// process or not, is used through its clients.
+macro_rules! deref_to_api {
+    ($type:ty) => {
+        impl std::ops::Deref for $type {
+            type Target = $crate::api::Api;
+
+            fn deref(&self) -> &$crate::api::Api {
+                &self.api
+            }
+        }
+    };
+}
+pub(crate) use deref_to_api;
+
 /// A channel to `url` that connects at its first call.
 pub fn lazy_channel(url: &str) -> Channel {
     Endpoint::from_shared(url.to_owned())

@@ -5,7 +5,7 @@
 //! stop it, by [`Farm::stop`] or when dropped, and no node process of its
 //! data folder outlives it, even when the test fails half-way.
 
-use std::{net::SocketAddr, ops::Deref, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use clap::Parser;
 use control_plane::{
@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use crate::{
-    api::Api,
+    api::{Api, deref_to_api},
     process::{binary, kill_nodes},
 };
 
@@ -48,17 +48,39 @@ pub struct Farm {
     task: Option<JoinHandle<Result<(), ServeError>>>,
 }
 
-/// How to start a [`Farm`]: [`Farm::builder`].
+/// How to start a control plane: in this process ([`Farm::builder`],
+/// `K` = [`InProcess`]) or as a child (`ControlPlaneProcess::builder`,
+/// `K` = `process::Child`). The flags are the binary's either way.
 #[derive(Debug)]
-pub struct FarmBuilder {
+pub struct Builder<K> {
     nodes: u32,
     flags: Vec<String>,
     timing: Vec<String>,
+    /// What only one way of running it has.
+    pub(crate) kind: K,
+}
+
+/// How to start a [`Farm`].
+pub type FarmBuilder = Builder<InProcess>;
+
+/// A data folder and a listener of the test's own, if given.
+#[derive(Debug, Default)]
+pub struct InProcess {
     dir: Option<TempDir>,
     listener: Option<TcpListener>,
 }
 
-impl FarmBuilder {
+impl<K> Builder<K> {
+    /// No nodes, [`FAST`] timing, no other flag.
+    pub(crate) fn new(kind: K) -> Self {
+        Self {
+            nodes: 0,
+            flags: Vec::new(),
+            timing: FAST.iter().map(|f| (*f).to_owned()).collect(),
+            kind,
+        }
+    }
+
     /// Process nodes to run; with none, no runtime at all (`--runtime
     /// none`). Flags naming `--runtime` choose it instead.
     pub fn nodes(mut self, nodes: u32) -> Self {
@@ -78,48 +100,64 @@ impl FarmBuilder {
         self
     }
 
+    /// The arguments of `control-plane serve` on `data_dir`: the nodes, the
+    /// runtime (none without nodes, else processes, unless the flags
+    /// choose), the timing, the flags. `name_node_binary` names this
+    /// build's `farm-node`, which the binary finds beside itself but a
+    /// control plane in a test process does not.
+    pub(crate) fn serve_args(&self, data_dir: &Path, name_node_binary: bool) -> Vec<String> {
+        let data_dir = data_dir.to_str().expect("a UTF-8 path");
+        let mut args = ["--data-dir", data_dir, "--nodes", &self.nodes.to_string()]
+            .map(str::to_owned)
+            .to_vec();
+        if self.flags.iter().any(|f| f == "--runtime") {
+            // The caller picks the runtime (Docker tests).
+        } else if self.nodes == 0 {
+            args.extend(["--runtime".into(), "none".into()]);
+        } else {
+            args.extend(["--runtime".into(), "process".into()]);
+            if name_node_binary {
+                let node = binary("farm-node");
+                let node = node.to_str().expect("a UTF-8 path").to_owned();
+                args.extend(["--node-binary".into(), node]);
+            }
+        }
+        args.extend(self.timing.iter().cloned());
+        args.extend(self.flags.iter().cloned());
+        args
+    }
+}
+
+impl FarmBuilder {
     /// An existing data folder, such as one [`Farm::stop`] returned.
     pub fn dir(mut self, dir: TempDir) -> Self {
-        self.dir = Some(dir);
+        self.kind.dir = Some(dir);
         self
     }
 
     /// A listener bound already: a restarted control plane takes its old
     /// port.
     pub fn listener(mut self, listener: TcpListener) -> Self {
-        self.listener = Some(listener);
+        self.kind.listener = Some(listener);
         self
     }
 
     /// Starts serving; returns once the port is bound (the farm's nodes
     /// come up after).
-    pub async fn start(self) -> Farm {
-        let dir = match self.dir {
+    pub async fn start(mut self) -> Farm {
+        let dir = match self.kind.dir.take() {
             Some(dir) => dir,
             None => tempfile::tempdir().expect("a temporary data folder"),
         };
-        let data_dir = dir.path().to_str().expect("a UTF-8 path").to_owned();
-        let count = self.nodes.to_string();
-        let mut args = vec!["control-plane", "serve", "--data-dir", &data_dir];
-        args.extend(["--nodes", &count]);
-        let node_binary;
-        if self.flags.iter().any(|f| f == "--runtime") {
-            // The caller picks the runtime (Docker tests).
-        } else if self.nodes == 0 {
-            args.extend(["--runtime", "none"]);
-        } else {
-            node_binary = binary("farm-node")
-                .to_str()
-                .expect("a UTF-8 path")
-                .to_owned();
-            args.extend(["--runtime", "process", "--node-binary", &node_binary]);
-        }
-        args.extend(self.timing.iter().map(String::as_str));
-        args.extend(self.flags.iter().map(String::as_str));
-        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("flags {args:?}: {e}"));
+        let args = self.serve_args(dir.path(), true);
+        let command_line = ["control-plane", "serve"]
+            .into_iter()
+            .chain(args.iter().map(String::as_str));
+        let cli =
+            Cli::try_parse_from(command_line).unwrap_or_else(|e| panic!("flags {args:?}: {e}"));
         let Command::Serve(serve) = cli.command;
         let config = ServeConfig::try_from(&serve).expect("a valid configuration");
-        let listener = match self.listener {
+        let listener = match self.kind.listener.take() {
             Some(listener) => listener,
             None => TcpListener::bind("127.0.0.1:0").await.expect("bind"),
         };
@@ -158,13 +196,7 @@ impl Farm {
     /// A farm of no nodes, [`FAST`] timing, a fresh data folder and a port
     /// of its own, until changed.
     pub fn builder() -> FarmBuilder {
-        FarmBuilder {
-            nodes: 0,
-            flags: Vec::new(),
-            timing: FAST.iter().map(|f| (*f).to_owned()).collect(),
-            dir: None,
-            listener: None,
-        }
+        Builder::new(InProcess::default())
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -193,13 +225,7 @@ impl Farm {
     }
 }
 
-impl Deref for Farm {
-    type Target = Api;
-
-    fn deref(&self) -> &Api {
-        &self.api
-    }
-}
+deref_to_api!(Farm);
 
 impl Drop for Farm {
     /// Stops the control plane the way SIGTERM would (its supervisor would

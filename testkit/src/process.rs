@@ -13,7 +13,6 @@ use std::{
     fs,
     io::Read,
     net::SocketAddr,
-    ops::Deref,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     thread,
@@ -25,7 +24,11 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{api::Api, farm::FAST, wait::eventually};
+use crate::{
+    api::{Api, deref_to_api},
+    farm::Builder,
+    wait::eventually,
+};
 
 /// How long a control plane child may take to listen.
 const LISTEN_LIMIT: Duration = Duration::from_secs(20);
@@ -240,75 +243,46 @@ pub struct ControlPlaneProcess {
     api: Api,
 }
 
-/// How to start a [`ControlPlaneProcess`]: [`ControlPlaneProcess::builder`].
+/// How to start a [`ControlPlaneProcess`].
+pub type ProcessBuilder = Builder<Child>;
+
+/// A child's data folder, its address if chosen, and whether it is quiet.
 #[derive(Debug)]
-pub struct ProcessBuilder {
+pub struct Child {
     data_dir: PathBuf,
-    nodes: u32,
     addr: Option<SocketAddr>,
-    flags: Vec<String>,
-    timing: Vec<String>,
     quiet: bool,
 }
 
 impl ProcessBuilder {
-    /// `--nodes`: process nodes, or with none no runtime at all, unless
-    /// flags name `--runtime`.
-    pub fn nodes(mut self, nodes: u32) -> Self {
-        self.nodes = nodes;
-        self
-    }
-
     /// Where to listen (a free loopback port unless given): a restarted
     /// control plane listens where its nodes expect it.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.addr = Some(addr);
-        self
-    }
-
-    /// More flags of `control-plane serve`.
-    pub fn flags(mut self, flags: &[&str]) -> Self {
-        self.flags.extend(flags.iter().map(|f| (*f).to_owned()));
-        self
-    }
-
-    /// Timing flags in place of [`FAST`] (none: the product's defaults).
-    pub fn timing(mut self, flags: &[&str]) -> Self {
-        self.timing = flags.iter().map(|f| (*f).to_owned()).collect();
+        self.kind.addr = Some(addr);
         self
     }
 
     /// As a measurement wants it: only errors logged, and none of the
     /// farm's variables (`FARM_*`) from the caller's shell.
     pub fn quiet(mut self) -> Self {
-        self.quiet = true;
+        self.kind.quiet = true;
         self
     }
 
     /// Starts it; returns once its port accepts connections (within 20 s).
     pub async fn start(self) -> ControlPlaneProcess {
-        let addr = self.addr.unwrap_or_else(free_addr);
+        let addr = self.kind.addr.unwrap_or_else(free_addr);
         let mut command = tokio::process::Command::new(binary("control-plane"));
         command
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--nodes")
-            .arg(self.nodes.to_string());
-        if !self.flags.iter().any(|f| f == "--runtime") {
-            let runtime = if self.nodes == 0 { "none" } else { "process" };
-            command.args(["--runtime", runtime]);
-        }
-        command
-            .args(&self.flags)
-            .args(&self.timing)
+            .args(self.serve_args(&self.kind.data_dir, false))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
-        if self.quiet {
+        if self.kind.quiet {
             without_farm_env(command.as_std_mut()).env("RUST_LOG", "error");
         }
         let child = command.spawn().expect("spawn control-plane");
@@ -333,16 +307,13 @@ impl ControlPlaneProcess {
     }
 
     /// `control-plane serve` on `data_dir`, its options to be chosen:
-    /// no nodes (so no runtime), a free loopback port, [`FAST`] timing.
+    /// no nodes (so no runtime), a free loopback port, [`FAST`](crate::FAST) timing.
     pub fn builder(data_dir: &Path) -> ProcessBuilder {
-        ProcessBuilder {
+        Builder::new(Child {
             data_dir: data_dir.to_owned(),
-            nodes: 0,
             addr: None,
-            flags: Vec::new(),
-            timing: FAST.iter().map(|f| (*f).to_owned()).collect(),
             quiet: false,
-        }
+        })
     }
 
     /// `nodes` process nodes on a free port of 127.0.0.1.
@@ -400,13 +371,7 @@ impl ControlPlaneProcess {
     }
 }
 
-impl Deref for ControlPlaneProcess {
-    type Target = Api;
-
-    fn deref(&self) -> &Api {
-        &self.api
-    }
-}
+deref_to_api!(ControlPlaneProcess);
 
 impl Drop for ControlPlaneProcess {
     fn drop(&mut self) {
