@@ -7,22 +7,10 @@
 //! Five runs, medians last. Everything runs on 127.0.0.1 and stops itself.
 //! Run with `cargo build --release && cargo bench -p control-plane --bench bringup`.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use farm_api::v1::{
-    DiscoverRequest, ListNodesRequest, NodeInfo, NodeState, discovery_client::DiscoveryClient,
-    farm_client::FarmClient,
-};
+use farm_testkit::{ControlPlaneProcess, NodeGuard, binary, eventually_every, pid, ready_if};
 use nix::{sys::signal, unistd::Pid};
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-use tonic::transport::{Channel, Endpoint};
 
 const RUNS: usize = 5;
 const NODES: usize = 50;
@@ -45,111 +33,43 @@ fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
-fn pid_of(node: &NodeInfo) -> i32 {
-    node.runtime_id
-        .strip_prefix("pid:")
-        .and_then(|p| p.parse().ok())
-        .expect("process node")
-}
-
-async fn list(channel: &Channel) -> Vec<NodeInfo> {
-    FarmClient::new(channel.clone())
-        .list_nodes(ListNodesRequest::default())
-        .await
-        .map(|r| r.into_inner().nodes)
-        .unwrap_or_default()
-}
-
-/// Kills the nodes recorded under a data folder when a run ends early: a
-/// control plane killed by a failed assertion leaves its nodes running.
-struct KillNodesOnDrop<'a>(&'a Path);
-
-impl Drop for KillNodesOnDrop<'_> {
-    fn drop(&mut self) {
-        common::kill_recorded_nodes(self.0);
-    }
-}
-
-async fn one_run(binary: &Path) -> Run {
+async fn one_run() -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
-    let _cleanup = KillNodesOnDrop(dir.path());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect_lazy();
+    // A control plane killed by a failed assertion leaves its nodes running.
+    let _cleanup = NodeGuard::new(dir.path());
 
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(binary)
-        .args([
-            "serve",
-            "--runtime",
-            "process",
-            "--listen",
-            &addr.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--nodes", &NODES.to_string()])
-        // Errors only: the kill below is expected and logged as a warning.
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn control-plane");
-    let nodes = loop {
-        let nodes = list(&channel).await;
-        if nodes.len() == NODES && nodes.iter().all(|n| n.state == NodeState::Healthy as i32) {
-            break nodes;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "farm not healthy within {LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    };
+    // Errors only: the kill below is expected and logged as a warning.
+    let mut control_plane = ControlPlaneProcess::measured(dir.path(), NODES as u32)
+        .start()
+        .await;
+    let nodes = control_plane
+        .wait_healthy_every(NODES, LIMIT, Duration::from_millis(2))
+        .await;
     let bring_up = started.elapsed();
 
     // Idle RSS once the farm has settled.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let node_rss_kib: Vec<u64> = nodes.iter().filter_map(|n| rss_kib(pid_of(n))).collect();
+    let node_rss_kib: Vec<u64> = nodes.iter().filter_map(|n| rss_kib(pid(n))).collect();
 
     let victim = &nodes[NODES / 2];
-    let mut discovery = DiscoveryClient::new(channel.clone());
     let killed = Instant::now();
-    signal::kill(Pid::from_raw(pid_of(victim)), signal::Signal::SIGKILL).expect("kill");
-    let kill_to_gone = loop {
-        let peers = discovery
-            .discover(DiscoverRequest {
-                count: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("Discover")
-            .into_inner()
-            .peers;
-        // The dead process's address; a replacement comes back under the
-        // same id on another port.
-        if peers.iter().all(|p| p.address != victim.address) {
-            break killed.elapsed();
-        }
-        assert!(killed.elapsed() < LIMIT, "killed node never left Discover");
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    };
-
-    signal::kill(
-        Pid::from_raw(i32::try_from(child.id().expect("running")).expect("pid")),
-        signal::Signal::SIGTERM,
+    signal::kill(Pid::from_raw(pid(victim)), signal::Signal::SIGKILL).expect("kill");
+    // The dead process's address; a replacement comes back under the same
+    // id on another port.
+    eventually_every(
+        "the killed node to leave Discover",
+        LIMIT,
+        Duration::from_micros(500),
+        || async {
+            let peers = control_plane.discover_peers("", 1000).await;
+            ready_if(peers.iter().all(|p| p.address != victim.address), ())
+        },
     )
-    .expect("term");
-    let status = tokio::time::timeout(LIMIT, child.wait())
-        .await
-        .expect("control plane exits")
-        .expect("wait");
+    .await;
+    let kill_to_gone = killed.elapsed();
+
+    let status = control_plane.terminate(LIMIT).await;
     assert!(status.success(), "control plane exited with {status}");
     Run {
         bring_up,
@@ -165,13 +85,9 @@ fn median<T: Ord + Copy>(mut values: Vec<T>) -> T {
 
 #[tokio::main]
 async fn main() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_control-plane"));
-    let node = binary.with_file_name("farm-node");
-    assert!(
-        node.is_file(),
-        "{} is missing: `cargo build --release` first",
-        node.display()
-    );
+    // Both binaries, or a message saying to build them.
+    binary("control-plane");
+    binary("farm-node");
     println!("farm bring-up and failure detection, {NODES} process nodes, {RUNS} runs\n");
     println!(
         "{:>4}  {:>14}  {:>16}  {:>18}  {:>16}",
@@ -179,7 +95,7 @@ async fn main() {
     );
     let mut runs = Vec::new();
     for i in 1..=RUNS {
-        let run = one_run(binary).await;
+        let run = one_run().await;
         let total: u64 = run.node_rss_kib.iter().sum();
         println!(
             "{:>4}  {:>14.1}  {:>16}  {:>18.1}  {:>16.2}",

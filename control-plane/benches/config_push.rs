@@ -13,20 +13,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use farm_api::v1::{
-    ListNodesRequest, NodeState, PutConfigRequest, WatchConfigRequest, WatchRequest,
-    config_client::ConfigClient, discovery_client::DiscoveryClient, farm_client::FarmClient,
-};
-use nix::{sys::signal, unistd::Pid};
+use farm_api::v1::{PutConfigRequest, WatchConfigRequest};
+use farm_testkit::{Api, ControlPlaneProcess, binary};
 use prost_types::{Struct, Value, value::Kind};
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
 
 const NODES: usize = 50;
 const CHANGES: usize = 100;
@@ -35,67 +28,15 @@ const WRITERS: usize = 16;
 const WATCHERS: usize = 100;
 const LIMIT: Duration = Duration::from_secs(60);
 
-struct ControlPlane {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl ControlPlane {
-    fn start(binary: &Path, nodes: usize) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
-        let runtime = if nodes == 0 { "none" } else { "process" };
-        let child = Command::new(binary)
-            .args(["serve", "--runtime", runtime, "--listen", &addr.to_string()])
-            .args(["--nodes", &nodes.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn control-plane");
-        Self {
-            child,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("url")
-            .connect_lazy()
-    }
-
-    async fn wait_healthy(&self, nodes: usize) {
-        let started = Instant::now();
-        let mut farm = FarmClient::new(self.channel());
-        loop {
-            if let Ok(r) = farm.list_nodes(ListNodesRequest::default()).await {
-                let list = r.into_inner().nodes;
-                if list.len() == nodes && list.iter().all(|n| n.state == NodeState::Healthy as i32)
-                {
-                    return;
-                }
-            }
-            assert!(started.elapsed() < LIMIT, "farm not ready within {LIMIT:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = signal::kill(
-            Pid::from_raw(i32::try_from(self.child.id()).expect("pid")),
-            signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
+/// A control plane of `nodes` process nodes (none: no runtime) on a data
+/// folder of its own, healthy; stopped with SIGTERM when dropped.
+async fn start_farm(dir: &tempfile::TempDir, nodes: usize) -> ControlPlaneProcess {
+    let size = u32::try_from(nodes).expect("a farm's size");
+    let farm = ControlPlaneProcess::measured(dir.path(), size)
+        .start()
+        .await;
+    farm.wait_healthy(nodes, LIMIT).await;
+    farm
 }
 
 fn delay(n: usize) -> Struct {
@@ -143,12 +84,12 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Puts per second with `WRITERS` concurrent writers.
-async fn throughput(channel: Channel) -> f64 {
+async fn throughput(api: &Api) -> f64 {
     let started = Instant::now();
     let per_writer = WRITES / WRITERS;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let mut client = ConfigClient::new(channel.clone());
+            let mut client = api.config();
             tokio::spawn(async move {
                 for i in 0..per_writer {
                     client
@@ -167,23 +108,13 @@ async fn throughput(channel: Channel) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_control-plane"));
-    assert!(
-        binary.with_file_name("farm-node").is_file(),
-        "farm-node is missing next to {}: `cargo build --release` first",
-        binary.display()
-    );
+    binary("farm-node");
 
     // Propagation to 50 nodes.
-    let farm = ControlPlane::start(binary, NODES);
-    farm.wait_healthy(NODES).await;
-    let channel = farm.channel();
-    let mut config = ConfigClient::new(channel.clone());
-    let mut watch = DiscoveryClient::new(channel.clone())
-        .watch(WatchRequest::default())
-        .await
-        .expect("Watch")
-        .into_inner();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = start_farm(&dir, NODES).await;
+    let mut config = farm.config();
+    let mut watch = farm.watch().await;
     // Each node's reported version, from the snapshot then every event.
     let mut applied: HashMap<String, u64> = HashMap::new();
     let mut ack_to_all = Vec::with_capacity(CHANGES);
@@ -234,13 +165,13 @@ async fn main() {
     // Throughput: on the 50-node farm (its nodes following every version),
     // then with 100 WatchConfig streams as well; then on a farm of no nodes,
     // alone and with the watchers.
-    let nodes_only = throughput(channel.clone()).await;
-    let (nodes_and_watchers, delivered_a) = with_watchers(channel).await;
+    let nodes_only = throughput(&farm).await;
+    let (nodes_and_watchers, delivered_a) = with_watchers(&farm).await;
     drop(farm);
-    let bare = ControlPlane::start(binary, 0);
-    bare.wait_healthy(0).await;
-    let alone = throughput(bare.channel()).await;
-    let (watchers_only, delivered_b) = with_watchers(bare.channel()).await;
+    let bare_dir = tempfile::tempdir().expect("tempdir");
+    let bare = start_farm(&bare_dir, 0).await;
+    let alone = throughput(&bare).await;
+    let (watchers_only, delivered_b) = with_watchers(&bare).await;
     drop(bare);
 
     println!(
@@ -265,8 +196,9 @@ async fn main() {
 
 /// Throughput while `WATCHERS` streams follow every version, and how many
 /// versions reached them.
-async fn with_watchers(channel: Channel) -> (f64, usize) {
-    let current = ConfigClient::new(channel.clone())
+async fn with_watchers(api: &Api) -> (f64, usize) {
+    let current = api
+        .config()
         .get_config(farm_api::v1::GetConfigRequest {
             scope: "global".into(),
         })
@@ -276,7 +208,8 @@ async fn with_watchers(channel: Channel) -> (f64, usize) {
         .version;
     let mut watchers = Vec::new();
     for _ in 0..WATCHERS {
-        let mut stream = ConfigClient::new(channel.clone())
+        let mut stream = api
+            .config()
             .watch_config(WatchConfigRequest {
                 scope: "global".into(),
                 from_version: current,
@@ -296,7 +229,7 @@ async fn with_watchers(channel: Channel) -> (f64, usize) {
             seen
         }));
     }
-    let rate = throughput(channel).await;
+    let rate = throughput(api).await;
     // Every watcher receives every version (one bounded wait for all).
     let counts =
         tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(watchers)).await;

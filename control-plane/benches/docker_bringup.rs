@@ -18,15 +18,16 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Command, Stdio},
+    path::Path,
+    process::Stdio,
     sync::Mutex,
     time::{Duration, Instant},
 };
 
-use farm_api::v1::{ListNodesRequest, NodeState, farm_client::FarmClient};
-use nix::{sys::signal, unistd::Pid};
-use tonic::transport::Endpoint;
+use farm_testkit::{
+    ControlPlaneProcess, binary,
+    docker::{self, remove_labelled},
+};
 
 const NODES: usize = 50;
 const ROUNDS: usize = 5;
@@ -50,25 +51,7 @@ impl Cleanup {
                 .iter()
                 .map(|id| format!("farm.id={id}")),
         );
-        for label in labels {
-            let ids = docker_out(&["ps", "-aq", "--filter", &format!("label={label}")]);
-            let ids: Vec<&str> = ids.split_whitespace().collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .args(["rm", "-f"])
-                    .args(&ids)
-                    .stdout(Stdio::null())
-                    .status();
-            }
-            let nets = docker_out(&["network", "ls", "-q", "--filter", &format!("label={label}")]);
-            for net in nets.split_whitespace() {
-                let _ = Command::new("docker")
-                    .args(["network", "rm", net])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        remove_labelled(&labels);
     }
 }
 
@@ -78,63 +61,16 @@ impl Drop for Cleanup {
     }
 }
 
-fn docker_out(args: &[&str]) -> String {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
+/// The docker CLI's output, trimmed.
 fn docker_ok(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    docker::docker(args).trim().to_owned()
 }
 
+/// A loopback-free port on `ip` (a Docker network's gateway).
 fn free_port(ip: &str) -> SocketAddr {
     std::net::TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("free port")
-}
-
-/// Polls `ListNodes` until `NODES` nodes are healthy; returns their runtime ids.
-async fn wait_healthy(addr: SocketAddr, since: Instant) -> (Duration, Vec<String>) {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect_lazy();
-    let mut client = FarmClient::new(channel);
-    loop {
-        if let Ok(response) = client.list_nodes(ListNodesRequest::default()).await {
-            let nodes = response.into_inner().nodes;
-            if nodes.len() == NODES && nodes.iter().all(|n| n.state == NodeState::Healthy as i32) {
-                return (
-                    since.elapsed(),
-                    nodes.into_iter().map(|n| n.runtime_id).collect(),
-                );
-            }
-        }
-        assert!(
-            since.elapsed() < LIMIT,
-            "not {NODES} healthy within {LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn stop(child: &mut std::process::Child) {
-    let _ = signal::kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
 }
 
 /// Parses `docker stats` memory such as `1.5MiB`.
@@ -160,12 +96,7 @@ struct FarmRun {
     image: String,
 }
 
-async fn farm_run(
-    control_plane: &Path,
-    node_binary: &Path,
-    cleanup: &Cleanup,
-    parallelism: Option<u16>,
-) -> FarmRun {
+async fn farm_run(node_binary: &Path, cleanup: &Cleanup, parallelism: Option<u16>) -> FarmRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = format!(
         "{}f{}",
@@ -178,30 +109,22 @@ async fn farm_run(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(id);
-    let addr = free_port("127.0.0.1");
-    let started = Instant::now();
-    let mut command = Command::new(control_plane);
-    command
-        .args([
-            "serve",
-            "--runtime",
-            "docker",
-            "--listen",
-            &addr.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--node-image-binary")
-        .arg(node_binary)
-        .args(["--nodes", &NODES.to_string()])
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    if let Some(n) = parallelism {
-        command.args(["--start-parallelism", &n.to_string()]);
+    let node_binary = node_binary.to_str().expect("a UTF-8 path");
+    let mut flags = vec!["--runtime", "docker", "--node-image-binary", node_binary];
+    let parallelism = parallelism.map(|n| n.to_string());
+    if let Some(n) = &parallelism {
+        flags.extend(["--start-parallelism", n]);
     }
-    let mut child = command.spawn().expect("spawn control-plane");
-    let (bring_up, ids) = wait_healthy(addr, started).await;
+    let started = Instant::now();
+    let mut farm = ControlPlaneProcess::measured(dir.path(), NODES as u32)
+        .flags(&flags)
+        .start()
+        .await;
+    let nodes = farm
+        .wait_healthy_every(NODES, LIMIT, Duration::from_millis(5))
+        .await;
+    let bring_up = started.elapsed();
+    let ids: Vec<String> = nodes.into_iter().map(|n| n.runtime_id).collect();
     let mut stats = vec!["stats", "--no-stream", "--format", "{{.MemUsage}}"];
     stats.extend(ids.iter().map(String::as_str));
     let memory_mib = docker_ok(&stats)
@@ -210,7 +133,7 @@ async fn farm_run(
         .map(mib)
         .sum();
     let image = docker_ok(&["inspect", "--format", "{{.Config.Image}}", &ids[0]]);
-    stop(&mut child);
+    farm.terminate(LIMIT).await;
     FarmRun {
         bring_up,
         memory_mib,
@@ -218,12 +141,7 @@ async fn farm_run(
     }
 }
 
-async fn baseline_run(
-    control_plane: &Path,
-    image: &str,
-    cleanup: &Cleanup,
-    round: usize,
-) -> Duration {
+async fn baseline_run(image: &str, cleanup: &Cleanup, round: usize) -> Duration {
     let label = format!("farm.bench={}", cleanup.bench);
     let network = format!("farm-bench-{}-{round}", cleanup.bench);
     docker_ok(&["network", "create", "--label", &label, &network]);
@@ -236,18 +154,10 @@ async fn baseline_run(
     ]);
     let addr = free_port(&gateway);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut idle = Command::new(control_plane)
-        .args(["serve", "--runtime", "none", "--listen", &addr.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn control-plane");
-    while std::net::TcpStream::connect(addr).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut idle = ControlPlaneProcess::measured(dir.path(), 0)
+        .listen(addr)
+        .start()
+        .await;
     let url = format!("http://{addr}");
     let started = Instant::now();
     let runs: Vec<_> = (1..=NODES)
@@ -277,8 +187,11 @@ async fn baseline_run(
     for status in futures::future::join_all(runs).await {
         assert!(status.expect("docker run").success(), "docker run failed");
     }
-    let (bring_up, _) = wait_healthy(addr, started).await;
-    stop(&mut idle);
+    // Fifty nodes the idle control plane does not run.
+    idle.wait_healthy_every(NODES, LIMIT, Duration::from_millis(5))
+        .await;
+    let bring_up = started.elapsed();
+    idle.terminate(LIMIT).await;
     cleanup.sweep();
     bring_up
 }
@@ -290,19 +203,11 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    if !Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("no Docker engine answers: start one with scripts/docker-engine");
+    if !docker::available("docker_bringup") {
         std::process::exit(2);
     }
-    let control_plane = PathBuf::from(env!("CARGO_BIN_EXE_control-plane"));
-    let node_binary = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/x86_64-unknown-linux-gnu/container/farm-node");
+    binary("control-plane");
+    let node_binary = docker::static_node_binary_path();
     if !node_binary.is_file() {
         eprintln!(
             "{} is missing: run scripts/build-static",
@@ -322,7 +227,7 @@ async fn main() {
     println!("{NODES} farm-node containers, 0.5 CPU / 128 MiB each, Docker {engine}\n");
 
     // Builds the image if needed, outside any timing.
-    let warm = farm_run(&control_plane, &node_binary, &cleanup, None).await;
+    let warm = farm_run(&node_binary, &cleanup, None).await;
     let size = docker_ok(&["image", "inspect", "--format", "{{.Size}}", &warm.image]);
     let size_mb = size.parse::<f64>().unwrap_or(0.0) / 1e6;
 
@@ -330,7 +235,7 @@ async fn main() {
     for degree in SWEEP {
         let mut times = Vec::new();
         for _ in 0..SWEEP_ROUNDS {
-            let run = farm_run(&control_plane, &node_binary, &cleanup, Some(degree)).await;
+            let run = farm_run(&node_binary, &cleanup, Some(degree)).await;
             times.push(run.bring_up.as_secs_f64());
         }
         println!("  {degree:>3} at once: {:>6.2} s", median(times));
@@ -344,12 +249,12 @@ async fn main() {
     for round in 1..=ROUNDS {
         // Alternate which goes first, so drift hits both alike.
         let (f, b) = if round % 2 == 1 {
-            let f = farm_run(&control_plane, &node_binary, &cleanup, None).await;
-            let b = baseline_run(&control_plane, &warm.image, &cleanup, round).await;
+            let f = farm_run(&node_binary, &cleanup, None).await;
+            let b = baseline_run(&warm.image, &cleanup, round).await;
             (f, b)
         } else {
-            let b = baseline_run(&control_plane, &warm.image, &cleanup, round).await;
-            let f = farm_run(&control_plane, &node_binary, &cleanup, None).await;
+            let b = baseline_run(&warm.image, &cleanup, round).await;
+            let f = farm_run(&node_binary, &cleanup, None).await;
             (f, b)
         };
         let (fs, bs) = (f.bring_up.as_secs_f64(), b.as_secs_f64());

@@ -49,6 +49,7 @@ use farm_api::v1::{
     workload_client::WorkloadClient,
     workload_server::{Workload, WorkloadServer},
 };
+use farm_testkit::{ControlPlaneProcess, binary, eventually, free_addr, ready_if};
 use hdrhistogram::Histogram;
 use loadgen::report::new_histogram;
 use nix::{sys::signal, unistd::Pid};
@@ -207,12 +208,6 @@ fn clean_command(program: &Path) -> Command {
     command
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 fn channel(addr: SocketAddr) -> Channel {
     Endpoint::from_shared(format!("http://{addr}"))
         .expect("url")
@@ -257,62 +252,49 @@ async fn run_tool(
 }
 
 /// A control plane with no runtime and no managed nodes, on its own data
-/// folder.
+/// folder, answering `Discover`; stopped when dropped.
 struct ControlPlane {
-    addr: SocketAddr,
-    _proc: Proc,
+    process: ControlPlaneProcess,
     _dir: tempfile::TempDir,
 }
 
 impl ControlPlane {
-    async fn start(binary: &Path, extra: &[&str]) -> Self {
+    async fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = free_addr();
-        let proc = Proc::spawn(
-            clean_command(binary)
-                .args(["serve", "--runtime", "none", "--nodes", "0"])
-                .args(["--listen", &addr.to_string()])
-                .args(extra)
-                .arg("--data-dir")
-                .arg(dir.path()),
-            "control-plane",
-        );
-        let started = Instant::now();
-        let mut discovery = DiscoveryClient::new(channel(addr));
+        let process = ControlPlaneProcess::measured(dir.path(), 0)
+            .flags(extra)
+            .start()
+            .await;
         let probe = DiscoverRequest {
             count: 1,
             ..Default::default()
         };
-        while discovery.discover(probe.clone()).await.is_err() {
-            assert!(
-                started.elapsed() < READY_LIMIT,
-                "control plane not answering within {READY_LIMIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Self {
-            addr,
-            _proc: proc,
-            _dir: dir,
-        }
+        eventually(
+            "the control plane to answer Discover",
+            READY_LIMIT,
+            || async { process.discovery().discover(probe.clone()).await },
+        )
+        .await;
+        Self { process, _dir: dir }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.process.addr
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.process.url()
     }
 }
 
 /// Waits until `Workload/Work` answers OK at `addr`.
 async fn wait_work(addr: SocketAddr) {
-    let started = Instant::now();
-    let mut client = WorkloadClient::new(channel(addr));
-    while client.work(WorkRequest::default()).await.is_err() {
-        assert!(
-            started.elapsed() < READY_LIMIT,
-            "{addr} does not answer Work within {READY_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let client = WorkloadClient::new(channel(addr));
+    let what = format!("{addr} to answer Work");
+    eventually(what, READY_LIMIT, || async {
+        client.clone().work(WorkRequest::default()).await
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -536,7 +518,7 @@ async fn loadgen_run(
 
 async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
     let scratch = tempfile::tempdir().expect("tempdir");
-    let control_plane = ControlPlane::start(&bin.control_plane, &[]).await;
+    let control_plane = ControlPlane::start(&[]).await;
     let node_addr = free_addr();
     let _node = Proc::spawn(
         clean_command(&bin.farm_node)
@@ -892,10 +874,11 @@ async fn healthy_peers(addr: SocketAddr, count: usize) -> Peers {
         }));
     }
     // Healthy once the first heartbeats are in.
-    let started = Instant::now();
-    let mut discovery = DiscoveryClient::new(channel);
-    loop {
+    let discovery = DiscoveryClient::new(channel);
+    let what = format!("{count} healthy peers");
+    eventually(what, READY_LIMIT, || async {
         let matched = discovery
+            .clone()
             .discover(DiscoverRequest {
                 count: 1,
                 ..Default::default()
@@ -903,15 +886,9 @@ async fn healthy_peers(addr: SocketAddr, count: usize) -> Peers {
             .await
             .map(|r| r.into_inner().matched)
             .unwrap_or(0);
-        if matched as usize >= count {
-            break;
-        }
-        assert!(
-            started.elapsed() < READY_LIMIT,
-            "{count} peers not healthy within {READY_LIMIT:?} ({matched} are)"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ready_if(matched as usize >= count, matched)
+    })
+    .await;
     Peers(tasks)
 }
 
@@ -940,7 +917,7 @@ fn fsync_probe() -> (f64, f64, f64) {
     )
 }
 
-async fn part_b(bin: &Bins, settings: &Settings, h2load_ok: bool) {
+async fn part_b(settings: &Settings, h2load_ok: bool) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let (_echo, echo_addr) = start_echo();
     wait_work(echo_addr).await;
@@ -986,10 +963,10 @@ async fn part_b(bin: &Bins, settings: &Settings, h2load_ok: bool) {
     let mut runs: [Vec<Figures>; 5] = Default::default();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for round in 0..settings.rounds {
-        let control_plane = ControlPlane::start(&bin.control_plane, &[]).await;
-        let _peers = healthy_peers(control_plane.addr, PEERS).await;
+        let control_plane = ControlPlane::start(&[]).await;
+        let _peers = healthy_peers(control_plane.addr(), PEERS).await;
         let echo_url = format!("http://{echo_addr}/farm.v1.Workload/Work");
-        let discover_url = format!("http://{}/farm.v1.Discovery/Discover", control_plane.addr);
+        let discover_url = format!("{}/farm.v1.Discovery/Discover", control_plane.url());
         let mut order: Vec<usize> = if h2load_ok {
             vec![0, 2, 1, 3, 4]
         } else {
@@ -1015,8 +992,8 @@ async fn part_b(bin: &Bins, settings: &Settings, h2load_ok: bool) {
                 _ => {
                     let (addr, call) = match which {
                         2 => (echo_addr, Call::Echo),
-                        3 => (control_plane.addr, Call::Discover),
-                        _ => (control_plane.addr, Call::Register),
+                        3 => (control_plane.addr(), Call::Discover),
+                        _ => (control_plane.addr(), Call::Register),
                     };
                     let driven =
                         drive(addr, call, DRIVER, settings.secs, &format!("r{round}")).await;
@@ -1097,8 +1074,7 @@ struct Rung {
 
 async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Result<Rung, String> {
     // Room for every node in the default group (10 000 by default).
-    let control_plane =
-        ControlPlane::start(&bin.control_plane, &["--group-capacity", "1000000"]).await;
+    let control_plane = ControlPlane::start(&["--group-capacity", "1000000"]).await;
     let json = scratch.join(format!("swarm-{nodes}.json"));
     let args: Vec<String> = vec![
         "swarm".into(),
@@ -1223,7 +1199,6 @@ fn passes(rung: &Rung) -> bool {
 
 /// The workspace's release binaries.
 struct Bins {
-    control_plane: PathBuf,
     farm_node: PathBuf,
     loadgen: PathBuf,
 }
@@ -1234,19 +1209,11 @@ async fn main() {
         echo_main().await;
         return;
     }
-    let control_plane = PathBuf::from(env!("CARGO_BIN_EXE_control-plane"));
+    binary("control-plane");
     let bin = Bins {
-        farm_node: control_plane.with_file_name("farm-node"),
-        loadgen: control_plane.with_file_name("loadgen"),
-        control_plane,
+        farm_node: binary("farm-node"),
+        loadgen: binary("loadgen"),
     };
-    for path in [&bin.farm_node, &bin.loadgen] {
-        assert!(
-            path.is_file(),
-            "{} is missing: `cargo build --release` first",
-            path.display()
-        );
-    }
     let settings = Settings::from_env();
     let h2load_ok = have_h2load();
     if !h2load_ok {
@@ -1260,7 +1227,7 @@ async fn main() {
         part_a(&bin, &settings, h2load_ok).await;
     }
     if settings.parts.contains('b') {
-        part_b(&bin, &settings, h2load_ok).await;
+        part_b(&settings, h2load_ok).await;
     }
     if settings.parts.contains('c') {
         part_c(&bin, &settings).await;

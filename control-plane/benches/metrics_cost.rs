@@ -10,21 +10,11 @@
 //! 127.0.0.1 and stops itself.
 //! Run with `cargo build --release && cargo bench -p control-plane --bench metrics_cost`.
 
-use std::{
-    io::{Read, Write},
-    net::SocketAddr,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use farm_api::v1::{
-    ListNodesRequest, NodeState, WatchMetricsRequest, farm_client::FarmClient,
-    metrics_client::MetricsClient,
-};
-use nix::{sys::signal, unistd::Pid};
+use farm_api::v1::WatchMetricsRequest;
+use farm_testkit::{ControlPlaneProcess, binary, http, pid};
 use tokio_stream::StreamExt;
-use tonic::transport::Endpoint;
 
 const NODES: usize = 50;
 const WINDOWS: usize = 5;
@@ -85,79 +75,32 @@ async fn measure(control_plane: u32, nodes: &[u32]) -> (f64, f64) {
     (median(cp), median(node))
 }
 
-fn scrape(addr: SocketAddr) -> usize {
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut body = Vec::new();
-    let _ = stream.read_to_end(&mut body);
-    body.len()
-}
-
 #[tokio::main]
 async fn main() {
-    let binary = Path::new(env!("CARGO_BIN_EXE_control-plane"));
-    assert!(
-        binary.with_file_name("farm-node").is_file(),
-        "farm-node is missing next to {}: `cargo build --release` first",
-        binary.display()
-    );
+    binary("farm-node");
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let mut child: Child = Command::new(binary)
-        .args([
-            "serve",
-            "--runtime",
-            "process",
-            "--listen",
-            &addr.to_string(),
-        ])
-        .args(["--nodes", &NODES.to_string()])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn control-plane");
-    let channel = Endpoint::from_shared(format!("http://{addr}"))
-        .expect("url")
-        .connect_lazy();
-    let started = Instant::now();
-    let nodes = loop {
-        if let Ok(r) = FarmClient::new(channel.clone())
-            .list_nodes(ListNodesRequest::default())
-            .await
-        {
-            let nodes = r.into_inner().nodes;
-            if nodes.len() == NODES && nodes.iter().all(|n| n.state == NodeState::Healthy as i32) {
-                break nodes;
-            }
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "farm not up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let mut control_plane = ControlPlaneProcess::measured(dir.path(), NODES as u32)
+        .start()
+        .await;
+    let nodes = control_plane
+        .wait_healthy(NODES, Duration::from_secs(60))
+        .await;
     let pids: Vec<u32> = nodes
         .iter()
-        .filter_map(|n| n.runtime_id.strip_prefix("pid:")?.parse().ok())
+        .map(|n| u32::try_from(pid(n)).expect("a pid"))
         .collect();
     // Let start-up settle.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let (cp_idle, node_cpu) = measure(child.id(), &pids).await;
+    let (cp_idle, node_cpu) = measure(control_plane.id(), &pids).await;
     let mut rss: Vec<f64> = pids.iter().map(|p| rss_kib(*p) as f64).collect();
     rss.sort_by(f64::total_cmp);
     let node_rss = rss[rss.len() / 2];
 
     // A dashboard's load on top: one WatchMetrics stream and a scrape a
     // second.
-    let mut watch = MetricsClient::new(channel.clone())
+    let mut watch = control_plane
+        .metrics()
         .watch_metrics(WatchMetricsRequest {
             include_nodes: true,
             ..Default::default()
@@ -172,23 +115,18 @@ async fn main() {
         }
         snapshots
     });
+    let addr = control_plane.addr;
     let scraper = tokio::spawn(async move {
         let mut bytes = 0;
         for _ in 0..(WINDOWS as u64 * WINDOW.as_secs() + 5) {
-            bytes = tokio::task::spawn_blocking(move || scrape(addr))
-                .await
-                .unwrap_or(0);
+            bytes = http::get(addr, "/metrics").await.body.len();
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         bytes
     });
-    let (cp_watched, _) = measure(child.id(), &pids).await;
+    let (cp_watched, _) = measure(control_plane.id(), &pids).await;
     scraper.abort();
-    let _ = signal::kill(
-        Pid::from_raw(i32::try_from(child.id()).expect("pid")),
-        signal::Signal::SIGTERM,
-    );
-    let _ = child.wait();
+    control_plane.terminate(Duration::from_secs(60)).await;
     let snapshots = watcher.await.unwrap_or(0);
 
     println!(

@@ -3,36 +3,31 @@
 //! tokens, the refusal to listen beyond loopback without them, and farms
 //! whose nodes register with the node token.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use common::{ADMIN, Farm, NODE, TOKENS, VIEWER, healthy, interop_required, run_with_env, stdout};
 use farm_api::v1::{
     DeregisterRequest, DiffRequest, DiscoverRequest, GetConfigRequest, GetEffectiveConfigRequest,
     HeartbeatRequest, HistoryRequest, ListGroupsRequest, ListNodesRequest, NodeActionKind,
-    NodeActionRequest, NodeInfo, PutConfigRequest, RegisterRequest, RollbackRequest, ScaleRequest,
-    WatchConfigRequest, WatchRequest, config_client::ConfigClient,
-    discovery_client::DiscoveryClient, farm_client::FarmClient, registry_client::RegistryClient,
+    NodeActionRequest, PutConfigRequest, RegisterRequest, RollbackRequest, ScaleRequest,
+    WatchConfigRequest, WatchRequest,
+};
+use farm_testkit::{
+    ADMIN, Api, Farm, NODE, TOKENS, VIEWER, binary,
+    docker::{self, DockerCleanup, containers_labelled},
+    grpc_web,
+    http::{self, Request},
+    interop::{python_client, run_with_env, stdout},
+    pid,
+    process::serve_refused,
 };
 use futures::StreamExt;
 use prost::Message;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-use tonic::{
-    Code, Request, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{Code, Status};
 
 /// Who calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,64 +61,9 @@ impl Caller {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Debug, Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-type With = InterceptedService<Channel, Bearer>;
-
-/// Clients of one farm that call as one caller.
-struct As {
-    channel: Channel,
-    bearer: Bearer,
-}
-
-impl As {
-    fn new(farm: &Farm, caller: Caller) -> Self {
-        let bearer = caller.token().map(|t| {
-            format!("Bearer {t}")
-                .parse::<MetadataValue<Ascii>>()
-                .expect("header value")
-        });
-        Self {
-            channel: farm.channel(),
-            bearer: Bearer(bearer),
-        }
-    }
-
-    fn registry(&self) -> RegistryClient<With> {
-        RegistryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
-    }
-
-    fn discovery(&self) -> DiscoveryClient<With> {
-        DiscoveryClient::with_interceptor(self.channel.clone(), self.bearer.clone())
-    }
-
-    fn farm(&self) -> FarmClient<With> {
-        FarmClient::with_interceptor(self.channel.clone(), self.bearer.clone())
-    }
-
-    fn config(&self) -> ConfigClient<With> {
-        ConfigClient::with_interceptor(self.channel.clone(), self.bearer.clone())
-    }
-
-    fn metrics(&self) -> farm_api::v1::metrics_client::MetricsClient<With> {
-        farm_api::v1::metrics_client::MetricsClient::with_interceptor(
-            self.channel.clone(),
-            self.bearer.clone(),
-        )
-    }
+/// The farm's clients calling as `caller`.
+fn as_caller(farm: &Farm, caller: Caller) -> Api {
+    farm.with_token(caller.token())
 }
 
 /// Who may call what: admin, node, viewer. The policy the control plane
@@ -193,7 +133,7 @@ static NAMES: AtomicU32 = AtomicU32::new(0);
 
 async fn register(farm: &Farm) -> Registered {
     let n = NAMES.fetch_add(1, Ordering::Relaxed);
-    let reply = As::new(farm, Caller::Admin)
+    let reply = as_caller(farm, Caller::Admin)
         .registry()
         .register(RegisterRequest {
             name: format!("matrix-{n}"),
@@ -213,7 +153,7 @@ async fn register(farm: &Farm) -> Registered {
 /// streaming call counts as answered once its response starts (for
 /// Heartbeat, once the first acknowledgement arrives).
 async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> Result<(), Status> {
-    let client = As::new(farm, caller);
+    let client = as_caller(farm, caller);
     let scope = || "global".to_owned();
     match method {
         "farm.v1.Registry/Register" => {
@@ -319,17 +259,15 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
             .map(drop),
         // No node in this farm: an admin gets FAILED_PRECONDITION, past
         // the check of roles.
-        "farm.v1.LoadTest/Run" => farm_api::v1::load_test_client::LoadTestClient::with_interceptor(
-            client.channel.clone(),
-            client.bearer.clone(),
-        )
-        .run(farm_api::v1::LoadTestRequest {
-            concurrency: 1,
-            duration_ms: 100,
-            ..Default::default()
-        })
-        .await
-        .map(drop),
+        "farm.v1.LoadTest/Run" => client
+            .load_test()
+            .run(farm_api::v1::LoadTestRequest {
+                concurrency: 1,
+                duration_ms: 100,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         "farm.v1.Metrics/GetFarmMetrics" => client
             .metrics()
             .get_farm_metrics(farm_api::v1::GetFarmMetricsRequest::default())
@@ -447,7 +385,7 @@ async fn assert_writers(farm: &Farm, role: &str) {
     } else {
         Caller::Viewer
     };
-    let versions = As::new(farm, caller)
+    let versions = as_caller(farm, caller)
         .config()
         .history(HistoryRequest {
             scope: "global".into(),
@@ -522,35 +460,22 @@ async fn health_reflection_and_http_stay_open() {
     assert!(names.contains(&"farm.v1.Farm"), "{names:?}");
 
     for path in ["/", "/healthz", "/readyz"] {
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-        let response = http(farm.addr, request.as_bytes()).await;
-        assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
+        let response = Request::get(farm.addr, path).host("localhost").send().await;
+        assert_eq!(response.status, 200, "{path}: {response}");
     }
 }
 
-/// Sends one raw HTTP/1.1 request and returns the whole response.
-async fn http(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("response within 10 s")
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
-}
-
 /// `Discovery/ListGroups` over gRPC-Web with an empty message (a 5-byte
-/// frame), with `authorization` when given.
-fn grpc_web_list_groups(authorization: Option<&str>) -> Vec<u8> {
-    let header = authorization.map_or_else(String::new, |a| format!("authorization: {a}\r\n"));
-    format!(
-        "POST /farm.v1.Discovery/ListGroups HTTP/1.1\r\nHost: localhost\r\n\
-content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n{header}\
-origin: http://localhost:5173\r\ncontent-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
-    )
-    .into_bytes()
+/// frame) from a page of the configured origin, with `authorization` when
+/// given.
+async fn grpc_web_list_groups(farm: &Farm, authorization: Option<&str>) -> http::Response {
+    let mut request = grpc_web::call(farm.addr, "/farm.v1.Discovery/ListGroups", &[])
+        .host("localhost")
+        .header("origin", "http://localhost:5173");
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    request.send().await
 }
 
 #[tokio::test]
@@ -558,79 +483,62 @@ async fn grpc_web_calls_need_a_token_too() {
     let flags = [TOKENS, &["--cors-origin", "http://localhost:5173"]].concat();
     let farm = Farm::start(0, &flags).await;
 
-    let shown = http(farm.addr, &grpc_web_list_groups(None)).await;
-    let lower = shown.to_ascii_lowercase();
+    let shown = grpc_web_list_groups(&farm, None).await;
+    assert_eq!(shown.grpc_status(), Some(16), "UNAUTHENTICATED: {shown}");
     assert!(
-        lower.contains("grpc-status: 16") || lower.contains("grpc-status:16"),
-        "UNAUTHENTICATED: {shown}"
-    );
-    assert!(
-        !shown.contains("default"),
+        !shown.to_string().contains("default"),
         "no data without a token: {shown}"
     );
-    assert!(
-        lower.contains("access-control-allow-origin: http://localhost:5173"),
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some("http://localhost:5173"),
         "a browser can read the refusal: {shown}"
     );
 
     let stranger = format!("Bearer {}", Caller::Stranger.token().expect("token"));
-    let shown = http(farm.addr, &grpc_web_list_groups(Some(&stranger))).await;
-    let lower = shown.to_ascii_lowercase();
-    assert!(
-        lower.contains("grpc-status: 16") || lower.contains("grpc-status:16"),
-        "{shown}"
-    );
+    let shown = grpc_web_list_groups(&farm, Some(&stranger)).await;
+    assert_eq!(shown.grpc_status(), Some(16), "{shown}");
 
     let viewer = format!("Bearer {VIEWER}");
-    let shown = http(farm.addr, &grpc_web_list_groups(Some(&viewer))).await;
-    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
-    assert!(shown.contains("default"), "the default group: {shown}");
-    assert!(shown.contains("grpc-status:0"), "OK: {shown}");
+    let shown = grpc_web_list_groups(&farm, Some(&viewer)).await;
+    assert_eq!(shown.status, 200, "{shown}");
+    assert!(
+        shown.text().contains("default"),
+        "the default group: {shown}"
+    );
+    assert_eq!(shown.grpc_status(), Some(0), "OK: {shown}");
 
     // A viewer may not scale the farm from a browser either.
-    let scale = format!(
-        "POST /farm.v1.Farm/Scale HTTP/1.1\r\nHost: localhost\r\n\
-content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nauthorization: {viewer}\r\n\
-content-length: 5\r\nConnection: close\r\n\r\n\0\0\0\0\0"
-    );
-    let shown = http(farm.addr, scale.as_bytes()).await.to_ascii_lowercase();
-    assert!(
-        shown.contains("grpc-status: 7") || shown.contains("grpc-status:7"),
-        "PERMISSION_DENIED: {shown}"
-    );
+    let shown = grpc_web::call(farm.addr, "/farm.v1.Farm/Scale", &[])
+        .host("localhost")
+        .header("authorization", &viewer)
+        .send()
+        .await;
+    assert_eq!(shown.grpc_status(), Some(7), "PERMISSION_DENIED: {shown}");
 
     // Preflights carry no token and still pass.
-    let preflight = b"OPTIONS /farm.v1.Farm/ListNodes HTTP/1.1\r\nHost: localhost\r\n\
-origin: http://localhost:5173\r\naccess-control-request-method: POST\r\n\
-access-control-request-headers: content-type,x-grpc-web,authorization\r\nConnection: close\r\n\r\n";
-    let shown = http(farm.addr, preflight).await.to_ascii_lowercase();
-    assert!(shown.starts_with("http/1.1 200"), "{shown}");
-    assert!(shown.contains("authorization"), "{shown}");
-}
-
-/// Lists the nodes as the viewer.
-async fn nodes(farm: &Farm) -> Result<Vec<NodeInfo>, Status> {
-    As::new(farm, Caller::Viewer)
-        .farm()
-        .list_nodes(ListNodesRequest::default())
-        .await
-        .map(|r| r.into_inner().nodes)
+    let shown = grpc_web::preflight(
+        farm.addr,
+        "/farm.v1.Farm/ListNodes",
+        "http://localhost:5173",
+    )
+    .host("localhost")
+    .send()
+    .await;
+    assert_eq!(shown.status, 200, "{shown}");
+    assert!(
+        shown
+            .header("access-control-allow-headers")
+            .is_some_and(|h| h.to_ascii_lowercase().contains("authorization")),
+        "{shown}"
+    );
 }
 
 /// Waits until exactly `n` nodes exist, all healthy (seen as the viewer).
-async fn wait_healthy(farm: &Farm, n: usize, timeout: Duration) -> Vec<NodeInfo> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let nodes = nodes(farm).await.expect("ListNodes as viewer");
-        if nodes.len() == n && nodes.iter().all(healthy) {
-            return nodes;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {n} healthy nodes within {timeout:?}: {nodes:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_healthy(farm: &Farm, n: usize, timeout: Duration) -> Vec<farm_api::v1::NodeInfo> {
+    as_caller(farm, Caller::Viewer)
+        .wait_healthy(n, timeout)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,7 +546,7 @@ async fn process_nodes_register_with_the_node_token() {
     let farm = Farm::start(3, TOKENS).await;
     let nodes = wait_healthy(&farm, 3, Duration::from_secs(20)).await;
     for node in &nodes {
-        let pid = common::pid(node);
+        let pid = pid(node);
         // Given through the environment, never on the command line.
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
         assert!(
@@ -680,21 +588,21 @@ async fn process_nodes_register_with_the_node_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_nodes_register_with_the_node_token() {
-    if !common::docker_available("docker_nodes_register_with_the_node_token") {
+    if !docker::available("docker_nodes_register_with_the_node_token") {
         return;
     }
-    let binary = common::static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
-    let cleanup = common::DockerCleanup::new(dir.path());
+    let cleanup = DockerCleanup::new(dir.path());
     let mut flags = vec!["--runtime", "docker", "--node-image-binary", binary];
     flags.extend_from_slice(TOKENS);
     let farm = Farm::start_in(dir, 2, &flags).await;
     let nodes = wait_healthy(&farm, 2, Duration::from_secs(120)).await;
-    let containers = common::containers_labelled(&cleanup.label());
+    let containers = containers_labelled(&cleanup.label());
     assert_eq!(containers.len(), 2);
     for node in &nodes {
-        let env = common::docker(&[
+        let env = docker::docker(&[
             "inspect",
             "--format",
             "{{range .Config.Env}}{{println .}}{{end}}",
@@ -705,7 +613,7 @@ async fn docker_nodes_register_with_the_node_token() {
             "{} got the node token",
             node.name
         );
-        let cmd = common::docker(&[
+        let cmd = docker::docker(&[
             "inspect",
             "--format",
             "{{json .Config.Cmd}}",
@@ -789,7 +697,7 @@ async fn grpcurl_calls_with_a_bearer_header() {
 }
 
 async fn nodes_now(farm: &Farm) -> usize {
-    As::new(farm, Caller::Admin)
+    as_caller(farm, Caller::Admin)
         .farm()
         .list_nodes(ListNodesRequest::default())
         .await
@@ -802,41 +710,11 @@ async fn nodes_now(farm: &Farm) -> usize {
 async fn a_generated_python_client_sends_tokens_as_metadata() {
     let farm = Farm::start(1, TOKENS).await;
     wait_healthy(&farm, 1, Duration::from_secs(20)).await;
-    let has_tools = run_with_env("python3", &["-c", "import grpc_tools, grpc"], &[]).await;
-    match has_tools {
-        Some(o) if o.status.success() => {}
-        _ if !interop_required() => {
-            eprintln!(
-                "skipping: python3 with grpcio-tools is not installed (scripts/test installs it)"
-            );
-            return;
-        }
-        Some(o) => panic!(
-            "grpcio-tools missing: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        None => panic!("python3 missing"),
-    }
-    let out = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/interop/auth_client.py");
-    let proto = root.join("../proto");
-    let target = farm.addr.to_string();
-    let args = [
-        script.to_str().expect("path"),
-        &target,
-        proto.to_str().expect("path"),
-        out.path().to_str().expect("path"),
-    ];
-    let output = run_with_env(
-        "python3",
-        &args,
-        &[("NODE_TOKEN", NODE), ("VIEWER_TOKEN", VIEWER)],
-    )
-    .await
-    .expect("python3");
-    let seen: serde_json::Value =
-        serde_json::from_str(&stdout(&output, "python client")).expect("JSON");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/auth_client.py");
+    let env = [("NODE_TOKEN", NODE), ("VIEWER_TOKEN", VIEWER)];
+    let Some(seen) = python_client(&script, &farm.addr.to_string(), &env).await else {
+        return;
+    };
     assert_eq!(seen["acks"], serde_json::json!([3]), "{seen}");
     assert_eq!(
         seen["peers"],
@@ -852,30 +730,6 @@ async fn a_generated_python_client_sends_tokens_as_metadata() {
     assert_eq!(seen["node_list"], "PERMISSION_DENIED", "{seen}");
     assert_eq!(seen["no_token"], "UNAUTHENTICATED", "{seen}");
     assert_eq!(seen["wrong_token"], "UNAUTHENTICATED", "{seen}");
-}
-
-/// `control-plane serve` with `args` and no token in its environment
-/// (besides `env`), expected to refuse before binding anything.
-fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let output = std::process::Command::new(common::binary("control-plane"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--runtime", "none"])
-        .args(args)
-        .env_remove("FARM_ADMIN_TOKEN")
-        .env_remove("FARM_NODE_TOKEN")
-        .env_remove("FARM_VIEWER_TOKEN")
-        .env_remove("FARM_LISTEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run control-plane");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 // These use 192.0.2.1 (TEST-NET-1, never assigned here): even a control
@@ -912,7 +766,7 @@ fn bad_tokens_are_refused_without_being_shown() {
     assert!(!stderr.contains("twice"), "{stderr}");
 
     // --help shows which variables are read, never their values.
-    let help = std::process::Command::new(common::binary("control-plane"))
+    let help = std::process::Command::new(binary("control-plane"))
         .args(["serve", "--help"])
         .env("FARM_ADMIN_TOKEN", "help-must-not-show-this")
         .output()

@@ -8,8 +8,6 @@
 //! `scripts/test` installs both tools; without them the test is skipped
 //! with a message, unless `FARM_REQUIRE_BROWSER=1` makes that a failure.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -17,8 +15,8 @@ use std::{
     time::Duration,
 };
 
-use common::Farm;
 use farm_api::v1::ScaleRequest;
+use farm_testkit::{Farm, healthy, http::Request, skip::skip};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::{
@@ -57,17 +55,15 @@ fn browser_available(test: &str) -> bool {
     {
         missing.push("playwright-core (npm install playwright-core in target/browser-test)");
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let missing = missing.join(", ");
-    let required = std::env::var("FARM_REQUIRE_BROWSER").is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: FARM_REQUIRE_BROWSER=1 but {missing} missing (scripts/test installs them)"
-    );
-    eprintln!("{test}: skipped, {missing} missing (scripts/test installs them)");
-    false
+    missing.is_empty()
+        || skip(
+            "FARM_REQUIRE_BROWSER",
+            test,
+            &format!(
+                "{} missing (scripts/test installs them)",
+                missing.join(", ")
+            ),
+        )
 }
 
 /// A page on another origin: `/` answers a small HTML page (and closes the
@@ -238,18 +234,11 @@ async fn a_real_browser_calls_from_the_same_origin_only() {
             .is_some_and(|t| t.contains("--allowed-host")),
         "the page is told why: {rebound:#}"
     );
-    let readyz = format!(
-        "GET /readyz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        farm.addr
-    );
-    let mut stream = TcpStream::connect(farm.addr).await.expect("connect");
-    stream.write_all(readyz.as_bytes()).await.expect("write");
-    let mut readyz = String::new();
-    stream.read_to_string(&mut readyz).await.expect("read");
+    let readyz = Request::get(farm.addr, "/readyz").send().await.text();
     assert!(readyz.contains("1 managed nodes desired"), "{readyz}");
     let nodes = farm.nodes().await;
     assert!(
-        nodes.len() == 1 && nodes.iter().all(common::healthy),
+        nodes.len() == 1 && nodes.iter().all(healthy),
         "the farm kept its node: {nodes:#?}"
     );
 }

@@ -10,22 +10,24 @@
 //! only to 127.0.0.1 and to this test's own containers; every container,
 //! network and volume of a run is removed afterwards, even when it fails.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
-    io::Read,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    process::Command,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::healthy;
-use farm_api::v1::{ListNodesRequest, NodeInfo, farm_client::FarmClient};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Code, transport::Endpoint};
+use farm_testkit::{
+    Api, http, interop,
+    process::{Ran, run_within},
+    skip,
+};
+use tonic::{
+    Code,
+    transport::{Channel, Endpoint},
+};
 
 /// The labels every container of the recipe carries.
 const LABELS: [&str; 2] = ["farm.managed=true", "farm.compose=true"];
@@ -35,17 +37,9 @@ const NODE_PORT: u16 = 7000;
 /// `compose/.env`).
 const TOKEN_VARS: [&str; 3] = ["FARM_ADMIN_TOKEN", "FARM_NODE_TOKEN", "FARM_VIEWER_TOKEN"];
 
-fn required(var: &str) -> bool {
-    std::env::var_os(var).is_some_and(|v| v == "1")
-}
-
 /// Skips (returns `None`) with a message, or fails when Docker is required.
 fn skip<T>(why: &str) -> Option<T> {
-    assert!(
-        !required("FARM_REQUIRE_DOCKER"),
-        "FARM_REQUIRE_DOCKER=1 but {why}"
-    );
-    eprintln!("skipping: {why}");
+    skip::skip("FARM_REQUIRE_DOCKER", "compose", why);
     None
 }
 
@@ -60,78 +54,13 @@ fn compose_file() -> PathBuf {
     root().join("compose/compose.yaml")
 }
 
-/// What a bounded command printed, and how it ended.
-struct Ran {
-    /// `None` when it was killed for running past its time limit.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn ok(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    /// The standard output of a command that must succeed.
-    fn expect_ok(self, what: &str) -> String {
-        assert!(
-            self.ok(),
-            "{what} failed ({}):\n{}\n{}",
-            self.status
-                .map_or_else(|| "timed out".to_owned(), |s| s.to_string()),
-            self.stdout,
-            self.stderr
-        );
-        self.stdout
-    }
-}
-
-/// Runs a command to its end or until `limit`, when it is killed. `Err` only
-/// when it cannot start (a missing program: `NotFound`).
-fn run(command: &mut Command, limit: Duration) -> std::io::Result<Ran> {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut text = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut text);
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let stdout = reader(child.stdout.take().map(|p| Box::new(p) as _));
-    let stderr = reader(child.stderr.take().map(|p| Box::new(p) as _));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        match child.try_wait()? {
-            Some(status) => break Some(status),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            None => thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    Ok(Ran {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
-}
-
 fn docker(args: &[&str], limit: Duration) -> Ran {
-    run(Command::new("docker").args(args), limit).expect("run docker")
+    run_within(Command::new("docker").args(args), limit).expect("run docker")
 }
 
 /// True when a Docker engine answers.
 fn engine_answers() -> bool {
-    run(
+    run_within(
         Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
         Duration::from_secs(20),
     )
@@ -153,7 +82,7 @@ fn compose_command() -> Option<Vec<String>> {
     candidates.into_iter().find(|command| {
         let mut probe = Command::new(&command[0]);
         probe.args(&command[1..]).arg("version");
-        run(&mut probe, Duration::from_secs(30)).is_ok_and(|r| {
+        run_within(&mut probe, Duration::from_secs(30)).is_ok_and(|r| {
             if r.ok() {
                 let version = r.stdout.lines().next().unwrap_or_default();
                 eprintln!("compose: {} ({version})", command.join(" "));
@@ -202,7 +131,7 @@ impl Compose {
             .env_remove(TOKEN_VARS[1])
             .env_remove(TOKEN_VARS[2])
             .envs(self.env.iter().map(|(k, v)| (k, v)));
-        run(&mut command, limit).expect("run compose")
+        run_within(&mut command, limit).expect("run compose")
     }
 }
 
@@ -534,7 +463,7 @@ fn the_control_plane_and_nodes_get_tokens() {
 /// build cache have nothing to do) and returns their sizes in bytes.
 fn build_images() -> Vec<(String, u64)> {
     let started = Instant::now();
-    let built = run(
+    let built = run_within(
         &mut Command::new(root().join("compose/build-images")),
         Duration::from_secs(20 * 60),
     )
@@ -591,68 +520,15 @@ fn node_addresses(project: &Project) -> BTreeSet<SocketAddr> {
         .collect()
 }
 
-/// Lists the nodes of the control plane at `url`, as the holder of `token`
-/// (none: without `authorization`).
-async fn list_nodes(url: &str, token: Option<&str>) -> Result<Vec<NodeInfo>, tonic::Status> {
-    let channel = Endpoint::from_shared(url.to_owned())
+/// The clients of the control plane at `url` (published by compose, so
+/// calls are bounded: it may be starting, or gone).
+fn control_plane(url: &str) -> Api {
+    let channel: Channel = Endpoint::from_shared(url.to_owned())
         .expect("url")
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_lazy();
-    let mut request = tonic::Request::new(ListNodesRequest::default());
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header value"),
-        );
-    }
-    FarmClient::new(channel)
-        .list_nodes(request)
-        .await
-        .map(|reply| reply.into_inner().nodes)
-}
-
-/// Waits until the control plane at `url` lists exactly `n` nodes, all
-/// healthy (asked with the viewer's `token`).
-async fn wait_healthy(url: &str, token: &str, n: usize, timeout: Duration) -> Vec<NodeInfo> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match list_nodes(url, Some(token)).await {
-            Ok(nodes) => {
-                if nodes.len() == n && nodes.iter().all(healthy) {
-                    return nodes;
-                }
-                format!("{nodes:#?}")
-            }
-            Err(status) => status.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "no {n} healthy nodes at {url} within {timeout:?}; last: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// `GET path` over HTTP/1.1 on a node's port; returns the status line.
-async fn http_get(addr: SocketAddr, path: &str) -> String {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut reply = Vec::new();
-        stream.read_to_end(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    let reply = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} on {addr} timed out"))
-        .unwrap_or_else(|err| panic!("GET {path} on {addr}: {err}"));
-    String::from_utf8_lossy(&reply)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+    Api::new(channel)
 }
 
 fn addresses<'a>(found: impl IntoIterator<Item = &'a str>) -> BTreeSet<SocketAddr> {
@@ -708,8 +584,9 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
         .expect_ok("compose up");
     let up = started.elapsed();
     // Nodes registered with the node token; reads need a token.
-    let nodes = wait_healthy(&url, &viewer, 3, Duration::from_secs(60)).await;
-    let refused = list_nodes(&url, None).await.expect_err("no token");
+    let as_viewer = control_plane(&url).with_token(Some(&viewer));
+    let nodes = as_viewer.wait_healthy(3, Duration::from_secs(60)).await;
+    let refused = control_plane(&url).try_nodes().await.expect_err("no token");
     assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
     eprintln!(
         "compose up -d --scale node=3: {up:.1?}; 3 nodes healthy after {:.1?}",
@@ -756,18 +633,15 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
 
     // The host reaches the nodes on their container IPs.
     for node in &containers {
-        let status = http_get(*node, "/health").await;
-        assert!(
-            status.starts_with("HTTP/1.1 200"),
-            "{node}/health: {status}"
-        );
+        let response = http::get(*node, "/health").await;
+        assert_eq!(response.status, 200, "{node}/health: {response}");
     }
 
     // grpcurl, through reflection (open), on the published loopback port,
     // with the viewer's token.
     let target = format!("127.0.0.1:{port}");
     let authorization = format!("authorization: Bearer {viewer}");
-    let grpcurl = run(
+    let grpcurl = run_within(
         Command::new("grpcurl").args([
             "-plaintext",
             "-max-time",
@@ -782,9 +656,7 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
         Duration::from_secs(30),
     );
     match grpcurl {
-        Err(err)
-            if err.kind() == std::io::ErrorKind::NotFound && !required("FARM_REQUIRE_INTEROP") =>
-        {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !interop::required() => {
             eprintln!("skipping grpcurl: it is not installed (scripts/test installs it)");
         }
         ran => {
@@ -815,7 +687,7 @@ async fn a_compose_farm_comes_up_answers_grpcurl_and_scales() {
     project
         .run(&["up", "-d", "--scale", "node=5"], Duration::from_secs(180))
         .expect_ok("compose up --scale node=5");
-    let nodes = wait_healthy(&url, &viewer, 5, Duration::from_secs(60)).await;
+    let nodes = as_viewer.wait_healthy(5, Duration::from_secs(60)).await;
     eprintln!("scaled to 5 healthy nodes in {:.1?}", scaling.elapsed());
     assert_eq!(
         addresses(nodes.iter().map(|n| n.address.as_str())),

@@ -2,25 +2,18 @@
 //! durability across a crash, watches, pushes to every node, and values a
 //! node could not apply refused before they are stored.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{ControlPlaneProcess, Farm, healthy};
 use farm_api::v1::{
     ChangeKind, DiffRequest, GetConfigRequest, GetEffectiveConfigRequest, HistoryRequest,
     PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
     config_client::ConfigClient,
 };
-use nix::sys::signal;
+use farm_testkit::{Authed, ControlPlaneProcess, Farm, api::config_data, free_addr, healthy};
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::{Code, transport::Channel};
-
-fn config(farm: &Farm) -> ConfigClient<Channel> {
-    ConfigClient::new(farm.channel())
-}
+use tonic::Code;
 
 fn number(n: f64) -> Value {
     Value {
@@ -51,11 +44,6 @@ fn put(scope: &str, data: Struct, expected: u64) -> PutConfigRequest {
     }
 }
 
-/// A JSON object as configuration data.
-fn data(value: serde_json::Value) -> Struct {
-    farm_api::json::json_to_struct(value.as_object().expect("an object"))
-}
-
 fn delay_of(data: &Option<Struct>) -> Option<f64> {
     let workload = data.as_ref()?.fields.get("workload")?;
     let Some(Kind::StructValue(workload)) = &workload.kind else {
@@ -70,7 +58,7 @@ fn delay_of(data: &Option<Struct>) -> Option<f64> {
 #[tokio::test]
 async fn versions_history_rollback_and_diff() {
     let farm = Farm::start(0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
 
     let empty = client
         .get_config(GetConfigRequest {
@@ -187,7 +175,7 @@ async fn versions_history_rollback_and_diff() {
 #[tokio::test]
 async fn bad_input_is_refused_and_nothing_is_stored() {
     let farm = Farm::start(0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let big = Struct {
         fields: BTreeMap::from([(
             "blob".to_owned(),
@@ -252,7 +240,8 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_compare_and_set_has_exactly_one_winner() {
     let farm = Farm::start(0, &[]).await;
-    let base = config(&farm)
+    let base = farm
+        .config()
         .put_config(put("global", delay(0.0), 0))
         .await
         .expect("put")
@@ -260,7 +249,7 @@ async fn concurrent_compare_and_set_has_exactly_one_winner() {
         .version;
     let attempts: Vec<_> = (0..20)
         .map(|i| {
-            let mut client = config(&farm);
+            let mut client = farm.config();
             tokio::spawn(async move {
                 client
                     .put_config(put("global", delay(f64::from(i)), base))
@@ -277,7 +266,8 @@ async fn concurrent_compare_and_set_has_exactly_one_winner() {
         }
     }
     assert_eq!(won.len(), 1, "exactly one compare-and-set wins: {won:?}");
-    let current = config(&farm)
+    let current = farm
+        .config()
         .get_config(GetConfigRequest {
             scope: "global".into(),
         })
@@ -290,23 +280,21 @@ async fn concurrent_compare_and_set_has_exactly_one_winner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_put_survives_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let mut first =
-        ControlPlaneProcess::start_with(dir.path(), 0, addr, &["--runtime", "none"]).await;
-    let version = ConfigClient::new(first.channel())
+    let addr = free_addr();
+    let mut first = ControlPlaneProcess::start_at(dir.path(), 0, addr).await;
+    let version = first
+        .config()
         .put_config(put("global", delay(42.0), 0))
         .await
         .expect("put")
         .into_inner()
         .version;
     // At once: the acknowledgement means it is on disk.
-    signal::kill(first.pid(), signal::Signal::SIGKILL).expect("kill -9");
-    let _ = first.child.wait().await;
+    first.kill().await;
 
-    let second = ControlPlaneProcess::start_with(dir.path(), 0, addr, &["--runtime", "none"]).await;
-    let got = ConfigClient::new(second.channel())
+    let second = ControlPlaneProcess::start_at(dir.path(), 0, addr).await;
+    let got = second
+        .config()
         .get_config(GetConfigRequest {
             scope: "global".into(),
         })
@@ -316,7 +304,8 @@ async fn an_acknowledged_put_survives_kill_9() {
     assert_eq!(got.version, version);
     assert_eq!(delay_of(&got.data), Some(42.0));
     // And the counter goes on from there.
-    let next = ConfigClient::new(second.channel())
+    let next = second
+        .config()
         .put_config(put("global", delay(43.0), version))
         .await
         .expect("put after restart")
@@ -328,7 +317,7 @@ async fn an_acknowledged_put_survives_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_config_replays_then_streams_and_resumes() {
     let farm = Farm::start(0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let v1 = client
         .put_config(put("global", delay(1.0), 0))
         .await
@@ -424,7 +413,7 @@ async fn watch_config_replays_then_streams_and_resumes() {
 async fn a_change_reaches_all_fifty_nodes() {
     let farm = Farm::start(50, &[]).await;
     farm.wait_healthy(50, Duration::from_secs(30)).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let version = client
         .put_config(put("global", delay(1.0), 0))
         .await
@@ -482,7 +471,7 @@ async fn a_change_reaches_all_fifty_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
     let farm = Farm::start(0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let first = client
         .put_config(put("global", delay(0.0), 0))
         .await
@@ -530,7 +519,8 @@ async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_every_version_in_order_while_writers_race() {
     let farm = Farm::start(0, &[]).await;
-    let mut watch = config(&farm)
+    let mut watch = farm
+        .config()
         .watch_config(WatchConfigRequest {
             scope: "global".into(),
             ..Default::default()
@@ -540,7 +530,7 @@ async fn a_watch_sees_every_version_in_order_while_writers_race() {
         .into_inner();
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let mut client = config(&farm);
+            let mut client = farm.config();
             tokio::spawn(async move {
                 for i in 0..25 {
                     client
@@ -591,7 +581,8 @@ async fn heartbeat_interval_ms_changes_how_often_a_node_heartbeats() {
     let fast = Struct {
         fields: BTreeMap::from([("heartbeat_interval_ms".to_owned(), number(40.0))]),
     };
-    let version = config(&farm)
+    let version = farm
+        .config()
         .put_config(put("global", fast, 0))
         .await
         .expect("put")
@@ -615,7 +606,7 @@ async fn heartbeat_interval_ms_changes_how_often_a_node_heartbeats() {
 #[tokio::test]
 async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
     let farm = Farm::start(0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let cases = [
         (
             json!({"workload": {"delay_ms": -5}}),
@@ -665,13 +656,13 @@ async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
     ];
     for (bad, said) in &cases {
         let status = client
-            .put_config(put("global", data(bad.clone()), 0))
+            .put_config(put("global", config_data(bad.clone()), 0))
             .await
             .expect_err("must be refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
         assert_eq!(status.message(), *said, "{bad}");
     }
-    let history = |mut client: ConfigClient<Channel>| async move {
+    let history = |mut client: ConfigClient<Authed>| async move {
         client
             .history(HistoryRequest {
                 scope: "global".into(),
@@ -696,7 +687,7 @@ async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
         "heartbeat_interval_ms": null,
     });
     let version = client
-        .put_config(put("global", data(mine.clone()), 0))
+        .put_config(put("global", config_data(mine.clone()), 0))
         .await
         .expect("unknown keys pass")
         .into_inner()
@@ -745,7 +736,7 @@ async fn a_rollback_to_a_version_a_node_cannot_apply_is_refused() {
         }
     }
     let farm = Farm::start_in(dir, 0, &[]).await;
-    let mut client = config(&farm);
+    let mut client = farm.config();
     let rollback = |version: u64| RollbackRequest {
         scope: "global".into(),
         version,

@@ -2,13 +2,9 @@
 //! answers them with INVALID_ARGUMENT and one short sentence, whatever the
 //! service, and stores nothing.
 
-mod common;
-
 use bytes::{Buf, BufMut};
-use common::Farm;
-use farm_api::v1::{
-    GetConfigRequest, HistoryRequest, PutConfigRequest, config_client::ConfigClient,
-};
+use farm_api::v1::{GetConfigRequest, HistoryRequest, PutConfigRequest};
+use farm_testkit::Farm;
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
 use tonic::{
@@ -101,7 +97,8 @@ async fn requests_that_do_not_decode_are_invalid_arguments() {
 
     // A configuration 90 objects deep, from the generated client: prost
     // encodes any depth, and decodes 100 levels at most.
-    let status = ConfigClient::new(farm.channel())
+    let status = farm
+        .config()
         .put_config(PutConfigRequest {
             scope: "global".into(),
             data: Some(nested(90)),
@@ -141,7 +138,7 @@ async fn requests_that_do_not_decode_are_invalid_arguments() {
     }
 
     // None of it was stored; the same bytes well formed are accepted.
-    let mut client = ConfigClient::new(farm.channel());
+    let mut client = farm.config();
     let history = client
         .history(HistoryRequest {
             scope: "global".into(),

@@ -3,41 +3,33 @@
 //! Every farm here has a test-chosen id; its containers and network are
 //! removed by label even when a test fails.
 
-mod common;
+use std::{process::Stdio, time::Duration};
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
-
-use common::{
-    ControlPlaneProcess, DockerCleanup, Farm, by_name, containers_labelled, docker,
-    docker_available, healthy, static_node_binary,
-};
 use farm_api::v1::{
     NodeActionKind, NodeState, ScaleRequest, WorkRequest, workload_client::WorkloadClient,
 };
-use nix::sys::signal;
+use farm_testkit::{
+    ControlPlaneProcess, Farm, binary, by_name,
+    docker::{self, DockerCleanup, containers_labelled},
+    free_addr, healthy,
+};
 
 fn docker_flags(binary: &str) -> Vec<&str> {
     vec!["--runtime", "docker", "--node-image-binary", binary]
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
-
 fn inspect(container: &str, format: &str) -> String {
-    docker(&["inspect", "--format", format, container])
+    docker::docker(&["inspect", "--format", format, container])
         .trim()
         .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_containers_come_up_healthy_with_limits_and_labels() {
-    if !docker_available("fifty_containers_come_up_healthy_with_limits_and_labels") {
+    if !docker::available("fifty_containers_come_up_healthy_with_limits_and_labels") {
         return;
     }
-    let binary = static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let cleanup = DockerCleanup::new(dir.path());
@@ -98,7 +90,7 @@ async fn fifty_containers_come_up_healthy_with_limits_and_labels() {
         containers_labelled(&cleanup.label()).is_empty(),
         "shutdown removes the farm's containers"
     );
-    let networks = docker(&[
+    let networks = docker::docker(&[
         "network",
         "ls",
         "-q",
@@ -110,10 +102,10 @@ async fn fifty_containers_come_up_healthy_with_limits_and_labels() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_containers_are_replaced_and_actions_reach_the_container() {
-    if !docker_available("killed_containers_are_replaced_and_actions_reach_the_container") {
+    if !docker::available("killed_containers_are_replaced_and_actions_reach_the_container") {
         return;
     }
-    let binary = static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let cleanup = DockerCleanup::new(dir.path());
@@ -123,7 +115,7 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
     // Killed from outside: noticed through the engine's events, replaced
     // under the same identity.
     let victim = by_name(&nodes, "node-002").clone();
-    docker(&["kill", &victim.runtime_id]);
+    docker::docker(&["kill", &victim.runtime_id]);
     let nodes = farm
         .wait_nodes(
             "killed container replaced",
@@ -159,13 +151,13 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
     .await;
 
     // A pause from outside the farm shows in the node's state too.
-    docker(&["pause", &paused.runtime_id]);
+    docker::docker(&["pause", &paused.runtime_id]);
     farm.wait_nodes("outside pause seen", Duration::from_secs(10), |nodes| {
         let n = by_name(nodes, "node-001");
         n.state == NodeState::Unhealthy as i32 && n.state_reason.contains("paused")
     })
     .await;
-    docker(&["unpause", &paused.runtime_id]);
+    docker::docker(&["unpause", &paused.runtime_id]);
     farm.wait_nodes("outside unpause seen", Duration::from_secs(10), |nodes| {
         let n = by_name(nodes, "node-001");
         healthy(n) && !n.state_reason.contains("paused")
@@ -221,10 +213,10 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_plane_adopts_its_containers_and_only_those() {
-    if !docker_available("a_restarted_control_plane_adopts_its_containers_and_only_those") {
+    if !docker::available("a_restarted_control_plane_adopts_its_containers_and_only_those") {
         return;
     }
-    let binary = static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let cleanup = DockerCleanup::new(dir.path());
@@ -236,7 +228,7 @@ async fn a_restarted_control_plane_adopts_its_containers_and_only_those() {
 
     // A container that is not this farm's, named like its next node would be.
     let foreign_name = format!("farm-{}-node-004", cleanup.id);
-    docker(&[
+    docker::docker(&[
         "run",
         "-d",
         "--name",
@@ -250,8 +242,7 @@ async fn a_restarted_control_plane_adopts_its_containers_and_only_those() {
         "http://127.0.0.1:1",
     ]);
 
-    signal::kill(first.pid(), signal::Signal::SIGKILL).expect("kill -9 the control plane");
-    let _ = first.child.wait().await;
+    first.kill().await;
     assert_eq!(
         containers_labelled(&cleanup.label()).len(),
         3,
@@ -280,11 +271,7 @@ async fn a_restarted_control_plane_adopts_its_containers_and_only_those() {
     );
 
     let foreign_id = inspect(&foreign_name, "{{.Id}}");
-    signal::kill(second.pid(), signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::time::timeout(Duration::from_secs(60), second.child.wait())
-        .await
-        .expect("exits within 60 s")
-        .expect("wait");
+    let status = second.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "{status:?}");
     assert!(containers_labelled(&cleanup.label()).is_empty());
     assert_eq!(
@@ -296,10 +283,10 @@ async fn a_restarted_control_plane_adopts_its_containers_and_only_those() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_nodes_leaves_containers_for_the_next_control_plane() {
-    if !docker_available("keep_nodes_leaves_containers_for_the_next_control_plane") {
+    if !docker::available("keep_nodes_leaves_containers_for_the_next_control_plane") {
         return;
     }
-    let binary = static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let cleanup = DockerCleanup::new(dir.path());
@@ -308,8 +295,7 @@ async fn keep_nodes_leaves_containers_for_the_next_control_plane() {
     keep.push("--keep-nodes");
     let mut first = ControlPlaneProcess::start_with(dir.path(), 2, addr, &keep).await;
     let before = first.wait_healthy(2, Duration::from_secs(60)).await;
-    signal::kill(first.pid(), signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = first.child.wait().await.expect("wait");
+    let status = first.terminate(Duration::from_secs(60)).await;
     assert!(status.success(), "{status:?}");
     let left = containers_labelled(&cleanup.label());
     assert_eq!(left.len(), 2, "--keep-nodes leaves the containers running");
@@ -323,15 +309,14 @@ async fn keep_nodes_leaves_containers_for_the_next_control_plane() {
         v
     };
     assert_eq!(runtime_ids(&before), runtime_ids(&after), "adopted");
-    signal::kill(second.pid(), signal::Signal::SIGTERM).expect("SIGTERM");
-    assert!(second.child.wait().await.expect("wait").success());
+    assert!(second.terminate(Duration::from_secs(60)).await.success());
     assert!(containers_labelled(&cleanup.label()).is_empty());
 }
 
 #[tokio::test]
 async fn docker_runtime_without_an_engine_names_the_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let output = tokio::process::Command::new(common::binary("control-plane"))
+    let output = tokio::process::Command::new(binary("control-plane"))
         .args(["serve", "--runtime", "docker", "--listen", "127.0.0.1:0"])
         .args(["--docker-host", "unix:///nonexistent/farm-test.sock"])
         .arg("--data-dir")
@@ -350,10 +335,10 @@ async fn docker_runtime_without_an_engine_names_the_socket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oom_kill_is_the_reason_given_and_the_node_comes_back() {
-    if !docker_available("an_oom_kill_is_the_reason_given_and_the_node_comes_back") {
+    if !docker::available("an_oom_kill_is_the_reason_given_and_the_node_comes_back") {
         return;
     }
-    let binary = static_node_binary();
+    let binary = docker::static_node_binary();
     let binary = binary.to_str().expect("utf-8 path");
     let dir = tempfile::tempdir().expect("tempdir");
     let cleanup = DockerCleanup::new(dir.path());
@@ -369,12 +354,7 @@ async fn an_oom_kill_is_the_reason_given_and_the_node_comes_back() {
 
     // Every change of the node is on the Watch stream: the short-lived
     // "OOM-killed" reason cannot be missed between polls.
-    let mut watch = farm
-        .discovery()
-        .watch(farm_api::v1::WatchRequest::default())
-        .await
-        .expect("Watch")
-        .into_inner();
+    let mut watch = farm.watch().await;
     // Responses far beyond the container's memory, all at once.
     let address = format!("http://{}", node.address);
     let load: Vec<_> = (0..8)

@@ -1,12 +1,13 @@
 //! The farm as a user drives it: fifty process nodes come up healthy, are
 //! discoverable in random subsets, scale, and obey node actions.
 
-mod common;
-
 use std::{collections::BTreeSet, time::Duration};
 
-use common::{Farm, alive, by_name, healthy, pid};
 use farm_api::v1::{DiscoverRequest, ListGroupsRequest, NodeActionKind, NodeState, ScaleRequest};
+use farm_testkit::{
+    Farm, binary, by_name, healthy, pid,
+    process::{alive, node_processes},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_nodes_come_up_healthy_and_are_discovered_in_random_subsets() {
@@ -59,7 +60,7 @@ async fn fifty_nodes_come_up_healthy_and_are_discovered_in_random_subsets() {
     for pid in pids {
         assert!(!alive(pid), "node process {pid} left behind");
     }
-    assert!(common::node_processes(&dir).is_empty());
+    assert!(node_processes(&dir).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +68,7 @@ async fn discover_filters_by_group_and_labels() {
     let farm = Farm::start(3, &[]).await;
     farm.wait_healthy(3, Duration::from_secs(20)).await;
     // A node of another group, registered as any outside agent would.
-    let node = tokio::process::Command::new(common::binary("farm-node"))
+    let node = tokio::process::Command::new(binary("farm-node"))
         .args([
             "--control-plane",
             &farm.url(),

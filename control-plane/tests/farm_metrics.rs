@@ -2,15 +2,10 @@
 //! farm's aggregate is exactly the sum, average and maximum of what the
 //! nodes report.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Farm;
-use farm_api::v1::{
-    GetFarmMetricsRequest, WorkRequest, metrics_client::MetricsClient,
-    workload_client::WorkloadClient,
-};
+use farm_api::v1::{GetFarmMetricsRequest, WorkRequest, workload_client::WorkloadClient};
+use farm_testkit::{Farm, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_nodes_report_and_the_aggregate_adds_up() {
@@ -31,33 +26,36 @@ async fn fifty_nodes_report_and_the_aggregate_adds_up() {
                 .await;
         }
     }
-    let mut metrics = MetricsClient::new(farm.channel());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let farm_metrics = loop {
-        let m = metrics
-            .get_farm_metrics(GetFarmMetricsRequest {
-                group: String::new(),
-                include_nodes: true,
-            })
-            .await
-            .expect("GetFarmMetrics")
-            .into_inner();
-        let counted: u64 = m
-            .node_metrics
-            .iter()
-            .filter_map(|n| n.sample.as_ref())
-            .map(|s| s.requests)
-            .sum();
-        if m.reporting_nodes == 50 && counted >= 100 {
-            break m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not all nodes reported: {} reporting, {counted} requests counted",
-            m.reporting_nodes
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let farm_metrics = eventually(
+        "all 50 nodes reporting, 100 requests counted",
+        Duration::from_secs(20),
+        || async {
+            let m = farm
+                .metrics()
+                .get_farm_metrics(GetFarmMetricsRequest {
+                    group: String::new(),
+                    include_nodes: true,
+                })
+                .await
+                .expect("GetFarmMetrics")
+                .into_inner();
+            let counted: u64 = m
+                .node_metrics
+                .iter()
+                .filter_map(|n| n.sample.as_ref())
+                .map(|s| s.requests)
+                .sum();
+            if m.reporting_nodes == 50 && counted >= 100 {
+                Ok(m)
+            } else {
+                Err(format!(
+                    "{} reporting, {counted} requests counted",
+                    m.reporting_nodes
+                ))
+            }
+        },
+    )
+    .await;
     assert_eq!(farm_metrics.nodes, 50);
     assert_eq!(farm_metrics.healthy_nodes, 50);
     assert_eq!(farm_metrics.node_metrics.len(), 50);

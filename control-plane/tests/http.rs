@@ -1,37 +1,24 @@
 //! The one port speaks plain HTTP/1.1 and gRPC-Web next to gRPC, to the
 //! browsers it trusts: its own pages and the `--cors-origin`s, addressed by
-//! an IP address, `localhost` or an `--allowed-host`. Requests are written
-//! by hand, byte for byte, as a browser (or an attacker's page) sends them.
+//! an IP address, `localhost` or an `--allowed-host`. Every request names
+//! its `Host` and `Origin` exactly, as a browser (or an attacker's page)
+//! sends them.
 
-mod common;
+use std::{net::SocketAddr, time::Duration};
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
-
-use common::Farm;
 use farm_api::v1::{ListNodesRequest, ScaleRequest, farm_client::FarmClient};
-use prost::Message;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
+use farm_testkit::{
+    Farm, binary, grpc_web, healthy,
+    http::{Request, Response},
+    process,
 };
+use http::Version;
+use prost::Message;
 use tonic::transport::Endpoint;
 
-/// Sends one raw HTTP/1.1 request and returns the whole response.
-async fn http(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream.write_all(request).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("response within 10 s")
-        .expect("read");
-    String::from_utf8_lossy(&response).into_owned()
-}
-
 /// `GET path` addressed to `host`.
-async fn get(addr: SocketAddr, path: &str, host: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    http(addr, request.as_bytes()).await
+async fn get(addr: SocketAddr, path: &str, host: &str) -> Response {
+    Request::get(addr, path).host(host).send().await
 }
 
 /// A gRPC-Web unary call of `path` with `message`, addressed to `host`,
@@ -42,34 +29,27 @@ async fn grpc_web(
     host: &str,
     origin: Option<&str>,
     message: &[u8],
-) -> String {
-    let origin = origin.map_or_else(String::new, |o| format!("origin: {o}\r\n"));
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\n\
-content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n{origin}\
-content-length: {}\r\nConnection: close\r\n\r\n",
-        message.len() + 5
-    )
-    .into_bytes();
-    request.push(0);
-    request.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    request.extend_from_slice(message);
-    http(addr, &request).await
+) -> Response {
+    let mut request = grpc_web::call(addr, path, message).host(host);
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    request.send().await
 }
 
 /// The CORS preflight a browser sends before a gRPC-Web call from `origin`.
-async fn preflight(addr: SocketAddr, host: &str, origin: &str) -> String {
-    let request = format!(
-        "OPTIONS /farm.v1.Farm/ListNodes HTTP/1.1\r\nHost: {host}\r\n\
-origin: {origin}\r\naccess-control-request-method: POST\r\n\
-access-control-request-headers: content-type,x-grpc-web,authorization\r\nConnection: close\r\n\r\n"
-    );
-    http(addr, request.as_bytes()).await.to_ascii_lowercase()
+async fn preflight(addr: SocketAddr, host: &str, origin: &str) -> Response {
+    grpc_web::preflight(addr, "/farm.v1.Farm/ListNodes", origin)
+        .host(host)
+        .send()
+        .await
 }
 
 /// How many managed nodes `/readyz` says are desired.
 async fn desired(farm: &Farm) -> String {
-    let readyz = get(farm.addr, "/readyz", &farm.addr.to_string()).await;
+    let readyz = get(farm.addr, "/readyz", &farm.addr.to_string())
+        .await
+        .text();
     let (_, tail) = readyz.split_once("healthy, ").expect("readyz body");
     tail.trim().to_owned()
 }
@@ -79,22 +59,26 @@ async fn probes_answer_over_http1() {
     let farm = Farm::start(0, &[]).await;
     let host = farm.addr.to_string();
     let healthz = get(farm.addr, "/healthz", &host).await;
-    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
-    assert!(healthz.ends_with("ok\n"), "{healthz}");
+    assert_eq!(
+        (healthz.version, healthz.status.as_u16()),
+        (Version::HTTP_11, 200),
+        "{healthz}"
+    );
+    assert!(healthz.text().ends_with("ok\n"), "{healthz}");
     let readyz = get(farm.addr, "/readyz", &host).await;
-    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
-    assert!(readyz.contains("ready"), "{readyz}");
+    assert_eq!(readyz.status, 200, "{readyz}");
+    assert!(readyz.text().contains("ready"), "{readyz}");
     let index = get(farm.addr, "/", &host).await;
-    assert!(index.contains("farm.v1.Discovery"), "{index}");
+    assert!(index.text().contains("farm.v1.Discovery"), "{index}");
     let missing = get(farm.addr, "/no-such-page", &host).await;
-    assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
+    assert_eq!(missing.status, 404, "{missing}");
     // Probes may dial by name too, and some send no port.
     for host in [
         format!("localhost:{}", farm.addr.port()),
         "localhost".into(),
     ] {
         let healthz = get(farm.addr, "/healthz", &host).await;
-        assert!(healthz.starts_with("HTTP/1.1 200"), "{host}: {healthz}");
+        assert_eq!(healthz.status, 200, "{host}: {healthz}");
     }
 }
 
@@ -104,9 +88,18 @@ async fn a_cross_origin_preflight_is_refused() {
     let host = farm.addr.to_string();
 
     let shown = preflight(farm.addr, &host, "https://evil.example").await;
-    assert!(shown.starts_with("http/1.1 403"), "{shown}");
-    assert!(!shown.contains("access-control-allow-origin"), "{shown}");
-    assert!(shown.contains("--cors-origin"), "says which flag: {shown}");
+    assert_eq!(shown.status, 403, "{shown}");
+    assert!(
+        !shown
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin"),
+        "{shown}"
+    );
+    assert!(
+        shown.text().contains("--cors-origin"),
+        "says which flag: {shown}"
+    );
 
     // Without a preflight (a browser sends none for some requests, a
     // script outside a browser never does), the call itself is refused.
@@ -118,15 +111,16 @@ async fn a_cross_origin_preflight_is_refused() {
         &[],
     )
     .await;
-    assert!(shown.starts_with("HTTP/1.1 403"), "{shown}");
-    assert!(!shown.contains("default"), "no data: {shown}");
+    assert_eq!(shown.status, 403, "{shown}");
+    assert!(!shown.to_string().contains("default"), "no data: {shown}");
 
     // The control plane's own pages may call it.
     let own = format!("http://{host}");
     let shown = preflight(farm.addr, &host, &own).await;
-    assert!(shown.starts_with("http/1.1 200"), "{shown}");
-    assert!(
-        shown.contains(&format!("access-control-allow-origin: {own}")),
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some(own.as_str()),
         "{shown}"
     );
     let shown = grpc_web(
@@ -137,9 +131,12 @@ async fn a_cross_origin_preflight_is_refused() {
         &[],
     )
     .await;
-    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
-    assert!(shown.contains("default"), "the default group: {shown}");
-    assert!(shown.contains("grpc-status:0"), "{shown}");
+    assert_eq!(shown.status, 200, "{shown}");
+    assert!(
+        shown.text().contains("default"),
+        "the default group: {shown}"
+    );
+    assert_eq!(shown.grpc_status(), Some(0), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,19 +161,22 @@ async fn a_dns_rebinding_post_is_refused_and_changes_nothing() {
             &scale_to_one,
         )
         .await;
-        assert!(shown.starts_with("HTTP/1.1 421"), "{origin}: {shown}");
-        assert!(shown.contains("--allowed-host"), "{shown}");
-        assert!(!shown.contains("grpc-status"), "no handler ran: {shown}");
+        assert_eq!(shown.status, 421, "{origin}: {shown}");
+        assert!(shown.text().contains("--allowed-host"), "{shown}");
+        assert!(
+            !shown.to_string().contains("grpc-status"),
+            "no handler ran: {shown}"
+        );
     }
     // Reading is refused too.
     let metrics = get(farm.addr, "/metrics", &rebound).await;
-    assert!(metrics.starts_with("HTTP/1.1 421"), "{metrics}");
-    assert!(!metrics.contains("farm_"), "{metrics}");
+    assert_eq!(metrics.status, 421, "{metrics}");
+    assert!(!metrics.to_string().contains("farm_"), "{metrics}");
 
     assert_eq!(desired(&farm).await, "2 managed nodes desired");
     let nodes = farm.nodes().await;
     assert_eq!(nodes.len(), 2, "{nodes:#?}");
-    assert!(nodes.iter().all(common::healthy), "{nodes:#?}");
+    assert!(nodes.iter().all(healthy), "{nodes:#?}");
 
     // The same call from the control plane's own page does scale: the
     // refusal above is what kept the farm at two.
@@ -189,8 +189,8 @@ async fn a_dns_rebinding_post_is_refused_and_changes_nothing() {
         &scale_to_one,
     )
     .await;
-    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
-    assert!(shown.contains("grpc-status:0"), "{shown}");
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(shown.grpc_status(), Some(0), "{shown}");
     assert_eq!(desired(&farm).await, "1 managed nodes desired");
 }
 
@@ -201,14 +201,21 @@ async fn a_configured_origin_may_call() {
     let host = farm.addr.to_string();
 
     let shown = preflight(farm.addr, &host, dev).await;
-    assert!(shown.starts_with("http/1.1 200"), "{shown}");
-    assert!(
-        shown.contains(&format!("access-control-allow-origin: {dev}")),
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some(dev),
         "{shown}"
     );
-    assert!(shown.contains("access-control-allow-headers"), "{shown}");
     assert!(
-        !shown.contains("access-control-allow-credentials"),
+        shown.headers.contains_key("access-control-allow-headers"),
+        "{shown}"
+    );
+    assert!(
+        !shown
+            .to_string()
+            .to_ascii_lowercase()
+            .contains("access-control-allow-credentials"),
         "{shown}"
     );
 
@@ -220,41 +227,45 @@ async fn a_configured_origin_may_call() {
         &[],
     )
     .await;
-    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
-    let lower = shown.to_ascii_lowercase();
-    assert!(
-        lower.contains("content-type: application/grpc-web+proto"),
-        "{shown}"
-    );
-    assert!(shown.contains("default"), "the default group: {shown}");
-    assert!(
-        shown.contains("grpc-status:0"),
-        "trailers carry OK: {shown}"
-    );
-    assert!(
-        lower.contains(&format!("access-control-allow-origin: {dev}")),
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(
+        shown.header("content-type"),
+        Some(grpc_web::CONTENT_TYPE),
         "{shown}"
     );
     assert!(
-        lower.contains("access-control-expose-headers") && lower.contains("grpc-status"),
+        shown.text().contains("default"),
+        "the default group: {shown}"
+    );
+    assert_eq!(shown.grpc_status(), Some(0), "trailers carry OK: {shown}");
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some(dev),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .header("access-control-expose-headers")
+            .is_some_and(|h| h.to_ascii_lowercase().contains("grpc-status")),
         "{shown}"
     );
 
     // Only that one: another port is another origin.
     let shown = preflight(farm.addr, &host, "http://localhost:5174").await;
-    assert!(shown.starts_with("http/1.1 403"), "{shown}");
+    assert_eq!(shown.status, 403, "{shown}");
 
     // `*` opens every origin, when asked for, and still no foreign host.
     let open = Farm::start(0, &["--cors-origin", "*"]).await;
     let host = open.addr.to_string();
     let shown = preflight(open.addr, &host, "https://anyone.example").await;
-    assert!(shown.starts_with("http/1.1 200"), "{shown}");
-    assert!(
-        shown.contains("access-control-allow-origin: https://anyone.example"),
+    assert_eq!(shown.status, 200, "{shown}");
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some("https://anyone.example"),
         "{shown}"
     );
     let shown = preflight(open.addr, "anyone.example", "https://anyone.example").await;
-    assert!(shown.starts_with("http/1.1 421"), "{shown}");
+    assert_eq!(shown.status, 421, "{shown}");
 }
 
 #[tokio::test]
@@ -262,12 +273,12 @@ async fn allowed_hosts_pass_and_grpc_clients_dial_by_any_name() {
     let farm = Farm::start(0, &["--allowed-host", "farm.example"]).await;
     let port = farm.addr.port();
     let index = get(farm.addr, "/", &format!("farm.example:{port}")).await;
-    assert!(index.starts_with("HTTP/1.1 200"), "{index}");
+    assert_eq!(index.status, 200, "{index}");
     let page = format!("http://farm.example:{port}");
     let shown = preflight(farm.addr, &format!("farm.example:{port}"), &page).await;
-    assert!(shown.starts_with("http/1.1 200"), "same origin: {shown}");
+    assert_eq!(shown.status, 200, "same origin: {shown}");
     let other = get(farm.addr, "/", &format!("other.example:{port}")).await;
-    assert!(other.starts_with("HTTP/1.1 421"), "{other}");
+    assert_eq!(other.status, 421, "{other}");
 
     // Over h2 without an Origin, a client (a node on a container network,
     // grpcurl through a tunnel) may use any name.
@@ -295,26 +306,10 @@ async fn allowed_hosts_pass_and_grpc_clients_dial_by_any_name() {
     assert!(refused.message().contains("421"), "{refused:?}");
 }
 
-/// Runs `control-plane serve` with `args` and `env`, which must refuse to
-/// start; returns its exit code and standard error.
+/// Runs `control-plane serve` on a free port with `args` and `env`, which
+/// must refuse to start; returns its exit code and standard error.
 fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let output = std::process::Command::new(common::binary("control-plane"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--runtime", "none", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .env_remove("FARM_CORS_ORIGIN")
-        .env_remove("FARM_ALLOWED_HOST")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run control-plane");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    process::serve_refused(&[&["--listen", "127.0.0.1:0"], args].concat(), env)
 }
 
 #[test]
@@ -342,7 +337,7 @@ fn malformed_origins_and_hosts_are_usage_errors() {
         "{stderr}"
     );
 
-    let help = std::process::Command::new(common::binary("control-plane"))
+    let help = std::process::Command::new(binary("control-plane"))
         .args(["serve", "--help"])
         .output()
         .expect("run control-plane");

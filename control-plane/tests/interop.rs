@@ -6,18 +6,19 @@
 //! `scripts/test` installs them and sets `FARM_REQUIRE_INTEROP=1`, which
 //! turns a missing tool into a failure instead of a skip.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
-use common::{Farm, interop_required, run, stdout};
+use farm_testkit::{
+    Farm, TOKENS,
+    interop::{python_client, run, stdout},
+};
 
 /// Every service reflection lists is one the health service reports as
 /// serving, with tokens configured (health and reflection stay open), so a
 /// load balancer's per-service check never disagrees with `list`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listed_service_answers_serving() {
-    let farm = Farm::start(0, common::TOKENS).await;
+    let farm = Farm::start(0, TOKENS).await;
     let addr = farm.addr.to_string();
     let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"]).await else {
         return;
@@ -213,35 +214,10 @@ async fn grpcurl_sees_configurations_a_node_cannot_apply_refused() {
 async fn a_generated_python_client_registers_and_discovers() {
     let farm = Farm::start(2, &[]).await;
     farm.wait_healthy(2, Duration::from_secs(20)).await;
-    let out = tempfile::tempdir().expect("tempdir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/interop/client.py");
-    let proto = root.join("../proto");
-    let target = farm.addr.to_string();
-    let args = [
-        script.to_str().expect("path"),
-        &target,
-        proto.to_str().expect("path"),
-        out.path().to_str().expect("path"),
-    ];
-    let has_tools = run("python3", &["-c", "import grpc_tools, grpc"]).await;
-    match has_tools {
-        Some(o) if o.status.success() => {}
-        _ if !interop_required() => {
-            eprintln!(
-                "skipping: python3 with grpcio-tools is not installed (scripts/test installs it)"
-            );
-            return;
-        }
-        Some(o) => panic!(
-            "grpcio-tools missing: {}",
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        None => panic!("python3 missing"),
-    }
-    let output = run("python3", &args).await.expect("python3");
-    let seen: serde_json::Value =
-        serde_json::from_str(&stdout(&output, "python client")).expect("JSON");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/client.py");
+    let Some(seen) = python_client(&script, &farm.addr.to_string(), &[]).await else {
+        return;
+    };
     assert!(
         seen["node_id"]
             .as_str()

@@ -2,25 +2,23 @@
 //! healthy nodes, streamed as they go. Real process nodes count what they
 //! serve, so the report is checked against the nodes, not against itself.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
-use common::{ADMIN, Farm, NODE, TOKENS, VIEWER, run, stdout};
 use farm_api::v1::{
-    InfoRequest, ListNodesRequest, LoadMode, LoadTestEvent, LoadTestProgress, LoadTestReport,
-    LoadTestRequest, LoadTestStarted, NodeInfo, RegisterRequest, farm_client::FarmClient,
-    load_test_client::LoadTestClient, load_test_event::Event, workload_client::WorkloadClient,
+    LoadMode, LoadTestEvent, LoadTestProgress, LoadTestReport, LoadTestRequest, LoadTestStarted,
+    NodeInfo, RegisterRequest, load_test_event::Event,
+};
+use farm_testkit::{
+    ADMIN, Farm, NODE, TOKENS, VIEWER, eventually, grpc_web,
+    interop::{run, stdout},
+    ready_if,
 };
 use prost::Message;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
-use tonic::{Code, Request, Status, Streaming, transport::Endpoint};
+use tonic::{Code, Status, Streaming};
 
 /// The longest any single run here may take to deliver its report.
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
@@ -32,18 +30,6 @@ fn quick(duration_ms: u32) -> LoadTestRequest {
         duration_ms,
         ..Default::default()
     }
-}
-
-/// `message` with `authorization: Bearer <token>` when a token is given.
-fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
-    let mut request = Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header value"),
-        );
-    }
-    request
 }
 
 /// Everything one run streamed.
@@ -96,8 +82,10 @@ async fn run_load(
     request: LoadTestRequest,
     token: Option<&str>,
 ) -> Result<Events, Status> {
-    let stream = LoadTestClient::new(farm.channel())
-        .run(with_token(request, token))
+    let stream = farm
+        .with_token(token)
+        .load_test()
+        .run(request)
         .await?
         .into_inner();
     Ok(collect(stream).await)
@@ -107,15 +95,7 @@ async fn run_load(
 async fn served(nodes: &[NodeInfo]) -> Vec<u64> {
     let mut counts = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let channel = Endpoint::from_shared(format!("http://{}", node.address))
-            .expect("node url")
-            .connect_lazy();
-        let info = WorkloadClient::new(channel)
-            .info(InfoRequest {})
-            .await
-            .expect("Info")
-            .into_inner();
-        counts.push(info.requests);
+        counts.push(farm_testkit::node::served(&node.address).await);
     }
     counts
 }
@@ -281,21 +261,10 @@ async fn requested_failures_are_counted_under_their_code() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_admins_run_load_tests() {
     let farm = Farm::start(1, TOKENS).await;
-    // Wait for the node as the admin (the harness calls without a token).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let nodes = FarmClient::new(farm.channel())
-            .list_nodes(with_token(ListNodesRequest::default(), Some(ADMIN)))
-            .await
-            .expect("ListNodes as admin")
-            .into_inner()
-            .nodes;
-        if nodes.len() == 1 && nodes.iter().all(common::healthy) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no healthy node: {nodes:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Wait for the node as the admin (the farm's own clients have no token).
+    farm.with_token(Some(ADMIN))
+        .wait_healthy(1, Duration::from_secs(20))
+        .await;
 
     for (token, code) in [
         (None, Code::Unauthenticated),
@@ -416,7 +385,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
 async fn one_run_at_a_time_and_a_caller_who_leaves_stops_it() {
     let farm = Farm::start(1, &[]).await;
     let nodes = farm.wait_healthy(1, Duration::from_secs(20)).await;
-    let mut client = LoadTestClient::new(farm.channel());
+    let mut client = farm.load_test();
 
     // Ten minutes, unless stopped.
     let mut first = client
@@ -442,36 +411,31 @@ async fn one_run_at_a_time_and_a_caller_who_leaves_stops_it() {
     let refused = second.expect_err("a second run at once is refused");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 
-    // The caller leaves: the run stops, and the node is left alone.
+    // The caller leaves: the run stops, and the node is left alone: its
+    // count holds still for 300 ms.
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = served(&nodes).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = served(&nodes).await;
-        if now == last {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node still gets requests 5 s after the caller left"
-        );
-        last = now;
-    }
+    let last = Mutex::new(served(&nodes).await);
+    eventually(
+        "no more requests to the node once the caller left",
+        Duration::from_secs(5),
+        || async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = served(&nodes).await;
+            let before = std::mem::replace(&mut *last.lock().expect("counts"), now.clone());
+            ready_if(now == before, now)
+        },
+    )
+    .await;
 
     // And the next run may start.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let events = loop {
+    let events = eventually("the next run to start", Duration::from_secs(5), || async {
         match run_load(&farm, quick(300), None).await {
-            Ok(events) => break events,
-            Err(status)
-                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            Err(status) if status.code() == Code::ResourceExhausted => Err(status),
             Err(status) => panic!("the next run: {status:?}"),
+            Ok(events) => Ok(events),
         }
-    };
+    })
+    .await;
     assert!(events.report.requests > 0, "{:?}", events.report);
     assert!(!events.report.interrupted);
 }
@@ -480,7 +444,8 @@ async fn one_run_at_a_time_and_a_caller_who_leaves_stops_it() {
 async fn a_run_ends_with_a_partial_report_when_the_control_plane_stops() {
     let farm = Farm::start(1, &[]).await;
     farm.wait_healthy(1, Duration::from_secs(20)).await;
-    let stream = LoadTestClient::new(farm.channel())
+    let stream = farm
+        .load_test()
         .run(quick(10 * 60 * 1000))
         .await
         .expect("Run")
@@ -508,37 +473,36 @@ async fn a_browser_runs_a_load_test_through_grpc_web() {
     let farm = Farm::start(1, &["--cors-origin", "http://localhost:5173"]).await;
     let nodes = farm.wait_healthy(1, Duration::from_secs(20)).await;
 
-    let message = quick(500).encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&u32::try_from(message.len()).expect("small").to_be_bytes());
-    body.extend_from_slice(&message);
-    let mut request = format!(
-        "POST /farm.v1.LoadTest/Run HTTP/1.1\r\nHost: localhost\r\n\
-content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
-origin: http://localhost:5173\r\ncontent-length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let shown = grpc_web::call(
+        farm.addr,
+        "/farm.v1.LoadTest/Run",
+        &quick(500).encode_to_vec(),
     )
-    .into_bytes();
-    request.extend_from_slice(&body);
-
-    let mut stream = TcpStream::connect(farm.addr).await.expect("connect");
-    stream.write_all(&request).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(RUN_TIMEOUT, stream.read_to_end(&mut response))
-        .await
-        .expect("the whole run in time")
-        .expect("read");
-    let shown = String::from_utf8_lossy(&response);
-    assert!(shown.starts_with("HTTP/1.1 200"), "{shown}");
-    assert!(
-        shown.contains(&nodes[0].address),
+    .host("localhost")
+    .header("origin", "http://localhost:5173")
+    .timeout(RUN_TIMEOUT)
+    .send()
+    .await;
+    assert_eq!(shown.status, 200, "{shown}");
+    let started = shown
+        .grpc_messages()
+        .first()
+        .map(|m| LoadTestEvent::decode(m.as_slice()).expect("an event"));
+    let Some(LoadTestEvent {
+        event: Some(Event::Started(started)),
+    }) = started
+    else {
+        panic!("the stream opens with `started`: {shown}");
+    };
+    assert_eq!(
+        started.targets,
+        [nodes[0].address.clone()],
         "`started` names the node: {shown}"
     );
-    assert!(shown.contains("grpc-status:0"), "OK: {shown}");
-    assert!(
-        shown
-            .to_ascii_lowercase()
-            .contains("access-control-allow-origin: http://localhost:5173"),
+    assert_eq!(shown.grpc_status(), Some(0), "OK: {shown}");
+    assert_eq!(
+        shown.header("access-control-allow-origin"),
+        Some("http://localhost:5173"),
         "{shown}"
     );
 }

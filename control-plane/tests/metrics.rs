@@ -1,40 +1,29 @@
 //! `farm.v1.Metrics` and `GET /metrics` over a real socket: samples sent on
 //! real heartbeat streams come back as the aggregates they add up to, a
 //! node's history is its last sixty samples, `WatchMetrics` keeps its
-//! interval, bad input gets a clear status, and the Prometheus text parses
-//! (and passes `promtool check metrics` where it is installed).
-
-mod common;
+//! interval (measured on tokio's paused clock, which its timer runs on),
+//! bad input gets a clear status, and the Prometheus text parses (and
+//! passes `promtool check metrics` where it is installed).
 
 use std::{
     collections::{BTreeMap, HashMap},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
-use common::Farm;
 use farm_api::v1::{
     DeregisterRequest, FarmMetrics, GetFarmMetricsRequest, GetNodeMetricsRequest, HeartbeatRequest,
     HeartbeatResponse, NodeSample, PutConfigRequest, RegisterRequest, WatchMetricsRequest,
-    WorkRequest, config_client::ConfigClient, metrics_client::MetricsClient,
-    workload_client::WorkloadClient,
+    WorkRequest, workload_client::WorkloadClient,
 };
+use farm_testkit::{Farm, api::lazy_channel, eventually, grpc_web, http, ready_if};
 use hdrhistogram::{
     Histogram,
     serialization::{Serializer, V2Serializer},
 };
 use prost_types::{Struct, Value, value::Kind};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::mpsc,
-    task::JoinHandle,
-};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
-use tonic::{Code, Streaming, transport::Channel};
-
-fn metrics(farm: &Farm) -> MetricsClient<Channel> {
-    MetricsClient::new(farm.channel())
-}
+use tonic::{Code, Streaming};
 
 /// A node driven by the test: registered, with its heartbeat stream open.
 /// A task keeps it healthy with plain heartbeats; [`TestNode::report`]
@@ -193,7 +182,7 @@ fn sample(cpu: f64, memory: u64, requests: u64, errors: u64, latencies: &[u64]) 
 }
 
 async fn farm_metrics(farm: &Farm, group: &str, include_nodes: bool) -> FarmMetrics {
-    metrics(farm)
+    farm.metrics()
         .get_farm_metrics(GetFarmMetricsRequest {
             group: group.into(),
             include_nodes,
@@ -310,7 +299,8 @@ async fn farm_metrics_add_up_the_nodes_samples() {
     close(later.error_rate, 20.0 / 300.0, "interval error rate");
     assert_eq!(later.latency.expect("latency").count, 3);
 
-    let err = metrics(&farm)
+    let err = farm
+        .metrics()
         .get_farm_metrics(GetFarmMetricsRequest {
             group: "nowhere".into(),
             include_nodes: false,
@@ -340,7 +330,8 @@ async fn node_metrics_keep_the_last_sixty_samples() {
     for i in 1..=65u64 {
         node.report(sample(i as f64, i, i * 10, 0, &[i])).await;
     }
-    let response = metrics(&farm)
+    let response = farm
+        .metrics()
         .get_node_metrics(GetNodeMetricsRequest {
             node_id: node.id.clone(),
         })
@@ -366,7 +357,8 @@ async fn node_metrics_keep_the_last_sixty_samples() {
     close(latency.max_us, 65.0, "max");
 
     // A node that never reported: no sample, no history.
-    let silent = metrics(&farm)
+    let silent = farm
+        .metrics()
         .get_node_metrics(GetNodeMetricsRequest {
             node_id: never.id.clone(),
         })
@@ -381,7 +373,8 @@ async fn node_metrics_keep_the_last_sixty_samples() {
         ("not-an-id", Code::InvalidArgument),
         ("n999999", Code::NotFound),
     ] {
-        let err = metrics(&farm)
+        let err = farm
+            .metrics()
             .get_node_metrics(GetNodeMetricsRequest {
                 node_id: node_id.into(),
             })
@@ -391,14 +384,17 @@ async fn node_metrics_keep_the_last_sixty_samples() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
+/// Paused time: the stream's interval is a tokio timer of the control
+/// plane in this process, so the snapshots arrive exactly on it.
+#[tokio::test(start_paused = true)]
 async fn watch_metrics_sends_one_snapshot_per_interval() {
     let farm = Farm::start(0, &[]).await;
     let mut node = TestNode::start(&farm, "watched", "").await;
     node.report(sample(25.0, 1 << 20, 10, 0, &[100])).await;
 
     let started = Instant::now();
-    let mut stream = metrics(&farm)
+    let mut stream = farm
+        .metrics()
         .watch_metrics(WatchMetricsRequest {
             group: String::new(),
             interval_ms: 200,
@@ -408,6 +404,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
         .expect("WatchMetrics")
         .into_inner();
     let mut snapshots = Vec::new();
+    let mut arrivals = Vec::new();
     while snapshots.len() < 6 {
         let snapshot = tokio::time::timeout(Duration::from_secs(5), stream.next())
             .await
@@ -415,24 +412,16 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
             .expect("stream open")
             .expect("snapshot");
         snapshots.push(snapshot);
+        arrivals.push(started.elapsed());
     }
-    let elapsed = started.elapsed();
-    // The first at once, then one every 200 ms: five intervals.
-    assert!(
-        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(2500),
-        "6 snapshots took {elapsed:?}"
-    );
+    // The first at once, then one every 200 ms.
+    let every_200_ms: Vec<Duration> = (0..6).map(|i| Duration::from_millis(200 * i)).collect();
+    assert_eq!(arrivals, every_200_ms);
     let times: Vec<SystemTime> = snapshots
         .iter()
         .map(|s| SystemTime::try_from(s.at.expect("at")).expect("timestamp"))
         .collect();
-    for pair in times.windows(2) {
-        let gap = pair[1].duration_since(pair[0]).expect("in order");
-        assert!(
-            gap >= Duration::from_millis(150) && gap <= Duration::from_millis(1000),
-            "snapshots {gap:?} apart"
-        );
-    }
+    assert!(times.is_sorted(), "taken in order: {times:?}");
     for snapshot in &snapshots {
         assert_eq!((snapshot.nodes, snapshot.reporting_nodes), (1, 1));
         close(snapshot.cpu_percent_avg, 25.0, "cpu");
@@ -446,7 +435,8 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
         (60_001, "", Code::InvalidArgument),
         (1000, "nowhere", Code::NotFound),
     ] {
-        let err = metrics(&farm)
+        let err = farm
+            .metrics()
             .watch_metrics(WatchMetricsRequest {
                 group: group.into(),
                 interval_ms,
@@ -463,7 +453,8 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
     }
 
     // 0 means the default of one second.
-    let mut stream = metrics(&farm)
+    let mut stream = farm
+        .metrics()
         .watch_metrics(WatchMetricsRequest::default())
         .await
         .expect("WatchMetrics")
@@ -476,47 +467,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
             .expect("open")
             .expect("snapshot");
     }
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(800) && elapsed < Duration::from_millis(2500),
-        "{elapsed:?}"
-    );
-}
-
-/// Sends one raw HTTP/1.1 request and returns the head and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("response within 10 s")
-        .expect("read");
-    let text = String::from_utf8(response).expect("utf-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (head.to_owned(), body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n").expect("chunk size");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex size");
-        if size == 0 {
-            return out;
-        }
-        out.push_str(&rest[..size]);
-        body = &rest[size + 2..];
-    }
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
 }
 
 /// One sample line of the text format.
@@ -740,7 +691,7 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
         )]
         .into(),
     };
-    ConfigClient::new(farm.channel())
+    farm.config()
         .put_config(PutConfigRequest {
             scope: "global".into(),
             data: Some(Struct {
@@ -757,7 +708,8 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
         .await
         .expect("PutConfig");
     farm_metrics(&farm, "", false).await;
-    let _ = metrics(&farm)
+    let _ = farm
+        .metrics()
         .get_node_metrics(GetNodeMetricsRequest {
             node_id: "n424242".into(),
         })
@@ -765,22 +717,25 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
         .expect_err("unknown node");
 
     // Counters settle (pushes are counted as they are sent).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (head, body, parsed) = loop {
-        let (head, body) = http_get(farm.addr, "/metrics").await;
-        let parsed = parse(&body);
-        if parsed.find("farm_control_plane_config_pushes_total", &[]) == Some(3.0)
-            || Instant::now() > deadline
-        {
-            break (head, body, parsed);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (response, parsed) = eventually(
+        "three configuration pushes counted",
+        Duration::from_secs(10),
+        || async {
+            let response = http::get(farm.addr, "/metrics").await;
+            let parsed = parse(&response.text());
+            match parsed.find("farm_control_plane_config_pushes_total", &[]) {
+                Some(3.0) => Ok((response, parsed)),
+                pushes => Err(pushes),
+            }
+        },
+    )
+    .await;
+    assert_eq!(response.status, 200, "{response}");
     assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
+        response
+            .header("content-type")
+            .is_some_and(|c| c.contains("text/plain; version=0.0.4")),
+        "{response}"
     );
 
     // The nodes, labelled.
@@ -872,15 +827,16 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
 
     // A closed stream leaves the gauge.
     drop(nodes.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = http_get(farm.addr, "/metrics").await;
-        if parse(&body).get("farm_control_plane_heartbeat_streams", &[]) == 2.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the stream gauge never fell");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = eventually(
+        "the stream gauge to fall to 2",
+        Duration::from_secs(10),
+        || async {
+            let body = http::get(farm.addr, "/metrics").await.text();
+            let streams = parse(&body).get("farm_control_plane_heartbeat_streams", &[]);
+            ready_if(streams == 2.0, body).map_err(|_| streams)
+        },
+    )
+    .await;
 
     promtool(&body);
 }
@@ -922,18 +878,11 @@ fn promtool(text: &str) {
 async fn real_nodes_report_their_samples() {
     let farm = Farm::start(3, &[]).await;
     farm.wait_healthy(3, Duration::from_secs(20)).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let reported = loop {
+    let reported = eventually("all 3 nodes reporting", Duration::from_secs(20), || async {
         let now = farm_metrics(&farm, "", true).await;
-        if now.reporting_nodes == 3 {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the nodes never all reported: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        ready_if(now.reporting_nodes == 3, now)
+    })
+    .await;
     assert_eq!(reported.nodes, 3);
     assert!(reported.memory_used_bytes > 0);
     for node in &reported.node_metrics {
@@ -946,11 +895,7 @@ async fn real_nodes_report_their_samples() {
     // take 2 ms on each node, and 5 failures on one.
     let nodes = farm.nodes().await;
     for (i, node) in nodes.iter().enumerate() {
-        let mut workload = WorkloadClient::new(
-            tonic::transport::Endpoint::from_shared(format!("http://{}", node.address))
-                .expect("url")
-                .connect_lazy(),
-        );
+        let mut workload = WorkloadClient::new(lazy_channel(&format!("http://{}", node.address)));
         for id in 0..10 {
             workload
                 .work(WorkRequest {
@@ -975,34 +920,19 @@ async fn real_nodes_report_their_samples() {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let served = loop {
-        let now = farm_metrics(&farm, "", false).await;
-        if now.requests >= 35 && now.errors >= 5 {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the requests never showed: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let served = eventually(
+        "35 requests and 5 errors counted",
+        Duration::from_secs(20),
+        || async {
+            let now = farm_metrics(&farm, "", false).await;
+            ready_if(now.requests >= 35 && now.errors >= 5, now)
+        },
+    )
+    .await;
     assert_eq!((served.requests, served.errors), (35, 5), "{served:#?}");
     // The samples that first hold the requests hold their latencies too.
     let latency = served.latency.expect("latency");
     assert!(latency.count >= 1, "{served:#?}");
-}
-
-/// A request carrying `token`, if any, as a bearer token.
-fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header value"),
-        );
-    }
-    request
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1031,22 +961,19 @@ async fn every_role_reads_metrics_and_nobody_else() {
         (Some("not-a-token"), false),
         (None, false),
     ] {
-        let mut client = metrics(&farm);
+        let mut client = farm.with_token(token).metrics();
         let farm_call = client
-            .get_farm_metrics(with_token(GetFarmMetricsRequest::default(), token))
+            .get_farm_metrics(GetFarmMetricsRequest::default())
             .await
             .map(drop);
         let node_call = client
-            .get_node_metrics(with_token(
-                GetNodeMetricsRequest {
-                    node_id: "n999999".into(),
-                },
-                token,
-            ))
+            .get_node_metrics(GetNodeMetricsRequest {
+                node_id: "n999999".into(),
+            })
             .await
             .map(drop);
         let watch_call = client
-            .watch_metrics(with_token(WatchMetricsRequest::default(), token))
+            .watch_metrics(WatchMetricsRequest::default())
             .await
             .map(drop);
         for (method, result) in [
@@ -1070,44 +997,8 @@ async fn every_role_reads_metrics_and_nobody_else() {
         }
     }
     // Scrapers need no token: the text holds no secret.
-    let (head, _) = http_get(farm.addr, "/metrics").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-}
-
-/// The complete chunks of a chunked HTTP/1.1 body received so far.
-fn complete_chunks(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
-        let Some(size) = std::str::from_utf8(&body[..end])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            break;
-        };
-        let rest = &body[end + 2..];
-        if size == 0 || rest.len() < size + 2 {
-            break;
-        }
-        out.extend_from_slice(&rest[..size]);
-        body = &rest[size + 2..];
-    }
-    out
-}
-
-/// The messages of the gRPC-Web data frames in `bytes`.
-fn grpc_web_messages(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut messages = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        if bytes.len() < 5 + len {
-            break;
-        }
-        if bytes[0] == 0 {
-            messages.push(bytes[5..5 + len].to_vec());
-        }
-        bytes = &bytes[5 + len..];
-    }
-    messages
+    let response = http::get(farm.addr, "/metrics").await;
+    assert_eq!(response.status, 200, "{response}");
 }
 
 /// The dashboard's feed: WatchMetrics through gRPC-Web over HTTP/1.1
@@ -1124,45 +1015,22 @@ async fn watch_metrics_streams_over_grpc_web() {
         ..Default::default()
     }
     .encode_to_vec();
-    let mut body = vec![0u8];
-    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    body.extend_from_slice(&message);
-    let head = format!(
-        "POST /farm.v1.Metrics/WatchMetrics HTTP/1.1\r\nHost: localhost\r\n\
-content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n\
-content-length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut stream = TcpStream::connect(farm.addr).await.expect("connect");
-    stream.write_all(head.as_bytes()).await.expect("write");
-    stream.write_all(&body).await.expect("write");
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = grpc_web::call(farm.addr, "/farm.v1.Metrics/WatchMetrics", &message)
+        .host("localhost")
+        .open()
+        .await;
+    assert_eq!(stream.status, 200, "{:?}", stream.headers);
     let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
     let snapshots = loop {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
             .await
-            .expect("3 snapshots within 10 s")
-            .expect("read");
-        assert!(
-            n > 0,
-            "the stream ended: {}",
-            String::from_utf8_lossy(&received)
-        );
-        received.extend_from_slice(&buf[..n]);
-        let Some(split) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
+            .expect("3 snapshots within 10 s");
+        let Some(chunk) = chunk else {
+            panic!("the stream ended: {}", String::from_utf8_lossy(&received));
         };
-        let head = String::from_utf8_lossy(&received[..split]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        let payload = &received[split + 4..];
-        let data = if head.contains("transfer-encoding: chunked") {
-            complete_chunks(payload)
-        } else {
-            payload.to_vec()
-        };
-        let messages = grpc_web_messages(&data);
+        received.extend_from_slice(&chunk);
+        let messages = grpc_web::messages(&received);
         if messages.len() >= 3 {
             break messages;
         }

@@ -2,15 +2,13 @@
 //! cannot be taken over, limits hold, bad input gets a clear status and
 //! never a panic, and Watch streams membership events.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Farm;
 use farm_api::v1::{
     DeregisterRequest, DiscoverRequest, EventKind, HeartbeatRequest, ListNodesRequest,
     NodeActionKind, RegisterRequest, RegisterResponse, WatchEvent, WatchRequest,
 };
+use farm_testkit::Farm;
 use tokio_stream::StreamExt;
 use tonic::Code;
 
@@ -309,12 +307,7 @@ async fn watch_streams_membership_and_resumes() {
     register(&farm, request("early", ""))
         .await
         .expect("register");
-    let mut watch = farm
-        .discovery()
-        .watch(WatchRequest::default())
-        .await
-        .expect("Watch")
-        .into_inner();
+    let mut watch = farm.watch().await;
     let snapshot = next(&mut watch).await;
     assert_eq!(snapshot.kind, EventKind::Snapshot as i32);
     assert_eq!(

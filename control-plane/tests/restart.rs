@@ -2,12 +2,12 @@
 //! clean shutdown the nodes come back under their ids, after a crash the
 //! running nodes are adopted and re-attach without duplicates.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{ControlPlaneProcess, Farm, alive, kill_recorded_nodes, node_processes, pid};
-use nix::{sys::signal, unistd::Pid};
+use farm_testkit::{
+    ControlPlaneProcess, Farm, NodeGuard, pid,
+    process::{alive, node_processes},
+};
 
 fn ids_by_name(nodes: &[farm_api::v1::NodeInfo]) -> BTreeMap<String, String> {
     nodes
@@ -35,13 +35,12 @@ async fn clean_restart_keeps_identities() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_running_nodes_are_adopted_and_reattach() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let guard = KillOnDrop(dir.path().to_owned());
+    let guard = NodeGuard::new(dir.path());
     let mut first = ControlPlaneProcess::start(dir.path(), 5).await;
     let before = first.wait_healthy(5, Duration::from_secs(20)).await;
     let pids: BTreeMap<String, i32> = before.iter().map(|n| (n.name.clone(), pid(n))).collect();
 
-    signal::kill(first.pid(), signal::Signal::SIGKILL).expect("kill control plane");
-    let _ = first.child.wait().await;
+    first.kill().await;
     assert!(
         pids.values().all(|p| alive(*p)),
         "nodes outlive a crashed control plane"
@@ -63,24 +62,8 @@ async fn after_a_crash_running_nodes_are_adopted_and_reattach() {
     assert_eq!(node_processes(dir.path()).len(), 5);
 
     // SIGTERM: exit 0, no node left behind.
-    signal::kill(second.pid(), signal::Signal::SIGTERM).expect("term");
-    let status = tokio::time::timeout(Duration::from_secs(20), second.child.wait())
-        .await
-        .expect("exits within 20 s")
-        .expect("wait");
+    let status = second.terminate(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
     assert!(node_processes(dir.path()).is_empty());
     drop(guard);
-}
-
-/// Kills leftover nodes if the test fails half-way.
-struct KillOnDrop(std::path::PathBuf);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        kill_recorded_nodes(&self.0);
-        for pid in node_processes(&self.0) {
-            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGKILL);
-        }
-    }
 }

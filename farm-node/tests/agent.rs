@@ -2,17 +2,18 @@
 //! stream, the identity cache, and reconnecting when the control plane
 //! comes back.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{ControlPlane, Node};
-use farm_api::v1::{InfoRequest, InfoResponse, NodeState, workload_client::WorkloadClient};
+use farm_api::v1::{InfoRequest, InfoResponse, NodeState};
 use farm_node::NodeConfig;
+use farm_testkit::{Farm, Node, eventually, ready_if};
 use tokio::net::TcpListener;
 
+/// How long a node may take to register, connect or leave.
+const WAIT: Duration = Duration::from_secs(15);
+
 async fn info(node: &Node) -> InfoResponse {
-    WorkloadClient::new(node.channel())
+    node.workload()
         .info(InfoRequest {})
         .await
         .expect("Info")
@@ -21,21 +22,15 @@ async fn info(node: &Node) -> InfoResponse {
 
 /// Waits until the node says it is connected (or not).
 async fn wait_connected(node: &Node, connected: bool) -> InfoResponse {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = format!("the node to say connected={connected}");
+    eventually(what, WAIT, || async {
         let info = info(node).await;
-        if info.connected == connected {
-            return info;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "node never became connected={connected}: {info:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ready_if(info.connected == connected, info)
+    })
+    .await
 }
 
-fn config(cp: &ControlPlane, name: &str, cache: &tempfile::TempDir) -> NodeConfig {
+fn config(cp: &Farm, name: &str, cache: &tempfile::TempDir) -> NodeConfig {
     let mut config = NodeConfig::new(cp.url(), name);
     config.cache_dir = Some(cache.path().to_owned());
     config.group = "blue".into();
@@ -45,12 +40,11 @@ fn config(cp: &ControlPlane, name: &str, cache: &tempfile::TempDir) -> NodeConfi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_reattaches_under_its_cached_identity() {
-    let data = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(&data).await;
+    let cp = Farm::start(0, &[]).await;
 
     let node = Node::start(config(&cp, "a1", &cache)).await;
-    let registered = cp.wait_healthy("a1").await;
+    let registered = cp.wait_state("a1", NodeState::Healthy, WAIT).await;
     assert_eq!(registered.address, node.addr.to_string());
     assert_eq!(registered.group, "blue");
     assert_eq!(
@@ -65,11 +59,11 @@ async fn a_restarted_node_reattaches_under_its_cached_identity() {
     // A stopped node closes its stream (unhealthy at once) but keeps its
     // identity: it does not deregister.
     node.stop().await.expect("clean stop");
-    let stopped = cp.wait_for("a1", NodeState::Unhealthy).await;
+    let stopped = cp.wait_state("a1", NodeState::Unhealthy, WAIT).await;
     assert_eq!(stopped.id, registered.id);
 
     let again = Node::start(config(&cp, "a1", &cache)).await;
-    let back = cp.wait_healthy("a1").await;
+    let back = cp.wait_state("a1", NodeState::Healthy, WAIT).await;
     assert_eq!(back.id, registered.id, "same identity after a restart");
     assert_eq!(back.address, again.addr.to_string(), "new address recorded");
     assert_eq!(cp.nodes().await.len(), 1, "no duplicate");
@@ -79,13 +73,12 @@ async fn a_restarted_node_reattaches_under_its_cached_identity() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_or_unknown_identity_is_replaced_not_fatal() {
-    let data = tempfile::tempdir().expect("tempdir");
-    let cp = ControlPlane::start(&data).await;
+    let cp = Farm::start(0, &[]).await;
 
     let corrupt = tempfile::tempdir().expect("tempdir");
     std::fs::write(corrupt.path().join("identity.json"), b"{\"node_id\": tru").expect("write");
     let first = Node::start(config(&cp, "c1", &corrupt)).await;
-    let c1 = cp.wait_healthy("c1").await;
+    let c1 = cp.wait_state("c1", NodeState::Healthy, WAIT).await;
     let cached = std::fs::read_to_string(corrupt.path().join("identity.json")).expect("cache");
     assert!(cached.contains(&c1.id), "the cache was rewritten: {cached}");
 
@@ -97,7 +90,7 @@ async fn a_corrupt_or_unknown_identity_is_replaced_not_fatal() {
     )
     .expect("write");
     let second = Node::start(config(&cp, "c2", &foreign)).await;
-    let c2 = cp.wait_healthy("c2").await;
+    let c2 = cp.wait_state("c2", NodeState::Healthy, WAIT).await;
     assert_ne!(c2.id, "n999");
 
     // Someone else's valid id with a wrong secret is refused, and the node
@@ -109,9 +102,13 @@ async fn a_corrupt_or_unknown_identity_is_replaced_not_fatal() {
     )
     .expect("write");
     let third = Node::start(config(&cp, "c3", &thief)).await;
-    let c3 = cp.wait_healthy("c3").await;
+    let c3 = cp.wait_state("c3", NodeState::Healthy, WAIT).await;
     assert_ne!(c3.id, c1.id);
-    assert_eq!(cp.wait_healthy("c1").await.name, "c1", "c1 untouched");
+    assert_eq!(
+        cp.wait_state("c1", NodeState::Healthy, WAIT).await.name,
+        "c1",
+        "c1 untouched"
+    );
 
     for node in [first, second, third] {
         node.stop().await.expect("clean stop");
@@ -121,24 +118,23 @@ async fn a_corrupt_or_unknown_identity_is_replaced_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reconnect_when_the_control_plane_comes_back() {
-    let data = tempfile::tempdir().expect("tempdir");
     let cache = tempfile::tempdir().expect("tempdir");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let cp = ControlPlane::start_on(&data, listener).await;
+    let cp = Farm::builder().listener(listener).start().await;
     let node = Node::start(config(&cp, "r1", &cache)).await;
-    let before = cp.wait_healthy("r1").await;
+    let before = cp.wait_state("r1", NodeState::Healthy, WAIT).await;
     wait_connected(&node, true).await;
 
-    cp.stop().await;
+    let data = cp.stop().await;
     wait_connected(&node, false).await;
     // Down for a while: the node keeps retrying (with backoff) and serving.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(info(&node).await.name, "r1");
 
     let listener = TcpListener::bind(addr).await.expect("rebind the same port");
-    let cp = ControlPlane::start_on(&data, listener).await;
-    let after = cp.wait_healthy("r1").await;
+    let cp = Farm::builder().dir(data).listener(listener).start().await;
+    let after = cp.wait_state("r1", NodeState::Healthy, WAIT).await;
     assert_eq!(after.id, before.id, "re-attached under the same id");
     wait_connected(&node, true).await;
     node.stop().await.expect("clean stop");

@@ -3,8 +3,9 @@
 //! sample the node sends; `Work` and `WorkStream` calls, some failing, show
 //! up in the samples' counts, codes and latency histograms. Then the same
 //! through a real control plane's `Metrics.GetNodeMetrics`.
-
-mod common;
+//!
+//! Real time throughout: a sample's interval and CPU share are measured on
+//! the real clock, once a second.
 
 use std::{
     collections::HashMap,
@@ -14,15 +15,13 @@ use std::{
     time::Duration,
 };
 
-use common::{ControlPlane, Node};
 use farm_api::v1::{
     DeregisterRequest, DeregisterResponse, GetNodeMetricsRequest, HeartbeatRequest,
-    HeartbeatResponse, NodeSample, RegisterRequest, RegisterResponse, WorkRequest,
-    metrics_client::MetricsClient,
+    HeartbeatResponse, NodeSample, NodeState, RegisterRequest, RegisterResponse, WorkRequest,
     registry_server::{Registry, RegistryServer},
-    workload_client::WorkloadClient,
 };
 use farm_node::NodeConfig;
+use farm_testkit::{Farm, Node, eventually};
 use futures::Stream;
 use hdrhistogram::{Histogram, serialization::Deserializer};
 use tokio::{net::TcpListener, sync::mpsc};
@@ -111,7 +110,7 @@ async fn heartbeats_carry_request_and_resource_metrics() {
     let mut config = NodeConfig::new(format!("http://{registry}"), "metered");
     config.cache_dir = Some(cache.path().to_owned());
     let node = Node::start(config).await;
-    let mut client = WorkloadClient::new(node.channel());
+    let mut client = node.workload();
 
     // Unary: five successes (one slow), three UNAVAILABLE, two NOT_FOUND.
     for i in 0..5 {
@@ -165,23 +164,24 @@ async fn heartbeats_carry_request_and_resource_metrics() {
         (Code::NotFound as u32, 2),
         (Code::FailedPrecondition as u32, 2),
     ]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let samples = loop {
-        let samples = recording.samples.lock().expect("samples").clone();
-        let merged = samples
-            .iter()
-            .filter(|s| !s.latency_histogram.is_empty())
-            .map(|s| decode(&s.latency_histogram))
-            .fold(0, |n, h| n + h.len());
-        if merged == 14 && samples.last().is_some_and(|s| s.requests == 14) {
-            break samples;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for samples of 14 requests ({merged} so far): {samples:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let samples = eventually(
+        "samples of 14 requests",
+        Duration::from_secs(10),
+        || async {
+            let samples = recording.samples.lock().expect("samples").clone();
+            let merged = samples
+                .iter()
+                .filter(|s| !s.latency_histogram.is_empty())
+                .map(|s| decode(&s.latency_histogram))
+                .fold(0, |n, h| n + h.len());
+            if merged == 14 && samples.last().is_some_and(|s| s.requests == 14) {
+                Ok(samples)
+            } else {
+                Err(format!("{merged} requests so far: {samples:#?}"))
+            }
+        },
+    )
+    .await;
 
     let latest = samples.last().expect("a sample");
     assert_eq!(latest.errors_by_code, expected_errors);
@@ -227,15 +227,17 @@ async fn heartbeats_carry_request_and_resource_metrics() {
 
 #[tokio::test]
 async fn the_control_plane_keeps_the_samples() {
-    let data = tempfile::tempdir().expect("temp dir");
-    let cp = ControlPlane::start(&data).await;
+    let cp = Farm::start(0, &[]).await;
     let cache = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::new(cp.url(), "sampled");
     config.cache_dir = Some(cache.path().to_owned());
     let node = Node::start(config).await;
-    let id = cp.wait_healthy("sampled").await.id;
+    let id = cp
+        .wait_state("sampled", NodeState::Healthy, Duration::from_secs(15))
+        .await
+        .id;
 
-    let mut client = WorkloadClient::new(node.channel());
+    let mut client = node.workload();
     for i in 0..3 {
         client
             .work(WorkRequest {
@@ -255,27 +257,25 @@ async fn the_control_plane_keeps_the_samples() {
             .expect_err("asked to fail");
     }
 
-    let mut metrics = MetricsClient::new(common::channel(cp.addr));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let (latest, history) = loop {
-        let response = metrics
-            .get_node_metrics(GetNodeMetricsRequest {
-                node_id: id.clone(),
-            })
-            .await
-            .expect("GetNodeMetrics")
-            .into_inner();
-        let latest = response.node.and_then(|n| n.sample);
-        if let Some(latest) = latest.filter(|s| s.requests == 5) {
-            break (latest, response.history);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for a sample of 5 requests: {:#?}",
-            response.history.last()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (latest, history) = eventually(
+        "a sample of 5 requests",
+        Duration::from_secs(10),
+        || async {
+            let response = cp
+                .metrics()
+                .get_node_metrics(GetNodeMetricsRequest {
+                    node_id: id.clone(),
+                })
+                .await
+                .expect("GetNodeMetrics")
+                .into_inner();
+            match response.node.and_then(|n| n.sample) {
+                Some(latest) if latest.requests == 5 => Ok((latest, response.history)),
+                _ => Err(response.history.last().cloned()),
+            }
+        },
+    )
+    .await;
     assert_eq!(
         latest.errors_by_code,
         HashMap::from([(Code::Aborted as u32, 2)])

@@ -1,29 +1,27 @@
 //! The node's port: `farm.v1.Workload`, `grpc.health.v1.Health` and the HTTP
-//! endpoints, through real clients over real sockets.
+//! endpoints, through real clients over real sockets, on nodes with no
+//! control plane to talk to (their agents keep retrying a closed loopback
+//! port): the workload side serves regardless.
+//!
+//! The delays asked for are the node's own tokio timers: the tests that
+//! measure them run on tokio's paused clock, where they are exact. CPU
+//! work is measured on the real clock.
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use common::{Node, http_get};
-use farm_api::v1::{InfoRequest, WorkRequest, workload_client::WorkloadClient};
-use farm_node::NodeConfig;
+use farm_api::v1::{InfoRequest, WorkRequest};
+use farm_testkit::{Node, http};
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// A node with no control plane to talk to (its agent keeps retrying a
-/// closed loopback port): the workload side serves regardless.
-async fn lone_node(name: &str) -> Node {
-    Node::start(NodeConfig::new("http://127.0.0.1:1", name)).await
-}
-
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn work_does_what_it_is_asked() {
-    let node = lone_node("w1").await;
-    let mut client = WorkloadClient::new(node.channel());
+    let node = Node::lone("w1").await;
+    let mut client = node.workload();
 
     let response = client
         .work(WorkRequest {
@@ -49,7 +47,8 @@ async fn work_does_what_it_is_asked() {
         .expect("Work with delay");
     assert!(started.elapsed() >= Duration::from_millis(150));
 
-    let started = Instant::now();
+    // Spun on a blocking thread, which holds the paused clock still.
+    let started = std::time::Instant::now();
     client
         .work(WorkRequest {
             cpu_us: 20_000,
@@ -86,8 +85,8 @@ async fn work_does_what_it_is_asked() {
 
 #[tokio::test]
 async fn asks_beyond_the_limits_are_refused() {
-    let node = lone_node("w2").await;
-    let mut client = WorkloadClient::new(node.channel());
+    let node = Node::lone("w2").await;
+    let mut client = node.workload();
     #[track_caller]
     fn check(result: Result<tonic::Response<farm_api::v1::WorkResponse>, tonic::Status>) {
         let status = result.expect_err("refused");
@@ -137,10 +136,10 @@ async fn asks_beyond_the_limits_are_refused() {
     assert_eq!(big.payload.len(), 4_000_000);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn work_stream_answers_every_request_and_keeps_going_after_failures() {
-    let node = lone_node("w3").await;
-    let mut client = WorkloadClient::new(node.channel());
+    let node = Node::lone("w3").await;
+    let mut client = node.workload();
     let count = 300u64;
     let requests: Vec<WorkRequest> = (0..count)
         .map(|id| WorkRequest {
@@ -192,7 +191,7 @@ async fn work_stream_answers_every_request_and_keeps_going_after_failures() {
 
 #[tokio::test]
 async fn health_reports_serving_then_stops_with_the_node() {
-    let node = lone_node("w4").await;
+    let node = Node::lone("w4").await;
     let mut health = HealthClient::new(node.channel());
     let status = health
         .check(HealthCheckRequest {
@@ -211,29 +210,32 @@ async fn health_reports_serving_then_stops_with_the_node() {
     node.stop().await.expect("clean stop");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn http_endpoints_answer_ordinary_http_clients() {
-    let node = lone_node("h1").await;
+    let node = Node::lone("h1").await;
     let addr = node.addr;
 
-    let index = http_get(addr, "/").await;
+    let index = http::get(addr, "/").await;
     assert_eq!(index.status, 200);
     assert!(index.text().contains("name:      h1"), "{}", index.text());
 
-    let health = http_get(addr, "/health").await;
-    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+    let health = http::get(addr, "/health").await;
+    assert_eq!(
+        (health.status.as_u16(), health.text().as_str()),
+        (200, "ok\n")
+    );
 
     let started = Instant::now();
-    let slow = http_get(addr, "/slow?ms=120").await;
+    let slow = http::get(addr, "/slow?ms=120").await;
     assert_eq!(slow.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(120));
 
-    let error = http_get(addr, "/error/503").await;
+    let error = http::get(addr, "/error/503").await;
     assert_eq!(error.status, 503);
-    let teapot = http_get(addr, "/error/418").await;
+    let teapot = http::get(addr, "/error/418").await;
     assert_eq!(teapot.status, 418);
 
-    let data = http_get(addr, "/data/12345").await;
+    let data = http::get(addr, "/data/12345").await;
     assert_eq!(data.status, 200);
     assert_eq!(data.body.len(), 12345);
     assert_eq!(
@@ -250,9 +252,9 @@ async fn http_endpoints_answer_ordinary_http_clients() {
         "/data/-1",
         "/data/4000001",
     ] {
-        let response = http_get(addr, bad).await;
+        let response = http::get(addr, bad).await;
         assert_eq!(response.status, 400, "{bad}: {}", response.text());
         assert!(!response.text().is_empty());
     }
-    assert_eq!(http_get(addr, "/nope").await.status, 404);
+    assert_eq!(http::get(addr, "/nope").await.status, 404);
 }

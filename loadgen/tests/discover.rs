@@ -1,60 +1,19 @@
 //! `loadgen run --control-plane`: targets discovered from a control plane
 //! running in this process, with farm-node agents registered to it.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::ControlPlane;
-use farm_api::v1::{
-    InfoRequest, ListNodesRequest, NodeState, farm_client::FarmClient,
-    workload_client::WorkloadClient,
-};
 use farm_node::NodeConfig;
-use tokio::{net::TcpListener, sync::oneshot};
-use tonic::{Request, metadata::MetadataValue};
-
-const VIEWER: &str = "viewer-secret-token";
-const NODE: &str = "node-secret-token";
+use farm_testkit::{Farm, NODE, Node, TOKENS, VIEWER, healthy, node::served};
+use tokio::net::TcpListener;
 
 /// Starts a farm-node in this process that registers into `group`.
-async fn node(cp: &ControlPlane, name: &str, group: &str) -> (String, oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr").to_string();
-    let mut config = NodeConfig::new(cp.url.clone(), name);
+async fn node(cp: &Farm, name: &str, group: &str) -> (String, Node) {
+    let mut config = NodeConfig::new(cp.url(), name);
     config.group = group.to_owned();
     config.token = Some(NODE.to_owned());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(farm_node::run(config, listener, async {
-        let _ = stopped.await;
-    }));
-    (addr, stop)
-}
-
-async fn healthy(cp: &ControlPlane) -> usize {
-    let mut request = Request::new(ListNodesRequest::default());
-    let token: MetadataValue<_> = format!("Bearer {VIEWER}").parse().expect("header");
-    request.metadata_mut().insert("authorization", token);
-    FarmClient::new(cp.channel())
-        .list_nodes(request)
-        .await
-        .expect("list")
-        .into_inner()
-        .nodes
-        .iter()
-        .filter(|n| n.state == NodeState::Healthy as i32)
-        .count()
-}
-
-async fn served(addr: &str) -> u64 {
-    WorkloadClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect")
-        .info(InfoRequest {})
-        .await
-        .expect("info")
-        .into_inner()
-        .requests
+    let node = Node::start(config).await;
+    (node.addr.to_string(), node)
 }
 
 /// Runs the loadgen binary; exit code, stdout and stderr.
@@ -79,28 +38,14 @@ async fn loadgen(args: Vec<String>, token: Option<&str>) -> (Option<i32>, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn targets_come_from_the_control_plane_by_group() {
-    let cp = ControlPlane::start(&[
-        "--viewer-token",
-        VIEWER,
-        "--node-token",
-        NODE,
-        "--admin-token",
-        "admin-secret-token",
-    ])
-    .await;
+    let cp = Farm::builder().timing(&[]).flags(TOKENS).start().await;
+    let viewer = cp.with_token(Some(VIEWER));
     let (blue_a, _a) = node(&cp, "blue-a", "blue").await;
     let (blue_b, _b) = node(&cp, "blue-b", "blue").await;
-    let (green, green_stop) = node(&cp, "green-a", "green").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while healthy(&cp).await < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nodes never healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (green, green_node) = node(&cp, "green-a", "green").await;
+    viewer.wait_healthy(3, Duration::from_secs(15)).await;
 
-    let found = loadgen::discover::healthy_nodes(&cp.url, Some(VIEWER), None)
+    let found = loadgen::discover::healthy_nodes(&cp.url(), Some(VIEWER), None)
         .await
         .expect("discovered");
     let mut all = vec![blue_a.clone(), blue_b.clone(), green.clone()];
@@ -109,10 +54,11 @@ async fn targets_come_from_the_control_plane_by_group() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
+    let url = cp.url();
     let args = [
         "run",
         "--control-plane",
-        &cp.url,
+        &url,
         "--group",
         "blue",
         "--max",
@@ -153,11 +99,12 @@ async fn targets_come_from_the_control_plane_by_group() {
     let (code, _, stderr) = loadgen(args.clone(), Some(VIEWER)).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no group \"red\""), "{stderr}");
-    drop(green_stop);
-    while healthy(&cp).await > 2 {
-        assert!(tokio::time::Instant::now() < deadline, "green never left");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drop(green_node);
+    viewer
+        .wait_nodes("green to leave", Duration::from_secs(15), |nodes| {
+            nodes.iter().filter(|n| healthy(n)).count() == 2
+        })
+        .await;
     args[4] = "green".to_owned();
     let (code, _, stderr) = loadgen(args, Some(VIEWER)).await;
     assert_eq!(code, Some(2), "{stderr}");

@@ -5,37 +5,24 @@
 use std::{process::Command, time::Duration};
 
 use farm_node::NodeConfig;
+use farm_testkit::{
+    Node,
+    node::{NOWHERE, served},
+};
 use loadgen::{Mode, RunConfig};
-use tokio::{net::TcpListener, sync::oneshot};
+use tokio::net::TcpListener;
 
-/// A farm-node serving on loopback; stops when dropped.
-struct Node {
-    addr: String,
-    _stop: oneshot::Sender<()>,
-}
-
+/// A farm-node serving on loopback, with no control plane; stops when
+/// dropped.
 async fn node() -> Node {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(farm_node::run(
-        NodeConfig::new("http://127.0.0.1:1", "t1"),
-        listener,
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Node {
-        addr: format!("http://{addr}"),
-        _stop: tx,
-    }
+    Node::lone("t1").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn closed_loop_counts_add_up_in_both_modes() {
     let node = node().await;
     for mode in [Mode::Unary, Mode::Stream] {
-        let mut config = RunConfig::closed(vec![node.addr.clone()], 8, Duration::from_millis(500));
+        let mut config = RunConfig::closed(vec![node.url()], 8, Duration::from_millis(500));
         config.mode = mode;
         config.connections = 2;
         config.streams = 2;
@@ -68,7 +55,7 @@ async fn closed_loop_counts_add_up_in_both_modes() {
 async fn open_loop_holds_the_rate() {
     let node = node().await;
     for mode in [Mode::Unary, Mode::Stream] {
-        let mut config = RunConfig::closed(vec![node.addr.clone()], 64, Duration::from_secs(2));
+        let mut config = RunConfig::closed(vec![node.url()], 64, Duration::from_secs(2));
         config.mode = mode;
         config.rate = Some(500.0);
         let report = loadgen::run(&config, std::future::pending())
@@ -100,7 +87,7 @@ async fn open_loop_holds_the_rate() {
 async fn a_rate_the_target_cannot_keep_up_with_is_reported_not_lowered() {
     // 20 ms per request, 2 in flight: 100 rps at most, 400 asked.
     let node = node().await;
-    let mut config = RunConfig::closed(vec![node.addr.clone()], 2, Duration::from_secs(1));
+    let mut config = RunConfig::closed(vec![node.url()], 2, Duration::from_secs(1));
     config.rate = Some(400.0);
     config.delay_ms = 20;
     let report = loadgen::run(&config, std::future::pending())
@@ -227,7 +214,7 @@ async fn a_stalled_target_shows_in_the_corrected_latency() {
     // 100 rps asked. Requests queue behind each other; only the corrected
     // figures see the wait.
     let node = node().await;
-    let mut config = RunConfig::closed(vec![node.addr.clone()], 1, Duration::from_secs(1));
+    let mut config = RunConfig::closed(vec![node.url()], 1, Duration::from_secs(1));
     config.rate = Some(100.0);
     config.delay_ms = 50;
     let report = loadgen::run(&config, std::future::pending())
@@ -241,7 +228,7 @@ async fn a_stalled_target_shows_in_the_corrected_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stop_early_gives_a_partial_report() {
     let node = node().await;
-    let config = RunConfig::closed(vec![node.addr.clone()], 4, Duration::from_secs(30));
+    let config = RunConfig::closed(vec![node.url()], 4, Duration::from_secs(30));
     let report = loadgen::run(&config, tokio::time::sleep(Duration::from_millis(300)))
         .await
         .expect("run");
@@ -254,7 +241,7 @@ async fn cli_writes_the_json_fields() {
     let node = node().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
-    let addr = node.addr.clone();
+    let addr = node.url();
     let out = tokio::task::spawn_blocking({
         let json = json.clone();
         move || {
@@ -324,7 +311,7 @@ async fn cli_writes_a_self_contained_html_report() {
     let node = node().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let html = dir.path().join("report.html");
-    let addr = node.addr.clone();
+    let addr = node.url();
     let out = tokio::task::spawn_blocking({
         let html = html.clone();
         move || {
@@ -406,35 +393,19 @@ fn bad_input_exits_2() {
     }
 }
 
-async fn served(addr: &str) -> u64 {
-    let mut client = farm_api::v1::workload_client::WorkloadClient::connect(addr.to_owned())
-        .await
-        .expect("connect");
-    client
-        .info(farm_api::v1::InfoRequest {})
-        .await
-        .expect("info")
-        .into_inner()
-        .requests
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_spread_over_targets_and_add_up_to_what_nodes_served() {
     let (a, b) = (node().await, node().await);
     for mode in [Mode::Unary, Mode::Stream] {
-        let before = served(&a.addr).await + served(&b.addr).await;
-        let mut config = RunConfig::closed(
-            vec![a.addr.clone(), b.addr.clone()],
-            6,
-            Duration::from_millis(400),
-        );
+        let before = served(&a.url()).await + served(&b.url()).await;
+        let mut config = RunConfig::closed(vec![a.url(), b.url()], 6, Duration::from_millis(400));
         config.mode = mode;
         let report = loadgen::run(&config, std::future::pending())
             .await
             .expect("run");
         // Let requests cut off at the end finish on the nodes.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (on_a, on_b) = (served(&a.addr).await, served(&b.addr).await);
+        let (on_a, on_b) = (served(&a.url()).await, served(&b.url()).await);
         let total = on_a + on_b - before;
         assert!(
             total >= report.requests && total <= report.requests + 6,
@@ -443,13 +414,13 @@ async fn requests_spread_over_targets_and_add_up_to_what_nodes_served() {
         );
         assert!(report.requests > 0 && report.errors == 0, "{report:?}");
     }
-    assert!(served(&a.addr).await > 0 && served(&b.addr).await > 0);
+    assert!(served(&a.url()).await > 0 && served(&b.url()).await > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ctrl_c_prints_a_partial_report() {
     let node = node().await;
-    let addr = node.addr.clone();
+    let addr = node.url();
     let out = tokio::task::spawn_blocking(move || {
         let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
             .args(["run", "--target", &addr, "--max", "--duration", "60s"])
@@ -478,7 +449,7 @@ async fn ctrl_c_prints_a_partial_report() {
 async fn connections_and_streams_are_opened_again_after_a_node_restarts() {
     for mode in [Mode::Stream, Mode::Unary] {
         let first = node().await;
-        let addr = first.addr.clone();
+        let addr = first.url();
         let mut config = RunConfig::closed(vec![addr.clone()], 4, Duration::from_millis(1500));
         config.mode = mode;
         let run = tokio::spawn(async move { loadgen::run(&config, std::future::pending()).await });
@@ -488,14 +459,7 @@ async fn connections_and_streams_are_opened_again_after_a_node_restarts() {
         let listener = TcpListener::bind(addr.trim_start_matches("http://"))
             .await
             .expect("the port again");
-        let (_stop, rx) = oneshot::channel::<()>();
-        tokio::spawn(farm_node::run(
-            NodeConfig::new("http://127.0.0.1:1", "t1"),
-            listener,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let _again = Node::start_on(NodeConfig::new(NOWHERE, "t1"), listener).await;
         let report = run.await.expect("join").expect("run");
         let after = served(&addr).await;
         assert!(
@@ -509,7 +473,7 @@ async fn connections_and_streams_are_opened_again_after_a_node_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warmup_requests_are_not_counted() {
     let node = node().await;
-    let mut config = RunConfig::closed(vec![node.addr.clone()], 4, Duration::from_millis(500));
+    let mut config = RunConfig::closed(vec![node.url()], 4, Duration::from_millis(500));
     config.rate = Some(100.0);
     config.warmup = Duration::from_millis(500);
     let report = loadgen::run(&config, std::future::pending())
@@ -526,7 +490,7 @@ async fn a_terminal_gets_a_progress_bar() {
     let command = format!(
         "{} run --target {} --rate 200 --duration 2s",
         env!("CARGO_BIN_EXE_loadgen"),
-        node.addr
+        node.url()
     );
     let out = tokio::task::spawn_blocking(move || {
         Command::new("script")
@@ -676,14 +640,7 @@ async fn a_target_that_comes_up_late_is_reached() {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("the port again");
-        let (_stop, rx) = oneshot::channel::<()>();
-        tokio::spawn(farm_node::run(
-            NodeConfig::new("http://127.0.0.1:1", "late"),
-            listener,
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let _late = Node::start_on(NodeConfig::new(NOWHERE, "late"), listener).await;
         let report = run.await.expect("join").expect("run");
         assert!(report.passed, "{mode:?}: {report:?}");
         assert!(
@@ -708,7 +665,7 @@ async fn crossed_thresholds_exit_1_and_are_named() {
     let (code, stdout, stderr) = loadgen(args(&[
         "run",
         "--target",
-        &node.addr,
+        &node.url(),
         "--max",
         "--duration",
         "1s",
@@ -760,7 +717,7 @@ async fn crossed_thresholds_exit_1_and_are_named() {
     let (code, stdout, stderr) = loadgen(args(&[
         "run",
         "--target",
-        &node.addr,
+        &node.url(),
         "--max",
         "--duration",
         "1s",
@@ -785,7 +742,7 @@ async fn a_run_where_every_request_fails_exits_1() {
     let (code, stdout, stderr) = loadgen(args(&[
         "run",
         "--target",
-        &node.addr,
+        &node.url(),
         "--rate",
         "50",
         "--duration",

@@ -2,76 +2,65 @@
 //! `127.0.0.1:0` (`--runtime none`: no nodes but the simulated ones), and
 //! the binary's handling of bad input.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::ControlPlane;
-use farm_api::v1::{
-    DiscoverRequest, ListNodesRequest, NodeInfo, NodeState, PutConfigRequest,
-    config_client::ConfigClient, discovery_client::DiscoveryClient, farm_client::FarmClient,
-};
+use farm_api::v1::{DiscoverRequest, NodeInfo, NodeState};
+use farm_testkit::{Farm, eventually, process::run_within};
 use loadgen::swarm::{SwarmConfig, SwarmReport};
-use prost_types::{Struct, Value, value::Kind};
+use serde_json::json;
 use tokio::task::JoinHandle;
 
-/// What these tests ask of their control plane.
-impl ControlPlane {
-    /// The nodes of the swarm `run_id`.
-    async fn swarm_nodes(&self, run_id: &str) -> Vec<NodeInfo> {
-        let prefix = format!("swarm-{run_id}-");
-        FarmClient::new(self.channel())
-            .list_nodes(ListNodesRequest::default())
-            .await
-            .expect("ListNodes")
-            .into_inner()
-            .nodes
-            .into_iter()
-            .filter(|n| n.name.starts_with(&prefix))
-            .collect()
-    }
+/// A control plane with the product's timing and no runtime, plus `flags`.
+async fn control_plane(flags: &[&str]) -> Farm {
+    Farm::builder().timing(&[]).flags(flags).start().await
+}
 
-    /// How many healthy peers of the swarm `run_id` Discover matches.
-    async fn discoverable(&self, run_id: &str) -> u32 {
-        DiscoveryClient::new(self.channel())
-            .discover(DiscoverRequest {
-                group: String::new(),
-                count: 1000,
-                labels: [("loadgen.swarm".to_owned(), run_id.to_owned())].into(),
-                exclude_id: String::new(),
-            })
-            .await
-            .expect("Discover")
-            .into_inner()
-            .matched
-    }
+/// The nodes of the swarm `run_id`.
+async fn swarm_nodes(cp: &Farm, run_id: &str) -> Vec<NodeInfo> {
+    let prefix = format!("swarm-{run_id}-");
+    cp.nodes()
+        .await
+        .into_iter()
+        .filter(|n| n.name.starts_with(&prefix))
+        .collect()
+}
 
-    /// Waits until `f` holds of the swarm's nodes, or panics after `limit`.
-    async fn wait_swarm(
-        &self,
-        run_id: &str,
-        what: &str,
-        limit: Duration,
-        f: impl Fn(&[NodeInfo]) -> bool,
-    ) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let nodes = self.swarm_nodes(run_id).await;
-            if f(&nodes) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {limit:?} waiting for {what}; {} swarm nodes",
-                nodes.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+/// How many healthy peers of the swarm `run_id` Discover matches.
+async fn discoverable(cp: &Farm, run_id: &str) -> u32 {
+    cp.discovery()
+        .discover(DiscoverRequest {
+            group: String::new(),
+            count: 1000,
+            labels: [("loadgen.swarm".to_owned(), run_id.to_owned())].into(),
+            exclude_id: String::new(),
+        })
+        .await
+        .expect("Discover")
+        .into_inner()
+        .matched
+}
+
+/// Waits until `holds` of the swarm's nodes, or panics after `limit`.
+async fn wait_swarm(
+    cp: &Farm,
+    run_id: &str,
+    what: &str,
+    limit: Duration,
+    holds: impl Fn(&[NodeInfo]) -> bool,
+) {
+    eventually(what, limit, || async {
+        let nodes = swarm_nodes(cp, run_id).await;
+        if holds(&nodes) {
+            Ok(())
+        } else {
+            Err(format!("{} swarm nodes", nodes.len()))
         }
-    }
+    })
+    .await;
 }
 
 fn swarm_config(url: &str, nodes: usize, heartbeat_ms: u64, duration_ms: u64) -> SwarmConfig {
@@ -102,20 +91,21 @@ async fn finished(task: JoinHandle<SwarmReport>, limit: Duration) -> SwarmReport
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_nodes_register_heartbeat_and_leave() {
-    let cp = ControlPlane::start(&[]).await;
-    let config = swarm_config(&cp.url, 1000, 250, 2000);
+    let cp = control_plane(&[]).await;
+    let config = swarm_config(&cp.url(), 1000, 250, 2000);
     assert_eq!(config.connections, 10);
     let run_id = config.run_id.clone();
     let started = Instant::now();
     let task = spawn_swarm(&config);
-    cp.wait_swarm(
+    wait_swarm(
+        &cp,
         &run_id,
         "1000 healthy swarm nodes",
         Duration::from_secs(20),
         |nodes| nodes.len() == 1000 && nodes.iter().all(|n| n.state == NodeState::Healthy as i32),
     )
     .await;
-    assert_eq!(cp.discoverable(&run_id).await, 1000);
+    assert_eq!(discoverable(&cp, &run_id).await, 1000);
     let report = finished(task, Duration::from_secs(25)).await;
     eprintln!("swarm of 1000 took {:?}", started.elapsed());
 
@@ -148,17 +138,19 @@ async fn a_thousand_nodes_register_heartbeat_and_leave() {
     );
 
     // Left as found.
-    assert!(cp.swarm_nodes(&run_id).await.is_empty());
-    assert_eq!(cp.discoverable(&run_id).await, 0);
+    assert!(swarm_nodes(&cp, &run_id).await.is_empty());
+    assert_eq!(discoverable(&cp, &run_id).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_report_has_exactly_the_agreed_fields() {
-    let cp = ControlPlane::start(&[]).await;
-    let report =
-        loadgen::swarm::swarm(&swarm_config(&cp.url, 20, 100, 500), std::future::pending())
-            .await
-            .expect("swarm");
+    let cp = control_plane(&[]).await;
+    let report = loadgen::swarm::swarm(
+        &swarm_config(&cp.url(), 20, 100, 500),
+        std::future::pending(),
+    )
+    .await
+    .expect("swarm");
     let mut json = Vec::new();
     report.write_json(&mut json).expect("json");
     let json: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
@@ -198,45 +190,25 @@ async fn the_json_report_has_exactly_the_agreed_fields() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_put_during_a_swarm_reaches_every_simulated_node() {
-    let cp = ControlPlane::start(&[]).await;
-    let config = swarm_config(&cp.url, 50, 200, 3000);
+    let cp = control_plane(&[]).await;
+    let config = swarm_config(&cp.url(), 50, 200, 3000);
     let run_id = config.run_id.clone();
     let task = spawn_swarm(&config);
-    cp.wait_swarm(
+    wait_swarm(
+        &cp,
         &run_id,
         "50 healthy swarm nodes",
         Duration::from_secs(10),
         |nodes| nodes.len() == 50 && nodes.iter().all(|n| n.state == NodeState::Healthy as i32),
     )
     .await;
-    let workload = Struct {
-        fields: BTreeMap::from([(
-            "delay_ms".to_owned(),
-            Value {
-                kind: Some(Kind::NumberValue(1.0)),
-            },
-        )]),
-    };
-    let version = ConfigClient::new(cp.channel())
-        .put_config(PutConfigRequest {
-            scope: "global".into(),
-            data: Some(Struct {
-                fields: BTreeMap::from([(
-                    "workload".to_owned(),
-                    Value {
-                        kind: Some(Kind::StructValue(workload)),
-                    },
-                )]),
-            }),
-            expected_version: 0,
-        })
-        .await
-        .expect("PutConfig")
-        .into_inner()
-        .version;
+    let version = cp
+        .put_config("global", json!({"workload": {"delay_ms": 1}}))
+        .await;
     assert!(version > 0);
     // Each simulated node applies the push and reports its version.
-    cp.wait_swarm(
+    wait_swarm(
+        &cp,
         &run_id,
         "every node on the new config",
         Duration::from_secs(5),
@@ -246,13 +218,13 @@ async fn a_config_put_during_a_swarm_reaches_every_simulated_node() {
     let report = finished(task, Duration::from_secs(20)).await;
     assert!(report.config_pushes >= 50, "{report:#?}");
     assert_eq!(report.errors(), 0, "{report:#?}");
-    assert!(cp.swarm_nodes(&run_id).await.is_empty());
+    assert!(swarm_nodes(&cp, &run_id).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_stop_gives_a_partial_report_and_still_cleans_up() {
-    let cp = ControlPlane::start(&[]).await;
-    let config = swarm_config(&cp.url, 200, 200, 60_000);
+    let cp = control_plane(&[]).await;
+    let config = swarm_config(&cp.url(), 200, 200, 60_000);
     let run_id = config.run_id.clone();
     let started = Instant::now();
     let report = loadgen::swarm::swarm(&config, tokio::time::sleep(Duration::from_secs(2)))
@@ -267,12 +239,12 @@ async fn an_early_stop_gives_a_partial_report_and_still_cleans_up() {
     assert_eq!(report.registered, 200, "{report:#?}");
     assert!(report.duration_s < 2.0, "{report:#?}");
     assert_eq!(report.deregistered, 200, "{report:#?}");
-    assert!(cp.swarm_nodes(&run_id).await.is_empty());
+    assert!(swarm_nodes(&cp, &run_id).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_sent_and_its_absence_is_reported() {
-    let cp = ControlPlane::start(&[
+    let cp = control_plane(&[
         "--admin-token",
         "swarm-admin-token",
         "--node-token",
@@ -281,7 +253,7 @@ async fn the_token_is_sent_and_its_absence_is_reported() {
         "swarm-viewer-token",
     ])
     .await;
-    let mut config = swarm_config(&cp.url, 10, 100, 300);
+    let mut config = swarm_config(&cp.url(), 10, 100, 300);
     config.token = farm_api::Bearer::new(Some("swarm-node-token")).expect("header value");
     let report = loadgen::swarm::swarm(&config, std::future::pending())
         .await
@@ -302,30 +274,19 @@ async fn the_token_is_sent_and_its_absence_is_reported() {
 
 /// Runs the binary with `args`, killing it after 20 s; (exit code, stderr).
 fn loadgen(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .arg("swarm")
-        .args(args)
-        .env_remove("FARM_CONTROL_PLANE")
-        .env_remove("FARM_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn loadgen");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadgen {args:?} still running after 20 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    let ran = run_within(
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .arg("swarm")
+            .args(args)
+            .env_remove("FARM_CONTROL_PLANE")
+            .env_remove("FARM_TOKEN"),
+        Duration::from_secs(20),
     )
+    .expect("spawn loadgen");
+    let status = ran
+        .status
+        .unwrap_or_else(|| panic!("loadgen {args:?} still running after 20 s"));
+    (status.code(), ran.stderr)
 }
 
 #[track_caller]

@@ -1,0 +1,58 @@
+//! What the farm's tests and benchmarks share, in one place, so that each
+//! test file says what it checks and not how a farm is started or polled.
+//! A development-only library: the `control-plane`, `farm-node` and
+//! `loadgen` crates take it as a dev-dependency (a cycle cargo allows: it
+//! uses their libraries, whose integration tests use it).
+//!
+//! - [`Farm`] ([`farm`]): a whole control plane in this process on
+//!   `127.0.0.1:0`, with real `farm-node` processes or none;
+//!   [`ControlPlaneProcess`] ([`process`]): the `control-plane` binary as a
+//!   child, for signals and crashes; the binaries' paths, and the guards
+//!   that leave no process behind.
+//! - [`Node`] ([`node`]): a `farm-node` serving in this process.
+//! - [`Api`] ([`api`]): typed clients of the farm's services, with a bearer
+//!   token or none, and the waits on its node list.
+//! - [`http`]: an HTTP/1.1 client (hyper's) that sends exactly the `Host`,
+//!   `Origin` and other headers a test sets; [`grpc_web`]: gRPC-Web frames
+//!   and calls over it.
+//! - [`eventually`] ([`wait`]): polls until something holds, with a short
+//!   backoff, and panics with what it waited for and what it saw last.
+//! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
+//!   wrote (grpcurl, Python's grpcio-tools), skipped with a message when
+//!   missing unless the suite requires them ([`skip`]).
+//!
+//! Everything here panics on failure with a message: it runs inside tests.
+
+pub mod api;
+pub mod docker;
+pub mod farm;
+pub mod grpc_web;
+pub mod http;
+pub mod interop;
+pub mod node;
+pub mod process;
+pub mod skip;
+pub mod wait;
+
+pub use api::{Api, Authed, by_name, healthy, pid};
+pub use farm::{Builder, FAST, Farm, FarmBuilder};
+pub use node::Node;
+pub use process::{ControlPlaneProcess, NodeGuard, binary, free_addr};
+pub use wait::{eventually, eventually_every, ready_if};
+
+/// The admin token of a control plane started with [`TOKENS`].
+pub const ADMIN: &str = "admin-7f3a9c1e5b";
+/// The node token of a control plane started with [`TOKENS`].
+pub const NODE: &str = "node-2d8e4b6a0f";
+/// The viewer token of a control plane started with [`TOKENS`].
+pub const VIEWER: &str = "viewer-9b1c5e7d3a";
+
+/// The flags that give the control plane all three tokens.
+pub const TOKENS: &[&str] = &[
+    "--admin-token",
+    ADMIN,
+    "--node-token",
+    NODE,
+    "--viewer-token",
+    VIEWER,
+];
