@@ -57,8 +57,7 @@ pub(crate) async fn serve(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = std::mem::take(routes.axum_router_mut());
-    // Innermost, on the routes: counts only calls that passed auth, by the
-    // method the table names.
+    // Innermost, on the routes: counts only the calls every check let in.
     *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(telemetry));
     Server::builder()
         // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
@@ -66,17 +65,15 @@ pub(crate) async fn serve(
         // Notice dead peers on idle connections (a node frozen mid-stream).
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        // Outermost: refuse foreign hosts (DNS rebinding) and untrusted
-        // origins before any other layer or handler sees the request.
+        // Outermost: foreign hosts and untrusted origins stop before anything runs.
         .layer(ValidateRequestHeaderLayer::custom(
             browser::BrowserGate::new(browser),
         ))
-        // Answer the preflights of the origins let through; mark their calls.
+        // Preflights of the origins let through are answered here, not routed.
         .layer(cors())
         // Translate gRPC-Web to gRPC; plain HTTP/1.1 passes by untouched.
         .layer(grpc_web::GrpcWebOrPlainLayer)
-        // Inside the translation, so gRPC-Web calls are checked too;
-        // refused calls never reach the routes.
+        // Inside the translation, so gRPC-Web calls need their token too.
         .layer(ValidateRequestHeaderLayer::custom(auth::AuthGate::new(
             tokens,
         )))
