@@ -5,11 +5,10 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use farm_api::v1::{
-    ChangeKind, DiffRequest, GetConfigRequest, GetEffectiveConfigRequest, HistoryRequest,
-    PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
-    config_client::ConfigClient,
+    ChangeKind, DiffRequest, GetEffectiveConfigRequest, HistoryRequest, PutConfigRequest,
+    RegisterRequest, RollbackRequest, WatchConfigRequest,
 };
-use farm_testkit::{Authed, ControlPlaneProcess, Farm, api::config_data, free_addr, healthy};
+use farm_testkit::{ControlPlaneProcess, Farm, api::config_data, free_addr, healthy};
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -60,13 +59,7 @@ async fn versions_history_rollback_and_diff() {
     let farm = Farm::start(0, &[]).await;
     let mut client = farm.config();
 
-    let empty = client
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let empty = farm.current_config("global").await;
     assert_eq!(empty.version, 0);
 
     let v1 = client
@@ -92,13 +85,7 @@ async fn versions_history_rollback_and_diff() {
         "{stale:?}"
     );
 
-    let current = client
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let current = farm.current_config("global").await;
     assert_eq!(current.version, v2);
     assert_eq!(delay_of(&current.data), Some(20.0));
     assert_eq!(
@@ -210,15 +197,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
         assert_eq!(status.code(), code, "{scope:?}: {status:?}");
         assert!(!status.message().is_empty());
     }
-    let history = client
-        .history(HistoryRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("History")
-        .into_inner();
-    assert!(history.versions.is_empty(), "nothing stored");
+    assert!(farm.versions("global").await.is_empty(), "nothing stored");
     let watch = client
         .watch_config(WatchConfigRequest {
             scope: "global".into(),
@@ -266,14 +245,7 @@ async fn concurrent_compare_and_set_has_exactly_one_winner() {
         }
     }
     assert_eq!(won.len(), 1, "exactly one compare-and-set wins: {won:?}");
-    let current = farm
-        .config()
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let current = farm.current_config("global").await;
     assert_eq!(current.version, won[0]);
 }
 
@@ -293,14 +265,7 @@ async fn an_acknowledged_put_survives_kill_9() {
     first.kill().await;
 
     let second = ControlPlaneProcess::start_at(dir.path(), 0, addr).await;
-    let got = second
-        .config()
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let got = second.current_config("global").await;
     assert_eq!(got.version, version);
     assert_eq!(delay_of(&got.data), Some(42.0));
     // And the counter goes on from there.
@@ -662,21 +627,7 @@ async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
         assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
         assert_eq!(status.message(), *said, "{bad}");
     }
-    let history = |mut client: ConfigClient<Authed>| async move {
-        client
-            .history(HistoryRequest {
-                scope: "global".into(),
-                ..Default::default()
-            })
-            .await
-            .expect("History")
-            .into_inner()
-            .versions
-            .iter()
-            .map(|v| v.version)
-            .collect::<Vec<u64>>()
-    };
-    assert_eq!(history(client.clone()).await, [0u64; 0], "nothing stored");
+    assert_eq!(farm.versions("global").await, [0u64; 0], "nothing stored");
 
     // Keys the farm does not know are the user's own, whatever they hold;
     // `null` leaves a known key unset.
@@ -692,13 +643,7 @@ async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
         .expect("unknown keys pass")
         .into_inner()
         .version;
-    let stored = client
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let stored = farm.current_config("global").await;
     assert_eq!(stored.version, version);
     let stored = farm_api::json::struct_to_json(&stored.data.expect("data"));
     assert_eq!(serde_json::Value::Object(stored), mine);
@@ -710,7 +655,7 @@ async fn values_a_node_cannot_apply_are_refused_and_nothing_is_stored() {
         .await
         .expect_err("must be refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(history(client.clone()).await, [version]);
+    assert_eq!(farm.versions("global").await, [version]);
 }
 
 #[tokio::test]
@@ -759,18 +704,7 @@ async fn a_rollback_to_a_version_a_node_cannot_apply_is_refused() {
         );
         assert!(status.message().contains(said), "{status:?}");
     }
-    let versions: Vec<u64> = client
-        .history(HistoryRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("History")
-        .into_inner()
-        .versions
-        .iter()
-        .map(|v| v.version)
-        .collect();
+    let versions = farm.versions("global").await;
     assert_eq!(versions, [4, 3, 2, 1], "nothing stored");
 
     // A version a node can apply is restored as before.
@@ -781,12 +715,6 @@ async fn a_rollback_to_a_version_a_node_cannot_apply_is_refused() {
         .into_inner()
         .version;
     assert_eq!(restored, 5);
-    let current = client
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let current = farm.current_config("global").await;
     assert_eq!((current.version, delay_of(&current.data)), (5, Some(20.0)));
 }

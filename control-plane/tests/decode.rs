@@ -3,7 +3,7 @@
 //! service, and stores nothing.
 
 use bytes::{Buf, BufMut};
-use farm_api::v1::{GetConfigRequest, HistoryRequest, PutConfigRequest};
+use farm_api::v1::PutConfigRequest;
 use farm_testkit::Farm;
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
@@ -138,23 +138,8 @@ async fn requests_that_do_not_decode_are_invalid_arguments() {
     }
 
     // None of it was stored; the same bytes well formed are accepted.
-    let mut client = farm.config();
-    let history = client
-        .history(HistoryRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("History")
-        .into_inner();
-    assert!(history.versions.is_empty(), "nothing stored");
+    assert!(farm.versions("global").await.is_empty(), "nothing stored");
     send(&farm, PUT, whole).await.expect("well formed");
-    let current = client
-        .get_config(GetConfigRequest {
-            scope: "global".into(),
-        })
-        .await
-        .expect("GetConfig")
-        .into_inner();
+    let current = farm.current_config("global").await;
     assert_eq!(current.version, 1);
 }

@@ -9,10 +9,10 @@ use std::{net::SocketAddr, time::Duration};
 use farm_api::{
     Bearer,
     v1::{
-        DiscoverRequest, ListNodesRequest, NodeActionKind, NodeActionRequest, NodeInfo, NodeState,
-        Peer, PutConfigRequest, WatchEvent, WatchRequest, config_client::ConfigClient,
-        discovery_client::DiscoveryClient, farm_client::FarmClient,
-        load_test_client::LoadTestClient, metrics_client::MetricsClient,
+        DiscoverRequest, GetConfigRequest, GetConfigResponse, HistoryRequest, ListNodesRequest,
+        NodeActionKind, NodeActionRequest, NodeInfo, NodeState, Peer, PutConfigRequest, WatchEvent,
+        WatchRequest, config_client::ConfigClient, discovery_client::DiscoveryClient,
+        farm_client::FarmClient, load_test_client::LoadTestClient, metrics_client::MetricsClient,
         registry_client::RegistryClient,
     },
 };
@@ -234,6 +234,33 @@ impl Api {
             .expect("PutConfig")
             .into_inner()
             .version
+    }
+
+    /// The versions `scope`'s history keeps, newest first.
+    pub async fn versions(&self, scope: &str) -> Vec<u64> {
+        self.config()
+            .history(HistoryRequest {
+                scope: scope.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("History")
+            .into_inner()
+            .versions
+            .iter()
+            .map(|v| v.version)
+            .collect()
+    }
+
+    /// `scope`'s current configuration.
+    pub async fn current_config(&self, scope: &str) -> GetConfigResponse {
+        self.config()
+            .get_config(GetConfigRequest {
+                scope: scope.into(),
+            })
+            .await
+            .expect("GetConfig")
+            .into_inner()
     }
 }
 
