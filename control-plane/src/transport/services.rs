@@ -8,6 +8,8 @@
 //! its `add_service` in `routes.rs`; a unit test below fails until every
 //! method of the API has its row.
 
+use std::{collections::HashMap, sync::OnceLock};
+
 use farm_api::v1::{
     config_server, discovery_server, farm_server, load_test_server, metrics_server, registry_server,
 };
@@ -120,45 +122,49 @@ pub(crate) fn names() -> impl Iterator<Item = &'static str> {
     SERVICES.iter().map(|s| s.name)
 }
 
-/// The service and method a request path (`/package.Service/Method`)
-/// names, when this port serves it.
-fn find(path: &str) -> Option<(&'static Service, &'static str, Access)> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    let service = SERVICES.iter().find(|s| s.name == service)?;
-    let (name, access) = service.methods.iter().find(|(m, _)| *m == method)?;
-    Some((service, name, *access))
+/// A served method: its `package.Service/Method` label and who may call it.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    label: &'static str,
+    access: Access,
+}
+
+/// Every served method by its request path (`/package.Service/Method`),
+/// built from [`SERVICES`] on first use: a lookup per call, no lock.
+fn served(path: &str) -> Option<Served> {
+    static BY_PATH: OnceLock<HashMap<String, Served>> = OnceLock::new();
+    BY_PATH
+        .get_or_init(|| {
+            let mut by_path = HashMap::new();
+            for service in SERVICES {
+                for (method, access) in service.methods {
+                    // One string per served method, for the life of the
+                    // process: metric labels borrow it.
+                    let label: &'static str =
+                        Box::leak(format!("{}/{method}", service.name).into_boxed_str());
+                    let served = Served {
+                        label,
+                        access: *access,
+                    };
+                    by_path.insert(format!("/{label}"), served);
+                }
+            }
+            by_path
+        })
+        .get(path)
+        .copied()
 }
 
 /// Who may call the method at `path`; `None` for a path no service here
 /// declares.
 pub(crate) fn access(path: &str) -> Option<Access> {
-    find(path).map(|(_, _, access)| access)
+    served(path).map(|s| s.access)
 }
 
 /// `package.Service/Method` for a served method's `path`, as a static
 /// string for labels.
 pub(crate) fn method(path: &str) -> Option<&'static str> {
-    let (service, method, _) = find(path)?;
-    // The label is the path without its slash; both halves are static, so
-    // the joined string is made once per method.
-    Some(label(service.name, method))
-}
-
-/// Interns `service/method` labels: one allocation per served method, for
-/// the life of the process.
-fn label(service: &'static str, method: &'static str) -> &'static str {
-    use std::{
-        collections::HashMap,
-        sync::{Mutex, OnceLock},
-    };
-    static LABELS: OnceLock<Mutex<HashMap<(&str, &str), &'static str>>> = OnceLock::new();
-    let mut labels = LABELS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    labels
-        .entry((service, method))
-        .or_insert_with(|| Box::leak(format!("{service}/{method}").into_boxed_str()))
+    served(path).map(|s| s.label)
 }
 
 #[cfg(test)]
@@ -237,7 +243,7 @@ mod tests {
             method("/farm.v1.Config/PutConfig"),
             Some("farm.v1.Config/PutConfig")
         );
-        // Interned: the same label each time.
+        // Made once: the same label each time.
         assert!(std::ptr::eq(
             method("/farm.v1.Config/PutConfig").expect("served"),
             method("/farm.v1.Config/PutConfig").expect("served")
