@@ -700,6 +700,19 @@ impl Registry {
         Ok(members.iter().map(|id| self.view(*id)).collect())
     }
 
+    /// The group node `id` is in.
+    pub fn group_of(&self, id: NodeId) -> Result<&str, DomainError> {
+        self.nodes
+            .get(&id)
+            .map(|record| record.stored.group.as_str())
+            .ok_or(DomainError::UnknownNode(id))
+    }
+
+    /// Whether a group of this name exists.
+    pub fn has_group(&self, name: &str) -> bool {
+        self.groups.contains_key(name)
+    }
+
     /// One node.
     pub fn node(&self, id: NodeId) -> Result<NodeView, DomainError> {
         if self.nodes.contains_key(&id) {

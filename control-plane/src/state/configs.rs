@@ -59,15 +59,8 @@ impl Configs {
         role: &'static str,
     ) -> Result<ConfigEntry, StateError> {
         self.blocking(move |configs| {
-            let old = configs
-                .shared
-                .store
-                .config_version(&scope, version)?
-                .ok_or_else(|| DomainError::UnknownVersion {
-                    scope: scope.clone(),
-                    version,
-                })?;
-            configs.write(scope, old.data, expected, role, version)
+            let old = configs.stored(&scope, version)?;
+            configs.write(scope, old, expected, role, version)
         })
         .await
     }
@@ -135,13 +128,12 @@ impl Configs {
             match &scope {
                 Scope::Global => {}
                 Scope::Node(id) => {
-                    registry.node(*id)?;
+                    registry.group_of(*id)?;
                 }
-                Scope::Group(name) => {
-                    if !registry.list_groups().iter().any(|g| &g.name == name) {
-                        return Err(DomainError::UnknownGroup(name.clone()).into());
-                    }
+                Scope::Group(name) if !registry.has_group(name) => {
+                    return Err(DomainError::UnknownGroup(name.clone()).into());
                 }
+                Scope::Group(_) => {}
             }
         }
         let mut book = self.shared.book();
@@ -154,6 +146,16 @@ impl Configs {
         let _ = self.shared.config_events.send(Arc::new(entry.clone()));
         drop(book);
         Ok(entry)
+    }
+
+    /// The data of `scope`'s `version`, from the store.
+    fn stored(&self, scope: &Scope, version: u64) -> Result<Value, StateError> {
+        let entry = self.shared.store.config_version(scope, version)?;
+        let entry = entry.ok_or_else(|| DomainError::UnknownVersion {
+            scope: scope.clone(),
+            version,
+        })?;
+        Ok(entry.data)
     }
 
     fn diff_blocking(
@@ -171,15 +173,7 @@ impl Configs {
             if version == 0 {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
-            Ok(self
-                .shared
-                .store
-                .config_version(scope, version)?
-                .ok_or_else(|| DomainError::UnknownVersion {
-                    scope: scope.clone(),
-                    version,
-                })?
-                .data)
+            self.stored(scope, version)
         };
         let changes = diff(&data_of(from)?, &data_of(to)?);
         Ok((from, to, changes))
@@ -187,7 +181,7 @@ impl Configs {
 
     /// The effective configuration of node `id`.
     pub fn effective(&self, id: NodeId) -> Result<Effective, StateError> {
-        let group = self.shared.registry().node(id)?.group;
+        let group = self.shared.registry().group_of(id)?.to_owned();
         Ok(self.shared.book().effective(id, &group))
     }
 
