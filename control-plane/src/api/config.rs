@@ -65,10 +65,6 @@ fn wire_data(data: &Value) -> prost_types::Struct {
         .unwrap_or_default()
 }
 
-/// The answer to configuration data holding known keys with values a node
-/// could not apply (of version `rollback_of`, for a rollback):
-/// INVALID_ARGUMENT, one sentence per key, naming its value and what it
-/// takes.
 fn version_message(entry: &ConfigEntry) -> v1::ConfigVersion {
     v1::ConfigVersion {
         scope: entry.scope.to_string(),

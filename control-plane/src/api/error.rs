@@ -7,7 +7,7 @@
 //! types with `TryFrom`, whose failures are [`BadRequest`]s.
 
 use thiserror::Error;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::{
     core::DomainError, state::StateError, store::StoreError, supervisor::FarmError,
@@ -105,7 +105,7 @@ pub enum NodeCallError {
 impl From<NodeCallError> for Status {
     fn from(err: NodeCallError) -> Self {
         match err {
-            NodeCallError::Unreachable { .. } => Status::unavailable(err.to_string()),
+            NodeCallError::Unreachable { .. } => Status::new(Code::Unavailable, err.to_string()),
             NodeCallError::Answered(status) => status,
         }
     }
@@ -130,28 +130,32 @@ impl From<StateError> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Self {
-        use loadgen::RunError;
-        let message = err.to_string();
-        match err {
-            ApiError::BadRequest(_) => Status::invalid_argument(message),
-            ApiError::Domain(err) => domain(err, message),
-            // The write was not acknowledged; the client may retry.
-            ApiError::Store(_) => Status::unavailable(message),
-            ApiError::Farm(err) => farm(err, message),
-            ApiError::ShuttingDown => Status::unavailable(message),
-            ApiError::LoadTestRunning => Status::resource_exhausted(message),
-            ApiError::NoHealthyNode { .. } => Status::failed_precondition(message),
-            ApiError::NoNodeSelected => Status::invalid_argument(message),
-            // Checked before the run; the engine's rules are the last word.
-            ApiError::LoadTest(RunError::Config(_)) => Status::invalid_argument(message),
-            ApiError::LoadTest(_) | ApiError::NodeAddress { .. } | ApiError::Task { .. } => {
-                Status::internal(message)
-            }
+        Status::new(code(&err), err.to_string())
+    }
+}
+
+fn code(err: &ApiError) -> Code {
+    use loadgen::RunError;
+    match err {
+        ApiError::BadRequest(_) | ApiError::NoNodeSelected => Code::InvalidArgument,
+        ApiError::Domain(err) => domain(err),
+        ApiError::Store(_) => STORE_FAILED,
+        ApiError::Farm(err) => farm(err),
+        ApiError::ShuttingDown => Code::Unavailable,
+        ApiError::LoadTestRunning => Code::ResourceExhausted,
+        ApiError::NoHealthyNode { .. } => Code::FailedPrecondition,
+        // Checked before the run; the engine's rules are the last word.
+        ApiError::LoadTest(RunError::Config(_)) => Code::InvalidArgument,
+        ApiError::LoadTest(_) | ApiError::NodeAddress { .. } | ApiError::Task { .. } => {
+            Code::Internal
         }
     }
 }
 
-fn domain(err: DomainError, message: String) -> Status {
+/// A store failure: the write was not acknowledged; the client may retry.
+const STORE_FAILED: Code = Code::Unavailable;
+
+fn domain(err: &DomainError) -> Code {
     use DomainError as E;
     match err {
         E::MalformedNodeId(_)
@@ -164,46 +168,45 @@ fn domain(err: DomainError, message: String) -> Status {
         | E::ConfigNotObject
         | E::ConfigTooLarge { .. }
         | E::UnusableConfig { .. }
-        | E::MissingSecret(_) => Status::invalid_argument(message),
+        | E::MissingSecret(_) => Code::InvalidArgument,
         // A node told NOT_FOUND or PERMISSION_DENIED for its identity
         // forgets it and registers afresh.
         E::UnknownNode(_)
         | E::UnknownIdentity(_)
         | E::UnknownGroup(_)
-        | E::UnknownVersion { .. } => Status::not_found(message),
-        E::WrongSecret(_) => Status::permission_denied(message),
-        E::NameTaken { .. } => Status::already_exists(message),
-        E::GroupFull { .. } | E::TooManyGroups { .. } => Status::resource_exhausted(message),
+        | E::UnknownVersion { .. } => Code::NotFound,
+        E::WrongSecret(_) => Code::PermissionDenied,
+        E::NameTaken { .. } => Code::AlreadyExists,
+        E::GroupFull { .. } | E::TooManyGroups { .. } => Code::ResourceExhausted,
         // The stream must end; the node opens a new one if it still runs.
-        E::StreamSuperseded(_) | E::ManagedNode(_) => Status::failed_precondition(message),
-        E::VersionConflict { .. } => Status::aborted(message),
+        E::StreamSuperseded(_) | E::ManagedNode(_) => Code::FailedPrecondition,
+        E::VersionConflict { .. } => Code::Aborted,
     }
 }
 
-fn farm(err: FarmError, message: String) -> Status {
+fn farm(err: &FarmError) -> Code {
     match err {
-        FarmError::Domain(err) => domain(err, message),
-        FarmError::State(StateError::Domain(err)) => domain(err, message),
-        FarmError::State(StateError::Store(_)) => Status::unavailable(message),
-        FarmError::TooMany { .. } => Status::invalid_argument(message),
+        FarmError::Domain(err) | FarmError::State(StateError::Domain(err)) => domain(err),
+        FarmError::State(StateError::Store(_)) => STORE_FAILED,
+        FarmError::TooMany { .. } => Code::InvalidArgument,
         FarmError::NoRuntime | FarmError::NotManaged(_) | FarmError::NotRunning { .. } => {
-            Status::failed_precondition(message)
+            Code::FailedPrecondition
         }
-        FarmError::Runtime(_) => Status::internal(message),
-        FarmError::ShuttingDown => Status::unavailable(message),
+        FarmError::Runtime(_) => Code::Internal,
+        FarmError::ShuttingDown => Code::Unavailable,
     }
 }
 
 impl From<Refusal> for Status {
     fn from(refusal: Refusal) -> Self {
-        let message = refusal.to_string();
-        match refusal {
-            Refusal::NotAllowed { .. } => Status::permission_denied(message),
+        let code = match refusal {
+            Refusal::NotAllowed { .. } => Code::PermissionDenied,
             Refusal::NoToken { .. }
             | Refusal::NotBearer
             | Refusal::EmptyToken
-            | Refusal::UnknownToken => Status::unauthenticated(message),
-        }
+            | Refusal::UnknownToken => Code::Unauthenticated,
+        };
+        Status::new(code, refusal.to_string())
     }
 }
 
@@ -227,7 +230,6 @@ into_status!(BadRequest, DomainError, StateError, FarmError, StoreError);
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
 
     use super::*;
     use crate::core::{NodeId, config::Scope};
