@@ -16,7 +16,7 @@ use std::{
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic_health::ServingStatus;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -131,31 +131,20 @@ pub async fn run(
     let api = Api::new(state.clone(), supervisor.as_ref().map(|(s, _)| s.clone()));
     let routes = transport::routes(&api, health_service)?;
     let server_stop = CancellationToken::new();
-    let telemetry = Arc::clone(state.telemetry());
-    let node_server = node_listener.map(|listener| {
+    // Both listeners serve the same routes behind the same checks.
+    let serve_on = |listener| {
         tokio::spawn(transport::serve(
             listener,
             routes.clone(),
             config.tokens.clone(),
             config.browser.clone(),
-            Arc::clone(&telemetry),
+            Arc::clone(state.telemetry()),
             server_stop.clone().cancelled_owned(),
         ))
-    });
-    let mut server = tokio::spawn(transport::serve(
-        listener,
-        routes,
-        config.tokens.clone(),
-        config.browser.clone(),
-        telemetry,
-        server_stop.clone().cancelled_owned(),
-    ));
-    // "" is the server as a whole.
-    for service in std::iter::once("").chain(services::names()) {
-        health
-            .set_service_status(service, ServingStatus::Serving)
-            .await;
-    }
+    };
+    let node_server = node_listener.map(serve_on);
+    let mut server = serve_on(listener);
+    set_health(&health, ServingStatus::Serving).await;
     info!(address = %local, "serving gRPC, gRPC-Web and HTTP");
     let bring_up = api
         .supervisor
@@ -175,11 +164,7 @@ pub async fn run(
     }
 
     // Readiness goes off: health checks and load balancers stop sending.
-    for service in std::iter::once("").chain(services::names()) {
-        health
-            .set_service_status(service, ServingStatus::NotServing)
-            .await;
-    }
+    set_health(&health, ServingStatus::NotServing).await;
     if let Some(task) = bring_up {
         task.abort();
     }
@@ -225,6 +210,14 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Sets the health of the server as a whole ("") and of every service it
+/// serves.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in std::iter::once("").chain(services::names()) {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Binds the listener nodes dial on the farm's network: the control plane's

@@ -75,9 +75,6 @@ pub(super) struct Task {
     /// The slot of each operation in flight, so one whose task panicked
     /// still frees its slot.
     op_slots: HashMap<Id, u32>,
-    /// Starts in flight, at most `start_parallelism` of them started by
-    /// reconciling (a `Start` or `Restart` asked for does not wait).
-    starting: usize,
     /// Until adoption reports, nothing starts and actions wait in
     /// `deferred`.
     adopting: bool,
@@ -100,7 +97,6 @@ impl Task {
             slots: BTreeMap::new(),
             ops: JoinSet::new(),
             op_slots: HashMap::new(),
-            starting: 0,
             adopting: true,
             deferred: Vec::new(),
             draining: None,
@@ -221,11 +217,18 @@ impl Task {
         for index in beyond {
             self.retire(index);
         }
+        // At most `start_parallelism` starts in flight, a `Start` or
+        // `Restart` asked for included (those do not wait for a place).
+        let starting = self
+            .slots
+            .values()
+            .filter(|s| matches!(s.busy, Some(Busy::Starting { .. })))
+            .count();
         let free = self
             .config
             .start_parallelism
             .max(1)
-            .saturating_sub(self.starting);
+            .saturating_sub(starting);
         let now = Instant::now();
         let due: Vec<u32> = self
             .slots
@@ -355,7 +358,6 @@ impl Task {
         };
         slot.busy = Some(Busy::Starting { reply });
         slot.early_exits.clear();
-        self.starting += 1;
         let spec = InstanceSpec {
             slot: slot.name.clone(),
             group: self.config.group.clone(),
@@ -374,7 +376,6 @@ impl Task {
         reply: Option<Reply>,
         result: Result<Instance, RuntimeError>,
     ) {
-        self.starting = self.starting.saturating_sub(1);
         let Some(slot) = self.slots.get_mut(&index) else {
             return;
         };
