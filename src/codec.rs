@@ -65,7 +65,7 @@ impl<U: Message + Default> Decoder for RequestDecoder<U> {
 /// Decodes a request; bytes that are not a `U` give `INVALID_ARGUMENT`
 /// saying in a few words what is wrong, and prost's full account goes to
 /// the debug log.
-pub fn decode_request<U: Message + Default>(buf: impl Buf) -> Result<U, Status> {
+fn decode_request<U: Message + Default>(buf: impl Buf) -> Result<U, Status> {
     U::decode(buf).map_err(|err| {
         let message = type_name::<U>().rsplit("::").next().unwrap_or_default();
         tracing::debug!(message, cause = %err, "a request does not decode");

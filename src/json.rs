@@ -20,7 +20,7 @@ pub fn struct_to_json(data: &Struct) -> Map<String, Value> {
 }
 
 /// A `google.protobuf.Value` as JSON (an unset kind: `null`).
-pub fn to_json(value: &ProtoValue) -> Value {
+fn to_json(value: &ProtoValue) -> Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => Value::Null,
         Some(Kind::BoolValue(b)) => Value::Bool(*b),

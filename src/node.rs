@@ -200,7 +200,7 @@ impl fmt::Display for Problem {
 /// Unlike [`Settings::from_config`], which stops at the value the node
 /// uses, every form of a key is checked: a dotted value hidden by a nested
 /// one today is used as soon as a merge removes the nested one.
-pub fn problems(data: &Map<String, Value>) -> Vec<Problem> {
+fn problems(data: &Map<String, Value>) -> Vec<Problem> {
     let mut found = section_problems(data);
     for key in KEYS {
         found.extend(key.values(data).filter_map(|v| key.read(v).err()));
@@ -340,6 +340,7 @@ mod tests {
         match check(&data) {
             Ok(()) => assert!(problems.is_empty(), "check passed {data:?}"),
             Err(InvalidConfig(refused)) => {
+                assert!(!problems.is_empty(), "check refused {refused:?}");
                 for key in problems {
                     assert!(refused.iter().any(|p| p.key == *key), "{key}: {refused:?}");
                 }

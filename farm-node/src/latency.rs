@@ -26,7 +26,7 @@ use hdrhistogram::{
 };
 
 /// gRPC `UNKNOWN`: where a code out of range is counted.
-const UNKNOWN: usize = 2;
+const UNKNOWN: usize = tonic::Code::Unknown as usize;
 /// Status codes counted apart: 0 to [`MAX_CODE`].
 const CODES: usize = MAX_CODE as usize + 1;
 

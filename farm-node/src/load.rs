@@ -21,8 +21,6 @@ use tracing::info;
 
 use crate::sampler::{CGROUP_ROOT, Cgroup};
 
-/// Longest simulation.
-pub const MAX_DURATION: Duration = Duration::from_millis(MAX_LOAD_DURATION_MS as u64);
 /// Duty-cycle period of the CPU burners.
 const PERIOD: Duration = Duration::from_millis(10);
 
@@ -67,10 +65,10 @@ impl Load {
                 max,
             });
         }
-        let duration = Duration::from_millis(u64::from(duration_ms));
-        if duration.is_zero() || duration > MAX_DURATION {
+        if !(1..=MAX_LOAD_DURATION_MS).contains(&duration_ms) {
             return Err(LoadError::Duration(duration_ms));
         }
+        let duration = Duration::from_millis(u64::from(duration_ms));
         Ok(Self {
             cpu_percent,
             memory_mib,

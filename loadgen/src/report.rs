@@ -5,7 +5,10 @@
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
-use farm_api::{node::MAX_LATENCY_US, status};
+use farm_api::{
+    node::{LATENCY_SIGNIFICANT_FIGURES, MAX_LATENCY_US},
+    status,
+};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -15,10 +18,12 @@ use crate::{
 };
 
 /// A latency histogram in microseconds up to [`MAX_LATENCY_US`] (a node's
-/// longest delay; larger values are clamped to it), 3 significant figures.
+/// longest delay; larger values are clamped to it), with the precision
+/// a node records at, so the two merge.
 pub fn new_histogram() -> Histogram<u64> {
     #[allow(clippy::expect_used)]
-    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
+    Histogram::<u64>::new_with_bounds(1, MAX_LATENCY_US, LATENCY_SIGNIFICANT_FIGURES)
+        .expect("valid histogram bounds")
 }
 
 /// What one worker saw; merged into a [`Report`] at the end.

@@ -214,7 +214,10 @@ fn check(request: &LoadTestRequest) -> Result<(), BadRequest> {
         return Err(BadRequest::out_of_range(
             "fail_code",
             request.fail_code,
-            "a gRPC status code from 1 to 16 (0: UNAVAILABLE)",
+            format!(
+                "a gRPC status code from 1 to {} (0: UNAVAILABLE)",
+                farm_api::status::MAX_CODE
+            ),
         ));
     }
     Ok(())

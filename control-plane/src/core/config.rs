@@ -82,10 +82,7 @@ pub fn validate_data(data: &Value, rollback_of: u64) -> Result<(), DomainError> 
     let Some(object) = data.as_object() else {
         return Err(DomainError::ConfigNotObject);
     };
-    farm_api::node::check(object).map_err(|problems| DomainError::UnusableConfig {
-        rollback_of,
-        problems,
-    })?;
+    // The size first: a problem report quotes the values it refuses.
     let size = serde_json::to_vec(data).map_or(usize::MAX, |v| v.len());
     if size > MAX_CONFIG_BYTES {
         return Err(DomainError::ConfigTooLarge {
@@ -93,6 +90,10 @@ pub fn validate_data(data: &Value, rollback_of: u64) -> Result<(), DomainError> 
             max: MAX_CONFIG_BYTES,
         });
     }
+    farm_api::node::check(object).map_err(|problems| DomainError::UnusableConfig {
+        rollback_of,
+        problems,
+    })?;
     Ok(())
 }
 
