@@ -8,7 +8,7 @@ use std::{fmt::Write as _, io::Write};
 
 use crate::{
     progress::human_us,
-    report::{Report, code_name_order},
+    report::{Report, code_name_order, connect_problem},
 };
 
 const WIDTH: f64 = 760.0;
@@ -175,31 +175,17 @@ pub fn write_html(report: &Report, out: &mut impl Write) -> std::io::Result<()> 
     if report.connect_errors > 0 {
         row("Connect errors", report.connect_errors.to_string());
         for (target, errors) in &report.connect_errors_by_target {
-            row(
-                &format!("  {target}"),
-                format!("{} ({} failed attempts)", errors.last_error, errors.count),
-            );
+            row("", connect_problem(target, errors));
         }
     }
-    if !report.kept_up {
-        let waited = report.missed - report.missed_unconnected;
-        let why = match (waited, report.missed_unconnected) {
-            (_, 0) => "the targets did not keep up".to_owned(),
-            (0, _) => "no connection to send them on".to_owned(),
-            (waited, unconnected) => {
-                format!("{waited} waiting for a free slot, {unconnected} for a connection")
-            }
-        };
-        row(
-            "Missed",
-            format!("{} scheduled requests never sent: {why}", report.missed),
-        );
+    for sentence in report.missed_sentences() {
+        row("Missed", sentence);
     }
     if report.interrupted {
         row("Stopped early", "partial results".to_owned());
     }
     for failure in report.failures() {
-        row("FAILED", failure);
+        row("FAILED", failure.clone());
     }
     let mut latency =
         String::from("<table><tr><th>Latency</th><th>corrected</th><th>uncorrected</th></tr>");

@@ -14,7 +14,7 @@ use clap::Parser;
 use loadgen::{
     Cli, Command, Report, RunArgs, RunConfig,
     progress::Progress,
-    swarm::{SwarmArgs, SwarmConfig, SwarmError, SwarmProgress},
+    swarm::{SwarmArgs, SwarmConfig, SwarmError, SwarmProgress, SwarmReport},
 };
 
 /// The run did not succeed, or its report could not be written.
@@ -156,12 +156,11 @@ async fn swarm(args: SwarmArgs) -> ExitCode {
         eprintln!("error: cannot print the report: {err}");
         return ExitCode::from(FAILED);
     }
-    if let Some(path) = &args.json {
-        let written = std::fs::File::create(path).and_then(|mut file| report.write_json(&mut file));
-        if let Err(err) = written {
-            eprintln!("error: cannot write {}: {err}", path.display());
-            return ExitCode::from(FAILED);
-        }
+    if let Some(path) = &args.json
+        && let Err(message) = write_to(path, &report, SwarmReport::write_json)
+    {
+        eprintln!("error: {message}");
+        return ExitCode::from(FAILED);
     }
     if report.registered == 0 {
         eprintln!("error: no node could register; see the errors above");
@@ -189,10 +188,12 @@ fn fail(code: u8, err: &dyn std::error::Error) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn write_to(
+/// Writes `report` to the file `path` with `render`, buffered; the error
+/// says which file.
+fn write_to<R>(
     path: &Path,
-    report: &Report,
-    render: impl Fn(&Report, &mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    report: &R,
+    render: impl Fn(&R, &mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<(), String> {
     std::fs::File::create(path)
         .and_then(|file| {

@@ -1,7 +1,9 @@
 //! HDR recording per worker, the merged [`Report`], and its renderings: a
-//! text summary table and JSON. The report also judges the run: it failed
-//! when no request succeeded or when it crossed a threshold the user set
-//! ([`Report::failures`]).
+//! text summary table and JSON. The report also judges the run, once, as
+//! it is made: it failed when no request succeeded or when it crossed a
+//! threshold the user set ([`Report::failures`]). The sentences that say
+//! why, and what was missed, are the report's, so every rendering words
+//! them alike.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -275,6 +277,10 @@ pub struct Report {
     pub missed: u64,
     /// Open loop: of `missed`, those that had no connection to go out on.
     pub missed_unconnected: u64,
+    /// Open loop: of `missed`, those that never had a free slot (not in
+    /// the JSON, which has the two above).
+    #[serde(skip)]
+    missed_waiting: u64,
     /// Open loop: whether the targets kept up with the asked rate (nothing
     /// missed). Always true in closed loop.
     pub kept_up: bool,
@@ -293,6 +299,9 @@ pub struct Report {
     /// Whether the run succeeded: some request succeeded and no threshold
     /// was crossed (the exit code is 0 then, 1 otherwise).
     pub passed: bool,
+    /// Why the run failed, a sentence each (not in the JSON).
+    #[serde(skip)]
+    failures: Vec<String>,
 }
 
 /// What a run measured, before it becomes a [`Report`].
@@ -304,7 +313,9 @@ pub(crate) struct Measured<'a> {
     pub concurrency: usize,
     pub measured: Duration,
     pub all: &'a Recorder,
-    pub missed: u64,
+    /// Open loop: scheduled requests that never had a free slot.
+    pub missed_waiting: u64,
+    /// Open loop: scheduled requests that had no connection to go out on.
     pub missed_unconnected: u64,
     pub connect_errors: BTreeMap<String, ConnectErrors>,
     pub thresholds: Thresholds,
@@ -318,7 +329,10 @@ impl Report {
         let all = m.all;
         let errors = all.errors.values().sum();
         let latency_us = Percentiles::from(&all.corrected);
-        let mut report = Self {
+        let thresholds = ThresholdChecks::new(&m.thresholds, all.requests, errors, latency_us.p99);
+        let failures = failures(all.requests, errors, &thresholds, &m.connect_errors);
+        let missed = m.missed_waiting + m.missed_unconnected;
+        Self {
             mode: m.mode,
             targets: m.targets.to_vec(),
             rate: m.rate,
@@ -334,62 +348,44 @@ impl Report {
             } else {
                 0.0
             },
-            missed: m.missed,
+            missed,
             missed_unconnected: m.missed_unconnected,
-            kept_up: m.missed == 0,
-            thresholds: ThresholdChecks::new(&m.thresholds, all.requests, errors, latency_us.p99),
+            missed_waiting: m.missed_waiting,
+            kept_up: missed == 0,
+            thresholds,
             latency_us,
             uncorrected_latency_us: Percentiles::from(&all.uncorrected),
             spectrum: spectrum(all),
             intervals: m.intervals,
             interrupted: m.interrupted,
-            passed: false,
-        };
-        report.passed = report.failures().is_empty();
-        report
+            passed: failures.is_empty(),
+            failures,
+        }
     }
 
     /// Why the run failed, a sentence each; empty when it succeeded.
-    pub fn failures(&self) -> Vec<String> {
-        let mut failures = Vec::new();
-        if self.requests == self.errors {
-            failures.push(self.why_none());
-        }
-        if let Some(check) = self.thresholds.max_error_rate
-            && check.crossed
-        {
-            failures.push(format!(
-                "--max-error-rate crossed: {} of the requests failed, more than {}",
-                percent(check.actual),
-                percent(check.limit)
-            ));
-        }
-        if let Some(check) = self.thresholds.max_p99_us
-            && check.crossed
-        {
-            failures.push(format!(
-                "--max-p99 crossed: the p99 latency was {}, above {}",
-                human_us(check.actual as u64),
-                human_us(check.limit as u64)
-            ));
-        }
-        failures
+    pub fn failures(&self) -> &[String] {
+        &self.failures
     }
 
-    /// Why no request succeeded.
-    fn why_none(&self) -> String {
-        if self.requests > 0 {
-            return format!("no request succeeded: all {} failed", self.requests);
+    /// Open loop: what was scheduled and never sent, a sentence per
+    /// reason; empty when nothing was missed.
+    pub(crate) fn missed_sentences(&self) -> Vec<String> {
+        let mut sentences = Vec::new();
+        if self.missed_waiting > 0 {
+            sentences.push(format!(
+                "The targets did not keep up: {} scheduled requests were never sent \
+                 (all {} in flight); the corrected latency counts the wait of those sent.",
+                self.missed_waiting, self.concurrency
+            ));
         }
-        if self.connect_errors_by_target.is_empty() {
-            return "no request succeeded: none was completed".to_owned();
+        if self.missed_unconnected > 0 {
+            sentences.push(format!(
+                "{} scheduled requests were never sent: no connection to send them on.",
+                self.missed_unconnected
+            ));
         }
-        let problems: Vec<String> = self
-            .connect_errors_by_target
-            .iter()
-            .map(|(target, errors)| connect_problem(target, errors))
-            .collect();
-        format!("no request could be sent: {}", problems.join("; "))
+        sentences
     }
 
     /// The summary's percentiles: name, corrected and uncorrected latency
@@ -438,21 +434,8 @@ impl Report {
                     self.throughput_rps,
                     100.0 * self.throughput_rps / rate
                 )?;
-                let waited = self.missed - self.missed_unconnected;
-                if waited > 0 {
-                    writeln!(
-                        out,
-                        "  The targets did not keep up: {waited} scheduled requests were never sent \
-                         (all {} in flight); the corrected latency counts the wait of those sent.",
-                        self.concurrency
-                    )?;
-                }
-                if self.missed_unconnected > 0 {
-                    writeln!(
-                        out,
-                        "  {} scheduled requests were never sent: no connection to send them on.",
-                        self.missed_unconnected
-                    )?;
+                for sentence in self.missed_sentences() {
+                    writeln!(out, "  {sentence}")?;
                 }
             }
             None => writeln!(
@@ -502,11 +485,10 @@ impl Report {
                 state(check)
             )?;
         }
-        let failures = self.failures();
-        if !failures.is_empty() {
+        if !self.failures.is_empty() {
             writeln!(out)?;
         }
-        for failure in failures {
+        for failure in &self.failures {
             writeln!(out, "FAILED: {failure}")?;
         }
         Ok(())
@@ -519,6 +501,54 @@ impl Report {
     }
 }
 
+/// Why a run failed, a sentence each; empty when it succeeded: no request
+/// succeeded, or a threshold was crossed.
+fn failures(
+    requests: u64,
+    errors: u64,
+    thresholds: &ThresholdChecks,
+    connect_errors: &BTreeMap<String, ConnectErrors>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    if requests == errors {
+        failures.push(why_none(requests, connect_errors));
+    }
+    if let Some(check) = thresholds.max_error_rate
+        && check.crossed
+    {
+        failures.push(format!(
+            "--max-error-rate crossed: {} of the requests failed, more than {}",
+            percent(check.actual),
+            percent(check.limit)
+        ));
+    }
+    if let Some(check) = thresholds.max_p99_us
+        && check.crossed
+    {
+        failures.push(format!(
+            "--max-p99 crossed: the p99 latency was {}, above {}",
+            human_us(check.actual as u64),
+            human_us(check.limit as u64)
+        ));
+    }
+    failures
+}
+
+/// Why no request succeeded.
+fn why_none(requests: u64, connect_errors: &BTreeMap<String, ConnectErrors>) -> String {
+    if requests > 0 {
+        return format!("no request succeeded: all {requests} failed");
+    }
+    if connect_errors.is_empty() {
+        return "no request succeeded: none was completed".to_owned();
+    }
+    let problems: Vec<String> = connect_errors
+        .iter()
+        .map(|(target, errors)| connect_problem(target, errors))
+        .collect();
+    format!("no request could be sent: {}", problems.join("; "))
+}
+
 /// A share as a percentage: `1.25%`.
 fn percent(share: f64) -> String {
     format!("{:.2}%", share * 100.0)
@@ -526,7 +556,7 @@ fn percent(share: f64) -> String {
 
 /// A target's connection failures in a line: `connection refused to
 /// 127.0.0.1:50071 (24 attempts, none answered)`.
-fn connect_problem(target: &str, errors: &ConnectErrors) -> String {
+pub(crate) fn connect_problem(target: &str, errors: &ConnectErrors) -> String {
     let address = target.strip_prefix("http://").unwrap_or(target);
     let answered = match errors.established {
         0 => "none answered".to_owned(),
@@ -540,13 +570,18 @@ fn connect_problem(target: &str, errors: &ConnectErrors) -> String {
     )
 }
 
-/// Counts by gRPC status code, keyed by the code's canonical name instead
-/// (`OTHER` for a number gRPC does not define).
+/// A gRPC status code's canonical name (`UNAVAILABLE`), `OTHER` for a
+/// number gRPC does not define.
+pub(crate) fn code_name(code: i32) -> &'static str {
+    status::name(code).unwrap_or("OTHER")
+}
+
+/// Counts by gRPC status code, keyed by the code's name instead (`OTHER`
+/// for a number gRPC does not define).
 pub fn by_code_name(codes: &BTreeMap<i32, u64>) -> BTreeMap<String, u64> {
     let mut named = BTreeMap::new();
     for (code, n) in codes {
-        let name = status::name(*code).unwrap_or("OTHER");
-        *named.entry(name.to_owned()).or_default() += n;
+        *named.entry(code_name(*code).to_owned()).or_default() += n;
     }
     named
 }
@@ -575,7 +610,7 @@ mod tests {
             concurrency: 4,
             measured: Duration::from_secs(2),
             all,
-            missed: 0,
+            missed_waiting: 0,
             missed_unconnected: 0,
             connect_errors,
             thresholds,

@@ -135,7 +135,7 @@ impl Plan {
     /// ⌊n·rate⌋ steps up).
     fn fails(&self, n: u64) -> bool {
         let rate = self.error_rate;
-        rate > 0.0 && (n as f64 * rate).floor() > ((n.max(1) - 1) as f64 * rate).floor()
+        rate > 0.0 && (n as f64 * rate).floor() > ((n - 1) as f64 * rate).floor()
     }
 
     /// Request number `n`.
@@ -472,7 +472,7 @@ pub async fn run_with_progress(
     let unconnected = Arc::new(AtomicU64::new(0));
 
     let mut abort = abort;
-    let missed = match config.rate {
+    let missed_waiting = match config.rate {
         Some(rate) => {
             let sending = dispatch(
                 callers,
@@ -530,7 +530,6 @@ pub async fn run_with_progress(
         Some(at) => at.saturating_duration_since(measure),
         None => config.duration,
     };
-    let unconnected = unconnected.load(Ordering::Relaxed);
     Ok(Report::new(Measured {
         mode: config.mode,
         targets: &config.targets,
@@ -538,8 +537,8 @@ pub async fn run_with_progress(
         concurrency: config.concurrency,
         measured,
         all: &all,
-        missed: missed + unconnected,
-        missed_unconnected: unconnected,
+        missed_waiting,
+        missed_unconnected: unconnected.load(Ordering::Relaxed),
         connect_errors: tally.failing(),
         thresholds: config.thresholds,
         intervals,

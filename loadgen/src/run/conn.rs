@@ -16,7 +16,6 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -34,9 +33,6 @@ use super::{
     dial::{Dialer, io_reason, reason, status_reason},
 };
 use crate::config::ConfigError;
-
-/// How long one connection attempt (or the opening of a stream) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Status code of a request whose connection or stream was lost under it.
 pub(super) const UNAVAILABLE: i32 = tonic::Code::Unavailable as i32;
@@ -75,13 +71,20 @@ impl Caller {
     }
 
     /// One attempt to connect before the run starts, so that the first
-    /// requests do not measure it; skipped when an attempt on the same
-    /// connection has just failed (the run tries again at the backoff's
-    /// pace).
+    /// requests do not measure it ([`Dialer::prepare`]).
     pub(super) async fn prepare(&self) {
         match self {
-            Caller::Unary(conn) => conn.prepare().await,
-            Caller::Stream(stream) => stream.prepare().await,
+            Caller::Unary(conn) => {
+                conn.dialer
+                    .prepare(|| conn.current(), || conn.connect())
+                    .await
+            }
+            Caller::Stream(stream) => {
+                stream
+                    .dialer
+                    .prepare(|| stream.current(), || stream.connect())
+                    .await
+            }
         }
     }
 }
@@ -212,7 +215,8 @@ impl UnaryConn {
         })
     }
 
-    fn open(&self) -> Option<Link> {
+    /// The connection in use, while it is open.
+    fn current(&self) -> Option<Link> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -221,46 +225,21 @@ impl UnaryConn {
             .cloned()
     }
 
-    /// The connection, once there is one: connected by whoever's turn it
-    /// is, as often as the backoff allows.
-    async fn link(&self) -> Link {
-        loop {
-            if let Some(link) = self.open() {
-                return link;
-            }
-            let _turn = self.dialer.turn().await;
-            if let Some(link) = self.open() {
-                return link;
-            }
-            if let Some(link) = self.connect().await {
-                return link;
-            }
-        }
-    }
-
     /// One attempt: a TCP connection and the HTTP/2 handshake. A failure is
     /// the dialer's to count.
     async fn connect(&self) -> Option<Link> {
-        let attempt = async {
-            let stream = tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .map_err(|err| io_reason(&err))?;
-            stream.set_nodelay(true).map_err(|err| io_reason(&err))?;
-            h2::client::handshake(stream)
-                .await
-                .map_err(|err| format!("HTTP/2 handshake failed: {}", reason(&err)))
-        };
-        let (sender, connection) = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(connected)) => connected,
-            Ok(Err(reason)) => {
-                self.dialer.failed(reason);
-                return None;
-            }
-            Err(_) => {
-                self.dialer.failed("connect timed out".to_owned());
-                return None;
-            }
-        };
+        let (sender, connection) = self
+            .dialer
+            .attempt(async {
+                let stream = tokio::net::TcpStream::connect(&self.authority)
+                    .await
+                    .map_err(|err| io_reason(&err))?;
+                stream.set_nodelay(true).map_err(|err| io_reason(&err))?;
+                h2::client::handshake(stream)
+                    .await
+                    .map_err(|err| format!("HTTP/2 handshake failed: {}", reason(&err)))
+            })
+            .await?;
         let state = Arc::new(LinkState::default());
         let (ending, dialer) = (Arc::clone(&state), Arc::clone(&self.dialer));
         tokio::spawn(async move {
@@ -276,16 +255,6 @@ impl UnaryConn {
         Some(link)
     }
 
-    async fn prepare(&self) {
-        if self.dialer.failing() {
-            return;
-        }
-        let _turn = self.dialer.turn().await;
-        if self.open().is_none() && !self.dialer.failing() {
-            self.connect().await;
-        }
-    }
-
     async fn call(
         &self,
         plan: &Plan,
@@ -295,9 +264,14 @@ impl UnaryConn {
         let cached = cache.take().filter(|(_, state)| state.is_open());
         // Waiting (bounded by the end of the run) only when there is no
         // connection: a timer per request would cost the open loop.
-        let (sender, state) = match cached.or_else(|| self.open()) {
+        let (sender, state) = match cached.or_else(|| self.current()) {
             Some(link) => link,
-            None => tokio::time::timeout_at(plan.end, self.link()).await.ok()?,
+            None => {
+                let link = self
+                    .dialer
+                    .get_or_connect(|| self.current(), || self.connect());
+                tokio::time::timeout_at(plan.end, link).await.ok()?
+            }
         };
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
@@ -483,7 +457,8 @@ impl StreamConn {
         }
     }
 
-    fn live(&self) -> Option<Arc<LiveStream>> {
+    /// The stream in use, while it is open.
+    fn current(&self) -> Option<Arc<LiveStream>> {
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -492,60 +467,31 @@ impl StreamConn {
             .cloned()
     }
 
-    /// The stream, once there is one.
-    async fn stream(&self) -> Arc<LiveStream> {
-        loop {
-            if let Some(live) = self.live() {
-                return live;
-            }
-            let _turn = self.dialer.turn().await;
-            if let Some(live) = self.live() {
-                return live;
-            }
-            if let Some(live) = self.open().await {
-                return live;
-            }
-        }
-    }
-
     /// One attempt to open the stream (connecting first if the channel has
     /// no connection). A failure is the dialer's to count.
-    async fn open(&self) -> Option<Arc<LiveStream>> {
-        let opening = LiveStream::open(self.channel.clone(), Arc::clone(&self.dialer));
-        match tokio::time::timeout(CONNECT_TIMEOUT, opening).await {
-            Ok(Ok(live)) => {
-                let live = Arc::new(live);
-                *self.current.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Arc::clone(&live));
-                Some(live)
-            }
-            Ok(Err(status)) => {
-                self.dialer.failed(status_reason(&status));
-                None
-            }
-            Err(_) => {
-                self.dialer.failed("connect timed out".to_owned());
-                None
-            }
-        }
-    }
-
-    async fn prepare(&self) {
-        if self.dialer.failing() {
-            return;
-        }
-        let _turn = self.dialer.turn().await;
-        if self.live().is_none() && !self.dialer.failing() {
-            self.open().await;
-        }
+    async fn connect(&self) -> Option<Arc<LiveStream>> {
+        let live = self
+            .dialer
+            .attempt(async {
+                LiveStream::open(self.channel.clone(), Arc::clone(&self.dialer))
+                    .await
+                    .map_err(|status| status_reason(&status))
+            })
+            .await?;
+        let live = Arc::new(live);
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&live));
+        Some(live)
     }
 
     async fn call(&self, plan: &Plan, number: impl FnOnce() -> u64) -> Option<Sent> {
-        let live = match self.live() {
+        let live = match self.current() {
             Some(live) => live,
-            None => tokio::time::timeout_at(plan.end, self.stream())
-                .await
-                .ok()?,
+            None => {
+                let stream = self
+                    .dialer
+                    .get_or_connect(|| self.current(), || self.connect());
+                tokio::time::timeout_at(plan.end, stream).await.ok()?
+            }
         };
         let at = Instant::now();
         let code = live.call(plan.request(number()).clone()).await?;

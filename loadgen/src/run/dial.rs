@@ -7,9 +7,15 @@
 //! before answering anything is a failed attempt, not a failed request:
 //! requests that were never sent are not requests. Every failed attempt is
 //! counted in the run's [`Tally`], by target, for the report.
+//!
+//! What a connection is (an HTTP/2 connection, a stream) is the caller's
+//! business: the dialer takes its "current connection" and "one attempt"
+//! as closures, and owns the waiting, the checking again, the time limit
+//! and the counting around them.
 
 use std::{
     collections::BTreeMap,
+    future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -17,8 +23,10 @@ use std::{
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tokio::{sync::MutexGuard, time::Instant};
 
-use crate::report::ConnectErrors;
+use crate::report::{ConnectErrors, code_name};
 
+/// How long one connection attempt (or the opening of a stream) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest pause after a failed attempt.
 const FIRST_DELAY: Duration = Duration::from_millis(50);
 /// Longest pause before jitter (with it, up to twice this).
@@ -45,14 +53,15 @@ pub(crate) struct Tally {
 
 impl Tally {
     fn update(&self, target: &str, change: impl FnOnce(&mut ConnectErrors)) {
-        let mut all = self
-            .by_target
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match all.get_mut(target) {
-            Some(errors) => change(errors),
-            None => change(all.entry(target.to_owned()).or_default()),
-        }
+        // A key allocated every time: updates come at the backoff's pace
+        // or once per connection.
+        change(
+            self.by_target
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(target.to_owned())
+                .or_default(),
+        );
     }
 
     /// Failed attempts so far, every target together.
@@ -125,7 +134,7 @@ impl Dialer {
     /// backoff after the last failure to pass. The attempt is made while
     /// the guard is held; callers check first whether the one before them
     /// has connected meanwhile.
-    pub(crate) async fn turn(&self) -> MutexGuard<'_, ()> {
+    async fn turn(&self) -> MutexGuard<'_, ()> {
         let turn = self.turn.lock().await;
         let not_before = self.schedule().not_before;
         if let Some(at) = not_before {
@@ -135,8 +144,74 @@ impl Dialer {
     }
 
     /// Whether the last attempt failed (and no connection answered since).
-    pub(crate) fn failing(&self) -> bool {
+    fn failing(&self) -> bool {
         self.schedule().not_before.is_some()
+    }
+
+    /// The connection `current` finds, once there is one: made by
+    /// `connect` (one attempt) whenever it is this caller's turn and the
+    /// caller before has not made one meanwhile, as often as the backoff
+    /// allows.
+    pub(crate) async fn get_or_connect<T, F>(
+        &self,
+        current: impl Fn() -> Option<T>,
+        connect: impl Fn() -> F,
+    ) -> T
+    where
+        F: Future<Output = Option<T>>,
+    {
+        loop {
+            if let Some(connection) = current() {
+                return connection;
+            }
+            let _turn = self.turn().await;
+            if let Some(connection) = current() {
+                return connection;
+            }
+            if let Some(connection) = connect().await {
+                return connection;
+            }
+        }
+    }
+
+    /// One attempt (`connect`) before the run starts, so that the first
+    /// requests do not measure it; skipped when `current` finds a
+    /// connection or an attempt has just failed (the run tries again at
+    /// the backoff's pace).
+    pub(crate) async fn prepare<T, F>(
+        &self,
+        current: impl Fn() -> Option<T>,
+        connect: impl FnOnce() -> F,
+    ) where
+        F: Future<Output = Option<T>>,
+    {
+        if self.failing() {
+            return;
+        }
+        let _turn = self.turn().await;
+        if current().is_none() && !self.failing() {
+            connect().await;
+        }
+    }
+
+    /// Makes one attempt, `connecting`, within [`CONNECT_TIMEOUT`]: what it
+    /// connected, or `None` when it failed (its reason counted) or took
+    /// too long (counted as `connect timed out`).
+    pub(crate) async fn attempt<T>(
+        &self,
+        connecting: impl Future<Output = Result<T, String>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(connected)) => Some(connected),
+            Ok(Err(reason)) => {
+                self.failed(reason);
+                None
+            }
+            Err(_) => {
+                self.failed("connect timed out".to_owned());
+                None
+            }
+        }
     }
 
     /// An attempt failed, or a connection ended before it answered
@@ -203,16 +278,13 @@ pub(crate) fn io_reason(err: &std::io::Error) -> String {
 /// Why a stream could not be opened: the connection's failure when there
 /// is one under the status, else the status the target answered with.
 pub(crate) fn status_reason(status: &tonic::Status) -> String {
-    match std::error::Error::source(status) {
-        Some(cause) => reason(cause),
-        None if status.message().is_empty() => farm_api::status::name(status.code() as i32)
-            .unwrap_or("OTHER")
-            .to_owned(),
-        None => format!(
-            "{}: {}",
-            farm_api::status::name(status.code() as i32).unwrap_or("OTHER"),
-            status.message()
-        ),
+    if let Some(cause) = std::error::Error::source(status) {
+        return reason(cause);
+    }
+    let name = code_name(status.code() as i32);
+    match status.message() {
+        "" => name.to_owned(),
+        message => format!("{name}: {message}"),
     }
 }
 
@@ -268,7 +340,8 @@ mod tests {
             dialer.failed("connection refused".into());
         }
         assert!(dialer.failing());
-        // Long after the last failure's delay: the turn is at once.
+        // Six failures in a row: the turn waits out the longest delay
+        // (with its jitter, up to twice that).
         let before = Instant::now();
         drop(dialer.turn().await);
         let waited = before.elapsed();

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use farm_api::Bearer;
+use farm_api::{Bearer, node::MIN_HEARTBEAT_INTERVAL_MS};
 
 use crate::config::target_uri;
 
@@ -15,7 +15,7 @@ const NODES_PER_CONNECTION: usize = 100;
 /// Most simulated nodes one run may ask for.
 const MAX_NODES: usize = 1_000_000;
 /// Shortest heartbeat interval accepted (the control plane's own minimum).
-const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+const MIN_HEARTBEAT: Duration = Duration::from_millis(MIN_HEARTBEAT_INTERVAL_MS as u64);
 
 /// Flags of `loadgen swarm`.
 #[derive(Debug, Args)]
@@ -73,7 +73,7 @@ pub enum SwarmConfigError {
     #[error("--nodes must be 1 to {MAX_NODES}, not {0}")]
     BadNodes(usize),
     /// The heartbeat interval is below the control plane's minimum.
-    #[error("--heartbeat must be at least 10ms, not {0:?}")]
+    #[error("--heartbeat must be at least {MIN_HEARTBEAT_INTERVAL_MS}ms, not {0:?}")]
     HeartbeatTooShort(Duration),
     /// A count flag (`--connections`, `--register-concurrency`) is zero.
     #[error("--{0} must be at least 1")]
