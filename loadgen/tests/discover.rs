@@ -4,7 +4,7 @@
 use std::{process::Command, time::Duration};
 
 use farm_node::NodeConfig;
-use farm_testkit::{Farm, NODE, Node, TOKENS, VIEWER, healthy, node::served};
+use farm_testkit::{Farm, NODE, Node, TOKENS, VIEWER, healthy, node::served, process::run_within};
 use tokio::net::TcpListener;
 
 /// Starts a farm-node in this process that registers into `group`.
@@ -16,7 +16,12 @@ async fn node(cp: &Farm, name: &str, group: &str) -> (String, Node) {
     (node.addr.to_string(), node)
 }
 
-/// Runs the loadgen binary; exit code, stdout and stderr.
+/// How long one run of the binary may take before it is killed (each
+/// asks for 1 s).
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs the loadgen binary with `token` as `FARM_TOKEN`, killed after
+/// [`LIMIT`]; exit code, stdout and stderr.
 async fn loadgen(args: Vec<String>, token: Option<&str>) -> (Option<i32>, String, String) {
     let token = token.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
@@ -25,12 +30,11 @@ async fn loadgen(args: Vec<String>, token: Option<&str>) -> (Option<i32>, String
         if let Some(token) = token {
             command.env("FARM_TOKEN", token);
         }
-        let out = command.output().expect("loadgen runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let ran = run_within(&mut command, LIMIT).expect("loadgen runs");
+        let status = ran
+            .status
+            .unwrap_or_else(|| panic!("loadgen {args:?} still running after {LIMIT:?}"));
+        (status.code(), ran.stdout, ran.stderr)
     })
     .await
     .expect("join")
