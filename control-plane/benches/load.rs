@@ -193,12 +193,7 @@ impl Drop for Proc {
 /// Takes the farm's environment from `command`: no token or address from
 /// the caller's shell changes what is measured. Quiet logs too.
 fn without_farm_env(command: &mut Command) -> &mut Command {
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("FARM_") {
-            command.env_remove(key);
-        }
-    }
-    command.env("RUST_LOG", "error")
+    farm_testkit::process::without_farm_env(command).env("RUST_LOG", "error")
 }
 
 /// A command with none of the farm's environment and its output dropped.

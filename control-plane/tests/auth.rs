@@ -21,7 +21,7 @@ use farm_testkit::{
     docker::{self, DockerCleanup, containers_labelled},
     grpc_web,
     http::{self, Request},
-    interop::{python_client, run_with_env, stdout},
+    interop::{python_client, run, stdout},
     pid,
     process::serve_refused,
 };
@@ -634,16 +634,15 @@ async fn grpcurl_calls_with_a_bearer_header() {
     let viewer = format!("authorization: Bearer {VIEWER}");
 
     // Reflection needs no token.
-    let Some(output) = run_with_env("grpcurl", &["-plaintext", &addr, "list"], &[]).await else {
+    let Some(output) = run("grpcurl", &["-plaintext", &addr, "list"]).await else {
         return;
     };
     let listed = stdout(&output, "grpcurl list");
     assert!(listed.lines().any(|l| l == "farm.v1.Farm"), "{listed}");
 
-    let output = run_with_env(
+    let output = run(
         "grpcurl",
         &["-plaintext", "-H", &viewer, &addr, "farm.v1.Farm/ListNodes"],
-        &[],
     )
     .await
     .expect("grpcurl");
@@ -656,13 +655,9 @@ async fn grpcurl_calls_with_a_bearer_header() {
         "{reply}"
     );
 
-    let output = run_with_env(
-        "grpcurl",
-        &["-plaintext", &addr, "farm.v1.Farm/ListNodes"],
-        &[],
-    )
-    .await
-    .expect("grpcurl");
+    let output = run("grpcurl", &["-plaintext", &addr, "farm.v1.Farm/ListNodes"])
+        .await
+        .expect("grpcurl");
     assert!(!output.status.success(), "refused without a token");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
@@ -671,7 +666,7 @@ async fn grpcurl_calls_with_a_bearer_header() {
         "{stderr}"
     );
 
-    let output = run_with_env(
+    let output = run(
         "grpcurl",
         &[
             "-plaintext",
@@ -682,7 +677,6 @@ async fn grpcurl_calls_with_a_bearer_header() {
             &addr,
             "farm.v1.Farm/Scale",
         ],
-        &[],
     )
     .await
     .expect("grpcurl");

@@ -109,6 +109,7 @@ async fn run_browser(cases: &Value) -> Vec<Value> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/grpc_web.mjs");
     let child = tokio::process::Command::new("node")
         .arg(script)
+        .arg(CHROMIUM)
         .arg(playwright_dir())
         .arg(profile.path())
         .arg(cases.to_string())

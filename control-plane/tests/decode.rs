@@ -12,9 +12,6 @@ use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
 };
 
-/// Longest message a refusal may carry.
-const SHORT: usize = 200;
-
 /// Sends and receives bytes as they are: what no generated client would
 /// send.
 #[derive(Debug, Clone, Default)]
@@ -88,7 +85,6 @@ fn refused(status: &Status, reason: &str) {
         status.message(),
         format!("the request could not be decoded: {reason}")
     );
-    assert!(status.message().len() < SHORT);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use farm_api::v1::{
     NodeInfo, RegisterRequest, load_test_event::Event,
 };
 use farm_testkit::{
-    ADMIN, Farm, NODE, TOKENS, VIEWER, eventually, grpc_web,
+    ADMIN, Farm, NODE, TOKENS, VIEWER, eventually, eventually_every, grpc_web,
     interop::{run, stdout},
     ready_if,
 };
@@ -414,15 +414,15 @@ async fn one_run_at_a_time_and_a_caller_who_leaves_stops_it() {
     // The caller leaves: the run stops, and the node is left alone: its
     // count holds still for 300 ms.
     drop(first);
-    let last = Mutex::new(served(&nodes).await);
-    eventually(
+    let last = Mutex::new(None);
+    eventually_every(
         "no more requests to the node once the caller left",
         Duration::from_secs(5),
+        Duration::from_millis(300),
         || async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
             let now = served(&nodes).await;
-            let before = std::mem::replace(&mut *last.lock().expect("counts"), now.clone());
-            ready_if(now == before, now)
+            let before = last.lock().expect("counts").replace(now.clone());
+            ready_if(before.as_ref() == Some(&now), now)
         },
     )
     .await;

@@ -147,7 +147,7 @@ impl Api {
 
     /// Waits until the node named `name` exists and `holds` of it; returns
     /// it.
-    pub async fn wait_node(
+    pub(crate) async fn wait_node(
         &self,
         name: &str,
         what: &str,

@@ -15,7 +15,7 @@ use crate::http::{Request, Response};
 pub const CONTENT_TYPE: &str = "application/grpc-web+proto";
 
 /// A data frame holding `message`.
-pub fn frame(message: &[u8]) -> Bytes {
+pub(crate) fn frame(message: &[u8]) -> Bytes {
     let mut body = Vec::with_capacity(message.len() + 5);
     body.push(0);
     body.extend_from_slice(
@@ -72,7 +72,7 @@ pub fn messages(body: &[u8]) -> Vec<Vec<u8>> {
 
 /// The trailers of `body`'s trailer frame: `name: value` lines, names in
 /// lower case.
-pub fn trailers(body: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn trailers(body: &[u8]) -> Vec<(String, String)> {
     frames(body)
         .into_iter()
         .filter(|(flag, _)| *flag & 0x80 != 0)

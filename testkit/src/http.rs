@@ -95,7 +95,7 @@ impl Request {
     pub async fn send(self) -> Response {
         let (timeout, what) = (self.timeout, self.describe());
         tokio::time::timeout(timeout, async {
-            let mut open = self.open().await;
+            let mut open = self.exchange(&what).await;
             let mut body = Vec::new();
             while let Some(chunk) = open.chunk().await {
                 body.extend_from_slice(&chunk);
@@ -114,7 +114,15 @@ impl Request {
     /// Sends the request; returns once the response's head is in, its body
     /// to be read as it arrives.
     pub async fn open(self) -> Streaming {
-        let what = self.describe();
+        let (timeout, what) = (self.timeout, self.describe());
+        tokio::time::timeout(timeout, self.exchange(&what))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no answer within {timeout:?}"))
+    }
+
+    /// Sends the request and waits for the response's head, without a
+    /// time limit of its own.
+    async fn exchange(self, what: &str) -> Streaming {
         let exchange = async {
             let stream = TcpStream::connect(self.addr).await?;
             let (mut sender, connection) =
@@ -129,10 +137,7 @@ impl Request {
             let response = sender.send_request(request).await?;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(response)
         };
-        let response = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .unwrap_or_else(|_| panic!("{what}: no answer within {:?}", self.timeout))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let response = exchange.await.unwrap_or_else(|e| panic!("{what}: {e}"));
         let (head, body) = response.into_parts();
         Streaming {
             version: head.version,

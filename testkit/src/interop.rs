@@ -21,7 +21,7 @@ pub async fn run(program: &str, args: &[&str]) -> Option<Output> {
 }
 
 /// [`run`] with extra environment variables.
-pub async fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Output> {
+async fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Option<Output> {
     match tokio::process::Command::new(program)
         .args(args)
         .envs(env.iter().copied())
@@ -76,7 +76,7 @@ pub async fn python_client(
 
 /// Whether `python3` can import grpcio-tools; says why the test is skipped
 /// when not, and fails instead when the tools are required.
-pub async fn python_with_grpc_tools() -> bool {
+async fn python_with_grpc_tools() -> bool {
     match run("python3", &["-c", "import grpc_tools, grpc"]).await {
         Some(output) if output.status.success() => true,
         _ if !required() => {

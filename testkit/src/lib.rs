@@ -35,7 +35,7 @@ pub mod skip;
 pub mod wait;
 
 pub use api::{Api, Authed, by_name, healthy, pid};
-pub use farm::{Builder, FAST, Farm, FarmBuilder};
+pub use farm::{Farm, FarmBuilder};
 pub use node::Node;
 pub use process::{ControlPlaneProcess, NodeGuard, binary, free_addr};
 pub use wait::{eventually, eventually_every, ready_if};

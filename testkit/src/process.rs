@@ -105,8 +105,8 @@ pub fn run_within(command: &mut Command, limit: Duration) -> std::io::Result<Ran
 }
 
 /// Removes the farm's variables (`FARM_*`) of the caller's shell from
-/// `command`'s environment.
-fn without_farm_env(command: &mut Command) -> &mut Command {
+/// `command`'s environment, so none of them changes what a test sees.
+pub fn without_farm_env(command: &mut Command) -> &mut Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("FARM_") {
             command.env_remove(key);
@@ -121,20 +121,20 @@ fn without_farm_env(command: &mut Command) -> &mut Command {
 /// standard error.
 pub fn serve_refused(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("a temporary data folder");
-    let output = without_farm_env(&mut Command::new(binary("control-plane")))
+    let mut command = Command::new(binary("control-plane"));
+    without_farm_env(&mut command)
         .arg("serve")
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--runtime", "none"])
         .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run control-plane");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .envs(env.iter().copied());
+    // A serve that accepts the flags keeps serving: fail, do not hang.
+    let ran = run_within(&mut command, Duration::from_secs(10)).expect("run control-plane");
+    let Some(status) = ran.status else {
+        panic!("serve accepted {args:?} and kept running:\n{}", ran.stderr);
+    };
+    (status.code(), ran.stderr)
 }
 
 /// Path of a binary this workspace builds (`control-plane`, `farm-node`,
@@ -195,7 +195,7 @@ pub fn node_processes(data_dir: &Path) -> Vec<i32> {
 }
 
 /// Kills (SIGKILL) every node process recorded under a data folder.
-pub fn kill_recorded_nodes(data_dir: &Path) {
+pub(crate) fn kill_recorded_nodes(data_dir: &Path) {
     let Ok(entries) = fs::read_dir(data_dir.join("nodes")) else {
         return;
     };
@@ -209,7 +209,7 @@ pub fn kill_recorded_nodes(data_dir: &Path) {
 }
 
 /// Kills every node process of a data folder, recorded or not.
-pub fn kill_nodes(data_dir: &Path) {
+pub(crate) fn kill_nodes(data_dir: &Path) {
     kill_recorded_nodes(data_dir);
     for pid in node_processes(data_dir) {
         let _ = signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -264,7 +264,7 @@ impl ProcessBuilder {
 
     /// As a measurement wants it: only errors logged, and none of the
     /// farm's variables (`FARM_*`) from the caller's shell.
-    pub fn quiet(mut self) -> Self {
+    pub(crate) fn quiet(mut self) -> Self {
         self.kind.quiet = true;
         self
     }

@@ -3,7 +3,7 @@
 // unary call with fetch, as a dashboard would, and prints what the page
 // saw as one JSON line.
 //
-// node grpc_web.mjs <playwright-core folder> <profile folder> <cases JSON>
+// node grpc_web.mjs <chromium> <playwright-core folder> <profile folder> <cases JSON>
 //
 // A case is {name, page, url, message}: the page to open, the URL to POST
 // the call to (absolute, or relative to the page), and the request message
@@ -12,12 +12,12 @@
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-const [modules, profile, casesJson] = process.argv.slice(2);
+const [executablePath, modules, profile, casesJson] = process.argv.slice(2);
 const require = createRequire(path.join(path.resolve(modules), 'package.json'));
 const { chromium } = require('playwright-core');
 
 const context = await chromium.launchPersistentContext(profile, {
-  executablePath: '/usr/bin/chromium',
+  executablePath,
   headless: true,
   args: [
     '--headless',
