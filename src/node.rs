@@ -34,6 +34,8 @@ pub const LATENCY_SIGNIFICANT_FIGURES: u8 = 3;
 pub const MAX_LOAD_MEMORY_MIB: u32 = 1024;
 /// Longest simulated load, in milliseconds (ten minutes).
 pub const MAX_LOAD_DURATION_MS: u32 = 600_000;
+/// How long a simulated load lasts when its `duration_ms` is unset (0).
+pub const DEFAULT_LOAD_DURATION_MS: u32 = 10_000;
 /// Shortest heartbeat interval a configuration may set.
 pub const MIN_HEARTBEAT_INTERVAL_MS: u32 = 10;
 /// Longest heartbeat interval a configuration may set (one hour).

@@ -221,7 +221,7 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
             .map(drop),
         "farm.v1.Farm/Scale" => client
             .farm()
-            .scale(ScaleRequest { nodes: 0 })
+            .scale(ScaleRequest { nodes: Some(0) })
             .await
             .map(drop),
         "farm.v1.Farm/NodeAction" => client

@@ -196,7 +196,7 @@ async fn a_real_browser_calls_from_the_same_origin_only() {
         // the control plane, so the call is same-origin to the browser.
         {"name": "rebound name", "page": format!("{rebound_origin}/"),
          "url": "/farm.v1.Farm/Scale",
-         "message": ScaleRequest { nodes: 0 }.encode_to_vec()},
+         "message": ScaleRequest { nodes: Some(0) }.encode_to_vec()},
     ]);
     let results = run_browser(&cases).await;
 

@@ -5,8 +5,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use farm_api::v1::{
-    ChangeKind, DiffRequest, GetEffectiveConfigRequest, HistoryRequest, PutConfigRequest,
-    RegisterRequest, RollbackRequest, WatchConfigRequest,
+    ChangeKind, DiffRequest, GetEffectiveConfigRequest, GetNodeMetricsRequest, HistoryRequest,
+    PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
 };
 use farm_testkit::{ControlPlaneProcess, Farm, api::config_data, free_addr, healthy};
 use prost_types::{Struct, Value, value::Kind};
@@ -159,6 +159,91 @@ async fn versions_history_rollback_and_diff() {
     assert_eq!(from_nothing.changes[0].kind, ChangeKind::Added as i32);
 }
 
+/// Every call that takes a node takes its name as well as its id: a node's
+/// scope (`node:node-001`, kept and answered as `node:n1`), its effective
+/// configuration, its metrics. A rollback that names no version undoes
+/// the scope's last write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_named_by_name_and_a_bare_rollback_undoes_the_last_write() {
+    let farm = Farm::start(1, &[]).await;
+    let node = farm
+        .wait_healthy(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    let by_name = format!("node:{}", node.name);
+    let by_id = format!("node:{}", node.id);
+    let mut client = farm.config();
+
+    let first = client
+        .put_config(put(&by_name, delay(7.0), 0))
+        .await
+        .expect("a node's scope by its name")
+        .into_inner();
+    assert_eq!(first.scope, by_id, "kept under the node's id");
+    let effective = client
+        .get_effective_config(GetEffectiveConfigRequest {
+            node_id: node.name.clone(),
+        })
+        .await
+        .expect("effective configuration by name")
+        .into_inner();
+    assert_eq!(
+        (effective.version, delay_of(&effective.data)),
+        (first.version, Some(7.0))
+    );
+    let metrics = farm
+        .metrics()
+        .get_node_metrics(GetNodeMetricsRequest {
+            node_id: node.name.clone(),
+        })
+        .await
+        .expect("metrics by name")
+        .into_inner();
+    assert_eq!(metrics.node.expect("the node").node_id, node.id);
+    let unknown = client
+        .put_config(put("node:node-404", delay(1.0), 0))
+        .await
+        .expect_err("no node has that name");
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Undo: the version before the current one comes back.
+    let second = client
+        .put_config(put(&by_name, delay(9.0), first.version))
+        .await
+        .expect("put")
+        .into_inner();
+    let undone = client
+        .rollback(RollbackRequest {
+            scope: by_name.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("a rollback without a version")
+        .into_inner();
+    assert!(undone.version > second.version);
+    let current = farm.current_config(&by_id).await;
+    assert_eq!(
+        (current.version, delay_of(&current.data)),
+        (undone.version, Some(7.0))
+    );
+    assert_eq!(
+        farm.versions(&by_id).await,
+        [undone.version, second.version, first.version]
+    );
+
+    // A scope with a single version has nothing to undo, and keeps it.
+    let only = farm.put_config("global", json!({"k": 1})).await;
+    let nothing = client
+        .rollback(RollbackRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("nothing to undo");
+    assert_eq!(nothing.code(), Code::FailedPrecondition, "{nothing:?}");
+    assert_eq!(farm.versions("global").await, [only]);
+}
+
 #[tokio::test]
 async fn bad_input_is_refused_and_nothing_is_stored() {
     let farm = Farm::start(0, &[]).await;
@@ -175,7 +260,8 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
         (put("", delay(1.0), 0), Code::InvalidArgument),
         (put("everything", delay(1.0), 0), Code::InvalidArgument),
         (put("group:", delay(1.0), 0), Code::InvalidArgument),
-        (put("node:7", delay(1.0), 0), Code::InvalidArgument),
+        (put("node:n 7", delay(1.0), 0), Code::InvalidArgument),
+        (put("node:node-404", delay(1.0), 0), Code::NotFound),
         (put("node:n999", delay(1.0), 0), Code::NotFound),
         (put("group:nowhere", delay(1.0), 0), Code::NotFound),
         (

@@ -193,13 +193,13 @@ async fn killed_containers_are_replaced_and_actions_reach_the_container() {
 
     // Scale creates and removes containers.
     farm.farm()
-        .scale(ScaleRequest { nodes: 5 })
+        .scale(ScaleRequest { nodes: Some(5) })
         .await
         .expect("scale up");
     farm.wait_healthy(5, Duration::from_secs(60)).await;
     assert_eq!(containers_labelled(&cleanup.label()).len(), 5);
     farm.farm()
-        .scale(ScaleRequest { nodes: 2 })
+        .scale(ScaleRequest { nodes: Some(2) })
         .await
         .expect("scale down");
     farm.wait_nodes("scaled down to 2", Duration::from_secs(30), |nodes| {

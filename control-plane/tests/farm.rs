@@ -111,7 +111,7 @@ async fn scale_up_and_down() {
     farm.wait_healthy(50, Duration::from_secs(30)).await;
     let response = farm
         .farm()
-        .scale(ScaleRequest { nodes: 60 })
+        .scale(ScaleRequest { nodes: Some(60) })
         .await
         .expect("Scale")
         .into_inner();
@@ -125,7 +125,7 @@ async fn scale_up_and_down() {
     assert_eq!(removed.len(), 20);
 
     farm.farm()
-        .scale(ScaleRequest { nodes: 40 })
+        .scale(ScaleRequest { nodes: Some(40) })
         .await
         .expect("Scale");
     let nodes = farm.wait_healthy(40, Duration::from_secs(30)).await;
@@ -138,7 +138,9 @@ async fn scale_up_and_down() {
 
     let err = farm
         .farm()
-        .scale(ScaleRequest { nodes: 1_000_000 })
+        .scale(ScaleRequest {
+            nodes: Some(1_000_000),
+        })
         .await
         .expect_err("too many");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -200,16 +202,19 @@ async fn node_actions_stop_start_restart_kill_pause_remove() {
     assert!(by_name(&now, "node-002").starts >= 4);
 
     // pause: turns unhealthy after the deadline; unpause: healthy again.
-    farm.act(&target.id, NodeActionKind::Pause)
+    // A node may be named by its name as well as by its id.
+    let paused = farm
+        .act("node-002", NodeActionKind::Pause)
         .await
-        .expect("pause");
+        .expect("pause by name");
+    assert_eq!(paused.id, target.id, "the name resolves to the node's id");
     farm.wait_nodes("paused node unhealthy", Duration::from_secs(10), |nodes| {
         by_name(nodes, "node-002").state == NodeState::Unhealthy as i32
     })
     .await;
-    farm.act(&target.id, NodeActionKind::Unpause)
+    farm.act("node-002", NodeActionKind::Unpause)
         .await
-        .expect("unpause");
+        .expect("unpause by name");
     farm.wait_healthy(3, Duration::from_secs(10)).await;
 
     // remove: a fresh identity takes the slot.
@@ -238,9 +243,18 @@ async fn node_actions_stop_start_restart_kill_pause_remove() {
         .expect_err("unknown");
     assert_eq!(err.code(), tonic::Code::NotFound);
     let err = farm
-        .act("nine", NodeActionKind::Stop)
+        .act("node-999", NodeActionKind::Stop)
         .await
-        .expect_err("malformed");
+        .expect_err("unknown name");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    assert!(
+        err.message().contains("no node named \"node-999\""),
+        "{err:?}"
+    );
+    let err = farm
+        .act("node 2", NodeActionKind::Stop)
+        .await
+        .expect_err("neither an id nor a name");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let any = &now[0].id;
     let err = farm

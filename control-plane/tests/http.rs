@@ -137,7 +137,7 @@ async fn a_dns_rebinding_post_is_refused_and_changes_nothing() {
     let farm = Farm::start(2, &[]).await;
     farm.wait_healthy(2, Duration::from_secs(20)).await;
     assert_eq!(desired(&farm).await, "2 managed nodes desired");
-    let scale_to_one = ScaleRequest { nodes: 1 }.encode_to_vec();
+    let scale_to_one = ScaleRequest { nodes: Some(1) }.encode_to_vec();
     let rebound = format!("evil.example:{}", farm.addr.port());
 
     // `evil.example` now resolves to 127.0.0.1: the browser sends the page's

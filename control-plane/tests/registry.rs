@@ -225,11 +225,6 @@ async fn bad_input_gets_a_clear_status() {
         ..Default::default()
     };
     check(
-        discovery.discover(discover(0, "", "")).await,
-        Code::InvalidArgument,
-        "count 0",
-    );
-    check(
         discovery.discover(discover(u32::MAX, "", "")).await,
         Code::InvalidArgument,
         "huge count",
@@ -240,9 +235,14 @@ async fn bad_input_gets_a_clear_status() {
         "unknown group",
     );
     check(
-        discovery.discover(discover(1, "", "x")).await,
+        discovery.discover(discover(1, "", "x y")).await,
         Code::InvalidArgument,
-        "bad exclude id",
+        "an exclude_id that is neither an id nor a name",
+    );
+    check(
+        discovery.discover(discover(1, "", "no-such-node")).await,
+        Code::NotFound,
+        "an exclude_id naming no node",
     );
     check(
         farm.farm()

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use farm_api::node::{MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB};
+use farm_api::node::{DEFAULT_LOAD_DURATION_MS, MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB};
 use thiserror::Error;
 use tracing::info;
 
@@ -33,7 +33,9 @@ pub enum LoadError {
         "memory_mib must be at most {max} (1 GiB and 3/4 of the node's memory limit), got {asked}"
     )]
     Memory { asked: u32, max: u32 },
-    #[error("duration_ms must be between 1 and {MAX_LOAD_DURATION_MS}, got {0}")]
+    #[error(
+        "duration_ms must be at most {MAX_LOAD_DURATION_MS} (0: {DEFAULT_LOAD_DURATION_MS}), got {0}"
+    )]
     Duration(u32),
 }
 
@@ -65,9 +67,11 @@ impl Load {
                 max,
             });
         }
-        if !(1..=MAX_LOAD_DURATION_MS).contains(&duration_ms) {
-            return Err(LoadError::Duration(duration_ms));
-        }
+        let duration_ms = match duration_ms {
+            0 => DEFAULT_LOAD_DURATION_MS,
+            ms if ms > MAX_LOAD_DURATION_MS => return Err(LoadError::Duration(ms)),
+            ms => ms,
+        };
         let duration = Duration::from_millis(u64::from(duration_ms));
         Ok(Self {
             cpu_percent,
@@ -182,7 +186,11 @@ mod tests {
                 max: 1024
             })
         );
-        assert_eq!(Load::new(0.0, 0, 0, gib), Err(LoadError::Duration(0)));
+        assert_eq!(
+            Load::new(0.0, 0, 0, gib).map(|load| load.duration),
+            Ok(Duration::from_millis(DEFAULT_LOAD_DURATION_MS.into())),
+            "0 is the default duration"
+        );
         assert_eq!(
             Load::new(0.0, 0, 600_001, gib),
             Err(LoadError::Duration(600_001))

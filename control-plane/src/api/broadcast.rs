@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use farm_api::{
-    node::{MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB},
+    node::{DEFAULT_LOAD_DURATION_MS, MAX_LOAD_DURATION_MS, MAX_LOAD_MEMORY_MIB},
     v1::{
         BroadcastResponse, InfoRequest, LoadSpec, NodeResult, NodeSelector, SetLogLevelRequest,
         broadcast_request, workload_client::WorkloadClient,
@@ -14,7 +14,7 @@ use farm_api::{
 use futures::{StreamExt, stream};
 use tonic::{Status, transport::Endpoint};
 
-use super::{ApiError, BadRequest, NodeCallError, parse_node_id};
+use super::{ApiError, BadRequest, NodeCallError, resolve_node};
 use crate::{core::NodeView, state::Members};
 
 /// Nodes contacted at once.
@@ -75,11 +75,11 @@ impl TryFrom<LoadSpec> for Load {
                 format!("at most {MAX_LOAD_MEMORY_MIB}"),
             ));
         }
-        if !(1..=MAX_LOAD_DURATION_MS).contains(&spec.duration_ms) {
+        if spec.duration_ms > MAX_LOAD_DURATION_MS {
             return Err(BadRequest::out_of_range(
                 "duration_ms",
                 spec.duration_ms,
-                format!("between 1 and {MAX_LOAD_DURATION_MS}"),
+                format!("at most {MAX_LOAD_DURATION_MS} (0: {DEFAULT_LOAD_DURATION_MS})"),
             ));
         }
         Ok(Self(spec))
@@ -93,7 +93,7 @@ impl Load {
     }
 }
 
-/// The selected nodes: the listed ids (each must exist), else the group's
+/// The selected nodes: the listed ones, by id or name (each must exist), else the group's
 /// members, else every node.
 pub fn select(
     members: &Members,
@@ -108,7 +108,7 @@ pub fn select(
         }
         let mut nodes = Vec::with_capacity(selector.node_ids.len());
         for id in &selector.node_ids {
-            nodes.push(members.node(parse_node_id("node_ids", id)?)?);
+            nodes.push(members.node(resolve_node(members, "node_ids", id)?)?);
         }
         nodes.sort_by_key(|n| n.id);
         nodes.dedup_by_key(|n| n.id);

@@ -23,10 +23,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use super::{ApiError, BadRequest, parse_node_id, timestamp};
+use super::{ApiError, BadRequest, resolve_node, timestamp};
 use crate::{
     core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
-    state::Configs,
+    state::{Configs, Members},
     transport::auth::{Role, writer},
 };
 
@@ -37,25 +37,36 @@ const WATCH_QUEUE: usize = 64;
 #[derive(Debug, Clone)]
 pub struct ConfigService {
     configs: Configs,
+    /// Resolves the nodes callers name.
+    members: Members,
     /// Cancelled at shutdown: open watches end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl ConfigService {
-    pub fn new(configs: Configs, shutdown: CancellationToken) -> Self {
-        Self { configs, shutdown }
-    }
-}
-
-fn parse_scope(scope: &str) -> Result<Scope, ApiError> {
-    if scope.is_empty() {
-        return Err(BadRequest::Missing {
-            field: "scope",
-            hint: ": `global`, `group:<name>` or `node:<id>`",
+    pub fn new(configs: Configs, members: Members, shutdown: CancellationToken) -> Self {
+        Self {
+            configs,
+            members,
+            shutdown,
         }
-        .into());
     }
-    Ok(scope.parse()?)
+
+    /// The scope a request names; a node's scope may name it by id
+    /// (`node:n7`) or by name (`node:node-007`), and is kept by id.
+    fn scope(&self, scope: &str) -> Result<Scope, ApiError> {
+        if scope.is_empty() {
+            return Err(BadRequest::Missing {
+                field: "scope",
+                hint: ": `global`, `group:<name>` or `node:<id or name>`",
+            }
+            .into());
+        }
+        match scope.strip_prefix("node:") {
+            Some(node) => Ok(Scope::Node(resolve_node(&self.members, "scope", node)?)),
+            None => Ok(scope.parse()?),
+        }
+    }
 }
 
 /// Stored data (always a JSON object) in its wire form.
@@ -226,7 +237,7 @@ impl Config for ConfigService {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<GetConfigResponse>, Status> {
-        let scope = parse_scope(&request.get_ref().scope)?;
+        let scope = self.scope(&request.get_ref().scope)?;
         let response = match self.configs.latest(&scope) {
             Some(entry) => GetConfigResponse {
                 scope: scope.to_string(),
@@ -252,7 +263,7 @@ impl Config for ConfigService {
     ) -> Result<Response<PutConfigResponse>, Status> {
         let role = writer(request.extensions().get::<Role>().copied());
         let request = request.into_inner();
-        let scope = parse_scope(&request.scope)?;
+        let scope = self.scope(&request.scope)?;
         let data = request
             .data
             .as_ref()
@@ -278,7 +289,7 @@ impl Config for ConfigService {
         request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
         let request = request.into_inner();
-        let scope = parse_scope(&request.scope)?;
+        let scope = self.scope(&request.scope)?;
         let limit = match request.limit {
             0 => 100,
             n @ 1..=1000 => n as usize,
@@ -299,10 +310,7 @@ impl Config for ConfigService {
     ) -> Result<Response<RollbackResponse>, Status> {
         let role = writer(request.extensions().get::<Role>().copied());
         let request = request.into_inner();
-        let scope = parse_scope(&request.scope)?;
-        if request.version == 0 {
-            return Err(BadRequest::missing("version").into());
-        }
+        let scope = self.scope(&request.scope)?;
         let (version, expected) = (request.version, request.expected_version);
         let entry = self
             .configs
@@ -317,7 +325,7 @@ impl Config for ConfigService {
 
     async fn diff(&self, request: Request<DiffRequest>) -> Result<Response<DiffResponse>, Status> {
         let request = request.into_inner();
-        let scope = parse_scope(&request.scope)?;
+        let scope = self.scope(&request.scope)?;
         let (from, to) = (request.from_version, request.to_version);
         let (from, to, changes) = self.configs.diff(scope, from, to).await?;
         Ok(Response::new(DiffResponse {
@@ -331,7 +339,7 @@ impl Config for ConfigService {
         &self,
         request: Request<GetEffectiveConfigRequest>,
     ) -> Result<Response<EffectiveConfig>, Status> {
-        let id = parse_node_id("node_id", &request.get_ref().node_id)?;
+        let id = resolve_node(&self.members, "node_id", &request.get_ref().node_id)?;
         let effective = self.configs.effective(id)?;
         Ok(Response::new(effective_message(&effective)))
     }
@@ -349,7 +357,7 @@ impl Config for ConfigService {
         let shutdown = self.shutdown.clone();
         match (request.scope.is_empty(), request.node_id.is_empty()) {
             (false, true) => {
-                let scope = parse_scope(&request.scope)?;
+                let scope = self.scope(&request.scope)?;
                 tokio::spawn(watch_scope(
                     configs,
                     scope,
@@ -359,7 +367,7 @@ impl Config for ConfigService {
                 ));
             }
             (true, false) => {
-                let id = parse_node_id("node_id", &request.node_id)?;
+                let id = resolve_node(&self.members, "node_id", &request.node_id)?;
                 // Unknown nodes are refused before the stream starts.
                 self.configs.effective(id)?;
                 tokio::spawn(watch_node(configs, id, request.from_version, tx, shutdown));

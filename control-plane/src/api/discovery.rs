@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{labels, node_info, parse_node_id, peer, timestamp};
+use super::{labels, node_info, peer, resolve_node, timestamp};
 use crate::{
     core::{Event, EventKind, NodeView, validate_group},
     state::{Members, WatchStart},
@@ -134,7 +134,11 @@ impl Discovery for DiscoveryService {
         let exclude = if request.exclude_id.is_empty() {
             None
         } else {
-            Some(parse_node_id("exclude_id", &request.exclude_id)?)
+            Some(resolve_node(
+                &self.members,
+                "exclude_id",
+                &request.exclude_id,
+            )?)
         };
         let found = self.members.discover(
             &request.group,

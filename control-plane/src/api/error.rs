@@ -159,6 +159,7 @@ fn domain(err: &DomainError) -> Code {
     use DomainError as E;
     match err {
         E::MalformedNodeId(_)
+        | E::MalformedNodeRef(_)
         | E::InvalidName { .. }
         | E::InvalidAddress { .. }
         | E::TooManyLabels { .. }
@@ -172,6 +173,7 @@ fn domain(err: &DomainError) -> Code {
         // A node told NOT_FOUND or PERMISSION_DENIED for its identity
         // forgets it and registers afresh.
         E::UnknownNode(_)
+        | E::UnknownNodeName(_)
         | E::UnknownIdentity(_)
         | E::UnknownGroup(_)
         | E::UnknownVersion { .. } => Code::NotFound,
@@ -179,7 +181,9 @@ fn domain(err: &DomainError) -> Code {
         E::NameTaken { .. } => Code::AlreadyExists,
         E::GroupFull { .. } | E::TooManyGroups { .. } => Code::ResourceExhausted,
         // The stream must end; the node opens a new one if it still runs.
-        E::StreamSuperseded(_) | E::ManagedNode(_) => Code::FailedPrecondition,
+        E::StreamSuperseded(_) | E::ManagedNode(_) | E::NoEarlierVersion(_) => {
+            Code::FailedPrecondition
+        }
         E::VersionConflict { .. } => Code::Aborted,
     }
 }
@@ -243,6 +247,10 @@ mod tests {
         for (err, code) in [
             (DomainError::UnknownIdentity(id), Code::NotFound),
             (DomainError::UnknownNode(id), Code::NotFound),
+            (
+                DomainError::UnknownNodeName("node-007".into()),
+                Code::NotFound,
+            ),
             (DomainError::WrongSecret(id), Code::PermissionDenied),
             (
                 DomainError::NameTaken {

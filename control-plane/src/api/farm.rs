@@ -11,10 +11,9 @@ use tracing::{info, instrument};
 use super::{
     ApiError, BadRequest,
     broadcast::{self, Command, Load},
-    node_info, parse_node_id,
+    node_info, resolve_node,
 };
 use crate::{
-    core::NodeId,
     state::Members,
     supervisor::{FarmError, NodeAction, Supervisor},
 };
@@ -40,9 +39,10 @@ impl FarmService {
     }
 }
 
-/// One action on one node, as a `NodeAction` request asks.
+/// One action on one node, as a `NodeAction` request asks; the node as
+/// the caller named it (id or name), resolved against the registry.
 struct Act {
-    id: NodeId,
+    node: String,
     action: NodeAction,
 }
 
@@ -50,7 +50,6 @@ impl TryFrom<NodeActionRequest> for Act {
     type Error = ApiError;
 
     fn try_from(request: NodeActionRequest) -> Result<Self, ApiError> {
-        let id = parse_node_id("node_id", &request.node_id)?;
         let action = match NodeActionKind::try_from(request.action) {
             Ok(NodeActionKind::Start) => NodeAction::Start,
             Ok(NodeActionKind::Stop) => NodeAction::Stop,
@@ -68,7 +67,10 @@ impl TryFrom<NodeActionRequest> for Act {
                 .into());
             }
         };
-        Ok(Self { id, action })
+        Ok(Self {
+            node: request.node_id,
+            action,
+        })
     }
 }
 
@@ -90,7 +92,10 @@ impl Farm for FarmService {
         &self,
         request: Request<ScaleRequest>,
     ) -> Result<Response<ScaleResponse>, Status> {
-        let nodes = request.into_inner().nodes;
+        let nodes = request.into_inner().nodes.ok_or(BadRequest::Missing {
+            field: "nodes",
+            hint: " (the number of nodes wanted; 0 stops them all)",
+        })?;
         let previous = self.supervisor()?.scale(nodes).await?;
         Ok(Response::new(ScaleResponse {
             previous,
@@ -103,7 +108,8 @@ impl Farm for FarmService {
         &self,
         request: Request<NodeActionRequest>,
     ) -> Result<Response<NodeActionResponse>, Status> {
-        let Act { id, action } = request.into_inner().try_into()?;
+        let Act { node, action } = request.into_inner().try_into()?;
+        let id = resolve_node(&self.members, "node_id", &node)?;
         let before = self.members.node(id)?;
         let supervisor = self.supervisor()?;
         supervisor.act(id, action).await?;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use super::{ApiError, BadRequest, parse_node_id};
+use super::{ApiError, BadRequest, resolve_node};
 use crate::{
     core::{NodeState, NodeView},
     state::Members,
@@ -41,6 +41,9 @@ const MAX_STREAMS: u32 = 100;
 const MAX_BYTES: u32 = farm_api::node::MAX_RESPONSE_BYTES;
 /// Longest delay a node accepts, in milliseconds.
 const MAX_DELAY_MS: u32 = farm_api::node::MAX_DELAY_MS;
+/// How long a run measures when the request leaves `duration_ms` unset:
+/// `loadgen run --duration`'s default.
+const DEFAULT_DURATION_MS: u32 = 10_000;
 /// Status code of requested failures when the request names none.
 const DEFAULT_FAIL_CODE: u32 = tonic::Code::Unavailable as u32;
 
@@ -178,16 +181,6 @@ fn check(request: &LoadTestRequest) -> Result<(), BadRequest> {
     for (field, value, max) in [
         ("concurrency", request.concurrency, MAX_CONCURRENCY),
         ("duration_ms", request.duration_ms, MAX_DURATION_MS),
-    ] {
-        if !(1..=max).contains(&value) {
-            return Err(BadRequest::out_of_range(
-                field,
-                value,
-                format!("between 1 and {max}"),
-            ));
-        }
-    }
-    for (field, value, max) in [
         ("connections", request.connections, MAX_CONNECTIONS),
         ("streams", request.streams, MAX_STREAMS),
         ("warmup_ms", request.warmup_ms, MAX_DURATION_MS),
@@ -249,10 +242,18 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
         targets,
         mode: mode(request.mode)?,
         rate: (request.rate > 0.0).then_some(request.rate),
-        concurrency: request.concurrency as usize,
+        // Unset: loadgen's own defaults for the loop the rate implies.
+        concurrency: match request.concurrency {
+            0 if request.rate > 0.0 => loadgen::config::OPEN_CONCURRENCY,
+            0 => loadgen::config::CLOSED_CONCURRENCY,
+            n => n as usize,
+        },
         connections: request.connections.max(1) as usize,
         streams: request.streams.max(1) as usize,
-        duration: Duration::from_millis(u64::from(request.duration_ms)),
+        duration: Duration::from_millis(u64::from(match request.duration_ms {
+            0 => DEFAULT_DURATION_MS,
+            ms => ms,
+        })),
         warmup: Duration::from_millis(u64::from(request.warmup_ms)),
         payload: request.payload_bytes as usize,
         response_bytes: request.response_bytes,
@@ -278,7 +279,7 @@ fn select(members: &Members, group: &str, node_ids: &[String]) -> Result<Vec<Nod
     if !node_ids.is_empty() {
         let mut wanted = HashSet::with_capacity(node_ids.len());
         for id in node_ids {
-            let id = parse_node_id("node_ids", id)?;
+            let id = resolve_node(members, "node_ids", id)?;
             // Each must exist, in the group or not.
             members.node(id)?;
             wanted.insert(id);
@@ -377,9 +378,7 @@ mod tests {
         refused("rate", |r| r.rate = -1.0);
         refused("rate", |r| r.rate = f64::NAN);
         refused("rate", |r| r.rate = f64::INFINITY);
-        refused("concurrency", |r| r.concurrency = 0);
         refused("concurrency", |r| r.concurrency = MAX_CONCURRENCY + 1);
-        refused("duration_ms", |r| r.duration_ms = 0);
         refused("duration_ms", |r| r.duration_ms = MAX_DURATION_MS + 1);
         refused("warmup_ms", |r| r.warmup_ms = MAX_DURATION_MS + 1);
         refused("connections", |r| r.connections = MAX_CONNECTIONS + 1);
@@ -415,5 +414,26 @@ mod tests {
         let closed = run_config(&valid(), vec!["http://127.0.0.1:7001".into()]).expect("valid");
         assert_eq!(closed.rate, None, "rate 0 is closed loop");
         assert_eq!(closed.mode, Mode::Unary);
+    }
+
+    /// An empty request is a valid one: every unset field takes the default
+    /// `loadgen run` takes for its flag.
+    #[test]
+    fn an_empty_request_takes_loadgens_defaults() {
+        let targets = || vec!["http://127.0.0.1:7001".to_owned()];
+        let empty = LoadTestRequest::default();
+        check(&empty).expect("an empty request is valid");
+        let closed = run_config(&empty, targets()).expect("valid");
+        assert_eq!(closed.rate, None);
+        assert_eq!(closed.concurrency, loadgen::config::CLOSED_CONCURRENCY);
+        assert_eq!(closed.duration, Duration::from_secs(10));
+        assert_eq!(closed.warmup, Duration::ZERO);
+
+        let open = LoadTestRequest {
+            rate: 100.0,
+            ..LoadTestRequest::default()
+        };
+        let open = run_config(&open, targets()).expect("valid");
+        assert_eq!(open.concurrency, loadgen::config::OPEN_CONCURRENCY);
     }
 }

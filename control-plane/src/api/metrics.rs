@@ -15,10 +15,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::{ApiError, BadRequest, parse_node_id, timestamp};
+use super::{ApiError, BadRequest, resolve_node, timestamp};
 use crate::{
     core::metrics::{FarmAggregate, Latency, NodeMetrics, Sample},
-    state::Samples,
+    state::{Members, Samples},
 };
 
 /// `WatchMetrics` interval when the request gives none.
@@ -31,13 +31,19 @@ const MAX_INTERVAL_MS: u32 = 60_000;
 #[derive(Debug, Clone)]
 pub struct MetricsService {
     samples: Samples,
+    /// Resolves the nodes callers name.
+    members: Members,
     /// Cancelled at shutdown: watch streams end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl MetricsService {
-    pub fn new(samples: Samples, shutdown: CancellationToken) -> Self {
-        Self { samples, shutdown }
+    pub fn new(samples: Samples, members: Members, shutdown: CancellationToken) -> Self {
+        Self {
+            samples,
+            members,
+            shutdown,
+        }
     }
 }
 
@@ -88,7 +94,7 @@ impl Metrics for MetricsService {
         &self,
         request: Request<GetNodeMetricsRequest>,
     ) -> Result<Response<GetNodeMetricsResponse>, Status> {
-        let id = parse_node_id("node_id", &request.get_ref().node_id)?;
+        let id = resolve_node(&self.members, "node_id", &request.get_ref().node_id)?;
         let (node, history) = self.samples.node(id)?;
         Ok(Response::new(GetNodeMetricsResponse {
             node: Some(node_message(node)),

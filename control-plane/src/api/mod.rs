@@ -24,14 +24,18 @@ pub use loadtest::LoadTestService;
 pub use metrics::MetricsService;
 pub use registry::RegistryService;
 
-use crate::core::{NodeId, NodeState, NodeView};
+use crate::{
+    core::{NodeId, NodeState, NodeView},
+    state::Members,
+};
 
-/// Parses a node id field; `field` names it in the error.
-fn parse_node_id(field: &'static str, value: &str) -> Result<NodeId, ApiError> {
+/// The node a request names in `field`: by its id (`n7`) or by its name
+/// (`node-007`), the way every call that takes a node lets a user write it.
+fn resolve_node(members: &Members, field: &'static str, value: &str) -> Result<NodeId, ApiError> {
     if value.is_empty() {
         return Err(BadRequest::missing(field).into());
     }
-    Ok(value.parse()?)
+    Ok(members.resolve(value)?)
 }
 
 fn labels(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {

@@ -21,6 +21,11 @@ pub enum DomainError {
     /// A node id that is not `n` followed by digits.
     #[error("malformed node id {0:?}: expected `n` followed by digits, e.g. `n7`")]
     MalformedNodeId(String),
+    /// A reference to a node that is neither an id nor a valid node name.
+    #[error(
+        "{0:?} is neither a node id (`n` followed by digits, e.g. `n7`) nor a node name (e.g. `node-007`)"
+    )]
+    MalformedNodeRef(String),
     /// A node name, group name or label key that breaks the naming rules;
     /// `problem` says how.
     #[error("{what} {problem}")]
@@ -41,7 +46,7 @@ pub enum DomainError {
     /// A label value longer than allowed.
     #[error("value of label {key:?} is {len} characters long; at most {max} allowed")]
     LabelTooLong { key: String, len: usize, max: usize },
-    /// A `Discover` count of 0 or above the largest answer.
+    /// A `Discover` count above the largest answer.
     #[error("count must be between 1 and {max}, got {count}")]
     CountOutOfRange { count: u32, max: u32 },
     /// A scope that is not `global`, `group:<name>` or `node:<id>`.
@@ -67,6 +72,9 @@ pub enum DomainError {
     /// No node has this id.
     #[error("no node with id {0}")]
     UnknownNode(NodeId),
+    /// No node is registered under this name.
+    #[error("no node named {0:?}")]
+    UnknownNodeName(String),
     /// A node presented an identity this control plane does not know (it
     /// was removed, or the farm's data was wiped).
     #[error("unknown node id {0}; register without node_id to get a new identity")]
@@ -74,6 +82,10 @@ pub enum DomainError {
     /// No group has this name.
     #[error("no group named {0:?}")]
     UnknownGroup(String),
+    /// A rollback to "the version before" of a scope with one version or
+    /// none.
+    #[error("{0} has no earlier version to roll back to")]
+    NoEarlierVersion(Scope),
     /// A configuration version no longer (or never) in a scope's history.
     #[error("{scope} has no version {version} in its history")]
     UnknownVersion { scope: Scope, version: u64 },

@@ -576,6 +576,18 @@ impl Registry {
         self.by_name.get(name).copied()
     }
 
+    /// The node a caller names by its id (`n7`) or by its name
+    /// (`node-007`). What reads as an id is an id, whether a node has it
+    /// or not (the call that uses it says so); a name must be registered.
+    pub fn resolve(&self, given: &str) -> Result<NodeId, DomainError> {
+        if let Ok(id) = given.parse() {
+            return Ok(id);
+        }
+        validate_name(given).map_err(|_| DomainError::MalformedNodeRef(truncate(given)))?;
+        self.id_of(given)
+            .ok_or_else(|| DomainError::UnknownNodeName(given.to_owned()))
+    }
+
     /// Applies deadlines: healthy nodes silent past the timeout turn
     /// unhealthy; unmanaged nodes silent past the maximum age are dropped;
     /// empty groups idle past their timeout are purged.
@@ -633,7 +645,8 @@ impl Registry {
         }
     }
 
-    /// Up to `count` random healthy peers matching the filters.
+    /// Up to `count` random healthy peers matching the filters; a count of
+    /// 0 asks for every match, up to [`MAX_DISCOVER`].
     pub fn discover(
         &self,
         group: &str,
@@ -642,7 +655,8 @@ impl Registry {
         exclude: Option<NodeId>,
         rng: &mut impl Rng,
     ) -> Result<Discovered, DomainError> {
-        if count == 0 || count > MAX_DISCOVER {
+        let count = if count == 0 { MAX_DISCOVER } else { count };
+        if count > MAX_DISCOVER {
             return Err(DomainError::CountOutOfRange {
                 count,
                 max: MAX_DISCOVER,

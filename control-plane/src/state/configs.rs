@@ -51,6 +51,10 @@ impl Configs {
     }
 
     /// Writes a new version of `scope` with the data of its `version`.
+    /// Version 0 undoes the scope's last write: it restores the version
+    /// before the current one, expecting the current one (unless
+    /// `expected` names another), so a write landing meanwhile is not the
+    /// one undone.
     pub async fn rollback(
         &self,
         scope: Scope,
@@ -59,6 +63,21 @@ impl Configs {
         role: &'static str,
     ) -> Result<ConfigEntry, StateError> {
         self.blocking(move |configs| {
+            let (version, expected) = match version {
+                0 => {
+                    let last = configs.shared.store.config_history(&scope, 0, 2)?;
+                    let [current, previous] = last.as_slice() else {
+                        return Err(DomainError::NoEarlierVersion(scope).into());
+                    };
+                    let expected = if expected == 0 {
+                        current.version
+                    } else {
+                        expected
+                    };
+                    (previous.version, expected)
+                }
+                version => (version, expected),
+            };
             let old = configs.stored(&scope, version)?;
             configs.write(scope, old, expected, role, version)
         })

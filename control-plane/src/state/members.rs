@@ -143,6 +143,12 @@ impl Members {
         self.shared.registry().id_of(name)
     }
 
+    /// The node a caller names by its id or its name
+    /// ([`Registry::resolve`](crate::core::Registry::resolve)).
+    pub fn resolve(&self, given: &str) -> Result<NodeId, DomainError> {
+        self.shared.registry().resolve(given)
+    }
+
     /// Random healthy peers.
     pub fn discover(
         &self,

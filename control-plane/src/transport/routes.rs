@@ -101,14 +101,22 @@ pub(crate) fn routes(
                 .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            ConfigServer::new(ConfigService::new(state.configs(), shutdown.clone()))
-                .max_decoding_message_size(MAX_DECODE)
-                .max_encoding_message_size(MAX_ENCODE),
+            ConfigServer::new(ConfigService::new(
+                state.configs(),
+                state.members(),
+                shutdown.clone(),
+            ))
+            .max_decoding_message_size(MAX_DECODE)
+            .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
-            MetricsServer::new(MetricsService::new(state.samples(), shutdown.clone()))
-                .max_decoding_message_size(MAX_DECODE)
-                .max_encoding_message_size(MAX_ENCODE),
+            MetricsServer::new(MetricsService::new(
+                state.samples(),
+                state.members(),
+                shutdown.clone(),
+            ))
+            .max_decoding_message_size(MAX_DECODE)
+            .max_encoding_message_size(MAX_ENCODE),
         )
         .add_service(
             LoadTestServer::new(api.load_test.clone())
