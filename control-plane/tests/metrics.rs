@@ -15,7 +15,7 @@ use farm_api::v1::{
     HeartbeatResponse, NodeSample, PutConfigRequest, RegisterRequest, WatchMetricsRequest,
     WorkRequest, workload_client::WorkloadClient,
 };
-use farm_testkit::{Farm, api::lazy_channel, eventually, grpc_web, http, ready_if};
+use farm_testkit::{Farm, api::lazy_channel, eventually, grpc_web, http, ready_if, skip};
 use hdrhistogram::{
     Histogram,
     serialization::{Serializer, V2Serializer},
@@ -827,38 +827,65 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
 
     // A closed stream leaves the gauge.
     drop(nodes.pop());
-    let body = eventually(
+    eventually(
         "the stream gauge to fall to 2",
         Duration::from_secs(10),
         || async {
             let body = http::get(farm.addr, "/metrics").await.text();
             let streams = parse(&body).get("farm_control_plane_heartbeat_streams", &[]);
-            ready_if(streams == 2.0, body).map_err(|_| streams)
+            ready_if(streams == 2.0, ()).map_err(|_| streams)
         },
     )
     .await;
+}
 
+/// What a farm of real nodes exposes, requests and errors included, passes
+/// `promtool check metrics` (Debian's `prometheus` package has promtool;
+/// `scripts/test` installs it and sets `FARM_REQUIRE_PROMTOOL=1`).
+#[tokio::test(flavor = "multi_thread")]
+async fn promtool_check_metrics_passes() {
+    if !skip::installed("promtool") {
+        skip::skip(
+            "FARM_REQUIRE_PROMTOOL",
+            "promtool_check_metrics_passes",
+            "promtool is not installed",
+        );
+        return;
+    }
+    let farm = Farm::start(2, &[]).await;
+    let nodes = farm.wait_healthy(2, Duration::from_secs(20)).await;
+    let mut workload = WorkloadClient::new(lazy_channel(&format!("http://{}", nodes[0].address)));
+    for fail_code in [0, 13] {
+        let _ = workload
+            .work(WorkRequest {
+                fail_code,
+                ..Default::default()
+            })
+            .await;
+    }
+    let body = eventually(
+        "both nodes reporting, one error",
+        Duration::from_secs(20),
+        || async {
+            let now = farm_metrics(&farm, "", false).await;
+            let body = http::get(farm.addr, "/metrics").await.text();
+            ready_if(now.reporting_nodes == 2 && now.errors >= 1, body)
+        },
+    )
+    .await;
     promtool(&body);
 }
 
-/// Runs `promtool check metrics` on `text`, when promtool is installed.
+/// Runs `promtool check metrics` on `text`.
 fn promtool(text: &str) {
     use std::io::Write;
-    let child = std::process::Command::new("promtool")
+    let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(err) => {
-            eprintln!(
-                "skipping promtool check metrics: promtool is not installed ({err}); Debian's `prometheus` package has it"
-            );
-            return;
-        }
-    };
+        .spawn()
+        .expect("run promtool");
     child
         .stdin
         .take()
