@@ -370,8 +370,9 @@ async fn node_metrics_keep_the_last_sixty_samples() {
 
     for (node_id, code) in [
         ("", Code::InvalidArgument),
-        ("not-an-id", Code::InvalidArgument),
+        ("not an id", Code::InvalidArgument),
         ("n999999", Code::NotFound),
+        ("no-such-node", Code::NotFound),
     ] {
         let err = farm
             .metrics()
