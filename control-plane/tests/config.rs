@@ -40,6 +40,7 @@ fn put(scope: &str, data: Struct, expected: u64) -> PutConfigRequest {
         scope: scope.into(),
         data: Some(data),
         expected_version: expected,
+        merge: false,
     }
 }
 
@@ -183,6 +184,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
                 scope: "global".into(),
                 data: None,
                 expected_version: 0,
+                merge: false,
             },
             Code::InvalidArgument,
         ),
