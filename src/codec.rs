@@ -119,6 +119,7 @@ mod tests {
             scope: "global".into(),
             data: Some(data),
             expected_version: 0,
+            merge: false,
         }
     }
 

@@ -71,6 +71,7 @@ fn put(n: usize) -> PutConfigRequest {
         scope: "global".into(),
         data: Some(delay(n)),
         expected_version: 0,
+        merge: false,
     }
 }
 

@@ -327,6 +327,7 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
                 scope: scope(),
                 data: Some(prost_types::Struct::default()),
                 expected_version: 0,
+                merge: false,
             })
             .await
             .map(drop),

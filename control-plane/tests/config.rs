@@ -1,6 +1,7 @@
 //! `farm.v1.Config`: versions, compare-and-set, history, rollback, diff,
-//! durability across a crash, watches, pushes to every node, and values a
-//! node could not apply refused before they are stored.
+//! durability across a crash, watches, pushes to every node, values a node
+//! could not apply refused before they are stored, and writes that merge a
+//! JSON merge patch into the current version.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -8,7 +9,13 @@ use farm_api::v1::{
     ChangeKind, DiffRequest, GetEffectiveConfigRequest, GetNodeMetricsRequest, HistoryRequest,
     PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
 };
-use farm_testkit::{ControlPlaneProcess, Farm, api::config_data, free_addr, healthy};
+use farm_testkit::{
+    ControlPlaneProcess, Farm,
+    api::config_data,
+    eventually, free_addr, healthy,
+    interop::{run, stdout},
+    ready_if,
+};
 use prost_types::{Struct, Value, value::Kind};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -40,7 +47,23 @@ fn put(scope: &str, data: Struct, expected: u64) -> PutConfigRequest {
         scope: scope.into(),
         data: Some(data),
         expected_version: expected,
+        merge: false,
     }
+}
+
+/// A write of `patch` merged into `scope`'s current version.
+fn merge(scope: &str, patch: serde_json::Value, expected: u64) -> PutConfigRequest {
+    PutConfigRequest {
+        merge: true,
+        ..put(scope, config_data(patch), expected)
+    }
+}
+
+/// `scope`'s current version and data (as JSON).
+async fn current(farm: &Farm, scope: &str) -> (u64, serde_json::Value) {
+    let got = farm.current_config(scope).await;
+    let data = farm_api::json::struct_to_json(&got.data.expect("data"));
+    (got.version, serde_json::Value::Object(data))
 }
 
 fn delay_of(data: &Option<Struct>) -> Option<f64> {
@@ -269,6 +292,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
                 scope: "global".into(),
                 data: None,
                 expected_version: 0,
+                merge: false,
             },
             Code::InvalidArgument,
         ),
@@ -803,4 +827,280 @@ async fn a_rollback_to_a_version_a_node_cannot_apply_is_refused() {
     assert_eq!(restored, 5);
     let current = farm.current_config("global").await;
     assert_eq!((current.version, delay_of(&current.data)), (5, Some(20.0)));
+}
+
+#[tokio::test]
+async fn a_merge_patches_the_current_version_and_a_whole_write_still_replaces() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = farm.config();
+    let base = json!({
+        "workload": {"delay_ms": 5, "error_rate": 0.1},
+        "tags": ["a", "b"],
+        "owner": "me",
+        "drop": 1,
+    });
+    let v1 = farm.put_config("global", base).await;
+
+    // One key changes, the others stay; `null` deletes; nested objects
+    // merge; arrays replace.
+    let patch = json!({"workload": {"delay_ms": 9}, "tags": ["c"], "drop": null});
+    let v2 = client
+        .put_config(merge("global", patch, v1))
+        .await
+        .expect("merge")
+        .into_inner()
+        .version;
+    assert!(v2 > v1);
+    let merged = json!({
+        "workload": {"delay_ms": 9, "error_rate": 0.1},
+        "tags": ["c"],
+        "owner": "me",
+    });
+    assert_eq!(current(&farm, "global").await, (v2, merged.clone()));
+
+    // A merge that changes nothing is a new version all the same, as a
+    // whole write of the same data is.
+    let v3 = client
+        .put_config(merge("global", json!({"owner": "me"}), v2))
+        .await
+        .expect("merge changing nothing")
+        .into_inner()
+        .version;
+    assert!(v3 > v2);
+    assert_eq!(current(&farm, "global").await, (v3, merged));
+    assert_eq!(farm.versions("global").await, [v3, v2, v1]);
+
+    // `merge: false` (the default) replaces the whole configuration.
+    let v4 = client
+        .put_config(put("global", config_data(json!({"only": 1})), v3))
+        .await
+        .expect("whole write")
+        .into_inner()
+        .version;
+    assert_eq!(current(&farm, "global").await, (v4, json!({"only": 1})));
+}
+
+/// Each merge applies to the version it follows, never to one read before
+/// another write landed: merges racing on one scope lose no key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merges_racing_on_one_scope_lose_no_key() {
+    let farm = Farm::start(0, &[]).await;
+    let writers: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = farm.config();
+            tokio::spawn(async move {
+                client
+                    .put_config(merge("global", json!({format!("k{i}"): i}), 0))
+                    .await
+                    .expect("merge")
+                    .into_inner()
+                    .version
+            })
+        })
+        .collect();
+    let mut last = 0;
+    for writer in writers {
+        last = last.max(writer.await.expect("writer"));
+    }
+    let want: serde_json::Map<String, serde_json::Value> =
+        (0..20).map(|i| (format!("k{i}"), json!(i))).collect();
+    assert_eq!(
+        current(&farm, "global").await,
+        (last, serde_json::Value::Object(want))
+    );
+    assert_eq!(farm.versions("global").await.len(), 20);
+}
+
+#[tokio::test]
+async fn a_merge_into_a_scope_never_written_patches_an_empty_object() {
+    let farm = Farm::start(0, &[]).await;
+    let version = farm
+        .config()
+        .put_config(merge(
+            "group:default",
+            json!({"workload": {"delay_ms": 7}, "nothing": null}),
+            0,
+        ))
+        .await
+        .expect("merge")
+        .into_inner()
+        .version;
+    assert_eq!(
+        current(&farm, "group:default").await,
+        (version, json!({"workload": {"delay_ms": 7}}))
+    );
+}
+
+#[tokio::test]
+async fn a_merge_with_a_stale_expected_version_is_aborted_and_stores_nothing() {
+    let farm = Farm::start(0, &[]).await;
+    let v1 = farm.put_config("global", json!({"a": 1, "b": 1})).await;
+    let v2 = farm.put_config("global", json!({"a": 2})).await;
+    let status = farm
+        .config()
+        .put_config(merge("global", json!({"b": 3}), v1))
+        .await
+        .expect_err("stale expected_version");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains(&format!("version {v2}")),
+        "{status:?}"
+    );
+    assert_eq!(farm.versions("global").await, [v2, v1], "nothing stored");
+    assert_eq!(current(&farm, "global").await, (v2, json!({"a": 2})));
+}
+
+#[tokio::test]
+async fn a_merge_whose_result_a_node_cannot_apply_is_refused_and_stores_nothing() {
+    let farm = Farm::start(0, &[]).await;
+    let mut client = farm.config();
+    let blob = |kib: usize| json!("x".repeat(kib * 1024));
+    let base = json!({"workload": {"delay_ms": 5}, "first": blob(40)});
+    let version = farm.put_config("global", base.clone()).await;
+
+    let status = client
+        .put_config(merge("global", json!({"workload": {"delay_ms": -5}}), 0))
+        .await
+        .expect_err("unusable");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "workload.delay_ms is -5; it must be a whole number from 0 to 60000."
+    );
+
+    // 30 KiB more fits on its own (a whole write of it would pass) but not
+    // on top of the 40 KiB already there: the limit applies to the result.
+    let more = json!({"second": blob(30)});
+    let status = client
+        .put_config(merge("global", more.clone(), version))
+        .await
+        .expect_err("too large once merged");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("the limit is 65536"),
+        "{status:?}"
+    );
+    assert_eq!(farm.versions("global").await, [version], "nothing stored");
+    assert_eq!(current(&farm, "global").await, (version, base));
+
+    // Deleting the first blob in the same patch makes room.
+    let patch = json!({"first": null, "second": blob(30)});
+    let merged = client
+        .put_config(merge("global", patch, version))
+        .await
+        .expect("fits once merged")
+        .into_inner()
+        .version;
+    let want = json!({"workload": {"delay_ms": 5}, "second": blob(30)});
+    assert_eq!(current(&farm, "global").await, (merged, want));
+    let whole = client
+        .put_config(put("global", config_data(more), merged))
+        .await
+        .expect("30 KiB alone fits");
+    assert!(whole.into_inner().version > merged);
+}
+
+/// Through grpcurl, so the JSON name users type (`merge`) is covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_merges_with_merge_true_and_replaces_without_it() {
+    let farm = Farm::start(0, &[]).await;
+    let addr = farm.addr.to_string();
+    let base = farm
+        .put_config(
+            "global",
+            json!({"workload": {"delay_ms": 5, "error_rate": 0.1}, "owner": "me"}),
+        )
+        .await;
+    let put_config = |request: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let output = run(
+                "grpcurl",
+                &[
+                    "-plaintext",
+                    "-d",
+                    request,
+                    &addr,
+                    "farm.v1.Config/PutConfig",
+                ],
+            )
+            .await?;
+            let reply: serde_json::Value =
+                serde_json::from_str(&stdout(&output, "grpcurl PutConfig")).expect("JSON reply");
+            // grpcurl prints 64-bit numbers as strings.
+            let version = reply["version"].as_str().expect("version").parse::<u64>();
+            Some(version.expect("a number"))
+        }
+    };
+
+    let Some(merged) = put_config(
+        r#"{"scope": "global", "data": {"workload": {"delay_ms": 20}, "owner": null}, "merge": true}"#,
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(merged > base);
+    assert_eq!(
+        current(&farm, "global").await,
+        (
+            merged,
+            json!({"workload": {"delay_ms": 20, "error_rate": 0.1}})
+        )
+    );
+
+    let replaced = put_config(r#"{"scope": "global", "data": {"workload": {"delay_ms": 30}}}"#)
+        .await
+        .expect("grpcurl");
+    assert_eq!(
+        current(&farm, "global").await,
+        (replaced, json!({"workload": {"delay_ms": 30}}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_applies_the_merged_configuration() {
+    let farm = Farm::start(1, &[]).await;
+    let node = farm
+        .wait_healthy(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    farm.put_config(
+        "global",
+        json!({"workload": {"delay_ms": 5, "response_bytes": 64}, "owner": "me"}),
+    )
+    .await;
+    let version = farm
+        .config()
+        .put_config(merge(
+            "global",
+            json!({"workload": {"response_bytes": 128}, "owner": null}),
+            0,
+        ))
+        .await
+        .expect("merge")
+        .into_inner()
+        .version;
+    farm.wait_config(&node.name, version, Duration::from_secs(10))
+        .await;
+    // What the node applied, as it keeps it in its cache folder.
+    let cache = farm
+        .dir
+        .path()
+        .join("nodes")
+        .join(&node.name)
+        .join("config.json");
+    let want = json!({"workload": {"delay_ms": 5, "response_bytes": 128}});
+    eventually(
+        format!("{} to hold version {version}", cache.display()),
+        Duration::from_secs(10),
+        || async {
+            let cached = std::fs::read(&cache)
+                .ok()
+                .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok());
+            let held = cached.map(|c| (c["version"].clone(), c["data"].clone()));
+            ready_if(held == Some((json!(version), want.clone())), held)
+        },
+    )
+    .await;
 }

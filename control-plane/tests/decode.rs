@@ -99,6 +99,7 @@ async fn requests_that_do_not_decode_are_invalid_arguments() {
             scope: "global".into(),
             data: Some(nested(90)),
             expected_version: 0,
+            merge: false,
         })
         .await
         .expect_err("too deep");
@@ -109,6 +110,7 @@ async fn requests_that_do_not_decode_are_invalid_arguments() {
         scope: "global".into(),
         data: Some(nested(3)),
         expected_version: 0,
+        merge: false,
     }
     .encode_to_vec();
     let truncated = whole[..whole.len() - 2].to_vec();

@@ -705,6 +705,7 @@ async fn prometheus_text_has_nodes_farm_and_control_plane() {
                 .into(),
             }),
             expected_version: 0,
+            merge: false,
         })
         .await
         .expect("PutConfig");

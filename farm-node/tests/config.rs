@@ -252,6 +252,7 @@ async fn a_configuration_put_reaches_the_node_at_once() {
                 json!({"workload.response_bytes": 64, "workload.error_rate": "often"}),
             )),
             expected_version: 0,
+            merge: false,
         })
         .await
         .expect_err("a bad error rate");

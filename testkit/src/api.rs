@@ -229,6 +229,7 @@ impl Api {
                 scope: scope.into(),
                 data: Some(config_data(data)),
                 expected_version: 0,
+                merge: false,
             })
             .await
             .expect("PutConfig")

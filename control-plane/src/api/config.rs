@@ -1,8 +1,10 @@
 //! `farm.v1.Config`: versioned configuration per scope, and its pushes.
 //!
-//! Data is checked before it is stored, by a write or a rollback (see
-//! `core::config::validate_data`): a known key holding a value a node would
-//! ignore is refused; keys the farm does not know are the user's own.
+//! A write replaces a scope's data whole or, with `merge`, applies a JSON
+//! merge patch to it. Data is checked before it is stored, by a write (after
+//! the merge) or a rollback (see `core::config::validate_data`): a known key
+//! holding a value a node would ignore is refused; keys the farm does not
+//! know are the user's own.
 
 use std::pin::Pin;
 
@@ -25,7 +27,7 @@ use tracing::info;
 
 use super::{ApiError, BadRequest, resolve_node, timestamp};
 use crate::{
-    core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope},
+    core::config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, Write},
     state::{Configs, Members},
     transport::auth::{Role, writer},
 };
@@ -273,11 +275,13 @@ impl Config for ConfigService {
                 hint: " (a JSON object)",
             })?;
         let expected = request.expected_version;
-        let entry = self
-            .configs
-            .put(scope, Value::Object(data), expected, role)
-            .await?;
-        info!(scope = %entry.scope, version = entry.version, role, "configuration written");
+        let write = if request.merge {
+            Write::Merge(Value::Object(data))
+        } else {
+            Write::Replace(Value::Object(data))
+        };
+        let entry = self.configs.put(scope, write, expected, role).await?;
+        info!(scope = %entry.scope, version = entry.version, merge = request.merge, role, "configuration written");
         Ok(Response::new(PutConfigResponse {
             scope: entry.scope.to_string(),
             version: entry.version,

@@ -1,5 +1,6 @@
-//! Versioned configuration: scopes, the layered merge, diffs, and the book
-//! of each scope's latest version.
+//! Versioned configuration: scopes, writes (whole, or a JSON merge patch to
+//! the current version), the layered merge, diffs, and the book of each
+//! scope's latest version.
 //!
 //! Versions come from one counter shared by every scope, so they only grow,
 //! within a scope and across scopes. A node's effective configuration is the
@@ -71,6 +72,38 @@ pub struct ConfigEntry {
     pub role: String,
     /// The version a rollback copied; 0 for an ordinary write.
     pub rollback_of: u64,
+}
+
+/// What a write does to a scope's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Replaces it with this object, whole.
+    Replace(Value),
+    /// Applies this JSON merge patch (RFC 7386) to it: objects merge key by
+    /// key, recursively; `null` deletes a key; any other value replaces.
+    Merge(Value),
+}
+
+impl Write {
+    /// The data this write stores over `current` (`None`: the scope was
+    /// never written, and a patch applies to an empty object).
+    fn apply(self, current: Option<&Value>) -> Value {
+        match self {
+            Self::Replace(data) => data,
+            Self::Merge(patch) => {
+                let mut data = current
+                    .cloned()
+                    .unwrap_or_else(|| Value::Object(Map::new()));
+                // The json-patch crate's `merge`: RFC 7386 on
+                // `serde_json::Value`, from the well-kept crate kube-rs uses
+                // for its JSON patches. Our own `merge` below is the
+                // layering of scopes, where `null` is a value, not a
+                // deletion.
+                json_patch::merge(&mut data, &patch);
+                data
+            }
+        }
+    }
 }
 
 /// Checks that `data` can be stored: an object, at most
@@ -244,20 +277,24 @@ impl ConfigBook {
     }
 
     /// Prepares the next version of `scope`, checking `expected` (0: no
-    /// check) against the current one. Nothing changes until [`commit`].
+    /// check) against the current one. A merge applies to that same
+    /// current version, and its result is checked like a whole write.
+    /// Nothing changes until [`commit`].
     ///
     /// [`commit`]: Self::commit
     pub fn prepare(
         &self,
         scope: Scope,
-        data: Value,
+        write: Write,
         expected: u64,
         role: &str,
         rollback_of: u64,
         now: SystemTime,
     ) -> Result<ConfigEntry, DomainError> {
+        let latest = self.latest.get(&scope);
+        let data = write.apply(latest.map(|e| &e.data));
         validate_data(&data, rollback_of)?;
-        let current = self.version_of(&scope);
+        let current = latest.map_or(0, |e| e.version);
         if expected != 0 && expected != current {
             return Err(DomainError::VersionConflict {
                 scope,
@@ -392,7 +429,7 @@ mod tests {
         let put = |book: &mut ConfigBook, scope: &str, data: Value, expected| {
             let entry = book.prepare(
                 scope.parse().expect("scope"),
-                data,
+                Write::Replace(data),
                 expected,
                 "admin",
                 0,
@@ -444,6 +481,69 @@ mod tests {
                 version: 0,
                 data: json!({})
             }
+        );
+    }
+    #[test]
+    fn a_merge_patches_the_version_it_checks_against() {
+        let mut book = ConfigBook::default();
+        let now = UNIX_EPOCH;
+        let write = |book: &mut ConfigBook, write: Write, expected| {
+            let entry = book.prepare(Scope::Global, write, expected, "admin", 0, now)?;
+            book.commit(entry.clone());
+            Ok::<ConfigEntry, DomainError>(entry)
+        };
+        // A scope never written: the patch applies to an empty object, and
+        // its `null`s delete nothing and are not stored.
+        let first = write(
+            &mut book,
+            Write::Merge(json!({"workload": {"delay_ms": 5}, "gone": null})),
+            0,
+        )
+        .expect("merge into nothing");
+        assert_eq!(first.data, json!({"workload": {"delay_ms": 5}}));
+
+        let base = json!({
+            "workload": {"delay_ms": 5, "error_rate": 0.1},
+            "tags": [1, 2],
+            "keep": "me",
+            "drop": 1,
+        });
+        let v = write(&mut book, Write::Replace(base), 0)
+            .expect("replace")
+            .version;
+        let patch = json!({"workload": {"delay_ms": 9}, "tags": [3], "drop": null});
+        let merged = write(&mut book, Write::Merge(patch.clone()), v).expect("merge");
+        assert_eq!(
+            merged.data,
+            json!({"workload": {"delay_ms": 9, "error_rate": 0.1}, "tags": [3], "keep": "me"})
+        );
+        assert_eq!(merged.version, v + 1);
+
+        // Stale: refused, and the book keeps what it had.
+        let lost = write(&mut book, Write::Merge(patch), v).expect_err("stale");
+        assert_eq!(
+            lost,
+            DomainError::VersionConflict {
+                scope: Scope::Global,
+                expected: v,
+                current: v + 1
+            }
+        );
+        // The merged result is what is checked: its size and its values.
+        let blob = json!({"blob": "x".repeat(MAX_CONFIG_BYTES - 20)});
+        assert_eq!(validate_data(&blob, 0), Ok(()), "the patch alone fits");
+        let err = write(&mut book, Write::Merge(blob), 0).expect_err("too big once merged");
+        assert!(matches!(err, DomainError::ConfigTooLarge { .. }), "{err}");
+        let bad = json!({"workload": {"delay_ms": -5}});
+        let err = write(&mut book, Write::Merge(bad), 0).expect_err("unusable");
+        assert!(matches!(err, DomainError::UnusableConfig { .. }), "{err}");
+        assert_eq!(book.latest(&Scope::Global), Some(&merged));
+
+        // Nothing changed is still a new version, as for a whole write.
+        let same = write(&mut book, Write::Merge(json!({})), 0).expect("empty patch");
+        assert_eq!(
+            (same.version, &same.data),
+            (merged.version + 1, &merged.data)
         );
     }
 }

@@ -15,7 +15,7 @@ use super::{Shared, StateError};
 use crate::{
     core::{
         DomainError, NodeId,
-        config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, diff},
+        config::{Change, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, Write, diff},
     },
     store::StoreError,
 };
@@ -42,11 +42,11 @@ impl Configs {
     pub async fn put(
         &self,
         scope: Scope,
-        data: Value,
+        write: Write,
         expected: u64,
         role: &'static str,
     ) -> Result<ConfigEntry, StateError> {
-        self.blocking(move |configs| configs.write(scope, data, expected, role, 0))
+        self.blocking(move |configs| configs.write(scope, write, expected, role, 0))
             .await
     }
 
@@ -79,7 +79,7 @@ impl Configs {
                 version => (version, expected),
             };
             let old = configs.stored(&scope, version)?;
-            configs.write(scope, old, expected, role, version)
+            configs.write(scope, Write::Replace(old), expected, role, version)
         })
         .await
     }
@@ -133,11 +133,13 @@ impl Configs {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// [`Configs::put`] on the calling thread.
+    /// [`Configs::put`] on the calling thread. The book's lock is held from
+    /// reading the current version (which a merge applies to and the
+    /// compare-and-set checks) until the new one is stored and announced.
     fn write(
         &self,
         scope: Scope,
-        data: Value,
+        write: Write,
         expected: u64,
         role: &'static str,
         rollback_of: u64,
@@ -156,7 +158,7 @@ impl Configs {
             }
         }
         let mut book = self.shared.book();
-        let entry = book.prepare(scope, data, expected, role, rollback_of, SystemTime::now())?;
+        let entry = book.prepare(scope, write, expected, role, rollback_of, SystemTime::now())?;
         self.shared.store.insert_config(&entry)?;
         book.commit(entry.clone());
         // Announced under the book's lock, so watchers see versions in the
