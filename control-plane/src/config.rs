@@ -8,6 +8,8 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+// Every duration flag of the workspace reads alike.
+use farm_api::cli::duration;
 use thiserror::Error;
 
 use crate::{
@@ -210,10 +212,6 @@ fn bytes(s: &str) -> Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
 }
 
 /// A flag combination that cannot work.

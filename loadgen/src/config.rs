@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use farm_api::status::MAX_CODE;
+// Every duration flag of the workspace reads alike.
+use farm_api::{cli::duration, status::MAX_CODE};
 
 /// What `loadgen`'s exit code means, as `--help` shows it.
 pub const EXIT_CODES: &str = "\
@@ -97,10 +98,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
     /// How long to measure (`30s`, `2m`, `500ms`).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub duration: Duration,
     /// How long to send before measuring.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = duration)]
     pub warmup: Duration,
     /// Request payload size in bytes.
     #[arg(long, default_value_t = 0)]
@@ -132,7 +133,7 @@ pub struct RunArgs {
     pub max_error_rate: Option<f64>,
     /// Threshold: the run fails (exit code 1) when the p99 latency
     /// (corrected for coordinated omission) is above this (`50ms`, `1s`).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub max_p99: Option<Duration>,
 }
 

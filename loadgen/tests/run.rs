@@ -751,6 +751,45 @@ async fn a_run_where_every_request_fails_exits_1() {
     );
 }
 
+/// The message clap printed after the flag of its `invalid value` line.
+#[track_caller]
+fn invalid_value_message(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: invalid value "))
+        .and_then(|l| l.split_once("': "))
+        .map_or_else(|| panic!("no invalid value line: {stderr}"), |(_, m)| m)
+}
+
+#[test]
+fn a_bad_duration_gets_the_same_message_from_every_binary() {
+    let want = farm_api::cli::duration("x")
+        .expect_err("not a duration")
+        .to_string();
+    assert!(want.contains("examples: 500ms"), "{want}");
+    let (code, stderr) = farm_testkit::process::serve_refused(&["--heartbeat-timeout", "x"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--heartbeat-timeout <HEARTBEAT_TIMEOUT>'"),
+        "{stderr}"
+    );
+    assert_eq!(invalid_value_message(&stderr), want, "{stderr}");
+    for args in [
+        &["run", "--target", "127.0.0.1:1", "--max", "--duration", "x"][..],
+        &[
+            "swarm",
+            "--control-plane",
+            "127.0.0.1:1",
+            "--heartbeat",
+            "x",
+        ],
+    ] {
+        let (code, stdout, stderr) = loadgen_blocking(args);
+        assert_eq!(code, Some(2), "{args:?}: {stdout}\n{stderr}");
+        assert_eq!(invalid_value_message(&stderr), want, "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn help_documents_the_exit_codes_and_thresholds() {
     for args in [&["--help"][..], &["run", "--help"]] {
