@@ -121,8 +121,13 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_START_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub start_parallelism: Option<u16>,
 
-    /// Leave the node containers running at shutdown (a restarted control
-    /// plane adopts them).
+    /// Leave the nodes running at shutdown instead of stopping them; the
+    /// next control plane on the same `--data-dir` adopts them. Both
+    /// runtimes: `farm-node` processes (found again by the pid recorded
+    /// under `<data-dir>/nodes/`) and containers (found by the farm id in
+    /// `<data-dir>/farm-id`; the farm's network is kept too). Meanwhile the
+    /// nodes go on serving and retrying the control plane. Adopted nodes
+    /// beyond `--nodes` are stopped.
     #[arg(long, env = "FARM_KEEP_NODES")]
     pub keep_nodes: bool,
 
