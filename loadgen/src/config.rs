@@ -70,7 +70,9 @@ pub struct RunArgs {
     /// With `--control-plane`: only the nodes of this group.
     #[arg(long, requires = "control_plane")]
     pub group: Option<String>,
-    /// Bearer token for the control plane (a viewer or admin token).
+    /// Bearer token for `--control-plane`, to list its nodes: the control
+    /// plane's `viewer` token (its `--viewer-token`; `admin` works too, the
+    /// `node` token does not). Never sent to the targets.
     #[arg(long, env = "FARM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Node address to drive (`host:port` or `http://host:port`); repeatable.

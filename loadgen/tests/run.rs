@@ -809,4 +809,14 @@ fn help_documents_the_exit_codes_and_thresholds() {
         help.contains("--max-error-rate <SHARE>") && help.contains("--max-p99 <DURATION>"),
         "{help}"
     );
+    // The token is a viewer's, from FARM_TOKEN (the swarm's is a node's).
+    let token = help
+        .split("--token <TOKEN>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_else(|| panic!("no --token: {help}"));
+    assert!(
+        token.contains("`viewer` token") && token.contains("[env: FARM_TOKEN"),
+        "{token}"
+    );
 }

@@ -53,8 +53,10 @@ pub struct SwarmArgs {
     /// Deadline of each Register and Deregister call.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub rpc_timeout: Duration,
-    /// Bearer token of the `node` role, sent as `authorization: Bearer <token>`.
-    #[arg(long, env = "FARM_TOKEN", hide_env_values = true)]
+    /// Bearer token the simulated nodes register and heartbeat with: the
+    /// control plane's `node` token (its `--node-token`; `admin` works too,
+    /// `viewer` does not), from the variable `farm-node --token` reads.
+    #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
