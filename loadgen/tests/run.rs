@@ -319,6 +319,10 @@ async fn cli_writes_a_self_contained_html_report() {
         "0.25",
         "--fail-code",
         "8",
+        "--payload",
+        "300",
+        "--response-bytes",
+        "4096",
         "--html",
         html.to_str().expect("utf-8 path"),
     ]))
@@ -332,6 +336,8 @@ async fn cli_writes_a_self_contained_html_report() {
         "Latency, second by second",
         "RESOURCE_EXHAUSTED",
         "<polyline",
+        "<th>Payload</th><td>300 bytes per request</td>",
+        "<th>Response</th><td>4096 bytes (4 KiB) asked per answer</td>",
     ] {
         assert!(page.contains(needed), "{needed} missing");
     }
