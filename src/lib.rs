@@ -12,8 +12,11 @@
 //! - [`json`]: JSON ↔ `google.protobuf.Struct`, the form configurations
 //!   travel in.
 //! - [`status`]: gRPC status codes by their canonical names.
+//! - [`cli`]: flag values every binary parses alike (durations), so the
+//!   same mistake gets the same message everywhere.
 //! - [`Bearer`]: the one way every client presents its token.
 
+pub mod cli;
 pub mod codec;
 pub mod json;
 pub mod node;

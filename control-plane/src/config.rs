@@ -8,6 +8,8 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+// Every duration flag of the workspace reads alike.
+use farm_api::cli::duration;
 use thiserror::Error;
 
 use crate::{
@@ -119,8 +121,13 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_START_PARALLELISM", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub start_parallelism: Option<u16>,
 
-    /// Leave the node containers running at shutdown (a restarted control
-    /// plane adopts them).
+    /// Leave the nodes running at shutdown instead of stopping them; the
+    /// next control plane on the same `--data-dir` adopts them. Both
+    /// runtimes: `farm-node` processes (found again by the pid recorded
+    /// under `<data-dir>/nodes/`) and containers (found by the farm id in
+    /// `<data-dir>/farm-id`; the farm's network is kept too). Meanwhile the
+    /// nodes go on serving and retrying the control plane. Adopted nodes
+    /// beyond `--nodes` are stopped.
     #[arg(long, env = "FARM_KEEP_NODES")]
     pub keep_nodes: bool,
 
@@ -210,10 +217,6 @@ fn bytes(s: &str) -> Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
 }
 
 /// A flag combination that cannot work.

@@ -41,9 +41,17 @@ pub struct NodeArgs {
     #[arg(long, env = "FARM_NODE_GROUP", default_value = "default")]
     pub group: String,
 
-    /// A label `KEY=VALUE` that discovery can filter on (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
-    pub labels: Vec<(String, String)>,
+    /// A label `KEY=VALUE` that discovery can filter on; the key follows the
+    /// naming rule of `--name`. Repeatable, or comma-separated
+    /// (`zone=eu-1,tier=web`, as `FARM_NODE_LABELS` holds them), so a value
+    /// cannot hold a comma.
+    #[arg(
+        long = "label",
+        value_name = "KEY=VALUE",
+        env = "FARM_NODE_LABELS",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<String>,
 
     /// Folder where the node keeps its identity (id and secret), so that a
     /// restarted node re-attaches under the same id, and the configuration
@@ -56,13 +64,6 @@ pub struct NodeArgs {
     /// Bearer token sent to the control plane (its `node` role).
     #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-}
-
-fn label(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
 }
 
 /// A flag value that cannot work.
@@ -80,6 +81,14 @@ pub enum ConfigError {
     /// `--advertise` is empty or has a bad port.
     #[error("--advertise must be HOST or HOST:PORT with a non-zero port, got {0:?}")]
     Advertise(String),
+    /// A `--label` (or an item of `FARM_NODE_LABELS`) is not `KEY=VALUE`.
+    #[error(
+        "--label must be KEY=VALUE (several: k=v,k2=v2, as FARM_NODE_LABELS holds them), got {0:?}"
+    )]
+    Label(String),
+    /// A label key breaks the naming rule.
+    #[error("--label key must be 1 to 63 characters of A-Z a-z 0-9 . _ -, got {0:?}")]
+    LabelKey(String),
     /// The same label key was given twice.
     #[error("--label {0} is given more than once")]
     DuplicateLabel(String),
@@ -222,12 +231,7 @@ impl TryFrom<NodeArgs> for NodeConfig {
             return Err(ConfigError::Group(args.group));
         }
         let advertise = args.advertise.map(parse_advertise).transpose()?;
-        let mut labels = BTreeMap::new();
-        for (key, value) in args.labels {
-            if labels.insert(key.clone(), value).is_some() {
-                return Err(ConfigError::DuplicateLabel(key));
-            }
-        }
+        let labels = labels(&args.labels)?;
         let token = args.token.filter(|t| !t.is_empty());
         if token
             .as_deref()
@@ -246,6 +250,28 @@ impl TryFrom<NodeArgs> for NodeConfig {
             log_filter: None,
         })
     }
+}
+
+/// The labels of `--label` values: each `KEY=VALUE`, keys named as nodes
+/// are and given once. Blank items (`FARM_NODE_LABELS=`, a trailing comma)
+/// add nothing; blanks around an item are dropped.
+fn labels(given: &[String]) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for item in given.iter().map(|item| item.trim()) {
+        if item.is_empty() {
+            continue;
+        }
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Label(item.to_owned()))?;
+        if !valid_name(key) {
+            return Err(ConfigError::LabelKey(key.to_owned()));
+        }
+        if labels.insert(key.to_owned(), value.to_owned()).is_some() {
+            return Err(ConfigError::DuplicateLabel(key.to_owned()));
+        }
+    }
+    Ok(labels)
 }
 
 fn parse_advertise(s: String) -> Result<Advertise, ConfigError> {
@@ -308,6 +334,34 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_repeated_or_comma_separated() {
+        let want = BTreeMap::from([
+            ("tier".to_owned(), "web".to_owned()),
+            ("zone".to_owned(), "eu-1".to_owned()),
+            ("note".to_owned(), "a=b".to_owned()),
+        ]);
+        for args in [
+            &[
+                "--label",
+                "zone=eu-1",
+                "--label",
+                "tier=web",
+                "--label",
+                "note=a=b",
+            ][..],
+            &["--label", "zone=eu-1,tier=web,note=a=b"],
+            &["--label", " zone=eu-1 , tier=web,,note=a=b,"],
+        ] {
+            assert_eq!(parse(args).expect("valid").labels, want, "{args:?}");
+        }
+        assert!(parse(&["--label", ""]).expect("valid").labels.is_empty());
+        assert_eq!(
+            parse(&["--label", "empty="]).expect("valid").labels,
+            BTreeMap::from([("empty".to_owned(), String::new())])
+        );
+    }
+
+    #[test]
     fn the_token_is_never_printed() {
         let config = parse(&["--token", "s3cret-value"]).expect("valid");
         let printed = format!("{config:?}");
@@ -361,9 +415,15 @@ mod tests {
             NodeConfig::try_from(url),
             Err(ConfigError::ControlPlaneUrl(_))
         ));
-        assert!(
-            NodeArgs::try_parse_from(["farm-node", "--control-plane", "http://x", "--label", "x"])
-                .is_err()
-        );
+        check(&["--label", "x"], |e| *e == ConfigError::Label("x".into()));
+        check(&["--label", "=v"], |e| {
+            *e == ConfigError::LabelKey("".into())
+        });
+        check(&["--label", "a b=v"], |e| {
+            *e == ConfigError::LabelKey("a b".into())
+        });
+        check(&["--label", "a=1,a=2"], |e| {
+            *e == ConfigError::DuplicateLabel("a".into())
+        });
     }
 }

@@ -1,12 +1,16 @@
-//! The `farm-node` binary: signals and bad flags.
+//! The `farm-node` binary: signals, bad flags, and flags given through
+//! the environment.
 
-use std::{process::Stdio, time::Duration};
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
+use farm_testkit::{Farm, eventually, process::without_farm_env, ready_if};
 use nix::{sys::signal, unistd::Pid};
 use tokio::process::Command;
 
+/// The binary, with none of the caller's `FARM_*` variables.
 fn farm_node() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_farm-node"));
+    without_farm_env(command.as_std_mut());
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -95,4 +99,54 @@ async fn a_port_in_use_is_a_clear_error() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_come_from_farm_node_labels() {
+    let cp = Farm::builder().start().await;
+    let _node = farm_node()
+        .args(["--control-plane", &cp.url(), "--name", "labelled"])
+        .env("FARM_NODE_LABELS", "zone=eu-1, tier=web,")
+        .spawn()
+        .expect("spawn");
+    let registered = eventually("the node to register", Duration::from_secs(15), || async {
+        let nodes = cp.nodes().await;
+        let node = nodes.iter().find(|n| n.name == "labelled").cloned();
+        ready_if(node.is_some(), nodes)
+    })
+    .await;
+    let node = registered
+        .iter()
+        .find(|n| n.name == "labelled")
+        .expect("registered");
+    assert_eq!(
+        node.labels.iter().collect::<BTreeMap<_, _>>(),
+        BTreeMap::from([
+            (&"tier".to_owned(), &"web".to_owned()),
+            (&"zone".to_owned(), &"eu-1".to_owned()),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn bad_farm_node_labels_exit_with_code_2_and_say_why() {
+    for (labels, says) in [
+        (
+            "zone",
+            "--label must be KEY=VALUE (several: k=v,k2=v2, as FARM_NODE_LABELS holds them), got \"zone\"",
+        ),
+        ("zone=a,zone=b", "--label zone is given more than once"),
+        ("my zone=a", "--label key must be"),
+    ] {
+        let output = farm_node()
+            .args(["--control-plane", "http://127.0.0.1:1"])
+            .env("FARM_NODE_LABELS", labels)
+            .output()
+            .await
+            .expect("run farm-node");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{labels:?}: {stderr}");
+        assert!(stderr.contains(says), "{labels:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{labels:?}: {stderr}");
+    }
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use farm_api::status::MAX_CODE;
+// Every duration flag of the workspace reads alike.
+use farm_api::{cli::duration, status::MAX_CODE};
 
 /// What `loadgen`'s exit code means, as `--help` shows it.
 pub const EXIT_CODES: &str = "\
@@ -69,7 +70,9 @@ pub struct RunArgs {
     /// With `--control-plane`: only the nodes of this group.
     #[arg(long, requires = "control_plane")]
     pub group: Option<String>,
-    /// Bearer token for the control plane (a viewer or admin token).
+    /// Bearer token for `--control-plane`, to list its nodes: the control
+    /// plane's `viewer` token (its `--viewer-token`; `admin` works too, the
+    /// `node` token does not). Never sent to the targets.
     #[arg(long, env = "FARM_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Node address to drive (`host:port` or `http://host:port`); repeatable.
@@ -97,10 +100,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
     /// How long to measure (`30s`, `2m`, `500ms`).
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub duration: Duration,
     /// How long to send before measuring.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = duration)]
     pub warmup: Duration,
     /// Request payload size in bytes.
     #[arg(long, default_value_t = 0)]
@@ -132,7 +135,7 @@ pub struct RunArgs {
     pub max_error_rate: Option<f64>,
     /// Threshold: the run fails (exit code 1) when the p99 latency
     /// (corrected for coordinated omission) is above this (`50ms`, `1s`).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub max_p99: Option<Duration>,
 }
 

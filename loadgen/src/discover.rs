@@ -38,7 +38,7 @@ fn group_clause(group: &Option<String>) -> String {
 }
 
 /// The addresses of every healthy node the control plane at `url` lists
-/// (of `group` only, when given), sorted.
+/// (of `group` only, when given), in address order.
 pub async fn healthy_nodes(
     url: &str,
     token: Option<&str>,
@@ -86,6 +86,6 @@ pub async fn healthy_nodes(
             group: group.map(str::to_owned),
         });
     }
-    addresses.sort();
+    crate::targets::sort(&mut addresses);
     Ok(addresses)
 }

@@ -20,6 +20,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod swarm;
+pub mod targets;
 
 pub use config::{Cli, Command, ConfigError, Mode, RunArgs, RunConfig, Thresholds};
 pub use report::{ConnectErrors, Interval, Percentiles, Recorder, Report};

@@ -3,7 +3,8 @@
 //! it is made: it failed when no request succeeded or when it crossed a
 //! threshold the user set ([`Report::failures`]). The sentences that say
 //! why, and what was missed, are the report's, so every rendering words
-//! them alike.
+//! them alike; so is the order targets are listed in (by address, see
+//! [`crate::targets`]).
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -12,11 +13,12 @@ use farm_api::{
     status,
 };
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Serialize, Serializer, ser::SerializeMap};
 
 use crate::{
-    config::{Mode, Thresholds},
+    config::{Mode, RunConfig, Thresholds},
     progress::human_us,
+    targets,
 };
 
 /// A latency histogram in microseconds up to [`MAX_LATENCY_US`] (a node's
@@ -250,12 +252,31 @@ fn spectrum(all: &Recorder) -> Vec<SpectrumPoint> {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub mode: Mode,
-    /// The nodes driven.
+    /// The nodes driven, in address order.
     pub targets: Vec<String>,
     /// Asked rate in requests per second (open loop); `null` in closed loop.
     pub rate: Option<f64>,
     /// Requests in flight at most.
     pub concurrency: usize,
+    /// HTTP/2 connections per target.
+    pub connections: usize,
+    /// `WorkStream`s per connection (stream mode).
+    pub streams: usize,
+    /// Time asked to measure, in seconds (`duration_s` is what was).
+    pub asked_duration_s: f64,
+    /// Time sent before measuring, in seconds.
+    pub warmup_s: f64,
+    /// Request payload size in bytes (`--payload`).
+    pub payload_bytes: usize,
+    /// Response size asked of the node, in bytes (`--response-bytes`).
+    pub response_bytes: u32,
+    /// Delay asked of the node before each answer, in milliseconds.
+    pub delay_ms: u32,
+    /// Share of requests (0 to 1) asked to fail (`--error-rate`), spread
+    /// evenly over the run.
+    pub asked_error_rate: f64,
+    /// gRPC status code of the failures asked for.
+    pub fail_code: u32,
     /// Measured time in seconds (shorter than asked when stopped early).
     pub duration_s: f64,
     /// Requests sent and completed, failed ones included. Requests that
@@ -267,7 +288,9 @@ pub struct Report {
     /// Failed connection attempts (refused, timed out, closed before
     /// answering), every target together.
     pub connect_errors: u64,
-    /// Failed connection attempts by target, for the targets that had any.
+    /// Failed connection attempts by target, for the targets that had any
+    /// (written in address order).
+    #[serde(serialize_with = "in_target_order")]
     pub connect_errors_by_target: BTreeMap<String, ConnectErrors>,
     /// Achieved requests per second.
     pub throughput_rps: f64,
@@ -307,10 +330,8 @@ pub struct Report {
 /// What a run measured, before it becomes a [`Report`].
 #[derive(Debug)]
 pub(crate) struct Measured<'a> {
-    pub mode: Mode,
-    pub targets: &'a [String],
-    pub rate: Option<f64>,
-    pub concurrency: usize,
+    /// The run as asked.
+    pub config: &'a RunConfig,
     pub measured: Duration,
     pub all: &'a Recorder,
     /// Open loop: scheduled requests that never had a free slot.
@@ -318,7 +339,6 @@ pub(crate) struct Measured<'a> {
     /// Open loop: scheduled requests that had no connection to go out on.
     pub missed_unconnected: u64,
     pub connect_errors: BTreeMap<String, ConnectErrors>,
-    pub thresholds: Thresholds,
     pub intervals: Vec<Interval>,
     pub interrupted: bool,
 }
@@ -326,17 +346,29 @@ pub(crate) struct Measured<'a> {
 impl Report {
     pub(crate) fn new(m: Measured<'_>) -> Self {
         let secs = m.measured.as_secs_f64();
-        let all = m.all;
+        let (all, config) = (m.all, m.config);
         let errors = all.errors.values().sum();
         let latency_us = Percentiles::from(&all.corrected);
-        let thresholds = ThresholdChecks::new(&m.thresholds, all.requests, errors, latency_us.p99);
+        let thresholds =
+            ThresholdChecks::new(&config.thresholds, all.requests, errors, latency_us.p99);
         let failures = failures(all.requests, errors, &thresholds, &m.connect_errors);
         let missed = m.missed_waiting + m.missed_unconnected;
+        let mut targets = config.targets.clone();
+        targets::sort(&mut targets);
         Self {
-            mode: m.mode,
-            targets: m.targets.to_vec(),
-            rate: m.rate,
-            concurrency: m.concurrency,
+            mode: config.mode,
+            targets,
+            rate: config.rate,
+            concurrency: config.concurrency,
+            connections: config.connections,
+            streams: config.streams,
+            asked_duration_s: config.duration.as_secs_f64(),
+            warmup_s: config.warmup.as_secs_f64(),
+            payload_bytes: config.payload,
+            response_bytes: config.response_bytes,
+            delay_ms: config.delay_ms,
+            asked_error_rate: config.error_rate,
+            fail_code: config.fail_code,
             duration_s: secs,
             requests: all.requests,
             errors,
@@ -366,6 +398,11 @@ impl Report {
     /// Why the run failed, a sentence each; empty when it succeeded.
     pub fn failures(&self) -> &[String] {
         &self.failures
+    }
+
+    /// The targets that had connection failures, in address order.
+    pub fn connect_errors_in_order(&self) -> Vec<(&str, &ConnectErrors)> {
+        in_order(&self.connect_errors_by_target)
     }
 
     /// Open loop: what was scheduled and never sent, a sentence per
@@ -422,7 +459,7 @@ impl Report {
         }
         if self.connect_errors > 0 {
             writeln!(out, "  Connect errors: {}", self.connect_errors)?;
-            for (target, errors) in &self.connect_errors_by_target {
+            for (target, errors) in self.connect_errors_in_order() {
                 writeln!(out, "    {}", connect_problem(target, errors))?;
             }
         }
@@ -542,15 +579,35 @@ fn why_none(requests: u64, connect_errors: &BTreeMap<String, ConnectErrors>) -> 
     if connect_errors.is_empty() {
         return "no request succeeded: none was completed".to_owned();
     }
-    let problems: Vec<String> = connect_errors
-        .iter()
+    let problems: Vec<String> = in_order(connect_errors)
+        .into_iter()
         .map(|(target, errors)| connect_problem(target, errors))
         .collect();
     format!("no request could be sent: {}", problems.join("; "))
 }
 
+/// The entries of a map by target, in address order.
+fn in_order<V>(by_target: &BTreeMap<String, V>) -> Vec<(&str, &V)> {
+    let mut entries: Vec<(&str, &V)> = by_target.iter().map(|(t, v)| (t.as_str(), v)).collect();
+    entries.sort_by(|a, b| targets::order(a.0, b.0));
+    entries
+}
+
+/// Writes a map by target as a JSON object whose keys come in address
+/// order.
+fn in_target_order<S: Serializer, V: Serialize>(
+    by_target: &BTreeMap<String, V>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(by_target.len()))?;
+    for (target, value) in in_order(by_target) {
+        map.serialize_entry(target, value)?;
+    }
+    map.end()
+}
+
 /// A share as a percentage: `1.25%`.
-fn percent(share: f64) -> String {
+pub(crate) fn percent(share: f64) -> String {
     format!("{:.2}%", share * 100.0)
 }
 
@@ -597,26 +654,44 @@ pub fn code_name_order(errors: &BTreeMap<String, u64>) -> Vec<(&str, u64)> {
 mod tests {
     use super::*;
 
+    /// A two-second open-loop unary run at 50 req/s against `targets`.
+    fn config(targets: &[&str], thresholds: Thresholds) -> RunConfig {
+        let targets = targets.iter().map(|t| (*t).to_owned()).collect();
+        let mut config = RunConfig::closed(targets, 4, Duration::from_secs(2));
+        config.rate = Some(50.0);
+        config.thresholds = thresholds;
+        config
+    }
+
+    /// The report of `config` having recorded `all`.
+    fn report_of(
+        config: &RunConfig,
+        all: &Recorder,
+        connect_errors: BTreeMap<String, ConnectErrors>,
+    ) -> Report {
+        Report::new(Measured {
+            config,
+            measured: config.duration,
+            all,
+            missed_waiting: 0,
+            missed_unconnected: 0,
+            connect_errors,
+            intervals: Vec::new(),
+            interrupted: false,
+        })
+    }
+
     /// A two-second open-loop report of `all` against one target.
     fn report(
         all: &Recorder,
         thresholds: Thresholds,
         connect_errors: BTreeMap<String, ConnectErrors>,
     ) -> Report {
-        Report::new(Measured {
-            mode: Mode::Unary,
-            targets: &["http://127.0.0.1:1".to_owned()],
-            rate: Some(50.0),
-            concurrency: 4,
-            measured: Duration::from_secs(2),
+        report_of(
+            &config(&["http://127.0.0.1:1"], thresholds),
             all,
-            missed_waiting: 0,
-            missed_unconnected: 0,
             connect_errors,
-            thresholds,
-            intervals: Vec::new(),
-            interrupted: false,
-        })
+        )
     }
 
     fn text(report: &Report) -> String {
@@ -748,5 +823,111 @@ mod tests {
         report.write_text(&mut text).expect("text");
         let text = String::from_utf8(text).expect("utf-8");
         assert!(text.contains("UNAVAILABLE") && text.contains("asked 50.0"));
+    }
+
+    /// The targets of the tests of order: as strings `.10` comes before
+    /// `.2` and port 10001 before 7002.
+    const MIXED: [&str; 5] = [
+        "http://node-a:7000",
+        "http://172.21.0.10:7000",
+        "http://172.21.0.2:7000",
+        "http://127.0.0.1:10001",
+        "http://127.0.0.1:7002",
+    ];
+    const IN_ORDER: [&str; 5] = [
+        "http://127.0.0.1:7002",
+        "http://127.0.0.1:10001",
+        "http://172.21.0.2:7000",
+        "http://172.21.0.10:7000",
+        "http://node-a:7000",
+    ];
+
+    #[test]
+    fn targets_are_listed_by_address_everywhere() {
+        let refused = |count| ConnectErrors {
+            count,
+            established: 0,
+            last_error: "connection refused".to_owned(),
+        };
+        let errors: BTreeMap<String, ConnectErrors> = MIXED
+            .iter()
+            .zip(1..)
+            .map(|(t, n)| ((*t).to_owned(), refused(n)))
+            .collect();
+        let report = report_of(
+            &config(&MIXED, Thresholds::default()),
+            &Recorder::default(),
+            errors,
+        );
+        assert_eq!(report.targets, IN_ORDER);
+        let listed: Vec<&str> = report
+            .connect_errors_in_order()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(listed, IN_ORDER);
+
+        // The text's connect errors and its verdict.
+        let text = text(&report);
+        let bare = IN_ORDER.map(|t| t.trim_start_matches("http://"));
+        let at = |haystack: &str, from: usize| -> Vec<usize> {
+            bare.iter()
+                .map(|t| {
+                    haystack[from..]
+                        .find(&format!("refused to {t} "))
+                        .unwrap_or_else(|| panic!("{t} missing: {text}"))
+                })
+                .collect()
+        };
+        let errors_at = text.find("Connect errors:").expect("connect errors");
+        let lines = at(&text, errors_at);
+        assert!(lines.is_sorted(), "{text}");
+        let verdict_at = text.find("FAILED:").expect("verdict");
+        assert!(at(&text, verdict_at).is_sorted(), "{text}");
+
+        // The JSON: the list, and the keys of the map as written.
+        let mut json = Vec::new();
+        report.write_json(&mut json).expect("json");
+        let json = String::from_utf8(json).expect("utf-8");
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(value["targets"], serde_json::json!(IN_ORDER));
+        let map_at = json.find("connect_errors_by_target").expect("map");
+        let keys: Vec<usize> = IN_ORDER
+            .iter()
+            .map(|t| json[map_at..].find(&format!("\"{t}\": {{")).expect("key"))
+            .collect();
+        assert!(keys.is_sorted(), "{json}");
+    }
+
+    #[test]
+    fn the_json_lists_the_runs_parameters() {
+        let mut config = config(&["http://127.0.0.1:1"], Thresholds::default());
+        config.payload = 512;
+        config.response_bytes = 2048;
+        config.delay_ms = 20;
+        config.error_rate = 0.25;
+        config.fail_code = 8;
+        config.connections = 2;
+        config.streams = 3;
+        config.warmup = Duration::from_millis(1500);
+        let report = report_of(&config, &Recorder::default(), BTreeMap::new());
+        let json = serde_json::to_value(&report).expect("json");
+        for (key, want) in [
+            ("payload_bytes", serde_json::json!(512)),
+            ("response_bytes", serde_json::json!(2048)),
+            ("delay_ms", serde_json::json!(20)),
+            ("asked_error_rate", serde_json::json!(0.25)),
+            ("fail_code", serde_json::json!(8)),
+            ("connections", serde_json::json!(2)),
+            ("streams", serde_json::json!(3)),
+            ("warmup_s", serde_json::json!(1.5)),
+            ("asked_duration_s", serde_json::json!(2.0)),
+            // Those that were there before keep their names.
+            ("mode", serde_json::json!("unary")),
+            ("rate", serde_json::json!(50.0)),
+            ("concurrency", serde_json::json!(4)),
+        ] {
+            assert_eq!(json[key], want, "{key}: {json}");
+        }
     }
 }

@@ -531,16 +531,12 @@ pub async fn run_with_progress(
         None => config.duration,
     };
     Ok(Report::new(Measured {
-        mode: config.mode,
-        targets: &config.targets,
-        rate: config.rate,
-        concurrency: config.concurrency,
+        config,
         measured,
         all: &all,
         missed_waiting,
         missed_unconnected: unconnected.load(Ordering::Relaxed),
         connect_errors: tally.failing(),
-        thresholds: config.thresholds,
         intervals,
         interrupted: stopped.is_some(),
     }))

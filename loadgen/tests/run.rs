@@ -319,6 +319,10 @@ async fn cli_writes_a_self_contained_html_report() {
         "0.25",
         "--fail-code",
         "8",
+        "--payload",
+        "300",
+        "--response-bytes",
+        "4096",
         "--html",
         html.to_str().expect("utf-8 path"),
     ]))
@@ -332,6 +336,8 @@ async fn cli_writes_a_self_contained_html_report() {
         "Latency, second by second",
         "RESOURCE_EXHAUSTED",
         "<polyline",
+        "<th>Payload</th><td>300 bytes per request</td>",
+        "<th>Response</th><td>4096 bytes (4 KiB) asked per answer</td>",
     ] {
         assert!(page.contains(needed), "{needed} missing");
     }
@@ -751,6 +757,45 @@ async fn a_run_where_every_request_fails_exits_1() {
     );
 }
 
+/// The message clap printed after the flag of its `invalid value` line.
+#[track_caller]
+fn invalid_value_message(stderr: &str) -> &str {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("error: invalid value "))
+        .and_then(|l| l.split_once("': "))
+        .map_or_else(|| panic!("no invalid value line: {stderr}"), |(_, m)| m)
+}
+
+#[test]
+fn a_bad_duration_gets_the_same_message_from_every_binary() {
+    let want = farm_api::cli::duration("x")
+        .expect_err("not a duration")
+        .to_string();
+    assert!(want.contains("examples: 500ms"), "{want}");
+    let (code, stderr) = farm_testkit::process::serve_refused(&["--heartbeat-timeout", "x"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--heartbeat-timeout <HEARTBEAT_TIMEOUT>'"),
+        "{stderr}"
+    );
+    assert_eq!(invalid_value_message(&stderr), want, "{stderr}");
+    for args in [
+        &["run", "--target", "127.0.0.1:1", "--max", "--duration", "x"][..],
+        &[
+            "swarm",
+            "--control-plane",
+            "127.0.0.1:1",
+            "--heartbeat",
+            "x",
+        ],
+    ] {
+        let (code, stdout, stderr) = loadgen_blocking(args);
+        assert_eq!(code, Some(2), "{args:?}: {stdout}\n{stderr}");
+        assert_eq!(invalid_value_message(&stderr), want, "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn help_documents_the_exit_codes_and_thresholds() {
     for args in [&["--help"][..], &["run", "--help"]] {
@@ -769,5 +814,15 @@ fn help_documents_the_exit_codes_and_thresholds() {
     assert!(
         help.contains("--max-error-rate <SHARE>") && help.contains("--max-p99 <DURATION>"),
         "{help}"
+    );
+    // The token is a viewer's, from FARM_TOKEN (the swarm's is a node's).
+    let token = help
+        .split("--token <TOKEN>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_else(|| panic!("no --token: {help}"));
+    assert!(
+        token.contains("`viewer` token") && token.contains("[env: FARM_TOKEN"),
+        "{token}"
     );
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use farm_api::v1::{DiscoverRequest, NodeInfo, NodeState};
-use farm_testkit::{Farm, eventually, process::run_within};
+use farm_testkit::{
+    Farm, NODE, TOKENS, VIEWER, eventually,
+    process::{run_within, without_farm_env},
+};
 use loadgen::swarm::{SwarmConfig, SwarmReport};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -272,21 +275,99 @@ async fn the_token_is_sent_and_its_absence_is_reported() {
     );
 }
 
-/// Runs the binary with `args`, killing it after 20 s; (exit code, stderr).
-fn loadgen(args: &[&str]) -> (Option<i32>, String) {
-    let ran = run_within(
-        Command::new(env!("CARGO_BIN_EXE_loadgen"))
-            .arg("swarm")
-            .args(args)
-            .env_remove("FARM_CONTROL_PLANE")
-            .env_remove("FARM_TOKEN"),
-        Duration::from_secs(20),
-    )
-    .expect("spawn loadgen");
+/// Runs `loadgen swarm` with `args` and, of the farm's variables, only
+/// `env`, killing it after 20 s; (exit code, stdout, stderr).
+fn loadgen_with(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    without_farm_env(&mut command)
+        .arg("swarm")
+        .args(args)
+        .envs(env.iter().copied());
+    let ran = run_within(&mut command, Duration::from_secs(20)).expect("spawn loadgen");
     let status = ran
         .status
         .unwrap_or_else(|| panic!("loadgen {args:?} still running after 20 s"));
-    (status.code(), ran.stderr)
+    (status.code(), ran.stdout, ran.stderr)
+}
+
+/// Runs `loadgen swarm` with `args` and no farm variable; (exit code,
+/// stderr).
+fn loadgen(args: &[&str]) -> (Option<i32>, String) {
+    let (code, _, stderr) = loadgen_with(args, &[]);
+    (code, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_the_node_token_from_farm_node_token() {
+    let cp = control_plane(TOKENS).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("swarm.json");
+    let url = cp.url();
+    let args = [
+        "--control-plane",
+        url.as_str(),
+        "--nodes",
+        "5",
+        "--heartbeat",
+        "100ms",
+        "--duration",
+        "300ms",
+        "--quiet",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ];
+    let read = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json")
+    };
+    let swarm = |env: &'static [(&'static str, &'static str)]| {
+        let args = args.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            loadgen_with(&args, env)
+        })
+    };
+
+    // The node token, where farm-node reads it.
+    let (code, stdout, stderr) = swarm(&[("FARM_NODE_TOKEN", NODE)]).await.expect("join");
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let report = read();
+    assert_eq!(
+        (report["registered"].as_u64(), report["errors"].as_u64()),
+        (Some(5), Some(0)),
+        "{report}"
+    );
+
+    // `loadgen run`'s variable is not the swarm's: even holding the node
+    // token, it is not sent.
+    let (code, stdout, stderr) = swarm(&[("FARM_TOKEN", NODE)]).await.expect("join");
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let report = read();
+    assert_eq!(report["registered"], 0, "{report}");
+    assert_eq!(
+        report["errors_by_code"],
+        json!({"UNAUTHENTICATED": 5}),
+        "{report}"
+    );
+
+    // A viewer token is not enough to be a node.
+    let (code, _, _) = swarm(&[("FARM_NODE_TOKEN", VIEWER)]).await.expect("join");
+    assert_eq!(code, Some(1));
+    assert_eq!(read()["errors_by_code"], json!({"PERMISSION_DENIED": 5}));
+}
+
+#[test]
+fn help_names_the_token_role_and_variable() {
+    let (code, help, stderr) = loadgen_with(&["--help"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let token = help
+        .split("--token <TOKEN>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_else(|| panic!("no --token: {help}"));
+    assert!(
+        token.contains("`node` token") && token.contains("[env: FARM_NODE_TOKEN"),
+        "{token}"
+    );
 }
 
 #[track_caller]

@@ -5,7 +5,8 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
-use farm_api::{Bearer, node::MIN_HEARTBEAT_INTERVAL_MS};
+// Every duration flag of the workspace reads alike.
+use farm_api::{Bearer, cli::duration, node::MIN_HEARTBEAT_INTERVAL_MS};
 
 use crate::config::target_uri;
 
@@ -27,10 +28,10 @@ pub struct SwarmArgs {
     #[arg(long, default_value_t = 1000)]
     pub nodes: usize,
     /// Interval between one node's heartbeats.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub heartbeat: Duration,
     /// How long to measure, once every node has registered (or failed to).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = duration)]
     pub duration: Duration,
     /// HTTP/2 connections the nodes are spread over (default: one per 100
     /// nodes).
@@ -44,16 +45,18 @@ pub struct SwarmArgs {
     pub group: String,
     /// Longest the registration of all nodes may take; measurement starts
     /// then with the nodes registered so far.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "120s", value_parser = duration)]
     pub ramp_timeout: Duration,
     /// Longest the deregistration of all nodes may take at the end.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = duration)]
     pub cleanup_timeout: Duration,
     /// Deadline of each Register and Deregister call.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub rpc_timeout: Duration,
-    /// Bearer token of the `node` role, sent as `authorization: Bearer <token>`.
-    #[arg(long, env = "FARM_TOKEN", hide_env_values = true)]
+    /// Bearer token the simulated nodes register and heartbeat with: the
+    /// control plane's `node` token (its `--node-token`; `admin` works too,
+    /// `viewer` does not), from the variable `farm-node --token` reads.
+    #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Write the report as JSON to this file.
     #[arg(long)]
