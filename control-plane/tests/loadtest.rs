@@ -565,14 +565,14 @@ async fn grpcurl_runs_a_load_test_and_prints_every_event() {
         &[
             "-plaintext",
             "-d",
-            r#"{"concurrency": 0, "durationMs": 1000}"#,
+            r#"{"concurrency": 10001, "durationMs": 1000}"#,
             &addr,
             "farm.v1.LoadTest/Run",
         ],
     )
     .await
     .expect("grpcurl");
-    assert!(!output.status.success(), "concurrency 0 is refused");
+    assert!(!output.status.success(), "concurrency past 10000 is refused");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("InvalidArgument"), "{stderr}");
 }

@@ -72,7 +72,7 @@ def main() -> None:
         discovery_pb2.DiscoverRequest(count=5, labels={"lang": "python"}), timeout=10
     )
     try:
-        discovery.Discover(discovery_pb2.DiscoverRequest(count=0), timeout=10)
+        discovery.Discover(discovery_pb2.DiscoverRequest(count=1001), timeout=10)
         bad_count = "OK"
     except grpc.RpcError as err:
         bad_count = err.code().name
