@@ -572,7 +572,10 @@ async fn grpcurl_runs_a_load_test_and_prints_every_event() {
     )
     .await
     .expect("grpcurl");
-    assert!(!output.status.success(), "concurrency past 10000 is refused");
+    assert!(
+        !output.status.success(),
+        "concurrency past 10000 is refused"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("InvalidArgument"), "{stderr}");
 }
