@@ -190,6 +190,18 @@ pub use farm_api::node::{MAX_DELAY_MS, MAX_RESPONSE_BYTES};
 pub const CLOSED_CONCURRENCY: usize = 16;
 /// Default in-flight cap of an open-loop run.
 pub const OPEN_CONCURRENCY: usize = 1024;
+/// How long a run measures unless told (`--duration`'s default).
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// The in-flight cap of a run that names none: an open loop (a rate)
+/// only caps how far a slow target backs requests up.
+pub fn default_concurrency(open_loop: bool) -> usize {
+    if open_loop {
+        OPEN_CONCURRENCY
+    } else {
+        CLOSED_CONCURRENCY
+    }
+}
 
 /// Limits a run must stay within to succeed, in the spirit of k6's
 /// thresholds: crossing one makes the run fail (exit code 1).
@@ -258,11 +270,9 @@ impl RunConfig {
                 .collect::<Result<_, _>>()?,
             mode: args.mode,
             rate: args.rate,
-            concurrency: args.concurrency.unwrap_or(if args.rate.is_some() {
-                OPEN_CONCURRENCY
-            } else {
-                CLOSED_CONCURRENCY
-            }),
+            concurrency: args
+                .concurrency
+                .unwrap_or_else(|| default_concurrency(args.rate.is_some())),
             connections: args.connections,
             streams: args.streams,
             duration: args.duration,
@@ -381,6 +391,17 @@ mod tests {
             return Err("not a run".to_owned());
         };
         RunConfig::from_args(&args, &args.targets).map_err(|e| e.to_string())
+    }
+
+    /// The defaults the flags show are the ones the control plane's
+    /// `LoadTest.Run` takes for unset fields.
+    #[test]
+    fn unset_flags_take_the_shared_defaults() {
+        let closed = parse(&["--target", "127.0.0.1:1", "--max"]).expect("valid");
+        assert_eq!(closed.duration, DEFAULT_DURATION);
+        assert_eq!(closed.concurrency, default_concurrency(false));
+        let open = parse(&["--target", "127.0.0.1:1", "--rate", "5"]).expect("valid");
+        assert_eq!(open.concurrency, default_concurrency(true));
     }
 
     #[test]

@@ -64,10 +64,7 @@ impl ConfigService {
             }
             .into());
         }
-        match scope.strip_prefix("node:") {
-            Some(node) => Ok(Scope::Node(resolve_node(&self.members, "scope", node)?)),
-            None => Ok(scope.parse()?),
-        }
+        Ok(Scope::parse(scope, |node| self.members.resolve(node))?)
     }
 }
 

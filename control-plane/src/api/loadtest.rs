@@ -41,9 +41,6 @@ const MAX_STREAMS: u32 = 100;
 const MAX_BYTES: u32 = farm_api::node::MAX_RESPONSE_BYTES;
 /// Longest delay a node accepts, in milliseconds.
 const MAX_DELAY_MS: u32 = farm_api::node::MAX_DELAY_MS;
-/// How long a run measures when the request leaves `duration_ms` unset:
-/// `loadgen run --duration`'s default.
-const DEFAULT_DURATION_MS: u32 = 10_000;
 /// Status code of requested failures when the request names none.
 const DEFAULT_FAIL_CODE: u32 = tonic::Code::Unavailable as u32;
 
@@ -242,18 +239,17 @@ fn run_config(request: &LoadTestRequest, targets: Vec<String>) -> Result<RunConf
         targets,
         mode: mode(request.mode)?,
         rate: (request.rate > 0.0).then_some(request.rate),
-        // Unset: loadgen's own defaults for the loop the rate implies.
+        // Unset: loadgen's own defaults (for the loop the rate implies).
         concurrency: match request.concurrency {
-            0 if request.rate > 0.0 => loadgen::config::OPEN_CONCURRENCY,
-            0 => loadgen::config::CLOSED_CONCURRENCY,
+            0 => loadgen::config::default_concurrency(request.rate > 0.0),
             n => n as usize,
         },
         connections: request.connections.max(1) as usize,
         streams: request.streams.max(1) as usize,
-        duration: Duration::from_millis(u64::from(match request.duration_ms {
-            0 => DEFAULT_DURATION_MS,
-            ms => ms,
-        })),
+        duration: match request.duration_ms {
+            0 => loadgen::config::DEFAULT_DURATION,
+            ms => Duration::from_millis(u64::from(ms)),
+        },
         warmup: Duration::from_millis(u64::from(request.warmup_ms)),
         payload: request.payload_bytes as usize,
         response_bytes: request.response_bytes,

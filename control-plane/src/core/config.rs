@@ -41,10 +41,14 @@ impl fmt::Display for Scope {
     }
 }
 
-impl FromStr for Scope {
-    type Err = DomainError;
-
-    fn from_str(s: &str) -> Result<Self, DomainError> {
+impl Scope {
+    /// Parses `s`, the node of a `node:` scope through `node`: a request
+    /// may name a node by id or by name (`Registry::resolve`), whose
+    /// errors are returned as they are.
+    pub fn parse(
+        s: &str,
+        node: impl FnOnce(&str) -> Result<NodeId, DomainError>,
+    ) -> Result<Self, DomainError> {
         let bad = || DomainError::MalformedScope(truncate(s));
         if s == "global" {
             return Ok(Self::Global);
@@ -53,10 +57,19 @@ impl FromStr for Scope {
             validate_group(name).map_err(|_| bad())?;
             return Ok(Self::Group(name.to_owned()));
         }
-        if let Some(id) = s.strip_prefix("node:") {
-            return id.parse::<NodeId>().map(Self::Node).map_err(|_| bad());
+        match s.strip_prefix("node:") {
+            Some(given) if !given.is_empty() => node(given).map(Self::Node),
+            _ => Err(bad()),
         }
-        Err(bad())
+    }
+}
+
+/// A scope as it is stored: a node's by id.
+impl FromStr for Scope {
+    type Err = DomainError;
+
+    fn from_str(s: &str) -> Result<Self, DomainError> {
+        Self::parse(s, str::parse).map_err(|_| DomainError::MalformedScope(truncate(s)))
     }
 }
 
