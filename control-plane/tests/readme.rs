@@ -22,7 +22,7 @@ use std::{
 };
 
 use farm_testkit::{
-    Api, NodeGuard,
+    ControlPlaneProcess, NodeGuard,
     docker::DockerCleanup,
     free_addr,
     process::{run_within, without_farm_env},
@@ -140,22 +140,23 @@ async fn every_walk_through_command_runs_as_written_against_scripts_serve() {
     let _processes = NodeGuard::new(dir.path());
     let addr = free_addr();
     let log = fs::File::create(dir.path().join("serve.log")).expect("serve log");
-    let mut serve = Command::new(root.join("scripts/serve"));
-    without_farm_env(&mut serve)
+    let mut command = tokio::process::Command::new(root.join("scripts/serve"));
+    without_farm_env(command.as_std_mut())
         .current_dir(&root)
         .args(["--listen", &addr.to_string(), "--data-dir"])
         .arg(dir.path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
-    let serve = Serve(serve.spawn().expect("run scripts/serve"));
+    // Stopped with SIGTERM, as Ctrl-C does, when the test ends or fails.
+    let mut serve = ControlPlaneProcess::spawn(&mut command, addr);
     let serve_log = || fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
 
-    // The first run may build the node image: minutes, not seconds.
-    let api = Api::at(addr);
+    // The first run may build the node image: minutes, not seconds. The
+    // outer limit comes first, so that a failure shows serve's log.
     let healthy = tokio::time::timeout(
         Duration::from_secs(300),
-        api.wait_healthy(NODES, Duration::from_secs(300)),
+        serve.wait_healthy(NODES, Duration::from_secs(330)),
     )
     .await;
     assert!(
@@ -184,45 +185,10 @@ async fn every_walk_through_command_runs_as_written_against_scripts_serve() {
         serve_log()
     );
     eprintln!("{}", ran.stderr);
-    let status = serve.stop();
+    let status = serve.terminate(Duration::from_secs(60)).await;
     assert!(
-        status.is_some_and(|s| s.success()),
+        status.success(),
         "control-plane serve did not stop cleanly ({status:?}):\n{}",
         serve_log()
     );
-}
-
-/// `scripts/serve` (which `exec`s the control plane) as a child: stopped
-/// with SIGTERM, as Ctrl-C does, when the test ends or fails.
-struct Serve(std::process::Child);
-
-impl Serve {
-    /// SIGTERM, then its exit status within a minute (`None` past it).
-    fn stop(mut self) -> Option<std::process::ExitStatus> {
-        terminate(&mut self.0)
-    }
-}
-
-fn terminate(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
-    use nix::{sys::signal, unistd::Pid};
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let pid = Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
-    let _ = signal::kill(pid, signal::Signal::SIGTERM);
-    for _ in 0..600 {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        terminate(&mut self.0);
-    }
 }

@@ -280,25 +280,34 @@ impl ProcessBuilder {
             .args(self.serve_args(&self.kind.data_dir, false))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            .stderr(Stdio::inherit());
         if self.kind.quiet {
             without_farm_env(command.as_std_mut()).env("RUST_LOG", "error");
         }
-        let child = command.spawn().expect("spawn control-plane");
+        let process = ControlPlaneProcess::spawn(&mut command, addr);
         eventually("the control plane to listen", LISTEN_LIMIT, || async {
             tokio::net::TcpStream::connect(addr).await.map(drop)
         })
         .await;
+        process
+    }
+}
+
+impl ControlPlaneProcess {
+    /// A control plane that `command` runs (`control-plane serve`, or a
+    /// script that `exec`s it), to serve on `addr`; returns at once.
+    pub fn spawn(command: &mut tokio::process::Command, addr: SocketAddr) -> Self {
+        let child = command
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn the control plane");
         ControlPlaneProcess {
             child,
             addr,
             api: Api::at(addr),
         }
     }
-}
 
-impl ControlPlaneProcess {
     /// `nodes` nodes on `data_dir` as a measurement wants them: the
     /// product's timing, only errors logged, none of the farm's variables
     /// from the caller's shell.
