@@ -6,52 +6,14 @@
 use std::{convert::Infallible, future::Ready};
 
 use farm_api::v1::{GetConfigRequest, config_client::ConfigClient};
+use farm_testkit::raw::Raw;
 use tonic::{
     Code, Request, Response, Status,
     body::Body,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     codegen::{BoxFuture, Context, Poll, Service, http},
     server::{NamedService, UnaryService},
     transport::{Endpoint, Server, server::TcpIncoming},
 };
-
-/// Writes bytes as they are, and reads nothing.
-#[derive(Debug, Clone, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        prost::bytes::BufMut::put_slice(buf, &item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = ();
-    type Error = Status;
-
-    fn decode(&mut self, _: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
-        Ok(Some(()))
-    }
-}
 
 /// A `farm.v1.Config` that answers every call with a truncated message.
 #[derive(Debug, Clone)]
@@ -61,11 +23,11 @@ impl NamedService for Truncated {
     const NAME: &'static str = "farm.v1.Config";
 }
 
-impl UnaryService<()> for Truncated {
+impl UnaryService<Vec<u8>> for Truncated {
     type Response = Vec<u8>;
     type Future = Ready<Result<Response<Vec<u8>>, Status>>;
 
-    fn call(&mut self, _: Request<()>) -> Self::Future {
+    fn call(&mut self, _: Request<Vec<u8>>) -> Self::Future {
         // Field 1 (scope) announces 9 bytes and carries 1.
         std::future::ready(Ok(Response::new(vec![0x0a, 0x09, b'g'])))
     }

@@ -2,66 +2,15 @@
 //! answers them with INVALID_ARGUMENT and one short sentence, whatever the
 //! service, and stores nothing.
 
-use bytes::{Buf, BufMut};
 use farm_api::v1::PutConfigRequest;
-use farm_testkit::Farm;
+use farm_testkit::{Farm, raw};
 use prost::Message;
 use prost_types::{Struct, Value, value::Kind};
-use tonic::{
-    Code, Request, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-};
-
-/// Sends and receives bytes as they are: what no generated client would
-/// send.
-#[derive(Debug, Clone, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        buf.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
-    }
-}
+use tonic::{Code, Status};
 
 /// Calls `path` with `body` as the request message.
 async fn send(farm: &Farm, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
-    let mut grpc = tonic::client::Grpc::new(farm.channel());
-    grpc.ready().await.expect("connected");
-    grpc.unary(
-        Request::new(body),
-        http::uri::PathAndQuery::from_static(path),
-        Raw,
-    )
-    .await
-    .map(tonic::Response::into_inner)
+    raw::call(farm.channel(), path, body).await
 }
 
 /// A configuration whose data is `depth` objects deep.

@@ -1,8 +1,8 @@
 //! What the farm's tests and benchmarks share, in one place, so that each
 //! test file says what it checks and not how a farm is started or polled.
-//! A development-only library: the `control-plane`, `farm-node` and
-//! `loadgen` crates take it as a dev-dependency (a cycle cargo allows: it
-//! uses their libraries, whose integration tests use it).
+//! A development-only library: every crate of the workspace takes it as a
+//! dev-dependency (a cycle cargo allows: it uses their libraries, whose
+//! integration tests use it).
 //!
 //! - [`Farm`] ([`farm`]): a whole control plane in this process on
 //!   `127.0.0.1:0`, with real `farm-node` processes or none;
@@ -14,7 +14,7 @@
 //!   token or none, and the waits on its node list.
 //! - [`http`]: an HTTP/1.1 client (hyper's) that sends exactly the `Host`,
 //!   `Origin` and other headers a test sets; [`grpc_web`]: gRPC-Web frames
-//!   and calls over it.
+//!   and calls over it; [`raw`]: gRPC with message bytes as they are.
 //! - [`eventually`] ([`wait`]): polls until something holds, with a short
 //!   backoff, and panics with what it waited for and what it saw last.
 //! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
@@ -31,6 +31,7 @@ pub mod http;
 pub mod interop;
 pub mod node;
 pub mod process;
+pub mod raw;
 pub mod skip;
 pub mod wait;
 
