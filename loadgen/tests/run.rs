@@ -8,7 +8,7 @@ use farm_node::NodeConfig;
 use farm_testkit::{
     Node,
     node::{NOWHERE, served},
-    process::{free_addr, run_within},
+    process::{flag_help, free_addr, run_within},
 };
 use loadgen::{Mode, RunConfig};
 use tokio::net::TcpListener;
@@ -816,11 +816,7 @@ fn help_documents_the_exit_codes_and_thresholds() {
         "{help}"
     );
     // The token is a viewer's, from FARM_TOKEN (the swarm's is a node's).
-    let token = help
-        .split("--token <TOKEN>")
-        .nth(1)
-        .and_then(|rest| rest.split("\n      --").next())
-        .unwrap_or_else(|| panic!("no --token: {help}"));
+    let token = flag_help(&help, "--token <TOKEN>");
     assert!(
         token.contains("`viewer` token") && token.contains("[env: FARM_TOKEN"),
         "{token}"

@@ -11,7 +11,7 @@ use std::{
 use farm_api::v1::{DiscoverRequest, NodeInfo, NodeState};
 use farm_testkit::{
     Farm, NODE, TOKENS, VIEWER, eventually,
-    process::{run_within, without_farm_env},
+    process::{flag_help, run_within, without_farm_env},
 };
 use loadgen::swarm::{SwarmConfig, SwarmReport};
 use serde_json::json;
@@ -359,11 +359,7 @@ async fn the_binary_takes_the_node_token_from_farm_node_token() {
 fn help_names_the_token_role_and_variable() {
     let (code, help, stderr) = loadgen_with(&["--help"], &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    let token = help
-        .split("--token <TOKEN>")
-        .nth(1)
-        .and_then(|rest| rest.split("\n      --").next())
-        .unwrap_or_else(|| panic!("no --token: {help}"));
+    let token = flag_help(&help, "--token <TOKEN>");
     assert!(
         token.contains("`node` token") && token.contains("[env: FARM_NODE_TOKEN"),
         "{token}"

@@ -156,6 +156,15 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The text `--help` gives for `flag` (as it shows, e.g. `--token
+/// <TOKEN>`): from there to the next flag.
+pub fn flag_help<'a>(help: &'a str, flag: &str) -> &'a str {
+    help.split(flag)
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_else(|| panic!("no {flag} in: {help}"))
+}
+
 /// A loopback address that was free a moment ago (bound, then released):
 /// for a child process that must be told its port.
 pub fn free_addr() -> SocketAddr {
