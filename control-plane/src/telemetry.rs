@@ -194,10 +194,12 @@ impl Telemetry {
         ConnectionGuard(Arc::clone(self))
     }
 
-    /// Counts a connection closed at once for the connection limit.
-    pub fn line_connection_refused(&self) {
+    /// Counts a connection closed at once for the connection limit;
+    /// returns how many were, ever.
+    pub fn line_connection_refused(&self) -> u64 {
         self.line_connections_refused
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(1, Ordering::Relaxed)
+            + 1
     }
 
     /// Counts an answered line.

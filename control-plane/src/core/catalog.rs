@@ -125,15 +125,6 @@ pub enum Change {
     Remove { name: Name },
 }
 
-impl Change {
-    /// The name the change is about.
-    pub fn name(&self) -> &Name {
-        match self {
-            Change::Index { name, .. } | Change::Remove { name } => name,
-        }
-    }
-}
-
 /// What an accepted change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {

@@ -40,6 +40,8 @@ pub(crate) struct Api {
     pub(crate) shutdown: CancellationToken,
     /// The load tests, one at a time.
     pub(crate) load_test: LoadTestService,
+    /// The catalog's line protocol, when served.
+    pub(crate) indexer: Option<crate::indexer::Status>,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             state,
             supervisor,
             shutdown,
+            indexer: None,
         }
     }
 
@@ -192,7 +195,9 @@ async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     }
 }
 
-/// Ready while serving; the body says how much of the farm is healthy.
+/// Ready while serving, and while the catalog's listener (if any) accepts;
+/// the body says how much of the farm is healthy, and where the catalog
+/// listens.
 async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
     if api.shutdown.is_cancelled() {
         return (
@@ -202,8 +207,16 @@ async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
     }
     let healthy = api.state.members().count_by_state(NodeState::Healthy);
     let desired = api.supervisor.as_ref().map_or(0, Supervisor::desired);
-    (
-        StatusCode::OK,
-        format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n"),
-    )
+    let mut body = format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n");
+    let mut status = StatusCode::OK;
+    if let Some(indexer) = &api.indexer {
+        let address = indexer.address;
+        if indexer.accepting() {
+            body.push_str(&format!("catalog line protocol: accepting on {address}\n"));
+        } else {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            body = format!("not ready: the catalog line protocol is not accepting on {address}\n");
+        }
+    }
+    (status, body)
 }
