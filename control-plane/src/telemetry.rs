@@ -273,6 +273,41 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_counts_connections_lines_and_batches() {
+        let telemetry = Arc::new(Telemetry::default());
+        let first = telemetry.line_connection();
+        let _second = telemetry.line_connection();
+        assert_eq!(telemetry.line_connection_refused(), 1);
+        assert_eq!(telemetry.line_connection_refused(), 2);
+        drop(first);
+        telemetry.line_answered(LineCommand::Index, LineResult::Ok);
+        telemetry.line_answered(LineCommand::Index, LineResult::Ok);
+        telemetry.line_answered(LineCommand::Query, LineResult::Fail);
+        telemetry.line_answered(LineCommand::Other, LineResult::Error);
+        telemetry.catalog_batch(1);
+        telemetry.catalog_batch(3);
+        telemetry.catalog_batch(512);
+        let catalog = telemetry.snapshot().catalog;
+        assert_eq!(
+            (
+                catalog.connections,
+                catalog.connections_open,
+                catalog.connections_refused
+            ),
+            (2, 1, 2)
+        );
+        assert_eq!(catalog.commands[0], [2, 0, 0], "INDEX");
+        assert_eq!(catalog.commands[2], [0, 1, 0], "QUERY");
+        assert_eq!(catalog.commands[3], [0, 0, 1], "other");
+        let mut batches = [0; BATCH_BUCKETS.len()];
+        batches[0] = 1;
+        batches[2] = 1;
+        batches[9] = 1;
+        assert_eq!(catalog.batches, batches);
+        assert_eq!((catalog.batch_count, catalog.batch_changes), (3, 516));
+    }
+
+    #[test]
     fn gauges_and_counters_follow_what_happens() {
         let telemetry = Arc::new(Telemetry::default());
         let first = telemetry.heartbeat_stream();

@@ -4,8 +4,8 @@
 
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
-    config_server::ConfigServer, discovery_server::DiscoveryServer, farm_server::FarmServer,
-    load_test_server::LoadTestServer, metrics_server::MetricsServer,
+    catalog_server::CatalogServer, config_server::ConfigServer, discovery_server::DiscoveryServer,
+    farm_server::FarmServer, load_test_server::LoadTestServer, metrics_server::MetricsServer,
     registry_server::RegistryServer,
 };
 use http::header;
@@ -16,8 +16,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use super::services;
 use crate::{
     api::{
-        ConfigService, DiscoveryService, FarmService, LoadTestService, MetricsService,
-        RegistryService,
+        CatalogService, ConfigService, DiscoveryService, FarmService, LoadTestService,
+        MetricsService, RegistryService,
     },
     core::NodeState,
     exposition::{self, ProcessStats},
@@ -126,6 +126,11 @@ pub(crate) fn routes(
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
+        .add_service(
+            CatalogServer::new(CatalogService::new(state.catalog()))
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        )
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -178,7 +183,8 @@ async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     let scrape = move || {
         // The whole farm always exists, so this cannot fail.
         let farm = api.state.samples().farm("", true).unwrap_or_default();
-        let telemetry = api.state.telemetry().snapshot();
+        let mut telemetry = api.state.telemetry().snapshot();
+        telemetry.catalog.names = api.state.catalog().len() as u64;
         exposition::render(farm, telemetry, ProcessStats::read())
     };
     let rendered = match tokio::task::spawn_blocking(scrape).await {
