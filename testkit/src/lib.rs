@@ -15,6 +15,10 @@
 //! - [`http`]: an HTTP/1.1 client (hyper's) that sends exactly the `Host`,
 //!   `Origin` and other headers a test sets; [`grpc_web`]: gRPC-Web frames
 //!   and calls over it; [`raw`]: gRPC with message bytes as they are.
+//! - [`catalog`]: the dependency set the catalog's tests and benchmark
+//!   index (`data/catalog-graph.txt`, Homebrew-shaped), and a client of
+//!   the catalog's line protocol that pipelines and retries as a real
+//!   client does.
 //! - [`eventually`] ([`wait`]): polls until something holds, with a short
 //!   backoff, and panics with what it waited for and what it saw last.
 //! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
@@ -24,6 +28,7 @@
 //! Everything here panics on failure with a message: it runs inside tests.
 
 pub mod api;
+pub mod catalog;
 pub mod docker;
 pub mod farm;
 pub mod grpc_web;
