@@ -12,8 +12,9 @@ use std::{
 
 use farm_api::v1::{
     DeregisterRequest, DiffRequest, DiscoverRequest, GetConfigRequest, GetEffectiveConfigRequest,
-    HeartbeatRequest, HistoryRequest, ListGroupsRequest, ListNodesRequest, NodeActionKind,
-    NodeActionRequest, PutConfigRequest, RegisterRequest, RollbackRequest, ScaleRequest,
+    GetRequest, HeartbeatRequest, HistoryRequest, IndexRequest, ListGroupsRequest,
+    ListNodesRequest, ListRequest, NodeActionKind, NodeActionRequest, PutConfigRequest,
+    QueryRequest, RegisterRequest, RemoveRequest, RollbackRequest, ScaleRequest,
     WatchConfigRequest, WatchRequest,
 };
 use farm_testkit::{
@@ -91,6 +92,11 @@ const MATRIX: &[(&str, [bool; 3])] = &[
     ("farm.v1.Config/WatchConfig", [true, true, true]),
     ("farm.v1.Config/PutConfig", [true, false, false]),
     ("farm.v1.Config/Rollback", [true, false, false]),
+    ("farm.v1.Catalog/Index", [true, false, false]),
+    ("farm.v1.Catalog/Remove", [true, false, false]),
+    ("farm.v1.Catalog/Query", [true, true, true]),
+    ("farm.v1.Catalog/Get", [true, true, true]),
+    ("farm.v1.Catalog/List", [true, true, true]),
 ];
 
 fn allowed(method: &str, caller: Caller) -> bool {
@@ -338,6 +344,45 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
                 version: 1,
                 expected_version: 0,
             })
+            .await
+            .map(drop),
+        // The name is indexed once an admin's Index went through; Get of a
+        // name not indexed answers NOT_FOUND, which is not a refusal.
+        "farm.v1.Catalog/Index" => client
+            .catalog()
+            .index(IndexRequest {
+                name: "matrix-zlib".into(),
+                dependencies: vec![],
+            })
+            .await
+            .map(drop),
+        "farm.v1.Catalog/Remove" => client
+            .catalog()
+            .remove(RemoveRequest {
+                name: "matrix-absent".into(),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Catalog/Query" => client
+            .catalog()
+            .query(QueryRequest {
+                name: "matrix-zlib".into(),
+            })
+            .await
+            .map(drop),
+        "farm.v1.Catalog/Get" => match client
+            .catalog()
+            .get(GetRequest {
+                name: "matrix-zlib".into(),
+            })
+            .await
+        {
+            Err(status) if status.code() == Code::NotFound => Ok(()),
+            other => other.map(drop),
+        },
+        "farm.v1.Catalog/List" => client
+            .catalog()
+            .list(ListRequest::default())
             .await
             .map(drop),
         _ => panic!("no call written for {method}"),

@@ -339,3 +339,29 @@ fn malformed_origins_and_hosts_are_usage_errors() {
         assert!(help.contains(needle), "{needle}: {help}");
     }
 }
+
+/// A page of the control plane's own origin indexes and queries the
+/// catalog through gRPC-Web, as the dashboard does.
+#[tokio::test]
+async fn the_catalog_answers_grpc_web_from_the_same_origin() {
+    use farm_api::v1::{IndexRequest, QueryRequest, QueryResponse};
+    let farm = Farm::start(0, &[]).await;
+    let host = farm.addr.to_string();
+    let origin = format!("http://{host}");
+    let index = IndexRequest {
+        name: "gtk+".into(),
+        dependencies: vec![],
+    }
+    .encode_to_vec();
+    let shown = grpc_web(farm.addr, "/farm.v1.Catalog/Index", &host, &origin, &index).await;
+    assert_eq!(shown.grpc_status(), Some(0), "{shown}");
+    for (name, indexed) in [("gtk+", true), ("GTK+", false)] {
+        let query = QueryRequest { name: name.into() }.encode_to_vec();
+        let shown = grpc_web(farm.addr, "/farm.v1.Catalog/Query", &host, &origin, &query).await;
+        assert_eq!(shown.grpc_status(), Some(0), "{shown}");
+        let messages = shown.grpc_messages();
+        let reply = QueryResponse::decode(messages[0].as_slice()).expect("QueryResponse");
+        assert_eq!(reply.indexed, indexed, "{name}");
+    }
+    farm.stop().await;
+}

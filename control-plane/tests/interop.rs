@@ -242,3 +242,114 @@ async fn a_generated_python_client_registers_and_discovers() {
         serde_json::json!(["node-001", "node-002", "py-agent"])
     );
 }
+
+/// grpcurl indexes, queries and reads the catalog through reflection,
+/// with the codes its refusals promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_indexes_and_queries_the_catalog() {
+    let farm = Farm::start(0, &[]).await;
+    let addr = farm.addr.to_string();
+    let grpcurl = |method: &'static str, body: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let method = format!("farm.v1.Catalog/{method}");
+            run("grpcurl", &["-plaintext", "-d", body, &addr, &method]).await
+        }
+    };
+    let Some(output) = grpcurl("Index", r#"{"name":"zlib"}"#).await else {
+        return;
+    };
+    stdout(&output, "grpcurl Index zlib");
+    let output = grpcurl("Index", r#"{"name":"curl","dependencies":["zlib"]}"#)
+        .await
+        .expect("grpcurl");
+    stdout(&output, "grpcurl Index curl");
+    let output = grpcurl("Query", r#"{"name":"curl"}"#)
+        .await
+        .expect("grpcurl");
+    let reply: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl Query")).expect("JSON reply");
+    assert_eq!(reply, serde_json::json!({"indexed": true}));
+    let output = grpcurl("Get", r#"{"name":"zlib"}"#).await.expect("grpcurl");
+    let reply: serde_json::Value =
+        serde_json::from_str(&stdout(&output, "grpcurl Get")).expect("JSON reply");
+    assert_eq!(
+        reply,
+        serde_json::json!({"name": "zlib", "dependents": ["curl"]})
+    );
+    let output = grpcurl("Index", r#"{"name":"git","dependencies":["curl","pcre2"]}"#)
+        .await
+        .expect("grpcurl");
+    let (code, message) = grpcurl_error(&output);
+    assert_eq!(code, "FailedPrecondition");
+    assert!(message.contains(r#""pcre2""#), "{message}");
+    let output = grpcurl("Remove", r#"{"name":"zlib"}"#)
+        .await
+        .expect("grpcurl");
+    let (code, message) = grpcurl_error(&output);
+    assert_eq!(code, "FailedPrecondition");
+    assert!(
+        message.contains(r#""curl""#),
+        "names the dependent: {message}"
+    );
+    let output = grpcurl("Query", r#"{"name":"a b"}"#)
+        .await
+        .expect("grpcurl");
+    assert_eq!(grpcurl_error(&output).0, "InvalidArgument");
+    farm.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_python_client_indexes_and_queries_the_catalog() {
+    let farm = Farm::start(0, &[]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/catalog_client.py");
+    let Some(seen) = python_client(&script, &farm.addr.to_string(), &[]).await else {
+        return;
+    };
+    assert_eq!(
+        seen["queried"],
+        serde_json::json!({"zlib": true, "openssl@3": true, "curl": true, "gtk+": true,
+               "libsigc++": true, "ñandú": true, "git": false, "Zlib": false}),
+        "{seen}"
+    );
+    assert_eq!(seen["replaced"], true);
+    assert_eq!(
+        seen["zlib"],
+        serde_json::json!({"dependencies": [], "dependents": ["curl"]})
+    );
+    assert_eq!(
+        seen["curl"],
+        serde_json::json!(["zlib", "openssl@3"]),
+        "re-indexed order"
+    );
+    assert_eq!(seen["lib"], serde_json::json!(["libsigc++"]));
+    assert_eq!(
+        seen["pages"],
+        serde_json::json!([["curl", "gtk+"], ["libsigc++", "openssl@3"]])
+    );
+    assert_eq!(seen["total"], 6);
+    assert_eq!(seen["missing_dependency"]["code"], "FAILED_PRECONDITION");
+    assert!(
+        seen["missing_dependency"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("\"pcre2\"") && !m.contains("\"curl\"")),
+        "names only what is missing: {seen}"
+    );
+    assert_eq!(seen["has_dependents"]["code"], "FAILED_PRECONDITION");
+    assert_eq!(seen["bad_name"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(seen["not_indexed"]["code"], "NOT_FOUND");
+    assert_eq!(seen["removed_absent"], false);
+    assert_eq!(seen["removed_leaf"], true);
+    // The same catalog, seen from this side.
+    let listed = farm
+        .catalog()
+        .list(farm_api::v1::ListRequest::default())
+        .await
+        .expect("List")
+        .into_inner();
+    assert_eq!(
+        listed.names,
+        ["curl", "gtk+", "libsigc++", "openssl@3", "zlib"]
+    );
+    farm.stop().await;
+}

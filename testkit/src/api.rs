@@ -11,8 +11,9 @@ use farm_api::{
     v1::{
         DiscoverRequest, GetConfigRequest, GetConfigResponse, HistoryRequest, ListNodesRequest,
         NodeActionKind, NodeActionRequest, NodeInfo, NodeState, Peer, PutConfigRequest, WatchEvent,
-        WatchRequest, config_client::ConfigClient, discovery_client::DiscoveryClient,
-        farm_client::FarmClient, load_test_client::LoadTestClient, metrics_client::MetricsClient,
+        WatchRequest, catalog_client::CatalogClient, config_client::ConfigClient,
+        discovery_client::DiscoveryClient, farm_client::FarmClient,
+        load_test_client::LoadTestClient, metrics_client::MetricsClient,
         registry_client::RegistryClient,
     },
 };
@@ -86,6 +87,10 @@ impl Api {
 
     pub fn load_test(&self) -> LoadTestClient<Authed> {
         LoadTestClient::with_interceptor(self.channel(), self.bearer.clone())
+    }
+
+    pub fn catalog(&self) -> CatalogClient<Authed> {
+        CatalogClient::with_interceptor(self.channel(), self.bearer.clone())
     }
 
     /// Every node `ListNodes` shows this caller.
