@@ -4,8 +4,9 @@
 //! command sets, the next may use), against a farm started by the README's
 //! first command, `./scripts/serve`: Docker containers where an engine
 //! answers, processes otherwise. The only change made to the commands is the
-//! control plane's address: the farm listens on a free loopback port and a
-//! data folder of its own instead of `127.0.0.1:50051` and `./farm-data`.
+//! control plane's addresses: the farm listens on free loopback ports and a
+//! data folder of its own instead of `127.0.0.1:50051` (and the catalog's
+//! line protocol `127.0.0.1:50052`) and `./farm-data`.
 //!
 //! A command fails the test when it exits with an error. A command marked
 //! `# streams until Ctrl-C` must still be streaming after three seconds,
@@ -16,6 +17,7 @@
 
 use std::{
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -34,6 +36,9 @@ const END: &str = "<!-- end of the walk-through -->";
 const STREAMS: &str = "# streams until Ctrl-C";
 /// The address the README's commands use.
 const README_ADDR: &str = "127.0.0.1:50051";
+/// The catalog's line protocol, where `scripts/serve` puts it: as
+/// `host:port`, and as bash's `/dev/tcp/host/port` names it.
+const README_INDEXER: [&str; 2] = ["127.0.0.1:50052", "127.0.0.1/50052"];
 /// The farm `./scripts/serve` brings up.
 const NODES: usize = 50;
 
@@ -73,9 +78,10 @@ fn walk_through(readme: &str) -> Vec<String> {
     commands
 }
 
-/// One bash script running `commands` against `addr`: each is echoed, then
-/// run; the first that fails stops the script, named.
-fn script(commands: &[String], addr: &str) -> String {
+/// One bash script running `commands` against `addr` (and the line
+/// protocol on `indexer`): each is echoed, then run; the first that fails
+/// stops the script, named.
+fn script(commands: &[String], addr: &str, indexer: SocketAddr) -> String {
     let mut script = String::from(
         r#"set -eEuo pipefail
 trap 'echo "walk-through: FAILED with status $?: $BASH_COMMAND" >&2' ERR
@@ -90,7 +96,13 @@ streams() {
 "#,
     );
     for command in commands {
-        let command = command.replace(README_ADDR, addr);
+        let command = command
+            .replace(README_ADDR, addr)
+            .replace(README_INDEXER[0], &indexer.to_string())
+            .replace(
+                README_INDEXER[1],
+                &format!("{}/{}", indexer.ip(), indexer.port()),
+            );
         script.push_str(&format!("cat >&2 <<'COMMAND'\n$ {command}\nCOMMAND\n"));
         match command.strip_suffix(STREAMS) {
             Some(stream) => script.push_str(&format!("streams {}\n", stream.trim_end())),
@@ -112,8 +124,17 @@ fn the_walk_through_is_found_with_its_streams_marked() {
             assert!(command.ends_with(STREAMS), "unmarked stream: {command}");
         }
     }
-    let script = script(&commands, "127.0.0.1:1");
+    let script = script(
+        &commands,
+        "127.0.0.1:1",
+        "127.0.0.1:2".parse().expect("address"),
+    );
     assert!(!script.contains(README_ADDR));
+    assert!(
+        !script.contains("50052"),
+        "every line-protocol address replaced"
+    );
+    assert!(script.contains("/dev/tcp/127.0.0.1/2\n"));
     assert!(
         script.contains("streams grpcurl -plaintext -d '{}' 127.0.0.1:1 farm.v1.Discovery/Watch\n")
     );
@@ -139,9 +160,11 @@ async fn every_walk_through_command_runs_as_written_against_scripts_serve() {
     let _containers = DockerCleanup::new(dir.path());
     let _processes = NodeGuard::new(dir.path());
     let addr = free_addr();
+    let indexer = free_addr();
     let log = fs::File::create(dir.path().join("serve.log")).expect("serve log");
     let mut command = tokio::process::Command::new(root.join("scripts/serve"));
     without_farm_env(command.as_std_mut())
+        .env("FARM_INDEXER_LISTEN", indexer.to_string())
         .current_dir(&root)
         .args(["--listen", &addr.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -165,7 +188,7 @@ async fn every_walk_through_command_runs_as_written_against_scripts_serve() {
         serve_log()
     );
 
-    let script = script(&commands, &addr.to_string());
+    let script = script(&commands, &addr.to_string(), indexer);
     let ran = tokio::task::spawn_blocking(move || {
         let mut bash = Command::new("bash");
         without_farm_env(&mut bash)

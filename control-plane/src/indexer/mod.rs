@@ -292,6 +292,14 @@ impl Connection {
     /// Takes each complete line out of `input` and queues its answer.
     /// Returns whether a line is longer than the limit: what follows it
     /// cannot be read.
+    ///
+    /// Framing is `memchr` over the connection's own buffer rather than
+    /// tokio-util's codecs: `LinesCodec` ends the stream at the first
+    /// non-UTF-8 line (here an `ERROR`, and the connection goes on), and
+    /// both it and `AnyDelimiterCodec` hand the bytes after the last
+    /// newline over as a line at the end of the stream (here not a
+    /// command); and answering every line already read before writing
+    /// needs the buffer in hand anyway.
     async fn take_lines(
         &self,
         input: &mut BytesMut,
