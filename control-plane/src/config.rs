@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use farm_api::cli::duration;
 use thiserror::Error;
 
+pub use crate::indexer::Limits as IndexerLimits;
 use crate::{
     core::{HealthPolicy, Limits},
     transport::{
@@ -189,6 +190,38 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub allowed_hosts: Vec<String>,
+
+    /// Address for the dependency catalog's line protocol, off unless
+    /// given: plain TCP clients send `INDEX|name|dep1,dep2`, `REMOVE|name|`
+    /// or `QUERY|name|`, one line each, and get `OK`, `FAIL` or `ERROR`
+    /// back. The same catalog as the gRPC `farm.v1.Catalog`. The protocol
+    /// carries no credentials: an address other machines can reach needs
+    /// --indexer-allow-remote.
+    #[arg(long, value_name = "ADDR", env = "FARM_INDEXER_LISTEN")]
+    pub indexer_listen: Option<SocketAddr>,
+
+    /// A line-protocol connection that sends nothing (or reads none of
+    /// its answers) this long is closed.
+    #[arg(long, env = "FARM_INDEXER_READ_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub indexer_read_timeout: Duration,
+
+    /// Longest line of the line protocol (`64KiB`, bytes, ...), its
+    /// newline left out. A longer line is answered `ERROR` and its
+    /// connection closed, since what follows cannot be told apart.
+    #[arg(long, env = "FARM_INDEXER_MAX_LINE", default_value = "64KiB", value_parser = bytes)]
+    pub indexer_max_line: u64,
+
+    /// Most line-protocol connections open at once. Past it, a new
+    /// connection is closed at once, and counted in /metrics
+    /// (farm_catalog_connections_refused_total).
+    #[arg(long, env = "FARM_INDEXER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub indexer_max_connections: u32,
+
+    /// Let --indexer-listen be an address other machines can reach. Anyone
+    /// who reaches it can then change the catalog: the line protocol has
+    /// no tokens.
+    #[arg(long, env = "FARM_INDEXER_ALLOW_REMOTE")]
+    pub indexer_allow_remote: bool,
 }
 
 /// Parses a size: a number with an optional unit (`k`, `m`, `g`, `KiB`,
@@ -278,6 +311,20 @@ or listen on loopback (127.0.0.1, ::1), where no token is needed"
         value: String,
         problem: &'static str,
     },
+    /// `--indexer-listen` reaches beyond this machine without
+    /// `--indexer-allow-remote`.
+    #[error(
+        "--indexer-listen {0} is reachable from other machines, and the catalog's line protocol carries no credentials: \
+anyone could change the catalog. Listen on loopback (127.0.0.1, ::1), or add --indexer-allow-remote"
+    )]
+    IndexerBeyondLoopback(SocketAddr),
+    /// A line-protocol limit out of its range.
+    #[error("{flag} must be {allowed}, got {given}")]
+    IndexerLimit {
+        flag: &'static str,
+        allowed: &'static str,
+        given: String,
+    },
     /// An `--allowed-host` value is not a host name.
     #[error("--allowed-host {value:?} is not a host name: {problem} (e.g. farm.example)")]
     AllowedHost {
@@ -307,6 +354,15 @@ pub struct ServeConfig {
     /// Which browser pages may call, by origin, and which host names
     /// browsers may use.
     pub browser: BrowserPolicy,
+    /// The catalog's line protocol, if served.
+    pub indexer: Option<IndexerConfig>,
+}
+
+/// Where and how the catalog's line protocol is served.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexerConfig {
+    pub listen: SocketAddr,
+    pub limits: IndexerLimits,
 }
 
 /// Settings of the Docker runtime.
@@ -358,6 +414,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         }
         let tokens = tokens(args)?;
         let browser = browser(args)?;
+        let indexer = indexer(args)?;
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -386,9 +443,58 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             keep_nodes: args.keep_nodes,
             tokens,
             browser,
+            indexer,
         })
     }
 }
+
+/// The line protocol's settings, if `--indexer-listen` is given: on
+/// loopback unless allowed beyond, each limit in its range.
+fn indexer(args: &ServeArgs) -> Result<Option<IndexerConfig>, ConfigError> {
+    let Some(listen) = args.indexer_listen else {
+        return Ok(None);
+    };
+    if !is_loopback(listen.ip()) && !args.indexer_allow_remote {
+        return Err(ConfigError::IndexerBeyondLoopback(listen));
+    }
+    if args.indexer_read_timeout < Duration::from_millis(10) {
+        return Err(ConfigError::IndexerLimit {
+            flag: "--indexer-read-timeout",
+            allowed: "at least 10ms",
+            given: format!("{:?}", args.indexer_read_timeout),
+        });
+    }
+    let max_line = match usize::try_from(args.indexer_max_line) {
+        Ok(line) if (MIN_LINE..=MAX_LINE).contains(&line) => line,
+        _ => {
+            return Err(ConfigError::IndexerLimit {
+                flag: "--indexer-max-line",
+                allowed: "between 1KiB and 64MiB",
+                given: format!("{} bytes", args.indexer_max_line),
+            });
+        }
+    };
+    if args.indexer_max_connections == 0 {
+        return Err(ConfigError::IndexerLimit {
+            flag: "--indexer-max-connections",
+            allowed: "at least 1",
+            given: "0".to_owned(),
+        });
+    }
+    Ok(Some(IndexerConfig {
+        listen,
+        limits: IndexerLimits {
+            read_timeout: args.indexer_read_timeout,
+            max_line,
+            max_connections: args.indexer_max_connections as usize,
+        },
+    }))
+}
+
+/// Shortest `--indexer-max-line`: room for a long name and then some.
+const MIN_LINE: usize = 1 << 10;
+/// Longest `--indexer-max-line`.
+const MAX_LINE: usize = 64 << 20;
 
 /// The browser policy of `args`: each origin and host name well-formed.
 /// Empty values (`FARM_CORS_ORIGIN=`, a trailing comma) add nothing.
@@ -558,6 +664,58 @@ mod tests {
         let Command::Serve(args) = cli.command;
         let err = ServeConfig::try_from(&args).expect_err("must be refused");
         assert_eq!(err, want);
+    }
+
+    #[test]
+    fn the_line_protocol_is_off_unless_asked_and_stays_on_loopback_unless_allowed() {
+        assert!(parse(&[]).expect("defaults").indexer.is_none());
+        let config = parse(&["--indexer-listen", "127.0.0.1:7000"]).expect("loopback");
+        let indexer = config.indexer.expect("on");
+        assert_eq!(indexer.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(
+            indexer.limits,
+            IndexerLimits {
+                read_timeout: Duration::from_secs(30),
+                max_line: 64 << 10,
+                max_connections: 10_000,
+            }
+        );
+        refused(
+            &["--indexer-listen", "0.0.0.0:7000"],
+            ConfigError::IndexerBeyondLoopback("0.0.0.0:7000".parse().expect("address")),
+        );
+        let err = parse(&["--indexer-listen", "[::]:7000"]).expect_err("beyond loopback");
+        assert!(err.contains("--indexer-allow-remote"), "{err}");
+        let allowed = parse(&[
+            "--indexer-listen",
+            "0.0.0.0:7000",
+            "--indexer-allow-remote",
+            "--indexer-read-timeout",
+            "2s",
+            "--indexer-max-line",
+            "1KiB",
+            "--indexer-max-connections",
+            "5",
+        ])
+        .expect("allowed");
+        assert_eq!(
+            allowed.indexer.expect("on").limits,
+            IndexerLimits {
+                read_timeout: Duration::from_secs(2),
+                max_line: 1024,
+                max_connections: 5,
+            }
+        );
+        for (flag, value) in [
+            ("--indexer-read-timeout", "0s"),
+            ("--indexer-max-line", "100"),
+            ("--indexer-max-line", "1GiB"),
+            ("--indexer-max-connections", "0"),
+        ] {
+            let err =
+                parse(&["--indexer-listen", "127.0.0.1:0", flag, value]).expect_err("out of range");
+            assert!(err.starts_with(flag), "{err}");
+        }
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub use crate::{
         metrics::{FarmAggregate, Latency, NodeMetrics, Sample},
     },
     process_stats::ProcessStats,
-    telemetry::{BUCKETS, TelemetrySnapshot},
+    telemetry::{
+        BATCH_BUCKETS, BUCKETS, CatalogSnapshot, LINE_COMMANDS, LINE_RESULTS, TelemetrySnapshot,
+    },
 };
 
 /// The content type of the text format.
@@ -67,7 +69,9 @@ pub fn render(
     let mut text = String::new();
     encode(&mut text, Farm(farm))?;
     latency_summary(&mut text, &latency)?;
+    let catalog = telemetry.catalog.clone();
     encode(&mut text, ControlPlane(telemetry))?;
+    encode(&mut text, Catalog(catalog))?;
     encode(&mut text, Process(process))?;
     Ok(text)
 }
@@ -517,6 +521,83 @@ impl Collector for ControlPlane {
     }
 }
 
+/// The dependency catalog: its line protocol's connections and commands,
+/// its size, and how its writes were batched.
+#[derive(Debug)]
+struct Catalog(CatalogSnapshot);
+
+impl Collector for Catalog {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let catalog = &self.0;
+        scalar(
+            &mut encoder,
+            "farm_catalog_names",
+            "Names indexed in the dependency catalog.",
+            Kind::Gauge,
+            Value::Int(catalog.names),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_catalog_connections_total",
+            "Line-protocol connections accepted.",
+            Kind::Counter,
+            Value::Int(catalog.connections),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_catalog_connections_open",
+            "Line-protocol connections open.",
+            Kind::Gauge,
+            Value::Int(catalog.connections_open),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_catalog_connections_refused_total",
+            "Line-protocol connections closed at once: the connection limit was reached.",
+            Kind::Counter,
+            Value::Int(catalog.connections_refused),
+        )?;
+        family(
+            &mut encoder,
+            "farm_catalog_commands_total",
+            "Line-protocol lines answered, by command (`other`: none of the three) and result (ok, fail, error).",
+            Kind::Counter,
+            LINE_COMMANDS
+                .iter()
+                .zip(catalog.commands)
+                .flat_map(|(command, results)| {
+                    LINE_RESULTS
+                        .iter()
+                        .zip(results)
+                        .map(move |(result, count)| {
+                            (
+                                [("command", *command), ("result", *result)],
+                                Value::Int(count),
+                            )
+                        })
+                }),
+        )?;
+        let mut batches = encoder.encode_descriptor(
+            "farm_catalog_write_batch_size",
+            "Changes written to disk together, in one transaction and one sync (line protocol and gRPC).",
+            None,
+            MetricType::Histogram,
+        )?;
+        // Counts per bucket, not cumulative: the crate adds them up.
+        let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+            .into_iter()
+            .map(|le| le as f64)
+            .zip(catalog.batches)
+            .collect();
+        batches.encode_histogram::<NoLabelSet>(
+            catalog.batch_changes as f64,
+            catalog.batch_count,
+            &buckets,
+            None,
+        )
+    }
+}
+
 /// The process's own figures; those it could not read are left out.
 #[derive(Debug)]
 struct Process(ProcessStats);
@@ -650,8 +731,16 @@ mod tests {
         }
     }
 
-    /// The control plane after two registrations and a re-attachment.
+    /// The control plane after two registrations and a re-attachment, and
+    /// a catalog of 3,000 names served to two line-protocol clients.
     fn telemetry() -> TelemetrySnapshot {
+        let mut commands = [[0; LINE_RESULTS.len()]; LINE_COMMANDS.len()];
+        commands[0] = [3000, 12, 1];
+        commands[2] = [500, 40, 0];
+        commands[3] = [0, 0, 2];
+        let mut batches = [0; BATCH_BUCKETS.len()];
+        batches[0] = 10;
+        batches[3] = 3;
         TelemetrySnapshot {
             heartbeat_streams: 1,
             registrations_new: 2,
@@ -659,6 +748,16 @@ mod tests {
             config_pushes: 3,
             samples: 40,
             rpcs: BTreeMap::from([("farm.v1.Registry/Register", calls())]),
+            catalog: CatalogSnapshot {
+                connections: 3,
+                connections_open: 2,
+                connections_refused: 1,
+                commands,
+                batches,
+                batch_count: 13,
+                batch_changes: 3012,
+                names: 3000,
+            },
         }
     }
 
@@ -815,6 +914,47 @@ farm_control_plane_config_pushes_total 3
 # HELP farm_control_plane_samples_total Metrics samples received from nodes.
 # TYPE farm_control_plane_samples_total counter
 farm_control_plane_samples_total 40
+# HELP farm_catalog_names Names indexed in the dependency catalog.
+# TYPE farm_catalog_names gauge
+farm_catalog_names 3000
+# HELP farm_catalog_connections_total Line-protocol connections accepted.
+# TYPE farm_catalog_connections_total counter
+farm_catalog_connections_total 3
+# HELP farm_catalog_connections_open Line-protocol connections open.
+# TYPE farm_catalog_connections_open gauge
+farm_catalog_connections_open 2
+# HELP farm_catalog_connections_refused_total Line-protocol connections closed at once: the connection limit was reached.
+# TYPE farm_catalog_connections_refused_total counter
+farm_catalog_connections_refused_total 1
+# HELP farm_catalog_commands_total Line-protocol lines answered, by command (`other`: none of the three) and result (ok, fail, error).
+# TYPE farm_catalog_commands_total counter
+farm_catalog_commands_total{command="INDEX",result="ok"} 3000
+farm_catalog_commands_total{command="INDEX",result="fail"} 12
+farm_catalog_commands_total{command="INDEX",result="error"} 1
+farm_catalog_commands_total{command="REMOVE",result="ok"} 0
+farm_catalog_commands_total{command="REMOVE",result="fail"} 0
+farm_catalog_commands_total{command="REMOVE",result="error"} 0
+farm_catalog_commands_total{command="QUERY",result="ok"} 500
+farm_catalog_commands_total{command="QUERY",result="fail"} 40
+farm_catalog_commands_total{command="QUERY",result="error"} 0
+farm_catalog_commands_total{command="other",result="ok"} 0
+farm_catalog_commands_total{command="other",result="fail"} 0
+farm_catalog_commands_total{command="other",result="error"} 2
+# HELP farm_catalog_write_batch_size Changes written to disk together, in one transaction and one sync (line protocol and gRPC).
+# TYPE farm_catalog_write_batch_size histogram
+farm_catalog_write_batch_size_bucket{le="1"} 10
+farm_catalog_write_batch_size_bucket{le="2"} 10
+farm_catalog_write_batch_size_bucket{le="4"} 10
+farm_catalog_write_batch_size_bucket{le="8"} 13
+farm_catalog_write_batch_size_bucket{le="16"} 13
+farm_catalog_write_batch_size_bucket{le="32"} 13
+farm_catalog_write_batch_size_bucket{le="64"} 13
+farm_catalog_write_batch_size_bucket{le="128"} 13
+farm_catalog_write_batch_size_bucket{le="256"} 13
+farm_catalog_write_batch_size_bucket{le="512"} 13
+farm_catalog_write_batch_size_bucket{le="+Inf"} 13
+farm_catalog_write_batch_size_sum 3012.0
+farm_catalog_write_batch_size_count 13
 # HELP process_cpu_seconds_total User and system CPU time the process spent, in seconds.
 # TYPE process_cpu_seconds_total counter
 process_cpu_seconds_total 1.25

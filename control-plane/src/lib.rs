@@ -4,7 +4,8 @@
 //!
 //! `core` holds the rules and knows nothing of the wire; `state` shares
 //! them between tasks and persists them through `store`; `api` adapts them
-//! to `farm.v1`; `transport` serves the port; `runtime` and `supervisor`
+//! to `farm.v1`; `transport` serves the port, and `indexer` the catalog's
+//! line protocol on a listener of its own; `runtime` and `supervisor`
 //! run the nodes; [`serve`] wires it all to a listener and shuts it down in
 //! order. `telemetry` counts the control plane's own work, `process_stats`
 //! reads the process's figures, and `exposition` renders them with the
@@ -23,6 +24,7 @@ mod exposition;
 
 mod api;
 mod core;
+mod indexer;
 mod process_stats;
 mod runtime;
 mod state;

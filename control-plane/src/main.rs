@@ -1,5 +1,6 @@
-//! `control-plane`: parses flags, binds the port, installs the shutdown
-//! signal, and runs [`control_plane::serve::run`].
+//! `control-plane`: parses flags, binds the port (and the catalog's line
+//! protocol's, if asked), installs the shutdown signal, and runs
+//! [`control_plane::serve::run`].
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -36,10 +37,24 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(listen: std::net::SocketAddr, config: ServeConfig) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+    let api = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    control_plane::serve::run(config, listener, shutdown_signal()).await?;
+    let indexer = match config.indexer {
+        Some(indexer) => Some(
+            tokio::net::TcpListener::bind(indexer.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for the catalog's line protocol (--indexer-listen)",
+                        indexer.listen
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let listeners = control_plane::serve::Listeners { api, indexer };
+    control_plane::serve::run(config, listeners, shutdown_signal()).await?;
     Ok(())
 }
 

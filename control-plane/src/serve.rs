@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::{
     config::ServeConfig,
     core::{DEFAULT_GROUP, NodeState},
+    indexer::LineServer,
     runtime::select::{self, SetupError},
     state::{FarmState, Members},
     store::StoreError,
@@ -67,22 +68,47 @@ pub enum ServeError {
     /// The server failed.
     #[error("the server failed: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The catalog's line-protocol listener's own address could not be
+    /// read.
+    #[error("cannot read the catalog listener's address: {0}")]
+    IndexerListener(std::io::Error),
     /// The server task panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(String),
 }
 
-/// Runs the control plane on `listener` until `shutdown` resolves.
+/// The sockets the control plane serves, bound by the caller.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC, gRPC-Web and HTTP.
+    pub api: TcpListener,
+    /// The catalog's line protocol, if served (its limits come from
+    /// [`ServeConfig::indexer`], or the defaults).
+    pub indexer: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Self {
+        Self { api, indexer: None }
+    }
+}
+
+/// Runs the control plane on `listeners` until `shutdown` resolves.
 ///
 /// Shutdown goes in order: readiness goes off (health `NOT_SERVING`,
 /// `/readyz` 503); services are told to stop, so streams end and a running
-/// load test sends its partial report; then the nodes stop; then the
-/// server drains; then the store closes.
+/// load test sends its partial report, and the catalog's listener stops
+/// accepting and answers what its connections sent; then the nodes stop;
+/// then the server drains; then the store closes.
 pub async fn run(
     config: ServeConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Listeners {
+        api: listener,
+        indexer: indexer_listener,
+    } = listeners.into();
     let started = Instant::now();
     let local = listener.local_addr().map_err(ServeError::Listener)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
@@ -128,7 +154,22 @@ pub async fn run(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let api = Api::new(state.clone(), supervisor.as_ref().map(|(s, _)| s.clone()));
+    let mut api = Api::new(state.clone(), supervisor.as_ref().map(|(s, _)| s.clone()));
+    let line_server = match indexer_listener {
+        Some(listener) => {
+            let limits = config.indexer.map(|i| i.limits).unwrap_or_default();
+            let server = LineServer::new(
+                listener,
+                state.catalog(),
+                limits,
+                Arc::clone(state.telemetry()),
+            )
+            .map_err(ServeError::IndexerListener)?;
+            api.indexer = Some(server.status());
+            Some(tokio::spawn(server.run(api.shutdown.clone(), DRAIN)))
+        }
+        None => None,
+    };
     let routes = transport::routes(&api, health_service)?;
     let server_stop = CancellationToken::new();
     // Both listeners serve the same routes behind the same checks.
@@ -169,8 +210,15 @@ pub async fn run(
         task.abort();
     }
     // Services stop: streams end, and a running load test stops and sends
-    // its partial report while the nodes it drives still answer.
+    // its partial report while the nodes it drives still answer; the
+    // catalog's listener stops accepting, and its connections answer what
+    // they received and close (within the drain time).
     api.stop();
+    if let Some(line_server) = line_server
+        && let Err(err) = line_server.await
+    {
+        error!(cause = %err, "the catalog's line server failed");
+    }
     if tokio::time::timeout(REPORT_GRACE, api.idle())
         .await
         .is_err()

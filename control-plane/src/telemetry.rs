@@ -1,6 +1,7 @@
 //! The control plane's own counters: open heartbeat streams, registrations,
-//! configuration pushes, samples received, and every gRPC call by method
-//! and status code with its duration in fixed buckets.
+//! configuration pushes, samples received, every gRPC call by method and
+//! status code with its duration in fixed buckets, and the catalog's line
+//! protocol (connections, commands by result) and write batches.
 //!
 //! Counting is all this module does. The handlers and the RPC layer count
 //! through [`Telemetry`]; `/metrics` takes a [`TelemetrySnapshot`], plain
@@ -21,6 +22,15 @@ pub const BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// Upper bounds of the catalog's write batch size buckets.
+pub const BATCH_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+
+/// The commands of the catalog's line protocol, as counted; `other` for a
+/// line whose command is none of them.
+pub const LINE_COMMANDS: [&str; 4] = ["INDEX", "REMOVE", "QUERY", "other"];
+/// What a line was answered, as counted.
+pub const LINE_RESULTS: [&str; 3] = ["ok", "fail", "error"];
+
 /// The control plane's own counters. One per control plane (kept in its
 /// state), so several in one process (tests) do not mix.
 #[derive(Debug, Default)]
@@ -33,6 +43,15 @@ pub struct Telemetry {
     /// Calls per method. A `std::sync::Mutex`: held for a few additions at
     /// the end of a call, never across an await.
     rpcs: Mutex<BTreeMap<&'static str, MethodStats>>,
+    line_connections: AtomicU64,
+    line_connections_open: AtomicI64,
+    line_connections_refused: AtomicU64,
+    /// By [`LINE_COMMANDS`] then [`LINE_RESULTS`].
+    line_commands: [[AtomicU64; LINE_RESULTS.len()]; LINE_COMMANDS.len()],
+    /// Batches by size, in [`BATCH_BUCKETS`] (not cumulative).
+    batches: [AtomicU64; BATCH_BUCKETS.len()],
+    batch_count: AtomicU64,
+    batch_changes: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -50,6 +69,29 @@ pub struct TelemetrySnapshot {
     pub samples: u64,
     /// Calls per method (`package.Service/Method`).
     pub rpcs: BTreeMap<&'static str, MethodStats>,
+    /// The catalog's line protocol and writes.
+    pub catalog: CatalogSnapshot,
+}
+
+/// The catalog's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatalogSnapshot {
+    /// Line-protocol connections accepted, ever.
+    pub connections: u64,
+    /// Line-protocol connections open now.
+    pub connections_open: u64,
+    /// Connections closed at once because the limit was reached.
+    pub connections_refused: u64,
+    /// Lines answered, by [`LINE_COMMANDS`] then [`LINE_RESULTS`].
+    pub commands: [[u64; LINE_RESULTS.len()]; LINE_COMMANDS.len()],
+    /// Write batches by size, in [`BATCH_BUCKETS`] (not cumulative;
+    /// larger batches are in `batch_count` only).
+    pub batches: [u64; BATCH_BUCKETS.len()],
+    pub batch_count: u64,
+    /// Changes in every batch, summed.
+    pub batch_changes: u64,
+    /// Names indexed now (read from the catalog, not counted here).
+    pub names: u64,
 }
 
 /// Calls of one gRPC method.
@@ -74,6 +116,34 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.0.heartbeat_streams.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Keeps the open line-protocol connections gauge up while it lives.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<Telemetry>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.line_connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A line of the catalog's protocol, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineCommand {
+    Index,
+    Remove,
+    Query,
+    /// None of the three.
+    Other,
+}
+
+/// What a line was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineResult {
+    Ok,
+    Fail,
+    Error,
 }
 
 impl Telemetry {
@@ -116,6 +186,37 @@ impl Telemetry {
         stats.sum += seconds;
     }
 
+    /// Counts an accepted line-protocol connection, open until the guard
+    /// drops.
+    pub fn line_connection(self: &Arc<Self>) -> ConnectionGuard {
+        self.line_connections.fetch_add(1, Ordering::Relaxed);
+        self.line_connections_open.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard(Arc::clone(self))
+    }
+
+    /// Counts a connection closed at once for the connection limit;
+    /// returns how many were, ever.
+    pub fn line_connection_refused(&self) -> u64 {
+        self.line_connections_refused
+            .fetch_add(1, Ordering::Relaxed)
+            + 1
+    }
+
+    /// Counts an answered line.
+    pub fn line_answered(&self, command: LineCommand, result: LineResult) {
+        self.line_commands[command as usize][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a catalog write batch of `size` changes.
+    pub fn catalog_batch(&self, size: usize) {
+        let size = size as u64;
+        if let Some(i) = BATCH_BUCKETS.iter().position(|le| size <= *le) {
+            self.batches[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.batch_count.fetch_add(1, Ordering::Relaxed);
+        self.batch_changes.fetch_add(size, Ordering::Relaxed);
+    }
+
     /// Every counter now. The calls are copied under their lock (one entry
     /// per method served, a few dozen at most); the other counters are read
     /// one by one, so they need not agree to the call.
@@ -128,6 +229,20 @@ impl Telemetry {
             config_pushes: self.config_pushes.load(Ordering::Relaxed),
             samples: self.samples.load(Ordering::Relaxed),
             rpcs,
+            catalog: CatalogSnapshot {
+                connections: self.line_connections.load(Ordering::Relaxed),
+                connections_open: u64::try_from(self.line_connections_open.load(Ordering::Relaxed))
+                    .unwrap_or(0),
+                connections_refused: self.line_connections_refused.load(Ordering::Relaxed),
+                commands: self
+                    .line_commands
+                    .each_ref()
+                    .map(|results| results.each_ref().map(|n| n.load(Ordering::Relaxed))),
+                batches: self.batches.each_ref().map(|n| n.load(Ordering::Relaxed)),
+                batch_count: self.batch_count.load(Ordering::Relaxed),
+                batch_changes: self.batch_changes.load(Ordering::Relaxed),
+                names: 0,
+            },
         }
     }
 }
@@ -158,6 +273,41 @@ mod tests {
     }
 
     #[test]
+    fn the_catalog_counts_connections_lines_and_batches() {
+        let telemetry = Arc::new(Telemetry::default());
+        let first = telemetry.line_connection();
+        let _second = telemetry.line_connection();
+        assert_eq!(telemetry.line_connection_refused(), 1);
+        assert_eq!(telemetry.line_connection_refused(), 2);
+        drop(first);
+        telemetry.line_answered(LineCommand::Index, LineResult::Ok);
+        telemetry.line_answered(LineCommand::Index, LineResult::Ok);
+        telemetry.line_answered(LineCommand::Query, LineResult::Fail);
+        telemetry.line_answered(LineCommand::Other, LineResult::Error);
+        telemetry.catalog_batch(1);
+        telemetry.catalog_batch(3);
+        telemetry.catalog_batch(512);
+        let catalog = telemetry.snapshot().catalog;
+        assert_eq!(
+            (
+                catalog.connections,
+                catalog.connections_open,
+                catalog.connections_refused
+            ),
+            (2, 1, 2)
+        );
+        assert_eq!(catalog.commands[0], [2, 0, 0], "INDEX");
+        assert_eq!(catalog.commands[2], [0, 1, 0], "QUERY");
+        assert_eq!(catalog.commands[3], [0, 0, 1], "other");
+        let mut batches = [0; BATCH_BUCKETS.len()];
+        batches[0] = 1;
+        batches[2] = 1;
+        batches[9] = 1;
+        assert_eq!(catalog.batches, batches);
+        assert_eq!((catalog.batch_count, catalog.batch_changes), (3, 516));
+    }
+
+    #[test]
     fn gauges_and_counters_follow_what_happens() {
         let telemetry = Arc::new(Telemetry::default());
         let first = telemetry.heartbeat_stream();
@@ -178,6 +328,7 @@ mod tests {
                 config_pushes: 1,
                 samples: 2,
                 rpcs: BTreeMap::new(),
+                catalog: CatalogSnapshot::default(),
             }
         );
         drop(second);

@@ -169,14 +169,17 @@ fn domain(err: &DomainError) -> Code {
         | E::ConfigNotObject
         | E::ConfigTooLarge { .. }
         | E::UnusableConfig { .. }
-        | E::MissingSecret(_) => Code::InvalidArgument,
+        | E::MissingSecret(_)
+        | E::InvalidPackageName { .. }
+        | E::TooManyDependencies { .. } => Code::InvalidArgument,
         // A node told NOT_FOUND or PERMISSION_DENIED for its identity
         // forgets it and registers afresh.
         E::UnknownNode(_)
         | E::UnknownNodeName(_)
         | E::UnknownIdentity(_)
         | E::UnknownGroup(_)
-        | E::UnknownVersion { .. } => Code::NotFound,
+        | E::UnknownVersion { .. }
+        | E::NotIndexed(_) => Code::NotFound,
         E::WrongSecret(_) => Code::PermissionDenied,
         E::NameTaken { .. } => Code::AlreadyExists,
         E::GroupFull { .. } | E::TooManyGroups { .. } => Code::ResourceExhausted,
@@ -184,6 +187,9 @@ fn domain(err: &DomainError) -> Code {
         E::StreamSuperseded(_) | E::ManagedNode(_) | E::NoEarlierVersion(_) => {
             Code::FailedPrecondition
         }
+        // The catalog's rules: the caller indexes the dependencies first,
+        // or removes the dependents first.
+        E::MissingDependencies { .. } | E::HasDependents { .. } => Code::FailedPrecondition,
         E::VersionConflict { .. } => Code::Aborted,
     }
 }

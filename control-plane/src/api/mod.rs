@@ -4,6 +4,7 @@
 //! control plane returns, in one place.
 
 mod broadcast;
+mod catalog;
 pub mod config;
 mod discovery;
 mod error;
@@ -16,6 +17,7 @@ use std::{collections::BTreeMap, time::SystemTime};
 
 use farm_api::v1;
 
+pub use catalog::CatalogService;
 pub use config::ConfigService;
 pub use discovery::DiscoveryService;
 pub use error::{ApiError, BadRequest, NodeCallError, unimplemented};

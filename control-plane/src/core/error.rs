@@ -5,7 +5,7 @@
 use farm_api::node::InvalidConfig;
 use thiserror::Error;
 
-use super::{NodeId, config::Scope};
+use super::{NodeId, catalog::NameList, config::Scope};
 
 fn restoring(version: u64) -> String {
     if version == 0 {
@@ -116,6 +116,21 @@ pub enum DomainError {
     /// A node the control plane runs asked to deregister itself.
     #[error("node {0} is managed by the control plane; remove it with Farm.NodeAction")]
     ManagedNode(NodeId),
+    /// A catalog name that breaks the naming rules; `problem` says how.
+    #[error("package name {given:?} {problem}")]
+    InvalidPackageName { given: String, problem: String },
+    /// A dependency list longer than one entry may have.
+    #[error("more than {max} dependencies given")]
+    TooManyDependencies { max: usize },
+    /// An index of a name whose dependencies are not all indexed.
+    #[error("cannot index {name:?}: not indexed yet: {missing}")]
+    MissingDependencies { name: String, missing: NameList },
+    /// A removal of a name that other indexed names depend on.
+    #[error("cannot remove {name:?}: indexed names depend on it: {dependents}")]
+    HasDependents { name: String, dependents: NameList },
+    /// A name the catalog does not hold.
+    #[error("{0:?} is not indexed")]
+    NotIndexed(String),
     /// A compare-and-set lost: the scope moved on since the caller read it.
     #[error("{scope} is at version {current}, not the expected {expected}")]
     VersionConflict {

@@ -1,5 +1,6 @@
 //! The domain core: membership, groups and health of the farm's nodes,
-//! their versioned configuration, and the aggregation of their metrics.
+//! their versioned configuration, the aggregation of their metrics, and
+//! the dependency catalog.
 //!
 //! Architecture invariant: nothing here imports tonic, prost or bollard, and
 //! nothing here does I/O or reads the clock. Callers pass `now` in, so every
@@ -7,6 +8,7 @@
 //! and deterministically. The gRPC adapters translate wire messages into these
 //! types and [`DomainError`] into status codes in one place.
 
+pub mod catalog;
 pub mod config;
 mod error;
 mod health;

@@ -2,7 +2,8 @@
 //! [`Arc`]: [`Members`] (the registry of nodes, groups and health, and its
 //! membership events), [`Configs`] (configuration versions and their
 //! pushes) and [`Samples`] (the nodes' metrics). Each service holds the
-//! handles it needs; all of them see the same state.
+//! handles it needs; all of them see the same state. The dependency
+//! [`Catalog`] shares only the store with them.
 //!
 //! Store I/O never runs on an async worker: node identities go through the
 //! [`NodeWriter`]'s thread (a caller awaits its batch without holding a
@@ -14,6 +15,7 @@
 //! never awaits). When two are needed the registry is locked first, and the
 //! metrics book is never held with either.
 
+mod catalog;
 mod configs;
 mod members;
 mod samples;
@@ -27,6 +29,7 @@ use thiserror::Error;
 use tokio::sync::{broadcast, watch};
 use tracing::info;
 
+pub use catalog::Catalog;
 pub use configs::Configs;
 pub use members::{Members, WatchStart};
 pub use samples::Samples;
@@ -83,6 +86,8 @@ struct Shared {
     metrics: Mutex<MetricsBook>,
     /// The control plane's own counters, for `/metrics`.
     telemetry: Arc<Telemetry>,
+    /// The dependency catalog, with its own writer.
+    catalog: Catalog,
 }
 
 impl Shared {
@@ -150,6 +155,11 @@ impl FarmState {
         let store = Arc::new(store);
         let writer = NodeWriter::start(Arc::clone(&store))
             .map_err(|e| StoreError::Batch(format!("cannot start the writer: {e}")))?;
+        let telemetry = Arc::new(Telemetry::default());
+        let catalog = Catalog::open(Arc::clone(&store), Arc::clone(&telemetry))?;
+        if catalog.len() > 0 {
+            info!(names = catalog.len(), "restored the catalog from the store");
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 registry: Mutex::new(registry),
@@ -160,7 +170,8 @@ impl FarmState {
                 config_version,
                 config_events,
                 metrics: Mutex::new(MetricsBook::new()),
-                telemetry: Arc::default(),
+                telemetry,
+                catalog,
             }),
         })
     }
@@ -178,6 +189,11 @@ impl FarmState {
     /// The nodes' metrics samples.
     pub fn samples(&self) -> Samples {
         Samples::new(Arc::clone(&self.shared))
+    }
+
+    /// The dependency catalog.
+    pub fn catalog(&self) -> Catalog {
+        self.shared.catalog.clone()
     }
 
     /// The control plane's own counters.
@@ -199,13 +215,14 @@ impl FarmState {
         })
     }
 
-    /// Closes the store once every write in flight is on disk: the writer's
-    /// thread finishes its queue and ends, and the write-ahead log is folded
-    /// into the database. Later writes fail as if the disk were gone.
+    /// Closes the store once every write in flight is on disk: the writers'
+    /// threads finish their queues and end, and the write-ahead log is
+    /// folded into the database. Later writes fail as if the disk were gone.
     pub async fn close(&self) -> Result<(), StoreError> {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
             shared.writer.close();
+            shared.catalog.close();
             shared.store.close()
         })
         .await

@@ -4,8 +4,8 @@
 
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
-    config_server::ConfigServer, discovery_server::DiscoveryServer, farm_server::FarmServer,
-    load_test_server::LoadTestServer, metrics_server::MetricsServer,
+    catalog_server::CatalogServer, config_server::ConfigServer, discovery_server::DiscoveryServer,
+    farm_server::FarmServer, load_test_server::LoadTestServer, metrics_server::MetricsServer,
     registry_server::RegistryServer,
 };
 use http::header;
@@ -16,8 +16,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use super::services;
 use crate::{
     api::{
-        ConfigService, DiscoveryService, FarmService, LoadTestService, MetricsService,
-        RegistryService,
+        CatalogService, ConfigService, DiscoveryService, FarmService, LoadTestService,
+        MetricsService, RegistryService,
     },
     core::NodeState,
     exposition::{self, ProcessStats},
@@ -40,6 +40,8 @@ pub(crate) struct Api {
     pub(crate) shutdown: CancellationToken,
     /// The load tests, one at a time.
     pub(crate) load_test: LoadTestService,
+    /// The catalog's line protocol, when served.
+    pub(crate) indexer: Option<crate::indexer::Status>,
 }
 
 impl Api {
@@ -52,6 +54,7 @@ impl Api {
             state,
             supervisor,
             shutdown,
+            indexer: None,
         }
     }
 
@@ -123,6 +126,11 @@ pub(crate) fn routes(
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
+        .add_service(
+            CatalogServer::new(CatalogService::new(state.catalog()))
+                .max_decoding_message_size(MAX_DECODE)
+                .max_encoding_message_size(MAX_ENCODE),
+        )
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
@@ -175,7 +183,8 @@ async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     let scrape = move || {
         // The whole farm always exists, so this cannot fail.
         let farm = api.state.samples().farm("", true).unwrap_or_default();
-        let telemetry = api.state.telemetry().snapshot();
+        let mut telemetry = api.state.telemetry().snapshot();
+        telemetry.catalog.names = api.state.catalog().len() as u64;
         exposition::render(farm, telemetry, ProcessStats::read())
     };
     let rendered = match tokio::task::spawn_blocking(scrape).await {
@@ -192,7 +201,9 @@ async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     }
 }
 
-/// Ready while serving; the body says how much of the farm is healthy.
+/// Ready while serving, and while the catalog's listener (if any) accepts;
+/// the body says how much of the farm is healthy, and where the catalog
+/// listens.
 async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
     if api.shutdown.is_cancelled() {
         return (
@@ -202,8 +213,16 @@ async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
     }
     let healthy = api.state.members().count_by_state(NodeState::Healthy);
     let desired = api.supervisor.as_ref().map_or(0, Supervisor::desired);
-    (
-        StatusCode::OK,
-        format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n"),
-    )
+    let mut body = format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n");
+    let mut status = StatusCode::OK;
+    if let Some(indexer) = &api.indexer {
+        let address = indexer.address;
+        if indexer.accepting() {
+            body.push_str(&format!("catalog line protocol: accepting on {address}\n"));
+        } else {
+            status = StatusCode::SERVICE_UNAVAILABLE;
+            body = format!("not ready: the catalog line protocol is not accepting on {address}\n");
+        }
+    }
+    (status, body)
 }

@@ -11,7 +11,8 @@
 use std::{collections::HashMap, sync::OnceLock};
 
 use farm_api::v1::{
-    config_server, discovery_server, farm_server, load_test_server, metrics_server, registry_server,
+    catalog_server, config_server, discovery_server, farm_server, load_test_server, metrics_server,
+    registry_server,
 };
 
 use super::auth::Role::{self, Admin, Node, Viewer};
@@ -102,6 +103,18 @@ pub(crate) const SERVICES: &[Service] = &[
     Service {
         name: load_test_server::SERVICE_NAME,
         methods: &[("Run", ADMINS)],
+    },
+    // The dependency catalog (also on the line protocol): admins change
+    // it, every role reads.
+    Service {
+        name: catalog_server::SERVICE_NAME,
+        methods: &[
+            ("Index", ADMINS),
+            ("Remove", ADMINS),
+            ("Query", ANY),
+            ("Get", ANY),
+            ("List", ANY),
+        ],
     },
     Service {
         name: HEALTH,

@@ -1,5 +1,5 @@
-//! The SQLite store: node identities and configuration versions survive
-//! restarts here.
+//! The SQLite store: node identities, configuration versions and the
+//! dependency catalog survive restarts here.
 //!
 //! One connection in WAL mode with `synchronous = FULL`, so a write is on disk
 //! before the call that made it is acknowledged. Health is not kept: it is
@@ -15,10 +15,15 @@ use std::{
 use rusqlite::{Connection, params};
 use thiserror::Error;
 
+pub use group_commit::{GroupCommit, Queued, Stopped};
+
 use crate::core::{
     NodeId, StoredNode,
     config::{ConfigEntry, HISTORY_PER_SCOPE, Scope},
 };
+
+mod catalog;
+mod group_commit;
 
 const CONFIG_COLUMNS: &str = "scope, version, data, created_ms, role, rollback_of";
 
@@ -55,7 +60,7 @@ fn to_i64(value: u64) -> i64 {
 }
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// A store failure.
 #[derive(Debug, Error)]
@@ -155,7 +160,11 @@ impl Store {
                 role        TEXT NOT NULL,
                 rollback_of INTEGER NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS config_by_scope ON config_versions (scope, version);",
+            CREATE INDEX IF NOT EXISTS config_by_scope ON config_versions (scope, version);
+            CREATE TABLE IF NOT EXISTS catalog (
+                name         TEXT PRIMARY KEY,
+                dependencies TEXT NOT NULL
+            ) WITHOUT ROWID;",
         )
         .map_err(open_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -436,82 +445,35 @@ enum Change {
     Delete(NodeId),
 }
 
-/// One change waiting to be written, and where its outcome goes.
+/// Writes node identities and their removals in batches ([`GroupCommit`]):
+/// each caller waits until its change is on disk; registrations and
+/// deregistrations scale with the callers in flight.
 #[derive(Debug)]
-struct Write {
-    change: Change,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
-}
-
-/// What the writer's thread is asked to do.
-#[derive(Debug)]
-enum Job {
-    Write(Write),
-    /// Finish what is queued, then end.
-    Close,
-}
-
-/// Writes node identities and their removals in batches (group commit). Each
-/// caller waits until its change is on disk; changes that arrive while one
-/// transaction commits go together in the next, in order, with one sync to
-/// disk for all of them. Registrations and deregistrations then scale with
-/// the callers in flight instead of queuing behind one sync each.
-#[derive(Debug)]
-pub struct NodeWriter {
-    jobs: std::sync::mpsc::Sender<Job>,
-    /// The thread, until [`NodeWriter::close`] joins it.
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
+pub struct NodeWriter(GroupCommit<Change, Result<(), String>>);
 
 impl NodeWriter {
     /// Starts the writer's thread; it ends when the writer is closed or
     /// dropped.
     pub fn start(store: std::sync::Arc<Store>) -> std::io::Result<Self> {
-        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("farm-node-writer".to_owned())
-            .spawn(move || {
-                let mut closing = false;
-                while !closing && let Ok(first) = queue.recv() {
-                    let mut batch = Vec::new();
-                    let mut next = Some(first);
-                    while let Some(job) = next.take() {
-                        match job {
-                            Job::Write(write) => batch.push(write),
-                            Job::Close => closing = true,
-                        }
-                        if batch.len() < MAX_BATCH {
-                            next = queue.try_recv().ok();
-                        }
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let written = store
-                        .apply(batch.iter().map(|w| &w.change))
-                        .map_err(|e| e.to_string());
-                    for write in batch {
-                        // A caller that gave up waiting is fine.
-                        let _ = write.done.send(written.clone());
-                    }
+        GroupCommit::start(
+            "farm-node-writer",
+            MAX_BATCH,
+            move |batch: Vec<Queued<Change, _>>| {
+                let written = store
+                    .apply(batch.iter().map(|q| &q.change))
+                    .map_err(|e| e.to_string());
+                for queued in batch {
+                    queued.answer(written.clone());
                 }
-            })?;
-        Ok(Self {
-            jobs,
-            thread: Mutex::new(Some(thread)),
-        })
+            },
+        )
+        .map(Self)
     }
 
     /// Writes what is queued, then stops the thread and waits for it.
     /// Later writes fail. Blocks: call from a blocking thread.
     pub fn close(&self) {
-        let _ = self.jobs.send(Job::Close);
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(thread) = thread
-            && thread.join().is_err()
-        {
-            tracing::error!("the node writer's thread panicked");
-        }
+        self.0.close();
     }
 
     /// Queues `node` at once, to be written with whatever else is waiting;
@@ -529,17 +491,12 @@ impl NodeWriter {
     /// Queues `change` now (so the order of calls is the order on disk) and
     /// returns the wait for its batch.
     fn write(&self, change: Change) -> impl Future<Output = Result<(), StoreError>> + use<> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        let sent = self.jobs.send(Job::Write(Write { change, done })).is_ok();
+        let written = self.0.submit(change);
         async move {
-            let stopped = || StoreError::Batch("the writer has stopped".to_owned());
-            if !sent {
-                return Err(stopped());
-            }
-            match outcome.await {
+            match written.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(message)) => Err(StoreError::Batch(message)),
-                Err(_) => Err(stopped()),
+                Err(Stopped) => Err(StoreError::Batch("the writer has stopped".to_owned())),
             }
         }
     }
