@@ -25,6 +25,10 @@
 //!   than the expected ones (a write refused, an ERROR) counts as an
 //!   error. Round trips go into an HDR histogram (µs); a pipelined
 //!   round trip is a whole batch's.
+//! - First, both servers get the same few dozen probe lines (the rules on
+//!   names outside the set, malformed lines); any line they answer
+//!   differently is printed, since the comparison holds only while they
+//!   agree.
 //! - Before measuring, the whole shipped set (`testkit/data/
 //!   catalog-graph.txt`, 3,204 Homebrew-shaped names in a shuffled order)
 //!   is indexed into each server as a real client does it, retrying what
@@ -285,13 +289,14 @@ fn apply(state: &RwLock<State>, line: &[u8]) -> &'static [u8] {
             if !dependencies.iter().all(|d| by_name.contains_key(*d)) {
                 return FAIL;
             }
-            for dependency in &dependencies {
+            // A name naming itself does not keep itself from removal.
+            for dependency in dependencies.iter().filter(|d| **d != name) {
                 *dependents.entry((*dependency).to_owned()).or_default() += 1;
             }
             let new = dependencies.iter().map(|d| (*d).to_owned()).collect();
             if let Some(old) = by_name.insert(name.to_owned(), new) {
-                for dependency in old {
-                    if let Some(count) = dependents.get_mut(&dependency) {
+                for dependency in old.iter().filter(|d| *d != name) {
+                    if let Some(count) = dependents.get_mut(dependency) {
                         *count -= 1;
                     }
                 }
@@ -307,8 +312,9 @@ fn apply(state: &RwLock<State>, line: &[u8]) -> &'static [u8] {
                 dependencies: by_name,
                 dependents,
             } = &mut *state;
-            for dependency in by_name.remove(name).unwrap_or_default() {
-                if let Some(count) = dependents.get_mut(&dependency) {
+            let old = by_name.remove(name).unwrap_or_default();
+            for dependency in old.iter().filter(|d| *d != name) {
+                if let Some(count) = dependents.get_mut(dependency) {
                     *count -= 1;
                 }
             }
@@ -722,6 +728,87 @@ async fn drive(addr: SocketAddr, lines: &Arc<Lines>, shape: Shape, secs: Duratio
     total.figures(secs)
 }
 
+/// Request lines on names outside the set, sent in this order: the rules
+/// (dependencies first, dependents block a removal, removing what is not
+/// indexed, a name naming itself, a re-index) and malformed lines.
+fn probes() -> Vec<Vec<u8>> {
+    let mut lines: Vec<Vec<u8>> = [
+        "INDEX|probe-a|\n",
+        "INDEX|probe-b|probe-a\n",
+        "REMOVE|probe-a|\n",
+        "REMOVE|probe-missing|\n",
+        "QUERY|probe-b|\n",
+        "QUERY|probe-c|\n",
+        "INDEX|probe-c|probe-a,,probe-b,\n",
+        "INDEX|probe-d|probe-a,probe-missing\n",
+        "INDEX|probe-a|probe-a\n",
+        "INDEX|probe-b|\n",
+        "REMOVE|probe-c|\n",
+        "REMOVE|probe-a|\n",
+        "REMOVE|probe-b|\n",
+        "INDEX|probe-café|\n",
+        "INDEX|probe-gtk+3|probe-café\n",
+        "REMOVE|probe-café|\n",
+        "REMOVE|probe-gtk+3|\n",
+        "REMOVE|probe-café|\n",
+        "QUERY|Probe-a|\n",
+        "index|probe-a|\n",
+        "INDEX|probe-a\n",
+        "INDEX|probe-a||\n",
+        "INDEX||\n",
+        "INDEX|probe a|\n",
+        "INDEX|probe-a|\r\n",
+        "INDEX|probe-a|probe-\tb\n",
+        "\n",
+    ]
+    .iter()
+    .map(|l| l.as_bytes().to_vec())
+    .collect();
+    lines.push(b"INDEX|probe-\xff|\n".to_vec());
+    let name = format!("probe-{}", "x".repeat(MAX_NAME - 6));
+    lines.push(format!("QUERY|{name}|\n").into_bytes());
+    lines.push(format!("QUERY|{name}x|\n").into_bytes());
+    let name = format!("probe-{}", "é".repeat(MAX_NAME - 6));
+    lines.push(format!("QUERY|{name}|\n").into_bytes());
+    lines
+}
+
+/// Sends [`probes`] to each server and prints the lines they answer
+/// differently: the comparison holds only for servers that agree.
+async fn compare_rules(servers: &[Server]) {
+    let probes = probes();
+    let mut answers = Vec::new();
+    for server in servers {
+        let mut client = LineClient::connect(server.addr).await;
+        let mut replies = Vec::with_capacity(probes.len());
+        for line in &probes {
+            replies.push(client.request(line).await);
+        }
+        answers.push(replies);
+    }
+    let [first, rest @ ..] = answers.as_slice() else {
+        return;
+    };
+    let mut differ = 0;
+    for other in rest {
+        for ((line, a), b) in probes.iter().zip(first).zip(other) {
+            if a != b {
+                differ += 1;
+                println!(
+                    "  the servers differ on {:?}: {a:?} against {b:?}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+        }
+    }
+    if !rest.is_empty() && differ == 0 {
+        println!(
+            "  both servers answer the same to {} probe lines (the rules, malformed lines)",
+            probes.len()
+        );
+    }
+}
+
 /// Indexes the whole set into `server` as a real client does; prints how
 /// long it took and in how many passes.
 async fn index_set(server: &Server, set: &[Package]) {
@@ -936,6 +1023,7 @@ async fn bench() {
         lines.leaves.len()
     );
     println!("    cat÷ref: median of the per-round ratios of ops/s");
+    compare_rules(&servers).await;
     for server in &servers {
         index_set(server, &set).await;
     }
