@@ -654,17 +654,96 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The measured window: what completes between `measure` and `end`
+/// counts.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    measure: Instant,
+    end: Instant,
+}
+
+impl Window {
+    fn counts(&self, done: Instant) -> bool {
+        done >= self.measure && done <= self.end
+    }
+}
+
+/// One connection, one request in flight, until the window ends.
+async fn one_at_a_time(client: &mut LineClient, lines: &Lines, seed: u64, window: Window) -> Tally {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tally = Tally::new();
+    let mut requests = Vec::with_capacity(2);
+    // Bounded by the clock: each step starts before the end.
+    while Instant::now() < window.end {
+        requests.clear();
+        next_requests(lines, &mut rng, &mut requests);
+        for (line, expect) in &requests {
+            let sent = Instant::now();
+            let reply = client.request(line).await;
+            let done = Instant::now();
+            if !window.counts(done) {
+                continue;
+            }
+            let rtt = micros(done - sent);
+            tally.all.saturating_record(rtt);
+            if *expect == Expect::Done {
+                tally.writes.saturating_record(rtt);
+            }
+            tally.ops += 1;
+            tally.errors += u64::from(!expect.met_by(reply));
+        }
+    }
+    tally
+}
+
+/// One connection sending batches of `size` lines (a pair is never split,
+/// so a batch may hold one more), one batch in flight, until the window
+/// ends; a round trip is a batch's.
+async fn pipelined(
+    client: &mut LineClient,
+    lines: &Lines,
+    size: usize,
+    seed: u64,
+    window: Window,
+) -> Tally {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tally = Tally::new();
+    let mut batch = Vec::with_capacity(size + 1);
+    while Instant::now() < window.end {
+        batch.clear();
+        while batch.len() < size {
+            next_requests(lines, &mut rng, &mut batch);
+        }
+        let requests: Vec<&str> = batch.iter().map(|(line, _)| *line).collect();
+        let sent = Instant::now();
+        let replies = client.pipeline(&requests).await;
+        let done = Instant::now();
+        if !window.counts(done) {
+            continue;
+        }
+        tally.all.saturating_record(micros(done - sent));
+        tally.ops += replies.len() as u64;
+        for ((_, expect), reply) in batch.iter().zip(replies) {
+            tally.errors += u64::from(!expect.met_by(reply));
+        }
+    }
+    tally
+}
+
 /// Drives `addr` in `shape` for `secs` after the warm-up; counts what
 /// completes within the measured window. Connections are opened before
-/// the clock starts.
+/// the clock starts; connection `i` draws its requests from seed `i`, so
+/// both servers get the same requests.
 async fn drive(addr: SocketAddr, lines: &Arc<Lines>, shape: Shape, secs: Duration) -> Figures {
     let mut clients = Vec::with_capacity(shape.connections());
     for _ in 0..shape.connections() {
         clients.push(LineClient::connect(addr).await);
     }
-    let start = Instant::now();
-    let measure = start + WARMUP;
-    let end = measure + secs;
+    let measure = Instant::now() + WARMUP;
+    let window = Window {
+        measure,
+        end: measure + secs,
+    };
     let tasks: Vec<JoinHandle<Tally>> = clients
         .into_iter()
         .enumerate()
@@ -672,52 +751,12 @@ async fn drive(addr: SocketAddr, lines: &Arc<Lines>, shape: Shape, secs: Duratio
             let lines = Arc::clone(lines);
             let seed = u64::try_from(i).unwrap_or(0);
             tokio::spawn(async move {
-                let mut rng = StdRng::seed_from_u64(seed);
-                let mut tally = Tally::new();
-                let mut batch = Vec::new();
-                // Bounded by the clock: each pass starts before `end`.
-                while Instant::now() < end {
-                    batch.clear();
-                    match shape {
-                        Shape::Connections(_) => next_requests(&lines, &mut rng, &mut batch),
-                        Shape::Pipelined(size) => {
-                            while batch.len() < size {
-                                next_requests(&lines, &mut rng, &mut batch);
-                            }
-                        }
-                    }
-                    if let Shape::Pipelined(_) = shape {
-                        let sent = Instant::now();
-                        let requests: Vec<&str> = batch.iter().map(|(l, _)| *l).collect();
-                        let replies = client.pipeline(&requests).await;
-                        let done = Instant::now();
-                        if done < measure || done > end {
-                            continue;
-                        }
-                        tally.all.saturating_record(micros(done - sent));
-                        tally.ops += replies.len() as u64;
-                        for ((_, expect), reply) in batch.iter().zip(replies) {
-                            tally.errors += u64::from(!expect.met_by(reply));
-                        }
-                        continue;
-                    }
-                    for (line, expect) in &batch {
-                        let sent = Instant::now();
-                        let reply = client.request(line).await;
-                        let done = Instant::now();
-                        if done < measure || done > end {
-                            continue;
-                        }
-                        let rtt = micros(done - sent);
-                        tally.all.saturating_record(rtt);
-                        if *expect == Expect::Done {
-                            tally.writes.saturating_record(rtt);
-                        }
-                        tally.ops += 1;
-                        tally.errors += u64::from(!expect.met_by(reply));
+                match shape {
+                    Shape::Connections(_) => one_at_a_time(&mut client, &lines, seed, window).await,
+                    Shape::Pipelined(size) => {
+                        pipelined(&mut client, &lines, size, seed, window).await
                     }
                 }
-                tally
             })
         })
         .collect();
