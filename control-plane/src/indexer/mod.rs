@@ -6,8 +6,9 @@
 //! One task per connection reads what has arrived, answers every complete
 //! line in it, in order, and writes the answers at once: a client that
 //! pipelines gets one write per batch of lines. Its changes go to the
-//! catalog's writer together, so they share a sync to disk; a query after
-//! them waits for their answers first, so it sees them. A change is
+//! catalog's writer together, so they share a sync to disk; a query behind
+//! them goes to the writer too, and is answered in their order: it sees
+//! them, and none that came after it. A change is
 //! answered `OK` only once it is on disk; if the disk fails, the
 //! connection is closed without an answer (nothing was acknowledged).
 //!
@@ -201,12 +202,13 @@ fn refused(telemetry: &Telemetry, peer: SocketAddr, max: usize) {
     }
 }
 
-/// An answer in the order of its line: ready, or waiting for the disk.
+/// An answer in the order of its line: ready, or waiting for the writer
+/// (a change, or a query behind this connection's changes).
 enum Answer {
     Now(LineCommand, LineResult),
-    Written(
+    Later(
         LineCommand,
-        Pin<Box<dyn Future<Output = Result<crate::core::catalog::Effect, StateError>> + Send>>,
+        Pin<Box<dyn Future<Output = Result<LineResult, StateError>> + Send>>,
     ),
 }
 
@@ -239,9 +241,7 @@ impl Connection {
         let mut answers = VecDeque::new();
         loop {
             // Answer every complete line that has arrived.
-            let overlong = self
-                .take_lines(&mut input, &mut answers, &mut output)
-                .await?;
+            let overlong = self.take_lines(&mut input, &mut answers);
             self.settle(&mut answers, &mut output).await?;
             if overlong {
                 self.telemetry
@@ -269,7 +269,7 @@ impl Connection {
                             _ => break,
                         }
                     }
-                    self.take_lines(&mut input, &mut answers, &mut output).await?;
+                    self.take_lines(&mut input, &mut answers);
                     self.settle(&mut answers, &mut output).await?;
                     self.timed(stream.write_all(&output)).await??;
                     return Ok(());
@@ -300,15 +300,10 @@ impl Connection {
     /// newline over as a line at the end of the stream (here not a
     /// command); and answering every line already read before writing
     /// needs the buffer in hand anyway.
-    async fn take_lines(
-        &self,
-        input: &mut BytesMut,
-        answers: &mut VecDeque<Answer>,
-        output: &mut Vec<u8>,
-    ) -> Result<bool, ConnectionError> {
+    fn take_lines(&self, input: &mut BytesMut, answers: &mut VecDeque<Answer>) -> bool {
         while let Some(end) = memchr::memchr(b'\n', input) {
             if end > self.limits.max_line {
-                return Ok(true);
+                return true;
             }
             let line = input.split_to(end + 1);
             let request = match protocol::parse(&line[..end]) {
@@ -319,28 +314,29 @@ impl Connection {
                 }
             };
             let command = request.command();
-            match request {
+            let waiting = answers.iter().any(|a| matches!(a, Answer::Later(..)));
+            let answer = match request {
                 Request::Change(change) => {
-                    answers.push_back(Answer::Written(
+                    let written = self.catalog.submit(change);
+                    Answer::Later(
                         command,
-                        Box::pin(self.catalog.submit(change)),
-                    ));
+                        Box::pin(async move { written.await.map(|_| LineResult::Ok) }),
+                    )
+                }
+                // Behind this connection's own changes: answered in their
+                // order, so it sees them, and after them, so what it saw is
+                // on disk.
+                Request::Query(name) if waiting => {
+                    let indexed = self.catalog.query_in_order(name);
+                    Answer::Later(command, Box::pin(async move { indexed.await.map(found) }))
                 }
                 Request::Query(name) => {
-                    // A query sees the changes sent before it.
-                    if answers.iter().any(|a| matches!(a, Answer::Written(..))) {
-                        self.settle(answers, output).await?;
-                    }
-                    let result = if self.catalog.is_indexed(name.as_str()) {
-                        LineResult::Ok
-                    } else {
-                        LineResult::Fail
-                    };
-                    answers.push_back(Answer::Now(LineCommand::Query, result));
+                    Answer::Now(command, found(self.catalog.is_indexed(name.as_str())))
                 }
-            }
+            };
+            answers.push_back(answer);
         }
-        Ok(input.len() > self.limits.max_line)
+        input.len() > self.limits.max_line
     }
 
     /// Writes every queued answer into `output`, in order, waiting for the
@@ -353,8 +349,8 @@ impl Connection {
         while let Some(answer) = answers.pop_front() {
             let (command, result) = match answer {
                 Answer::Now(command, result) => (command, result),
-                Answer::Written(command, written) => match written.await {
-                    Ok(_) => (command, LineResult::Ok),
+                Answer::Later(command, answer) => match answer.await {
+                    Ok(result) => (command, result),
                     // Names were checked when the line was read: only the
                     // rules refuse here.
                     Err(StateError::Domain(_)) => (command, LineResult::Fail),
@@ -373,5 +369,14 @@ impl Connection {
             });
         }
         Ok(())
+    }
+}
+
+/// A query's answer: `OK` when indexed.
+fn found(indexed: bool) -> LineResult {
+    if indexed {
+        LineResult::Ok
+    } else {
+        LineResult::Fail
     }
 }
