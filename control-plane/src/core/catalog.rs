@@ -38,6 +38,13 @@ pub struct Name(Arc<str>);
 impl Name {
     /// `given` as a name, or why it is not one.
     pub fn parse(given: &str) -> Result<Self, DomainError> {
+        Self::check(given)?;
+        Ok(Self(given.into()))
+    }
+
+    /// Whether `given` is a valid name, without keeping it (a lookup needs
+    /// no copy).
+    pub fn check(given: &str) -> Result<(), DomainError> {
         let invalid = |problem: String| DomainError::InvalidPackageName {
             given: shorten(given),
             problem,
@@ -53,13 +60,16 @@ impl Name {
                 "holds {c:?}; names may not hold `|`, `,`, whitespace or control characters"
             )));
         }
-        let chars = given.chars().count();
-        if chars > MAX_NAME_CHARS {
-            return Err(invalid(format!(
-                "is {chars} characters long; at most {MAX_NAME_CHARS} allowed"
-            )));
+        // At most 4 bytes a character: only a long one needs counting.
+        if given.len() > MAX_NAME_CHARS {
+            let chars = given.chars().count();
+            if chars > MAX_NAME_CHARS {
+                return Err(invalid(format!(
+                    "is {chars} characters long; at most {MAX_NAME_CHARS} allowed"
+                )));
+            }
         }
-        Ok(Self(given.into()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -123,6 +133,15 @@ pub enum Change {
     Index { name: Name, dependencies: Vec<Name> },
     /// Take `name` out.
     Remove { name: Name },
+}
+
+impl Change {
+    /// The name the change is about.
+    pub fn name(&self) -> &Name {
+        match self {
+            Change::Index { name, .. } | Change::Remove { name } => name,
+        }
+    }
 }
 
 /// What an accepted change did.

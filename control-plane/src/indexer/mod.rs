@@ -22,7 +22,7 @@
 mod protocol;
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    core::catalog::Name,
     state::{Catalog, StateError},
     telemetry::{LineCommand, LineResult, Telemetry},
 };
@@ -212,6 +213,14 @@ enum Answer {
     ),
 }
 
+/// Answers not yet written, in the order of their lines, and the names
+/// the connection's changes among them are about.
+#[derive(Default)]
+struct Queue {
+    answers: VecDeque<Answer>,
+    changing: HashSet<Name>,
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
@@ -238,7 +247,7 @@ impl Connection {
         stream.set_nodelay(true)?;
         let mut input = BytesMut::new();
         let mut output = Vec::new();
-        let mut answers = VecDeque::new();
+        let mut answers = Queue::default();
         loop {
             // Answer every complete line that has arrived.
             let overlong = self.take_lines(&mut input, &mut answers);
@@ -300,7 +309,7 @@ impl Connection {
     /// newline over as a line at the end of the stream (here not a
     /// command); and answering every line already read before writing
     /// needs the buffer in hand anyway.
-    fn take_lines(&self, input: &mut BytesMut, answers: &mut VecDeque<Answer>) -> bool {
+    fn take_lines(&self, input: &mut BytesMut, queue: &mut Queue) -> bool {
         while let Some(end) = memchr::memchr(b'\n', input) {
             if end > self.limits.max_line {
                 return true;
@@ -309,43 +318,49 @@ impl Connection {
             let request = match protocol::parse(&line[..end]) {
                 Ok(request) => request,
                 Err(command) => {
-                    answers.push_back(Answer::Now(command, LineResult::Error));
+                    queue
+                        .answers
+                        .push_back(Answer::Now(command, LineResult::Error));
                     continue;
                 }
             };
             let command = request.command();
-            let waiting = answers.iter().any(|a| matches!(a, Answer::Later(..)));
             let answer = match request {
                 Request::Change(change) => {
+                    queue.changing.insert(change.name().clone());
                     let written = self.catalog.submit(change);
                     Answer::Later(
                         command,
                         Box::pin(async move { written.await.map(|_| LineResult::Ok) }),
                     )
                 }
-                // Behind this connection's own changes: answered in their
-                // order, so it sees them, and after them, so what it saw is
-                // on disk.
-                Request::Query(name) if waiting => {
-                    let indexed = self.catalog.query_in_order(name);
-                    Answer::Later(command, Box::pin(async move { indexed.await.map(found) }))
-                }
-                Request::Query(name) => {
-                    Answer::Now(command, found(self.catalog.is_indexed(name.as_str())))
-                }
+                // Behind a change of this connection to the same name: the
+                // writer answers it in their order, so it sees that change,
+                // and after it, so what it saw is on disk.
+                Request::Query(name) if queue.changing.contains(name) => match Name::parse(name) {
+                    Ok(name) => {
+                        let indexed = self.catalog.query_in_order(name);
+                        Answer::Later(command, Box::pin(async move { indexed.await.map(found) }))
+                    }
+                    Err(_) => Answer::Now(command, LineResult::Error),
+                },
+                // Whether a name is indexed changes only by a change to it,
+                // so changes of this connection to other names, still on
+                // their way, do not matter: what readers see (on disk) is
+                // the answer, now.
+                Request::Query(name) => Answer::Now(command, found(self.catalog.is_indexed(name))),
             };
-            answers.push_back(answer);
+            queue.answers.push_back(answer);
         }
         input.len() > self.limits.max_line
     }
 
     /// Writes every queued answer into `output`, in order, waiting for the
     /// changes to be on disk.
-    async fn settle(
-        &self,
-        answers: &mut VecDeque<Answer>,
-        output: &mut Vec<u8>,
-    ) -> Result<(), ConnectionError> {
+    async fn settle(&self, queue: &mut Queue, output: &mut Vec<u8>) -> Result<(), ConnectionError> {
+        // Every change of the queue will be answered: none is on its way.
+        queue.changing.clear();
+        let answers = &mut queue.answers;
         while let Some(answer) = answers.pop_front() {
             let (command, result) = match answer {
                 Answer::Now(command, result) => (command, result),

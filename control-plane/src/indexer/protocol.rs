@@ -22,14 +22,15 @@ pub const ERROR: &[u8] = b"ERROR\n";
 
 /// A well-formed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub enum Request<'a> {
     /// `INDEX` or `REMOVE`: a change to write.
     Change(Change),
-    /// `QUERY`: whether the name is indexed.
-    Query(Name),
+    /// `QUERY`: whether the name, a valid one, is indexed (borrowed from
+    /// the line: most lines are queries, and a lookup needs no copy).
+    Query(&'a str),
 }
 
-impl Request {
+impl Request<'_> {
     /// The command, as counted.
     pub fn command(&self) -> LineCommand {
         match self {
@@ -42,7 +43,7 @@ impl Request {
 
 /// Reads one line (without its `\n`). A malformed line gives the command
 /// it named, if any, for counting.
-pub fn parse(line: &[u8]) -> Result<Request, LineCommand> {
+pub fn parse(line: &[u8]) -> Result<Request<'_>, LineCommand> {
     let mut fields = line.splitn(4, |&b| b == b'|');
     let command = match fields.next() {
         Some(b"INDEX") => LineCommand::Index,
@@ -54,18 +55,20 @@ pub fn parse(line: &[u8]) -> Result<Request, LineCommand> {
     else {
         return Err(command);
     };
-    let name = std::str::from_utf8(package)
-        .ok()
-        .and_then(|p| Name::parse(p).ok())
-        .ok_or(command)?;
+    let package = std::str::from_utf8(package).map_err(|_| command)?;
+    Name::check(package).map_err(|_| command)?;
     let dependencies = std::str::from_utf8(dependencies)
         .ok()
         .and_then(|d| parse_dependencies(d.split(',')).ok())
         .ok_or(command)?;
+    let name = || Name::parse(package).map_err(|_| command);
     Ok(match command {
-        LineCommand::Index => Request::Change(Change::Index { name, dependencies }),
-        LineCommand::Remove => Request::Change(Change::Remove { name }),
-        _ => Request::Query(name),
+        LineCommand::Index => Request::Change(Change::Index {
+            name: name()?,
+            dependencies,
+        }),
+        LineCommand::Remove => Request::Change(Change::Remove { name: name()? }),
+        _ => Request::Query(package),
     })
 }
 
@@ -109,7 +112,7 @@ mod tests {
                 name: name("cloog"),
             })),
         );
-        check(b"QUERY|cloog|", Ok(Request::Query(name("cloog"))));
+        check(b"QUERY|cloog|", Ok(Request::Query("cloog")));
         use LineCommand::*;
         // Malformed, each answered ERROR: the forms the protocol names...
         check(b"INDEX|a|b|c", Err(Index));
