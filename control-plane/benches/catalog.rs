@@ -17,10 +17,13 @@
 //! - One client drives both: `farm_testkit::catalog::LineClient` on tokio,
 //!   N connections each with exactly one request in flight, or one
 //!   connection pipelining batches of lines. The mix, per request: 90%
-//!   `QUERY` of a name drawn uniformly from the set; 5% `INDEX` of a name
-//!   with its own dependencies (a re-index that leaves the state as it
-//!   was); 5% as pairs, `REMOVE` then `INDEX` back to back of a leaf (a
-//!   name nothing depends on), which always succeed. A `QUERY` may answer
+//!   `QUERY` of a name drawn uniformly from the set; 5% re-`INDEX` of a
+//!   name that has dependencies, with all of them or, at even odds, all
+//!   but the last (a real change whenever the name held the other list,
+//!   about half the time; the same list again changes nothing, and the
+//!   catalog writes nothing for it); 5% as pairs, `REMOVE` then `INDEX`
+//!   back to back of a leaf (a name nothing depends on), which always
+//!   change the catalog. Every write succeeds. A `QUERY` may answer
 //!   FAIL while another connection has a leaf removed; any other answer
 //!   than the expected ones (a write refused, an ERROR) counts as an
 //!   error. Round trips go into an HDR histogram (µs); a pipelined
@@ -54,9 +57,6 @@
 //!   one request in flight each, `pN` for one connection sending batches
 //!   of N lines;
 //! - `FARM_BENCH_IDLE` (1000): idle connections of the memory figure.
-//!
-//! Until the control plane serves the line protocol (its `serve --help`
-//! names `--indexer-listen`), only the reference is measured.
 //!
 //! Run with `cargo build --release && cargo bench -p control-plane --bench catalog`.
 
@@ -482,16 +482,6 @@ fn start_reference() -> Server {
     }
 }
 
-/// Whether this build's control plane serves the line protocol.
-fn catalog_available() -> bool {
-    Command::new(binary("control-plane"))
-        .args(["serve", "--help"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--indexer-listen"))
-}
-
 /// `target/tmp`: on the disk the build is on, never a tmpfs.
 fn scratch_root() -> PathBuf {
     let control_plane = binary("control-plane");
@@ -537,9 +527,13 @@ async fn start_catalog(root: &Path) -> Server {
 struct Lines {
     query: Vec<String>,
     index: Vec<String>,
+    /// `INDEX` with the last dependency left out.
+    index_shorter: Vec<String>,
     remove: Vec<String>,
     /// Positions of the names nothing depends on.
     leaves: Vec<usize>,
+    /// Positions of the names with a dependency.
+    dependent: Vec<usize>,
 }
 
 impl Lines {
@@ -551,9 +545,19 @@ impl Lines {
         Self {
             query: set.iter().map(Package::query_line).collect(),
             index: set.iter().map(Package::index_line).collect(),
+            index_shorter: set
+                .iter()
+                .map(|p| {
+                    let kept = p.dependencies.len().saturating_sub(1);
+                    farm_testkit::catalog::index_line(&p.name, &p.dependencies[..kept])
+                })
+                .collect(),
             remove: set.iter().map(Package::remove_line).collect(),
             leaves: (0..set.len())
                 .filter(|i| !depended.contains(set[*i].name.as_str()))
+                .collect(),
+            dependent: (0..set.len())
+                .filter(|i| !set[*i].dependencies.is_empty())
                 .collect(),
         }
     }
@@ -578,12 +582,22 @@ impl Expect {
 }
 
 /// The next one or two requests of the mix: of 40 requests, 36 QUERY, 2
-/// re-INDEX, and one REMOVE + INDEX pair of a leaf.
+/// re-INDEX of a name with dependencies, with all of them or all but the
+/// last (a real change whenever the name held the other list), and one
+/// REMOVE + INDEX pair of a leaf.
 fn next_requests<'a>(lines: &'a Lines, rng: &mut StdRng, out: &mut Vec<(&'a str, Expect)>) {
     let n = lines.query.len();
     match rng.random_range(0..39u32) {
         0..36 => out.push((&lines.query[rng.random_range(0..n)], Expect::Answer)),
-        36..38 => out.push((&lines.index[rng.random_range(0..n)], Expect::Done)),
+        36..38 => {
+            let i = lines.dependent[rng.random_range(0..lines.dependent.len())];
+            let index = if rng.random_bool(0.5) {
+                &lines.index[i]
+            } else {
+                &lines.index_shorter[i]
+            };
+            out.push((index, Expect::Done));
+        }
         _ => {
             let leaf = lines.leaves[rng.random_range(0..lines.leaves.len())];
             out.push((&lines.remove[leaf], Expect::Done));
@@ -1036,15 +1050,7 @@ async fn bench() {
     let root = scratch_root();
     let started = Instant::now();
 
-    let mut servers = vec![start_reference()];
-    if catalog_available() {
-        servers.push(start_catalog(&root).await);
-    } else {
-        println!(
-            "this control plane has no --indexer-listen (see `control-plane serve --help`): \
-             only the reference is measured\n"
-        );
-    }
+    let servers = vec![start_reference(), start_catalog(&root).await];
     println!(
         "catalog line protocol: reference (a thread per connection, RwLock over HashMaps, in \
          memory) against the catalog (control-plane serve --indexer-listen, SQLite with fsync \
@@ -1055,7 +1061,7 @@ async fn bench() {
         WARMUP.as_secs()
     );
     println!(
-        "    mix: 90% QUERY (uniform over {} names), 5% re-INDEX with the same dependencies, 5% \
+        "    mix: 90% QUERY (uniform over {} names), 5% re-INDEX with all dependencies or all but the last, 5% \
          REMOVE + INDEX pairs of a leaf ({} names nothing depends on); one request in flight \
          per connection, or pipelined batches",
         set.len(),

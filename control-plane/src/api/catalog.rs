@@ -97,7 +97,7 @@ impl catalog_server::Catalog for CatalogService {
         let change = Change::try_from(request.into_inner())?;
         let effect = self.catalog.submit(change).await?;
         Ok(Response::new(IndexResponse {
-            replaced: effect == Effect::Replaced,
+            replaced: matches!(effect, Effect::Replaced | Effect::Kept),
         }))
     }
 

@@ -151,6 +151,9 @@ pub enum Effect {
     Added,
     /// The name was indexed; its dependencies were replaced.
     Replaced,
+    /// The name was indexed with exactly these dependencies, in this
+    /// order: nothing changed.
+    Kept,
     /// The name was indexed and is no longer.
     Removed,
     /// Removal of a name that was not indexed: nothing changed.
@@ -160,7 +163,7 @@ pub enum Effect {
 impl Effect {
     /// Whether the catalog changed, so the change needs writing.
     pub fn changed(self) -> bool {
-        self != Effect::Unchanged
+        !matches!(self, Effect::Kept | Effect::Unchanged)
     }
 }
 
@@ -290,39 +293,48 @@ impl Graph {
                 missing: listed(missing),
             });
         }
+        if self
+            .entries
+            .get(name.as_str())
+            .is_some_and(|entry| entry.dependencies == dependencies)
+        {
+            return Ok(Effect::Kept);
+        }
         // Every dependency is an entry: mention it by the entry's name.
         let dependencies: Vec<Name> = dependencies
             .iter()
             .map(|d| self.key(d).unwrap_or_else(|| d.clone()))
             .collect();
         let name = self.key(name).unwrap_or_else(|| name.clone());
-        let previous = self.entries.remove(&name);
-        let effect = if previous.is_some() {
-            Effect::Replaced
-        } else {
-            Effect::Added
-        };
-        let (old_dependencies, dependents) = previous
-            .map(|e| (e.dependencies, e.dependents))
-            .unwrap_or_default();
-        for old in &old_dependencies {
+        let old = self
+            .entries
+            .get_mut(&name)
+            .map(|entry| std::mem::take(&mut entry.dependencies));
+        // A name is never its own dependent.
+        for old in old.iter().flatten().filter(|d| **d != name) {
             if let Some(entry) = self.entries.get_mut(old) {
                 entry.dependents.remove(&name);
             }
         }
-        for dependency in &dependencies {
+        for dependency in dependencies.iter().filter(|d| **d != name) {
             if let Some(entry) = self.entries.get_mut(dependency) {
                 entry.dependents.insert(name.clone());
             }
         }
-        self.entries.insert(
-            name,
-            Entry {
-                dependencies,
-                dependents,
-            },
-        );
-        Ok(effect)
+        match self.entries.get_mut(&name) {
+            Some(entry) => {
+                entry.dependencies = dependencies;
+                Ok(Effect::Replaced)
+            }
+            None => {
+                let entry = Entry {
+                    dependencies,
+                    dependents: BTreeSet::new(),
+                };
+                self.entries.insert(name, entry);
+                Ok(Effect::Added)
+            }
+        }
     }
 
     fn remove(&mut self, name: &Name) -> Result<Effect, DomainError> {
@@ -526,7 +538,9 @@ mod tests {
             Err("cannot remove \"a\": indexed names depend on it: \"b\""),
             &["a", "b"],
         );
-        // Re-indexing replaces the list: b no longer holds a.
+        // The same list again changes nothing; another replaces it: b no
+        // longer holds a.
+        check(g, index("b", &["a"]), Ok(Kept), &["a", "b"]);
         check(g, index("b", &[]), Ok(Replaced), &["a", "b"]);
         check(g, remove("a"), Ok(Removed), &["b"]);
         check(g, remove("a"), Ok(Unchanged), &["b"]);
