@@ -1,16 +1,18 @@
 //! A whole control plane in this process: `control_plane::serve::run` on a
 //! listener of `127.0.0.1:0`, with flags parsed as the binary parses them,
 //! real `farm-node` processes (`--runtime process`) or none (`--runtime
-//! none`), on a data folder of its own. It is stopped like SIGTERM would
-//! stop it, by [`Farm::stop`] or when dropped, and no node process of its
-//! data folder outlives it, even when the test fails half-way.
+//! none`), on a data folder of its own, and the catalog's line protocol
+//! on a second listener of `127.0.0.1:0` if asked ([`Builder::indexer`]).
+//! It is stopped like SIGTERM would stop it, by [`Farm::stop`] or when
+//! dropped, and no node process of its data folder outlives it, even when
+//! the test fails half-way.
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use clap::Parser;
 use control_plane::{
     config::{Cli, Command, ServeConfig},
-    serve::ServeError,
+    serve::{Listeners, ServeError},
 };
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -43,6 +45,8 @@ pub struct Farm {
     pub addr: SocketAddr,
     /// The data folder (`--data-dir`).
     pub dir: TempDir,
+    /// Where the catalog's line protocol listens, if it does.
+    indexer: Option<SocketAddr>,
     api: Api,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -56,6 +60,8 @@ pub struct Builder<K> {
     nodes: u32,
     flags: Vec<String>,
     timing: Vec<String>,
+    /// Whether to serve the catalog's line protocol.
+    pub(crate) indexer: bool,
     /// What only one way of running it has.
     pub(crate) kind: K,
 }
@@ -77,8 +83,17 @@ impl<K> Builder<K> {
             nodes: 0,
             flags: Vec::new(),
             timing: FAST.iter().map(|f| (*f).to_owned()).collect(),
+            indexer: false,
             kind,
         }
+    }
+
+    /// Serves the catalog's line protocol too, on a loopback port of its
+    /// own (`--indexer-listen`); its limits are the `--indexer-*` flags
+    /// given to [`flags`](Self::flags), or their defaults.
+    pub fn indexer(mut self) -> Self {
+        self.indexer = true;
+        self
     }
 
     /// Process nodes to run; with none, no runtime at all (`--runtime
@@ -149,7 +164,21 @@ impl FarmBuilder {
             Some(dir) => dir,
             None => tempfile::tempdir().expect("a temporary data folder"),
         };
-        let args = self.serve_args(dir.path(), true);
+        let mut args = self.serve_args(dir.path(), true);
+        // Bound here, like the API's port. Naming it in the flags makes the
+        // configuration carry the `--indexer-*` limits, as the binary's.
+        let indexer = if self.indexer {
+            let listener = TcpListener::bind("127.0.0.1:0").await;
+            Some(listener.expect("bind the catalog's port"))
+        } else {
+            None
+        };
+        let indexer_addr = indexer
+            .as_ref()
+            .map(|l| l.local_addr().expect("the catalog's bound address"));
+        if let Some(addr) = indexer_addr {
+            args.extend(["--indexer-listen".to_owned(), addr.to_string()]);
+        }
         let command_line = ["control-plane", "serve"]
             .into_iter()
             .chain(args.iter().map(String::as_str));
@@ -163,12 +192,17 @@ impl FarmBuilder {
         };
         let addr = listener.local_addr().expect("the bound address");
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(control_plane::serve::run(config, listener, async {
+        let listeners = Listeners {
+            api: listener,
+            indexer,
+        };
+        let task = tokio::spawn(control_plane::serve::run(config, listeners, async {
             let _ = rx.await;
         }));
         Farm {
             addr,
             dir,
+            indexer: indexer_addr,
             api: Api::at(addr),
             shutdown: Some(tx),
             task: Some(task),
@@ -202,6 +236,13 @@ impl Farm {
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the catalog's line protocol listens; panics unless started
+    /// with [`Builder::indexer`].
+    pub fn indexer_addr(&self) -> SocketAddr {
+        self.indexer
+            .expect("the farm was started without the catalog's line protocol (`.indexer()`)")
     }
 
     /// Shuts down like SIGTERM would and waits until it has (a clean

@@ -1,6 +1,7 @@
 //! Processes: the workspace's binaries, a `control-plane serve` child
 //! ([`ControlPlaneProcess`]) for what only a real process shows (SIGKILL,
-//! SIGTERM, a restart on the same port), the guards that leave no process
+//! SIGTERM, a restart on the same port), with the catalog's line protocol
+//! on a port of its own if asked, the guards that leave no process
 //! behind when a test fails half-way ([`NodeGuard`]), commands run to
 //! their end within a time limit ([`run_within`]), and `serve` refusing
 //! flags before it binds anything ([`serve_refused`]).
@@ -27,6 +28,7 @@ use nix::{
 use crate::{
     api::{Api, deref_to_api},
     farm::Builder,
+    http,
     wait::eventually,
 };
 
@@ -249,6 +251,8 @@ impl Drop for NodeGuard {
 pub struct ControlPlaneProcess {
     child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// Where the catalog's line protocol listens, if it does.
+    indexer: Option<SocketAddr>,
     api: Api,
 }
 
@@ -279,6 +283,10 @@ impl ProcessBuilder {
     }
 
     /// Starts it; returns once its port accepts connections (within 20 s).
+    /// With [`Builder::indexer`], the catalog's line protocol listens on
+    /// a port of 127.0.0.1 the child picks (`:0`, so no other process can
+    /// take it first), and this returns once `/readyz` says where it
+    /// accepts (a connection to find out would be counted in /metrics).
     pub async fn start(self) -> ControlPlaneProcess {
         let addr = self.kind.addr.unwrap_or_else(free_addr);
         let mut command = tokio::process::Command::new(binary("control-plane"));
@@ -286,18 +294,35 @@ impl ProcessBuilder {
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
-            .args(self.serve_args(&self.kind.data_dir, false))
+            .args(self.serve_args(&self.kind.data_dir, false));
+        if self.indexer {
+            command.args(["--indexer-listen", "127.0.0.1:0"]);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if self.kind.quiet {
             without_farm_env(command.as_std_mut()).env("RUST_LOG", "error");
         }
-        let process = ControlPlaneProcess::spawn(&mut command, addr);
+        let mut process = ControlPlaneProcess::spawn(&mut command, addr);
         eventually("the control plane to listen", LISTEN_LIMIT, || async {
             tokio::net::TcpStream::connect(addr).await.map(drop)
         })
         .await;
+        if self.indexer {
+            const ACCEPTING: &str = "catalog line protocol: accepting on ";
+            let what = format!("/readyz to say {ACCEPTING:?}");
+            let indexer = eventually(what, LISTEN_LIMIT, || async {
+                let body = http::get(addr, "/readyz").await.text();
+                let accepting = body
+                    .lines()
+                    .find_map(|line| line.strip_prefix(ACCEPTING)?.parse().ok());
+                accepting.ok_or(body)
+            })
+            .await;
+            process.indexer = Some(indexer);
+        }
         process
     }
 }
@@ -313,6 +338,7 @@ impl ControlPlaneProcess {
         ControlPlaneProcess {
             child,
             addr,
+            indexer: None,
             api: Api::at(addr),
         }
     }
@@ -362,6 +388,14 @@ impl ControlPlaneProcess {
     /// `http://<addr>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Where the catalog's line protocol listens; panics unless started
+    /// with [`Builder::indexer`].
+    pub fn indexer_addr(&self) -> SocketAddr {
+        self.indexer.expect(
+            "the control plane was started without the catalog's line protocol (`.indexer()`)",
+        )
     }
 
     pub fn pid(&self) -> Pid {
