@@ -72,6 +72,10 @@ impl Default for Limits {
     }
 }
 
+/// Most answers a connection queues before writing them: a client that
+/// pipelines without end is answered as it goes.
+const MAX_QUEUED: usize = 4096;
+
 /// Bytes read from a socket at a time.
 const READ_SIZE: usize = 4096;
 /// Pause after a failed `accept` (out of file descriptors, say), so the
@@ -221,6 +225,17 @@ struct Queue {
     changing: HashSet<Name>,
 }
 
+/// How taking what has arrived ended, besides the socket holding no more.
+#[derive(Debug, Default)]
+struct Taken {
+    /// A line longer than the limit came.
+    overlong: bool,
+    /// The client closed its side.
+    closed: bool,
+    /// [`MAX_QUEUED`] answers wait.
+    full: bool,
+}
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnectionError {
@@ -247,12 +262,12 @@ impl Connection {
         stream.set_nodelay(true)?;
         let mut input = BytesMut::new();
         let mut output = Vec::new();
-        let mut answers = Queue::default();
+        let mut queue = Queue::default();
         loop {
-            // Answer every complete line that has arrived.
-            let overlong = self.take_lines(&mut input, &mut answers);
-            self.settle(&mut answers, &mut output).await?;
-            if overlong {
+            // Answer every line that has arrived, in one write.
+            let taken = self.take_available(&stream, &mut input, &mut queue)?;
+            self.settle(&mut queue, &mut output).await?;
+            if taken.overlong {
                 self.telemetry
                     .line_answered(LineCommand::Other, LineResult::Error);
                 output.extend_from_slice(ERROR);
@@ -261,8 +276,16 @@ impl Connection {
                 self.timed(stream.write_all(&output)).await??;
                 output.clear();
             }
-            if overlong {
+            if taken.overlong {
                 return Err(ConnectionError::Overlong(self.limits.max_line));
+            }
+            if taken.closed {
+                // Bytes after the last newline are not a command.
+                return Ok(());
+            }
+            if taken.full {
+                // More lines may be in hand already.
+                continue;
             }
             if input.capacity() - input.len() < READ_SIZE / 4 {
                 input.reserve(READ_SIZE);
@@ -272,21 +295,54 @@ impl Connection {
                 () = self.stop.cancelled() => {
                     // Shutting down: answer what has already arrived, then close.
                     loop {
-                        input.reserve(READ_SIZE);
-                        match stream.try_read_buf(&mut input) {
-                            Ok(n) if n > 0 && input.len() <= self.limits.max_line => {}
-                            _ => break,
+                        let taken = self.take_available(&stream, &mut input, &mut queue)?;
+                        self.settle(&mut queue, &mut output).await?;
+                        if !taken.full || taken.overlong {
+                            break;
                         }
                     }
-                    self.take_lines(&mut input, &mut answers);
-                    self.settle(&mut answers, &mut output).await?;
                     self.timed(stream.write_all(&output)).await??;
                     return Ok(());
                 }
             };
             if read == 0 {
-                // Closed: bytes after the last newline are not a command.
                 return Ok(());
+            }
+        }
+    }
+
+    /// Takes the complete lines of `input` into the queue, then reads on
+    /// while the socket already holds more (a pipelining client's batch
+    /// reaches the writer whole, and shares one sync), until it holds no
+    /// more, the client closed, a line is too long, or [`MAX_QUEUED`]
+    /// answers wait.
+    fn take_available(
+        &self,
+        stream: &TcpStream,
+        input: &mut BytesMut,
+        queue: &mut Queue,
+    ) -> Result<Taken, ConnectionError> {
+        let mut taken = Taken::default();
+        loop {
+            if self.take_lines(input, queue) {
+                taken.overlong = true;
+                return Ok(taken);
+            }
+            if queue.answers.len() >= MAX_QUEUED {
+                taken.full = true;
+                return Ok(taken);
+            }
+            if input.capacity() - input.len() < READ_SIZE / 4 {
+                input.reserve(READ_SIZE);
+            }
+            match stream.try_read_buf(input) {
+                Ok(0) => {
+                    taken.closed = true;
+                    return Ok(taken);
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(taken),
+                Err(err) => return Err(err.into()),
             }
         }
     }
