@@ -263,9 +263,11 @@ impl Connection {
         let mut input = BytesMut::new();
         let mut output = Vec::new();
         let mut queue = Queue::default();
+        // Whether the socket may hold more than was read.
+        let mut more = false;
         loop {
             // Answer every line that has arrived, in one write.
-            let taken = self.take_available(&stream, &mut input, &mut queue)?;
+            let taken = self.take_available(&stream, &mut input, &mut queue, more)?;
             self.settle(&mut queue, &mut output).await?;
             if taken.overlong {
                 self.telemetry
@@ -284,18 +286,20 @@ impl Connection {
                 return Ok(());
             }
             if taken.full {
-                // More lines may be in hand already.
+                // More lines may be in hand already, and more on the socket.
+                more = true;
                 continue;
             }
             if input.capacity() - input.len() < READ_SIZE / 4 {
                 input.reserve(READ_SIZE);
             }
+            let room = input.capacity() - input.len();
             let read = tokio::select! {
                 read = self.timed(stream.read_buf(&mut input)) => read??,
                 () = self.stop.cancelled() => {
                     // Shutting down: answer what has already arrived, then close.
                     loop {
-                        let taken = self.take_available(&stream, &mut input, &mut queue)?;
+                        let taken = self.take_available(&stream, &mut input, &mut queue, true)?;
                         self.settle(&mut queue, &mut output).await?;
                         if !taken.full || taken.overlong {
                             break;
@@ -308,6 +312,7 @@ impl Connection {
             if read == 0 {
                 return Ok(());
             }
+            more = read == room;
         }
     }
 
@@ -316,11 +321,16 @@ impl Connection {
     /// reaches the writer whole, and shares one sync), until it holds no
     /// more, the client closed, a line is too long, or [`MAX_QUEUED`]
     /// answers wait.
+    ///
+    /// `more` says whether the socket may hold more: the last read filled
+    /// the buffer. A read that did not found it empty, and a client with
+    /// one request in flight costs no second read.
     fn take_available(
         &self,
         stream: &TcpStream,
         input: &mut BytesMut,
         queue: &mut Queue,
+        mut more: bool,
     ) -> Result<Taken, ConnectionError> {
         let mut taken = Taken::default();
         loop {
@@ -332,15 +342,19 @@ impl Connection {
                 taken.full = true;
                 return Ok(taken);
             }
+            if !more {
+                return Ok(taken);
+            }
             if input.capacity() - input.len() < READ_SIZE / 4 {
                 input.reserve(READ_SIZE);
             }
+            let room = input.capacity() - input.len();
             match stream.try_read_buf(input) {
                 Ok(0) => {
                     taken.closed = true;
                     return Ok(taken);
                 }
-                Ok(_) => {}
+                Ok(n) => more = n == room,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(taken),
                 Err(err) => return Err(err.into()),
             }
