@@ -265,6 +265,12 @@ impl Connection {
         let mut queue = Queue::default();
         // Whether the socket may hold more than was read.
         let mut more = false;
+        // Made once, not per read: each would register with the shared
+        // token, and a timer, anew.
+        let stopped = self.stop.clone().cancelled_owned();
+        tokio::pin!(stopped);
+        let idle = tokio::time::sleep(self.limits.read_timeout);
+        tokio::pin!(idle);
         loop {
             // Answer every line that has arrived, in one write.
             let taken = self.take_available(&stream, &mut input, &mut queue, more)?;
@@ -294,9 +300,12 @@ impl Connection {
                 input.reserve(READ_SIZE);
             }
             let room = input.capacity() - input.len();
+            idle.as_mut()
+                .reset(tokio::time::Instant::now() + self.limits.read_timeout);
             let read = tokio::select! {
-                read = self.timed(stream.read_buf(&mut input)) => read??,
-                () = self.stop.cancelled() => {
+                read = stream.read_buf(&mut input) => read?,
+                () = &mut idle => return Err(ConnectionError::Idle(self.limits.read_timeout)),
+                () = &mut stopped => {
                     // Shutting down: answer what has already arrived, then close.
                     loop {
                         let taken = self.take_available(&stream, &mut input, &mut queue, true)?;
