@@ -4,16 +4,18 @@
 //!
 //! [`Graph`] keeps both directions: each entry's dependencies in the order
 //! given, and its dependents in name order. Names are interned: every
-//! mention of a name shares the entry's one allocation. Lookups, `get` and
-//! `list` cost the logarithm of the catalog's size plus the size of their
-//! answer, whatever the catalog holds.
+//! mention of a name shares the entry's one allocation. Entries are found
+//! by hash (a query, the most common request, is one lookup), and their
+//! names are also kept in order for `list`. Lookups cost nothing that
+//! grows with the catalog; `get` and `list` cost the size of their answer
+//! (and `list`, the logarithm of the catalog's size).
 //!
 //! Like the rest of `core`, no I/O: the state layer decides changes here,
 //! writes them through the store, and answers after they are on disk.
 
 use std::{
     borrow::Borrow,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeSet, HashMap},
     fmt,
     ops::Bound,
     sync::Arc,
@@ -195,7 +197,9 @@ pub struct Page {
 /// The catalog: every indexed name, its dependencies and its dependents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Graph {
-    entries: BTreeMap<Name, Entry>,
+    entries: HashMap<Name, Entry>,
+    /// The names of `entries`, in order.
+    order: BTreeSet<Name>,
 }
 
 impl Graph {
@@ -209,6 +213,7 @@ impl Graph {
                 dependencies,
                 dependents: BTreeSet::new(),
             };
+            graph.order.insert(name.clone());
             graph.entries.insert(name, entry);
         }
         let names: Vec<Name> = graph.entries.keys().cloned().collect();
@@ -261,9 +266,8 @@ impl Graph {
             _ => Bound::Included(prefix),
         };
         let mut matching = self
-            .entries
+            .order
             .range::<str, _>((start, Bound::Unbounded))
-            .map(|(name, _)| name)
             .take_while(|name| name.as_str().starts_with(prefix));
         let names: Vec<Name> = matching.by_ref().take(limit).cloned().collect();
         let next_after = match matching.next() {
@@ -331,6 +335,7 @@ impl Graph {
                     dependencies,
                     dependents: BTreeSet::new(),
                 };
+                self.order.insert(name.clone());
                 self.entries.insert(name, entry);
                 Ok(Effect::Added)
             }
@@ -347,6 +352,7 @@ impl Graph {
                 dependents: listed(entry.dependents.iter()),
             });
         }
+        self.order.remove(name);
         if let Some(entry) = self.entries.remove(name) {
             for dependency in &entry.dependencies {
                 if let Some(dependency) = self.entries.get_mut(dependency) {
@@ -676,11 +682,12 @@ mod tests {
         ] {
             graph.apply(&change).expect("indexed");
         }
+        // Stored in reverse order: dependents before their dependencies.
         let stored: Vec<(Name, Vec<Name>)> = graph
-            .entries
+            .order
             .iter()
             .rev()
-            .map(|(n, e)| (n.clone(), e.dependencies.clone()))
+            .map(|n| (n.clone(), graph.entries[n].dependencies.clone()))
             .collect();
         assert_eq!(Graph::restore(stored), Ok(graph));
         assert_eq!(
