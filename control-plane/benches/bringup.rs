@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use farm_testkit::{ControlPlaneProcess, NodeGuard, binary, eventually_every, pid, ready_if};
+use farm_testkit::{
+    ControlPlaneProcess, NodeGuard, binary, eventually_every, pid, process::rss_kib, ready_if,
+};
 use nix::{sys::signal, unistd::Pid};
 
 const RUNS: usize = 5;
@@ -20,17 +22,6 @@ struct Run {
     bring_up: Duration,
     node_rss_kib: Vec<u64>,
     kill_to_gone: Duration,
-}
-
-fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 async fn one_run() -> Run {
@@ -50,7 +41,10 @@ async fn one_run() -> Run {
 
     // Idle RSS once the farm has settled.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let node_rss_kib: Vec<u64> = nodes.iter().filter_map(|n| rss_kib(pid(n))).collect();
+    let node_rss_kib: Vec<u64> = nodes
+        .iter()
+        .filter_map(|n| u32::try_from(pid(n)).ok().and_then(rss_kib))
+        .collect();
 
     let victim = &nodes[NODES / 2];
     let killed = Instant::now();

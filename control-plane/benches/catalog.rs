@@ -65,7 +65,7 @@ use std::{
     io::{BufRead, BufReader, BufWriter, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
     sync::{Arc, PoisonError, RwLock},
     thread,
     time::{Duration, Instant},
@@ -74,11 +74,11 @@ use std::{
 use farm_testkit::{
     ControlPlaneProcess, binary,
     catalog::{LineClient, Package, Reply, graph},
-    eventually, free_addr,
+    env_or, eventually, free_addr,
+    process::{ChildGuard, fsync_probe},
 };
 use hdrhistogram::Histogram;
 use loadgen::report::new_histogram;
-use nix::{sys::signal, unistd::Pid};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::task::JoinHandle;
 
@@ -146,16 +146,6 @@ struct Settings {
     secs: Duration,
     shapes: Vec<Shape>,
     idle: usize,
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
-    }
 }
 
 impl Settings {
@@ -381,37 +371,9 @@ fn reference_main() {
 // ---------------------------------------------------------------------------
 // Processes
 
-/// A child process, stopped when dropped: SIGTERM, then SIGKILL after
-/// three seconds.
-struct Proc {
-    child: Child,
-    /// Held so the child sees end of input when we go away.
-    _stdin: Option<ChildStdin>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What keeps a server running; dropping it stops the server.
 enum Running {
-    Reference(Proc),
+    Reference(ChildGuard),
     Catalog {
         process: Box<ControlPlaneProcess>,
         _dir: tempfile::TempDir,
@@ -429,25 +391,15 @@ struct Server {
 impl Server {
     fn pid(&self) -> u32 {
         match &self.running {
-            Running::Reference(proc) => proc.child.id(),
+            Running::Reference(child) => child.id(),
             Running::Catalog { process, .. } => process.id(),
         }
     }
 
-    /// Resident memory in KiB, from `/proc/<pid>/status`.
+    /// Resident memory in KiB.
     fn rss_kib(&self) -> u64 {
         let pid = self.pid();
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|status| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+        farm_testkit::process::rss_kib(pid)
             .unwrap_or_else(|| panic!("no VmRSS for the {} (pid {pid})", self.name))
     }
 }
@@ -458,15 +410,9 @@ fn start_reference() -> Server {
     let mut command = Command::new(exe);
     farm_testkit::process::without_farm_env(&mut command)
         .env(REFERENCE_ENV, "1")
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut child = command.spawn().expect("start the reference server");
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take().expect("piped stdout");
-    let proc = Proc {
-        child,
-        _stdin: stdin,
-    };
+    let mut child = ChildGuard::spawn(&mut command, "the reference server");
+    let stdout = child.take_stdout().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
@@ -478,7 +424,7 @@ fn start_reference() -> Server {
     Server {
         name: "reference",
         addr,
-        running: Running::Reference(proc),
+        running: Running::Reference(child),
     }
 }
 
@@ -930,29 +876,6 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 fn median_of(runs: &[Figures], field: fn(&Figures) -> f64) -> f64 {
     median(runs.iter().map(field).collect())
-}
-
-/// Serial 4 KiB write + fdatasync in `dir` for one second: how many per
-/// second, p50 and p99 in µs.
-fn fsync_probe(dir: &Path) -> (f64, f64, f64) {
-    use std::os::unix::fs::FileExt;
-    let file = tempfile::tempfile_in(dir).expect("probe file");
-    let block = [0x5au8; 4096];
-    let mut latency = new_histogram();
-    let started = Instant::now();
-    let mut i = 0u64;
-    while started.elapsed() < Duration::from_secs(1) {
-        let t = Instant::now();
-        file.write_all_at(&block, (i % 64) * 4096).expect("write");
-        file.sync_data().expect("fdatasync");
-        latency.saturating_record(micros(t.elapsed()));
-        i += 1;
-    }
-    (
-        latency.len() as f64 / started.elapsed().as_secs_f64(),
-        latency.value_at_quantile(0.5) as f64,
-        latency.value_at_quantile(0.99) as f64,
-    )
 }
 
 // ---------------------------------------------------------------------------

@@ -36,7 +36,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    process::{Child, ChildStdin, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -49,10 +49,13 @@ use farm_api::v1::{
     workload_client::WorkloadClient,
     workload_server::{Workload, WorkloadServer},
 };
-use farm_testkit::{ControlPlaneProcess, binary, eventually, free_addr, ready_if};
+use farm_testkit::{
+    ControlPlaneProcess, binary, env_or, eventually, free_addr,
+    process::{ChildGuard, fsync_probe},
+    ready_if,
+};
 use hdrhistogram::Histogram;
 use loadgen::report::new_histogram;
-use nix::{sys::signal, unistd::Pid};
 use prost::Message;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -96,16 +99,6 @@ struct Settings {
     swarm_budget: Duration,
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
-        Err(_) => default,
-    }
-}
-
 /// `CxM`: C connections, M streams each.
 fn parse_shape(text: &str) -> (usize, usize) {
     let number = |n: &str| {
@@ -146,49 +139,6 @@ impl Settings {
 
 // ---------------------------------------------------------------------------
 // Processes
-
-/// A long-lived child process, stopped when dropped: SIGTERM, then SIGKILL
-/// after three seconds.
-struct Proc {
-    child: Child,
-    /// Held so the child sees end of input when we go away (the echo server
-    /// stops on it).
-    _stdin: Option<ChildStdin>,
-}
-
-impl Proc {
-    fn spawn(command: &mut Command, what: &str) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let stdin = child.stdin.take();
-        Self {
-            child,
-            _stdin: stdin,
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = signal::kill(Pid::from_raw(pid), signal::Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Takes the farm's environment from `command`: no token or address from
 /// the caller's shell changes what is measured. Quiet logs too.
@@ -515,7 +465,7 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let control_plane = ControlPlane::start(&[]).await;
     let node_addr = free_addr();
-    let _node = Proc::spawn(
+    let _node = ChildGuard::spawn(
         clean_command(&bin.farm_node)
             .args(["--control-plane", &control_plane.url()])
             .args(["--listen", &node_addr.to_string()])
@@ -676,13 +626,13 @@ async fn echo_main() {
 }
 
 /// Starts the echo server: this bench again, in echo mode.
-fn start_echo() -> (Proc, SocketAddr) {
+fn start_echo() -> (ChildGuard, SocketAddr) {
     let exe = std::env::current_exe().expect("own path");
-    let mut child = Proc::spawn(
+    let mut child = ChildGuard::spawn(
         Command::new(exe).env(ECHO_ENV, "1").stdout(Stdio::piped()),
         "echo server",
     );
-    let stdout = child.child.stdout.take().expect("piped stdout");
+    let stdout = child.take_stdout().expect("piped stdout");
     let mut line = String::new();
     BufReader::new(stdout)
         .read_line(&mut line)
@@ -887,31 +837,6 @@ async fn healthy_peers(addr: SocketAddr, count: usize) -> Peers {
     Peers(tasks)
 }
 
-/// Serial 4 KiB write + fsync in a file of the temporary folder's file
-/// system (where the control plane keeps its SQLite database) for one
-/// second: how many per second, p50 and p99 in µs.
-fn fsync_probe() -> (f64, f64, f64) {
-    use std::os::unix::fs::FileExt;
-    let file = tempfile::tempfile().expect("probe file");
-    let block = [0x5au8; 4096];
-    let mut latency = new_histogram();
-    let started = Instant::now();
-    let mut i = 0u64;
-    while started.elapsed() < Duration::from_secs(1) {
-        let t = Instant::now();
-        file.write_all_at(&block, (i % 64) * 4096).expect("write");
-        file.sync_data().expect("fsync");
-        let micros = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-        latency.saturating_record(micros.max(1));
-        i += 1;
-    }
-    (
-        latency.len() as f64 / started.elapsed().as_secs_f64(),
-        latency.value_at_quantile(0.5) as f64,
-        latency.value_at_quantile(0.99) as f64,
-    )
-}
-
 async fn part_b(settings: &Settings, h2load_ok: bool) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let (_echo, echo_addr) = start_echo();
@@ -1044,7 +969,7 @@ async fn part_b(settings: &Settings, h2load_ok: bool) {
         println!("  errors: {what}: {n}");
     }
     println!("  target: Register ÷ echo and Discover ÷ echo ≥ 0.50");
-    let (rate, p50, p99) = fsync_probe();
+    let (rate, p50, p99) = fsync_probe(&std::env::temp_dir());
     println!(
         "  disk, for scale: serial 4 KiB write + fdatasync in {}: {rate:.0}/s (p50 {p50:.0} µs, \
          p99 {p99:.0} µs)",

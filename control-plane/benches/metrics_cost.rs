@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use farm_api::v1::WatchMetricsRequest;
-use farm_testkit::{ControlPlaneProcess, binary, http, pid};
+use farm_testkit::{ControlPlaneProcess, binary, http, pid, process::rss_kib};
 use tokio_stream::StreamExt;
 
 const NODES: usize = 50;
@@ -33,20 +33,6 @@ fn cpu_seconds(pid: u32) -> f64 {
         .filter_map(|text| text.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     nanos as f64 / 1e9
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -93,7 +79,10 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let (cp_idle, node_cpu) = measure(control_plane.id(), &pids).await;
-    let mut rss: Vec<f64> = pids.iter().map(|p| rss_kib(*p) as f64).collect();
+    let mut rss: Vec<f64> = pids
+        .iter()
+        .map(|p| rss_kib(*p).unwrap_or(0) as f64)
+        .collect();
     rss.sort_by(f64::total_cmp);
     let node_rss = rss[rss.len() / 2];
 

@@ -62,3 +62,15 @@ pub const TOKENS: &[&str] = &[
     "--viewer-token",
     VIEWER,
 ];
+
+/// A benchmark's setting: the environment variable `name` parsed, or
+/// `default` when it is unset; panics naming a value that does not parse.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
+        Err(_) => default,
+    }
+}

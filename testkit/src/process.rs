@@ -4,7 +4,10 @@
 //! on a port of its own if asked, the guards that leave no process
 //! behind when a test fails half-way ([`NodeGuard`]), commands run to
 //! their end within a time limit ([`run_within`]), and `serve` refusing
-//! flags before it binds anything ([`serve_refused`]).
+//! flags before it binds anything ([`serve_refused`]); for benchmarks, a
+//! long-lived child stopped when dropped ([`ChildGuard`]), a process's
+//! resident memory ([`rss_kib`]) and the disk's own sync rate
+//! ([`fsync_probe`]).
 //!
 //! Node processes are found two ways: the pid a control plane records in
 //! `<data-dir>/nodes/<slot>/instance`, and any `farm-node` whose command
@@ -15,7 +18,7 @@ use std::{
     io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus, Stdio},
+    process::{Child as StdChild, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -443,4 +446,102 @@ impl Drop for ControlPlaneProcess {
         }
         // `kill_on_drop` sends SIGKILL.
     }
+}
+
+/// A long-lived child process (a server a benchmark measures), stopped
+/// when dropped, on panic too: SIGTERM, then SIGKILL after three seconds.
+/// Its stdin is a pipe held open, so a child that stops at the end of its
+/// input lives exactly as long as this.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: StdChild,
+    _stdin: Option<ChildStdin>,
+}
+
+impl ChildGuard {
+    /// Starts `command` (`what` names it in a panic).
+    pub fn spawn(command: &mut Command, what: &str) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its stdout, if the command piped it and it was not taken yet.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Whether it has exited (and how).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of
+/// `/proc/<pid>/status`); `None` once it is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How fast the disk under `dir` syncs: serial 4 KiB writes, each followed
+/// by `fdatasync`, for one second. Returns syncs per second, and the p50
+/// and p99 of one write and sync, in µs: the floor under every durable
+/// write a benchmark measures there.
+pub fn fsync_probe(dir: &Path) -> (f64, f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let file = tempfile::tempfile_in(dir).expect("probe file");
+    let block = [0x5au8; 4096];
+    let mut micros = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        let t = Instant::now();
+        file.write_all_at(&block, (micros.len() as u64 % 64) * 4096)
+            .expect("write");
+        file.sync_data().expect("fdatasync");
+        micros.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+    (
+        micros.len() as f64 / started.elapsed().as_secs_f64(),
+        at(0.5),
+        at(0.99),
+    )
 }
