@@ -880,38 +880,30 @@ fn median_of(runs: &[Figures], field: fn(&Figures) -> f64) -> f64 {
 
 // ---------------------------------------------------------------------------
 
+/// The median of `field` over `runs`, as a table cell.
+fn cell(runs: &[Figures], field: fn(&Figures) -> f64) -> String {
+    format!("{:.0}", median_of(runs, field))
+}
+
+/// `runs[shape]` holds each server's rounds: the reference's, then the
+/// catalog's.
 fn print_table(settings: &Settings, servers: &[Server], runs: &[Vec<Vec<Figures>>]) {
-    let [reference, catalog] = [0, 1].map(|i| servers.get(i).map(|s| s.name));
-    let catalog_runs = |shape: usize| runs.get(shape).and_then(|r| r.get(1));
     println!();
     println!(
         "  {:<22} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
         "shape", "ref ops/s", "cat ops/s", "cat÷ref", "ref p50", "ref p99", "cat p50", "cat p99"
     );
-    for (i, shape) in settings.shapes.iter().enumerate() {
-        let r = &runs[i][0];
-        let c = catalog_runs(i).filter(|_| catalog.is_some());
-        let cell = |runs: Option<&Vec<Figures>>, field: fn(&Figures) -> f64| {
-            runs.map_or_else(
-                || "-".to_owned(),
-                |runs| format!("{:.0}", median_of(runs, field)),
-            )
-        };
-        let ratio = c.map_or_else(
-            || "-".to_owned(),
-            |c| {
-                let ratios = c.iter().zip(r).map(|(c, r)| c.ops / r.ops).collect();
-                format!("{:.3}", median(ratios))
-            },
-        );
+    for (shape, runs) in settings.shapes.iter().zip(runs) {
+        let (r, c) = (&runs[0], &runs[1]);
+        let ratios = c.iter().zip(r).map(|(c, r)| c.ops / r.ops).collect();
         println!(
-            "  {:<22} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "  {:<22} {:>10} {:>10} {:>8.3} {:>8} {:>8} {:>8} {:>8}",
             shape.label(),
-            cell(Some(r), |f| f.ops),
+            cell(r, |f| f.ops),
             cell(c, |f| f.ops),
-            ratio,
-            cell(Some(r), |f| f.p50_us),
-            cell(Some(r), |f| f.p99_us),
+            median(ratios),
+            cell(r, |f| f.p50_us),
+            cell(r, |f| f.p99_us),
             cell(c, |f| f.p50_us),
             cell(c, |f| f.p99_us),
         );
@@ -923,35 +915,25 @@ fn print_table(settings: &Settings, servers: &[Server], runs: &[Vec<Vec<Figures>
         "  {:<22} {:>8} {:>8} {:>8} {:>8}",
         "shape", "ref p50", "ref p99", "cat p50", "cat p99"
     );
-    for (i, shape) in settings.shapes.iter().enumerate() {
+    for (shape, runs) in settings.shapes.iter().zip(runs) {
         if let Shape::Pipelined(_) = shape {
             continue;
         }
-        let r = &runs[i][0];
-        let c = catalog_runs(i).filter(|_| catalog.is_some());
-        let cell = |runs: Option<&Vec<Figures>>, field: fn(&Figures) -> f64| {
-            runs.map_or_else(
-                || "-".to_owned(),
-                |runs| format!("{:.0}", median_of(runs, field)),
-            )
-        };
+        let (r, c) = (&runs[0], &runs[1]);
         println!(
             "  {:<22} {:>8} {:>8} {:>8} {:>8}",
             shape.label(),
-            cell(Some(r), |f| f.write_p50_us),
-            cell(Some(r), |f| f.write_p99_us),
+            cell(r, |f| f.write_p50_us),
+            cell(r, |f| f.write_p99_us),
             cell(c, |f| f.write_p50_us),
             cell(c, |f| f.write_p99_us),
         );
     }
-    for (i, shape) in settings.shapes.iter().enumerate() {
-        for (which, name) in [reference, catalog].iter().enumerate() {
-            let (Some(name), Some(runs)) = (name, runs[i].get(which)) else {
-                continue;
-            };
-            let errors: u64 = runs.iter().map(|f| f.errors).sum();
+    for (shape, runs) in settings.shapes.iter().zip(runs) {
+        for (server, rounds) in servers.iter().zip(runs) {
+            let errors: u64 = rounds.iter().map(|f| f.errors).sum();
             if errors > 0 {
-                println!("  errors: {name}, {}: {errors}", shape.label());
+                println!("  errors: {}, {}: {errors}", server.name, shape.label());
             }
         }
     }

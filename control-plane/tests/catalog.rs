@@ -448,23 +448,7 @@ async fn past_the_connection_limit_a_new_connection_is_closed_at_once() {
 /// it did not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_while_clients_send_keeps_every_acknowledged_change() {
-    let dir = tempfile::tempdir().expect("a data folder");
-    let mut control_plane = ControlPlaneProcess::builder(dir.path())
-        .indexer()
-        .start()
-        .await;
-    let (mut clients, acked) = start_senders(control_plane.indexer_addr());
-    wait_for_acknowledgements(&acked).await;
-
-    let status = control_plane.terminate(DRAIN + STOP_MARGIN).await;
-    assert!(status.success(), "{status:?}");
-    let traffic = join_all(&mut clients).await;
-
-    let restarted = ControlPlaneProcess::builder(dir.path())
-        .indexer()
-        .start()
-        .await;
-    check_after_restart(&restarted, &traffic, Stop::Shutdown).await;
+    stop_while_clients_send_then_restart(Stop::Shutdown).await;
 }
 
 /// SIGKILL while clients pipeline changes, then a restart on the same
@@ -475,6 +459,13 @@ async fn a_shutdown_while_clients_send_keeps_every_acknowledged_change() {
 /// acknowledged and leaving nothing half-written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_loses_no_acknowledged_change_and_leaves_none_half_there() {
+    stop_while_clients_send_then_restart(Stop::Crash).await;
+}
+
+/// Starts a control plane with senders pipelining changes at it, stops it
+/// as `stop` says once some are acknowledged, restarts it on the same data
+/// and checks what it kept.
+async fn stop_while_clients_send_then_restart(stop: Stop) {
     let dir = tempfile::tempdir().expect("a data folder");
     let mut control_plane = ControlPlaneProcess::builder(dir.path())
         .indexer()
@@ -483,14 +474,20 @@ async fn a_crash_loses_no_acknowledged_change_and_leaves_none_half_there() {
     let (mut clients, acked) = start_senders(control_plane.indexer_addr());
     wait_for_acknowledgements(&acked).await;
 
-    control_plane.kill().await;
+    match stop {
+        Stop::Shutdown => {
+            let status = control_plane.terminate(DRAIN + STOP_MARGIN).await;
+            assert!(status.success(), "{status:?}");
+        }
+        Stop::Crash => control_plane.kill().await,
+    }
     let traffic = join_all(&mut clients).await;
 
     let restarted = ControlPlaneProcess::builder(dir.path())
         .indexer()
         .start()
         .await;
-    check_after_restart(&restarted, &traffic, Stop::Crash).await;
+    check_after_restart(&restarted, &traffic, stop).await;
 }
 
 /// A client that sends without ever reading its answers cannot hold a
