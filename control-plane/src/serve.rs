@@ -131,6 +131,7 @@ pub async fn run(
         node_listener = Some(listener);
     }
     let farm_runtime = runtime.as_ref().map(|r| Arc::clone(&r.runtime));
+    let runtime_name = runtime.as_ref().map_or("none", |r| r.runtime.name());
     let supervisor = runtime.map(|parts| {
         info!(
             runtime = parts.runtime.name(),
@@ -154,7 +155,11 @@ pub async fn run(
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let mut api = Api::new(state.clone(), supervisor.as_ref().map(|(s, _)| s.clone()));
+    let mut api = Api::new(
+        state.clone(),
+        supervisor.as_ref().map(|(s, _)| s.clone()),
+        runtime_name,
+    );
     let line_server = match indexer_listener {
         Some(listener) => {
             let limits = config.indexer.map(|i| i.limits).unwrap_or_default();
@@ -165,7 +170,7 @@ pub async fn run(
                 Arc::clone(state.telemetry()),
             )
             .map_err(ServeError::IndexerListener)?;
-            api.indexer = Some(server.status());
+            api.control_plane = api.control_plane.with_indexer(server.status());
             Some(tokio::spawn(server.run(api.shutdown.clone(), DRAIN)))
         }
         None => None,

@@ -69,7 +69,10 @@ async fn probes_answer_over_http1() {
     assert_eq!(readyz.status, 200, "{readyz}");
     assert!(readyz.text().contains("ready"), "{readyz}");
     let index = get(farm.addr, "/", &host).await;
-    assert!(index.text().contains("farm.v1.Discovery"), "{index}");
+    assert!(
+        index.text().contains(r#"<div id="app">"#),
+        "the dashboard: {index}"
+    );
     let missing = get(farm.addr, "/no-such-page", &host).await;
     assert_eq!(missing.status, 404, "{missing}");
     // Probes may dial by name too, and some send no port.
@@ -80,6 +83,66 @@ async fn probes_answer_over_http1() {
         let healthz = get(farm.addr, "/healthz", &host).await;
         assert_eq!(healthz.status, 200, "{host}: {healthz}");
     }
+}
+
+/// The dashboard: `/` is its page, revalidated at every load (it names the
+/// current bundle); the script it names is cached for good, and compressed
+/// for browsers that accept it.
+#[tokio::test]
+async fn the_dashboard_is_served_compressed_and_cached() {
+    let farm = Farm::start(0, &[]).await;
+    let host = farm.addr.to_string();
+    let page = get(farm.addr, "/", &host).await;
+    assert_eq!(page.status, 200, "{page}");
+    assert_eq!(page.header("content-type"), Some("text/html"), "{page}");
+    assert_eq!(page.header("cache-control"), Some("no-cache"), "{page}");
+    let etag = page.header("etag").expect("an ETag");
+    let again = Request::get(farm.addr, "/")
+        .host(&host)
+        .header("if-none-match", etag)
+        .send()
+        .await;
+    assert_eq!(again.status, 304, "unchanged: {again}");
+
+    let html = page.text();
+    let script = html
+        .split(r#"<script type="module" src=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the page names its script: {html}"));
+    let plain = get(farm.addr, script, &host).await;
+    assert_eq!(plain.status, 200, "{script}");
+    assert_eq!(plain.header("content-type"), Some("text/javascript"));
+    assert_eq!(
+        plain.header("cache-control"),
+        Some("max-age=31536000, immutable")
+    );
+    let zipped = Request::get(farm.addr, script)
+        .host(&host)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await;
+    assert_eq!(zipped.header("content-encoding"), Some("gzip"));
+    assert!(
+        zipped
+            .header("vary")
+            .is_some_and(|v| v.contains("accept-encoding")),
+        "caches keep the encodings apart: {:?}",
+        zipped.headers
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&zipped.body[..]),
+        &mut unzipped,
+    )
+    .expect("gzip");
+    assert_eq!(unzipped, plain.body, "the same script");
+    assert!(
+        zipped.body.len() * 2 < plain.body.len(),
+        "{} bytes gzipped of {}",
+        zipped.body.len(),
+        plain.body.len()
+    );
 }
 
 #[tokio::test]

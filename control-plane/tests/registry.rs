@@ -347,4 +347,8 @@ async fn watch_streams_membership_and_resumes() {
     let replayed = next(&mut resumed).await;
     assert_eq!(replayed.revision, changed.revision);
     assert_eq!(replayed.kind, EventKind::Changed as i32);
+    // Then SYNCED: the watcher is caught up.
+    let synced = next(&mut resumed).await;
+    assert_eq!(synced.kind, EventKind::Synced as i32);
+    assert_eq!(synced.revision, changed.revision);
 }

@@ -21,6 +21,8 @@
 //!   client does.
 //! - [`eventually`] ([`wait`]): polls until something holds, with a short
 //!   backoff, and panics with what it waited for and what it saw last.
+//! - [`browser`]: Debian's chromium driven through playwright-core, for
+//!   the dashboard's tests: pages to click, fill, wait on and screenshot.
 //! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
 //!   wrote (grpcurl, Python's grpcio-tools), skipped with a message when
 //!   missing unless the suite requires them ([`skip`]).
@@ -28,6 +30,7 @@
 //! Everything here panics on failure with a message: it runs inside tests.
 
 pub mod api;
+pub mod browser;
 pub mod catalog;
 pub mod docker;
 pub mod farm;

@@ -69,12 +69,14 @@ async fn feed_watcher(
     loop {
         if let Some(start) = start.take() {
             let initial: Vec<WatchEvent> = match start {
-                WatchStart::Replay(replayed) => {
-                    seen = replayed.last().map_or(seen, |e| e.revision);
+                WatchStart::Replay(from, replayed) => {
+                    seen = replayed.last().map_or(from, |e| e.revision);
+                    // SYNCED after the replay too: the watcher is caught up.
                     replayed
                         .iter()
                         .filter(|e| in_group(&e.node))
                         .map(live_event)
+                        .chain([wire_event(seen, WireKind::Synced, None)])
                         .collect()
                 }
                 WatchStart::Snapshot(revision, nodes) => {

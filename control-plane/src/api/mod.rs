@@ -6,6 +6,7 @@
 mod broadcast;
 mod catalog;
 pub mod config;
+mod control_plane;
 mod discovery;
 mod error;
 mod farm;
@@ -19,6 +20,7 @@ use farm_api::v1;
 
 pub use catalog::CatalogService;
 pub use config::ConfigService;
+pub use control_plane::ControlPlaneService;
 pub use discovery::DiscoveryService;
 pub use error::{ApiError, BadRequest, NodeCallError, unimplemented};
 pub use farm::FarmService;

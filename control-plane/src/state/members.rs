@@ -22,8 +22,8 @@ use crate::core::{
 /// What a new watcher starts from.
 #[derive(Debug)]
 pub enum WatchStart {
-    /// Events after the revision the watcher asked for.
-    Replay(Vec<Event>),
+    /// Events after the revision the watcher asked for (the first field).
+    Replay(u64, Vec<Event>),
     /// The current nodes, at this revision.
     Snapshot(u64, Vec<NodeView>),
 }
@@ -201,7 +201,7 @@ impl Members {
             .then(|| registry.events_since(from_revision))
             .flatten();
         let start = match replay {
-            Some(events) => WatchStart::Replay(events),
+            Some(events) => WatchStart::Replay(from_revision, events),
             None => {
                 let (revision, nodes) = registry.snapshot(group);
                 WatchStart::Snapshot(revision, nodes)

@@ -104,4 +104,12 @@ fn cors() -> CorsLayer {
             HeaderName::from_static("grpc-message"),
             HeaderName::from_static("grpc-status-details-bin"),
         ])
+        // The layer replaces the responses' `Vary`: keep the dashboard's
+        // (its files are compressed as each browser accepts).
+        .vary([
+            header::ORIGIN,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            header::ACCEPT_ENCODING,
+        ])
 }

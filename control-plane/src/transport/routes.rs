@@ -1,10 +1,12 @@
 //! Every route of the port: the farm's gRPC services, health, reflection
-//! (v1 and v1alpha), and the plain HTTP endpoints `/`, `/healthz`,
-//! `/readyz` and `/metrics`.
+//! (v1 and v1alpha), the dashboard at `/` (the bundle `web/dist`, embedded
+//! at build time), and the plain HTTP endpoints `/healthz`, `/readyz` and
+//! `/metrics`.
 
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
-    catalog_server::CatalogServer, config_server::ConfigServer, discovery_server::DiscoveryServer,
+    catalog_server::CatalogServer, config_server::ConfigServer,
+    control_plane_server::ControlPlaneServer, discovery_server::DiscoveryServer,
     farm_server::FarmServer, load_test_server::LoadTestServer, metrics_server::MetricsServer,
     registry_server::RegistryServer,
 };
@@ -16,10 +18,9 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use super::services;
 use crate::{
     api::{
-        CatalogService, ConfigService, DiscoveryService, FarmService, LoadTestService,
-        MetricsService, RegistryService,
+        CatalogService, ConfigService, ControlPlaneService, DiscoveryService, FarmService,
+        LoadTestService, MetricsService, RegistryService,
     },
-    core::NodeState,
     exposition::{self, ProcessStats},
     state::FarmState,
     supervisor::Supervisor,
@@ -40,21 +41,30 @@ pub(crate) struct Api {
     pub(crate) shutdown: CancellationToken,
     /// The load tests, one at a time.
     pub(crate) load_test: LoadTestService,
-    /// The catalog's line protocol, when served.
-    pub(crate) indexer: Option<crate::indexer::Status>,
+    /// What the control plane says of itself (and `/readyz` answers).
+    pub(crate) control_plane: ControlPlaneService,
 }
 
 impl Api {
     /// What the routes serve: the farm's state, and its supervisor when
-    /// this control plane runs nodes.
-    pub(crate) fn new(state: FarmState, supervisor: Option<Supervisor>) -> Self {
+    /// this control plane runs nodes on `runtime` (`none` otherwise).
+    pub(crate) fn new(
+        state: FarmState,
+        supervisor: Option<Supervisor>,
+        runtime: &'static str,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         Self {
             load_test: LoadTestService::new(state.members(), shutdown.clone()),
+            control_plane: ControlPlaneService::new(
+                state.clone(),
+                supervisor.clone(),
+                runtime,
+                shutdown.clone(),
+            ),
             state,
             supervisor,
             shutdown,
-            indexer: None,
         }
     }
 
@@ -131,16 +141,17 @@ pub(crate) fn routes(
                 .max_decoding_message_size(MAX_DECODE)
                 .max_encoding_message_size(MAX_ENCODE),
         )
+        .add_service(ControlPlaneServer::new(api.control_plane.clone()))
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
     let mut routes = routes.routes();
     let http = axum::Router::new()
-        .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(api.clone());
+        .with_state(api.clone())
+        .merge(dashboard());
     let grpc = std::mem::take(routes.axum_router_mut());
     *routes.axum_router_mut() = grpc.merge(http).fallback(not_found);
     Ok(routes)
@@ -161,18 +172,20 @@ async fn not_found(request: axum::extract::Request) -> axum::response::Response 
     }
 }
 
-/// What this port is, for a person who opens it in a browser or curl.
-async fn index() -> String {
-    let services: Vec<&str> = services::names().collect();
-    format!(
-        "farm control plane {}\n\n\
-         gRPC (h2c) and gRPC-Web on this port:\n  {}\n\
-         List them with `grpcurl -plaintext HOST:PORT list`.\n\n\
-         HTTP: /healthz (alive), /readyz (serving, and how many nodes are healthy),\n\
-         /metrics (the farm and the control plane in the Prometheus text format)\n",
-        env!("CARGO_PKG_VERSION"),
-        services.join("\n  "),
-    )
+/// The dashboard: `index.html` at `/`, revalidated on every load (it names
+/// the current bundle); the script and stylesheet, whose names carry their
+/// content's hash, cached for good. Served gzip or brotli compressed as the
+/// browser accepts, with ETags.
+fn dashboard() -> axum::Router {
+    memory_serve::load!()
+        .index_file(Some("/index.html"))
+        .html_cache_control(memory_serve::CacheControl::NoCache)
+        .cache_control(memory_serve::CacheControl::Long)
+        .enable_gzip(true)
+        // Release builds brotli-compress at build time; a debug build would
+        // compress when it starts, which takes over a second.
+        .enable_brotli(!cfg!(debug_assertions))
+        .into_router()
 }
 
 /// The farm and the control plane in the Prometheus text format. The
@@ -201,28 +214,13 @@ async fn metrics_text(State(api): State<Api>) -> axum::response::Response {
     }
 }
 
-/// Ready while serving, and while the catalog's listener (if any) accepts;
-/// the body says how much of the farm is healthy, and where the catalog
-/// listens.
+/// What `GetStatus` says of readiness, for probes.
 async fn readyz(State(api): State<Api>) -> (StatusCode, String) {
-    if api.shutdown.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n".to_owned(),
-        );
-    }
-    let healthy = api.state.members().count_by_state(NodeState::Healthy);
-    let desired = api.supervisor.as_ref().map_or(0, Supervisor::desired);
-    let mut body = format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n");
-    let mut status = StatusCode::OK;
-    if let Some(indexer) = &api.indexer {
-        let address = indexer.address;
-        if indexer.accepting() {
-            body.push_str(&format!("catalog line protocol: accepting on {address}\n"));
-        } else {
-            status = StatusCode::SERVICE_UNAVAILABLE;
-            body = format!("not ready: the catalog line protocol is not accepting on {address}\n");
-        }
-    }
-    (status, body)
+    let readiness = api.control_plane.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, readiness.text)
 }

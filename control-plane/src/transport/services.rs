@@ -3,16 +3,15 @@
 //!
 //! Reflection advertises exactly these services, `grpc.health.v1` reports
 //! each as serving, the auth layer takes each method's roles from here, the
-//! RPC metrics label calls by the methods listed here, and the index page
-//! names them. Adding a service is one row here, its handlers in `api/`, and
+//! RPC metrics label calls by the methods listed here. Adding a service is one row here, its handlers in `api/`, and
 //! its `add_service` in `routes.rs`; a unit test below fails until every
 //! method of the API has its row.
 
 use std::{collections::HashMap, sync::OnceLock};
 
 use farm_api::v1::{
-    catalog_server, config_server, discovery_server, farm_server, load_test_server, metrics_server,
-    registry_server,
+    catalog_server, config_server, control_plane_server, discovery_server, farm_server,
+    load_test_server, metrics_server, registry_server,
 };
 
 use super::auth::Role::{self, Admin, Node, Viewer};
@@ -115,6 +114,11 @@ pub(crate) const SERVICES: &[Service] = &[
             ("Get", ANY),
             ("List", ANY),
         ],
+    },
+    // The control plane itself: every role may ask who it is to it.
+    Service {
+        name: control_plane_server::SERVICE_NAME,
+        methods: &[("GetStatus", ANY)],
     },
     Service {
         name: HEALTH,

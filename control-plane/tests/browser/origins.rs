@@ -1,22 +1,17 @@
-//! A real browser against the control plane: Debian's `chromium`, driven by
-//! npm's `playwright-core` (`tests/browser/grpc_web.mjs`), opens pages and
-//! makes gRPC-Web calls from them with `fetch`, as a dashboard would. The
-//! control plane's own pages and a `--cors-origin` may call; a page of any
-//! other origin may not, nor one whose name was re-pointed at this machine
-//! (DNS rebinding).
-//!
-//! `scripts/test` installs both tools; without them the test is skipped
-//! with a message, unless `FARM_REQUIRE_BROWSER=1` makes that a failure.
+//! A page's gRPC-Web calls by origin: the control plane's own pages and a
+//! `--cors-origin` may call; a page of any other origin may not, nor one
+//! whose name was re-pointed at this machine (DNS rebinding). The pages
+//! make raw calls with `fetch` (`grpc_web.mjs`), as any script could.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 
 use farm_api::v1::ScaleRequest;
-use farm_testkit::{Farm, healthy, http::Request, skip::skip};
+use farm_testkit::{
+    Farm,
+    browser::{self, CHROMIUM},
+    healthy,
+    http::Request,
+};
 use prost::Message;
 use serde_json::{Value, json};
 use tokio::{
@@ -24,47 +19,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-/// The browser the script starts.
-const CHROMIUM: &str = "/usr/bin/chromium";
 /// How long the browser may take for every case together.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The folder `scripts/test` installs `playwright-core` into.
-fn playwright_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/browser-test")
-}
-
-/// Whether chromium, node and playwright-core are all here; says what is
-/// missing (and fails when `FARM_REQUIRE_BROWSER=1`) otherwise.
-fn browser_available(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !Path::new(CHROMIUM).is_file() {
-        missing.push("chromium (apt-get install chromium)");
-    }
-    let node = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|s| s.success()) {
-        missing.push("node (apt-get install nodejs npm)");
-    }
-    if !playwright_dir()
-        .join("node_modules/playwright-core/package.json")
-        .is_file()
-    {
-        missing.push("playwright-core (npm install playwright-core in target/browser-test)");
-    }
-    missing.is_empty()
-        || skip(
-            "FARM_REQUIRE_BROWSER",
-            test,
-            &format!(
-                "{} missing (scripts/test installs them)",
-                missing.join(", ")
-            ),
-        )
-}
 
 /// A page on another origin: `/` answers a small HTML page (and closes the
 /// connection); any other request is passed on to `farm` byte for byte, as
@@ -110,7 +66,7 @@ async fn run_browser(cases: &Value) -> Vec<Value> {
     let child = tokio::process::Command::new("node")
         .arg(script)
         .arg(CHROMIUM)
-        .arg(playwright_dir())
+        .arg(browser::modules_dir())
         .arg(profile.path())
         .arg(cases.to_string())
         .stdin(Stdio::null())
@@ -162,7 +118,7 @@ fn answered(result: &Value, node: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_real_browser_calls_from_the_same_origin_only() {
-    if !browser_available("a_real_browser_calls_from_the_same_origin_only") {
+    if !browser::available("a_real_browser_calls_from_the_same_origin_only") {
         return;
     }
     let trusted = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -1,0 +1,15 @@
+//! A real browser against the control plane: Debian's `chromium`, driven
+//! by npm's `playwright-core` (the dashboard's own packages in `web/`).
+//! Every test here needs it; `scripts/test` installs both, and without them
+//! a test skips with a message unless `FARM_REQUIRE_BROWSER=1` makes that a
+//! failure.
+//!
+//! - [`bundle`]: the dashboard's sources type-check, pass their unit tests
+//!   and build exactly the committed bundle;
+//! - [`origins`]: which pages may call the port through gRPC-Web;
+//! - [`dashboard`]: the dashboard as its users drive it, with screenshots
+//!   in `target/screenshots/`.
+
+mod bundle;
+mod dashboard;
+mod origins;

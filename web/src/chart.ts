@@ -1,0 +1,131 @@
+// Time series and percentile plots drawn by uPlot (a canvas chart library
+// of about 50 KB that draws hundreds of thousands of points smoothly). The
+// charts follow their container's width and the page's colour scheme.
+
+import uPlot from "uplot";
+import "uplot/dist/uPlot.min.css";
+
+export interface LineSpec {
+  label: string;
+  /** A CSS colour variable, e.g. `--series-1`. */
+  color: string;
+  /** How a value reads in the legend. */
+  format: (value: number) => string;
+  dash?: number[];
+}
+
+export interface ChartSpec {
+  title: string;
+  lines: LineSpec[];
+  height?: number;
+  /** The y axis starts at zero (default) or follows the data. */
+  fromZero?: boolean;
+  /** The x axis: wall-clock time (default), or a log-scaled percentile axis. */
+  x?: "time" | "percentile";
+  /** The y axis in log scale. */
+  logY?: boolean;
+}
+
+function cssColor(variable: string): string {
+  return getComputedStyle(document.documentElement).getPropertyValue(variable).trim() || "#888";
+}
+
+/** A chart in `container`; call `set` with columns (x first) to draw. */
+export class Chart {
+  private readonly plot: uPlot;
+  private readonly resize: ResizeObserver;
+
+  constructor(
+    readonly container: HTMLElement,
+    spec: ChartSpec,
+  ) {
+    const axisColor = cssColor("--muted");
+    const gridColor = cssColor("--grid");
+    const percentile = spec.x === "percentile";
+    const options: uPlot.Options = {
+      title: spec.title,
+      width: Math.max(200, container.clientWidth),
+      height: spec.height ?? 160,
+      cursor: { drag: { x: false, y: false } },
+      legend: { live: true },
+      scales: {
+        x: percentile
+          ? { time: false, distr: 3 }
+          : { time: true },
+        y: {
+          distr: spec.logY ? 3 : 1,
+          range: (_u, min, max) => {
+            const low = spec.fromZero === false || spec.logY ? min : 0;
+            const high = max > low ? max : low + 1;
+            return [low, high * (spec.logY ? 1.5 : 1.1)];
+          },
+        },
+      },
+      axes: [
+        {
+          stroke: axisColor,
+          grid: { stroke: gridColor, width: 1 },
+          ticks: { stroke: gridColor },
+          ...(percentile
+            ? { values: (_u: uPlot, ticks: number[]) => ticks.map((t) => percentileLabel(t)) }
+            : {}),
+        },
+        {
+          stroke: axisColor,
+          grid: { stroke: gridColor, width: 1 },
+          ticks: { stroke: gridColor },
+          size: 64,
+          values: (_u: uPlot, ticks: number[]) => ticks.map((t) => spec.lines[0]?.format(t) ?? String(t)),
+        },
+      ],
+      series: [
+        percentile
+          ? { label: "percentile", value: (_u, v) => (v === null ? "–" : percentileLabel(v)) }
+          : {},
+        ...spec.lines.map((line) => ({
+          label: line.label,
+          stroke: cssColor(line.color),
+          width: 2,
+          spanGaps: false,
+          ...(line.dash ? { dash: line.dash } : {}),
+          value: (_u: uPlot, v: number | null) => (v === null ? "–" : line.format(v)),
+        })),
+      ],
+    };
+    this.plot = new uPlot(options, [[], ...spec.lines.map(() => [])], container);
+    this.resize = new ResizeObserver(() => {
+      const width = Math.max(200, container.clientWidth);
+      if (width !== this.plot.width) this.plot.setSize({ width, height: this.plot.height });
+    });
+    this.resize.observe(container);
+  }
+
+  /** Draws `columns`: x values first, then one column per line. */
+  set(columns: (number | null)[][]): void {
+    this.plot.setData(columns as uPlot.AlignedData);
+    // Out of the cursor's way, the legend shows the latest values.
+    const last = (columns[0]?.length ?? 0) - 1;
+    if (last >= 0 && this.plot.cursor.idx == null) this.plot.setLegend({ idx: last });
+  }
+
+  destroy(): void {
+    this.resize.disconnect();
+    this.plot.destroy();
+  }
+}
+
+/**
+ * Percentile plots put `1 / (1 - p)` on a log axis, so 90, 99, 99.9 and
+ * 99.99 are evenly spaced. This turns such a value back into its label.
+ */
+export function percentileLabel(inverse: number): string {
+  const p = 100 * (1 - 1 / inverse);
+  if (p <= 0) return "0 %";
+  const digits = Math.min(4, Math.max(0, Math.ceil(-Math.log10(100 - p)) + 1));
+  return `${p.toFixed(digits).replace(/\.?0+$/, "")} %`;
+}
+
+/** The x value at which percentile `p` (0 to 100) is plotted. */
+export function percentileX(p: number): number {
+  return 1 / (1 - Math.min(p, 99.9999) / 100);
+}

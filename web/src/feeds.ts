@@ -1,0 +1,148 @@
+// The page's two permanent streams: the membership (`Discovery.Watch`) and
+// the farm's metrics (`Metrics.WatchMetrics`, one snapshot a second), and
+// what the page keeps of them: the last ten minutes of the farm's figures,
+// and every node's latest load.
+
+import { timestampMs } from "@bufbuild/protobuf/wkt";
+
+import type { FarmMetrics } from "../gen/farm/v1/metrics_pb";
+import { api } from "./api";
+import { follow } from "./live";
+import { FarmStore } from "./store";
+
+/** Seconds of history the overview's charts cover. */
+export const HISTORY_SECONDS = 600;
+/** Snapshots a second: the interval asked of WatchMetrics. */
+const METRICS_INTERVAL_MS = 1000;
+
+/** One node's load, as the grid draws it. */
+export interface NodeLoad {
+  cpuPercent: number;
+  memoryUsed: number;
+  memoryLimit: number;
+  requestsPerSecond: number;
+}
+
+/** A series' values; null where the page was not connected. */
+export type Column = (number | null)[];
+
+/** The farm's figures over time, one column per series (uPlot's layout). */
+export interface Series {
+  /** Seconds since the epoch. */
+  at: number[];
+  cpuAvg: Column;
+  cpuMax: Column;
+  memoryUsed: Column;
+  memoryLimit: Column;
+  requestsPerSecond: Column;
+  errorRate: Column;
+  p50Ms: Column;
+  p99Ms: Column;
+}
+
+function emptySeries(): Series {
+  return {
+    at: [],
+    cpuAvg: [],
+    cpuMax: [],
+    memoryUsed: [],
+    memoryLimit: [],
+    requestsPerSecond: [],
+    errorRate: [],
+    p50Ms: [],
+    p99Ms: [],
+  };
+}
+
+export class MetricsFeed extends EventTarget {
+  /** The latest snapshot, or null before the first and while disconnected. */
+  latest: FarmMetrics | null = null;
+  readonly series: Series = emptySeries();
+  /** Every reporting node's latest load, by node id. */
+  loads = new Map<string, NodeLoad>();
+
+  /** The stream broke: the figures shown are no longer live. */
+  disconnected(): void {
+    this.latest = null;
+    this.dispatchEvent(new Event("change"));
+  }
+
+  add(farm: FarmMetrics): void {
+    this.latest = farm;
+    const s = this.series;
+    const at = farm.at ? timestampMs(farm.at) / 1000 : Date.now() / 1000;
+    // A gap (the page was disconnected) shows as a break in the lines.
+    const last = s.at[s.at.length - 1];
+    if (last !== undefined && at - last > 3 * (METRICS_INTERVAL_MS / 1000)) {
+      this.push(last + 1, null);
+    }
+    this.push(at, farm);
+    const cutoff = at - HISTORY_SECONDS;
+    let drop = 0;
+    while (drop < s.at.length && (s.at[drop] ?? at) < cutoff) drop += 1;
+    if (drop > 0) for (const column of Object.values(s) as Column[]) column.splice(0, drop);
+    const loads = new Map<string, NodeLoad>();
+    for (const node of farm.nodeMetrics) {
+      const sample = node.sample;
+      if (!sample) continue;
+      loads.set(node.nodeId, {
+        cpuPercent: sample.cpuPercent,
+        memoryUsed: Number(sample.memoryUsedBytes),
+        memoryLimit: Number(sample.memoryLimitBytes),
+        requestsPerSecond: sample.requestsPerSecond,
+      });
+    }
+    this.loads = loads;
+    this.dispatchEvent(new Event("change"));
+  }
+
+  private push(at: number, farm: FarmMetrics | null): void {
+    const s = this.series;
+    const value = (f: (m: FarmMetrics) => number) => (farm === null ? null : f(farm));
+    s.at.push(at);
+    s.cpuAvg.push(value((m) => m.cpuPercentAvg));
+    s.cpuMax.push(value((m) => m.cpuPercentMax));
+    s.memoryUsed.push(value((m) => Number(m.memoryUsedBytes)));
+    s.memoryLimit.push(value((m) => Number(m.memoryLimitBytes)));
+    s.requestsPerSecond.push(value((m) => m.requestsPerSecond));
+    s.errorRate.push(value((m) => m.errorRate * 100));
+    // No request served: no latency (a gap, not a zero).
+    const served = farm !== null && (farm.latency?.count ?? 0n) > 0n;
+    s.p50Ms.push(served ? (farm.latency?.p50Us ?? 0) / 1000 : null);
+    s.p99Ms.push(served ? (farm.latency?.p99Us ?? 0) / 1000 : null);
+  }
+}
+
+/** The feeds every view reads. */
+export interface Feeds {
+  farm: FarmStore;
+  metrics: MetricsFeed;
+}
+
+/** Starts both streams; they run until `signal` aborts. */
+export function startFeeds(signal: AbortSignal): Feeds {
+  const farm = new FarmStore();
+  const metrics = new MetricsFeed();
+  follow(
+    "membership",
+    {
+      open: (s) => api.discovery.watch({ fromRevision: farm.revision }, { signal: s }),
+      message: (event) => farm.apply(event),
+      broken: () => farm.disconnected(),
+    },
+    signal,
+  );
+  follow(
+    "metrics",
+    {
+      open: (s) =>
+        api.metrics.watchMetrics({ intervalMs: METRICS_INTERVAL_MS, includeNodes: true }, { signal: s }),
+      message: (snapshot) => metrics.add(snapshot),
+      broken: () => metrics.disconnected(),
+      // Three missed snapshots: the control plane is gone or stuck.
+      silenceMs: 3 * METRICS_INTERVAL_MS + 500,
+    },
+    signal,
+  );
+  return { farm, metrics };
+}

@@ -1,0 +1,401 @@
+// The node grid: one cell per node, filtered by name, group, state and
+// label. Up to CARD_LIMIT shown nodes appear as cards (name, group, state
+// with its reason, CPU and memory against the limit, config version, leader
+// mark); more, as a dense heat map on a canvas that stays smooth at 10,000.
+// Clicking a node opens its detail (#nodes/ID). Admins select nodes and act
+// on them; viewers see the actions disabled, with the reason.
+
+import { type NodeInfo, NodeState } from "../../gen/farm/v1/node_pb";
+import { h, replace, text } from "../dom";
+import type { NodeLoad } from "../feeds";
+import * as format from "../format";
+import { STATE_NAMES } from "../store";
+import { actionsPanel } from "./actions";
+import { type Filter, matches } from "./filter";
+import { nodeDetail } from "./detail";
+import { frameScheduler, type View, type ViewContext } from "./view";
+
+/** Most nodes shown as cards; beyond, the heat map. */
+export const CARD_LIMIT = 300;
+/** Heat-map cell side and gap, in CSS pixels. */
+const CELL = 9;
+const GAP = 1;
+
+interface Card {
+  root: HTMLElement;
+  select: HTMLInputElement;
+  name: HTMLElement;
+  leader: HTMLElement;
+  group: HTMLElement;
+  state: HTMLElement;
+  cpu: HTMLElement;
+  cpuBar: HTMLElement;
+  memory: HTMLElement;
+  memoryBar: HTMLElement;
+  config: HTMLElement;
+}
+
+/** A heat-map colour for a node: its state, or for a healthy node its CPU. */
+function cellColor(node: NodeInfo, load: NodeLoad | undefined, palette: Palette): string {
+  if (node.state !== NodeState.HEALTHY) return palette.state[node.state] ?? palette.unknown;
+  if (!load) return palette.idle;
+  const level = Math.min(palette.heat.length - 1, Math.floor((load.cpuPercent / 100) * palette.heat.length));
+  return palette.heat[Math.max(0, level)] ?? palette.idle;
+}
+
+interface Palette {
+  state: Partial<Record<NodeState, string>>;
+  heat: string[];
+  idle: string;
+  unknown: string;
+  selected: string;
+}
+
+function palette(): Palette {
+  const css = getComputedStyle(document.documentElement);
+  const v = (name: string) => css.getPropertyValue(name).trim();
+  return {
+    state: {
+      [NodeState.STARTING]: v("--state-starting"),
+      [NodeState.UNHEALTHY]: v("--state-unhealthy"),
+      [NodeState.STOPPED]: v("--state-stopped"),
+    },
+    heat: [v("--heat-0"), v("--heat-1"), v("--heat-2"), v("--heat-3"), v("--heat-4")],
+    idle: v("--heat-0"),
+    unknown: v("--muted"),
+    selected: v("--fg"),
+  };
+}
+
+export function nodesView(context: ViewContext): View {
+  const { feeds, session } = context;
+  const { farm, metrics } = feeds;
+  let visible = false;
+  const filter: Filter = { name: "", group: "", state: null, label: "" };
+  let layout: "auto" | "cards" | "heatmap" = "auto";
+  const selected = new Set<string>();
+
+  // The toolbar.
+  const nameInput = h("input", { type: "search", placeholder: "name or id", "aria-label": "Filter by name" });
+  const groupSelect = h("select", { "aria-label": "Filter by group" }, h("option", { value: "" }, "every group"));
+  const stateSelect = h(
+    "select",
+    { "aria-label": "Filter by state" },
+    h("option", { value: "" }, "every state"),
+    ...[NodeState.HEALTHY, NodeState.STARTING, NodeState.UNHEALTHY, NodeState.STOPPED].map((s) =>
+      h("option", { value: String(s) }, STATE_NAMES[s]),
+    ),
+  );
+  const labelInput = h("input", { type: "search", placeholder: "label=value", "aria-label": "Filter by label" });
+  const layoutSelect = h(
+    "select",
+    { "aria-label": "Layout" },
+    h("option", { value: "auto" }, "cards up to 300, then heat map"),
+    h("option", { value: "cards" }, "cards"),
+    h("option", { value: "heatmap" }, "heat map"),
+  );
+  const shownCount = h("span", { class: "muted", role: "status" });
+  const selectShown = session.guard(h("button", { type: "button" }, "Select shown"));
+  const clearSelection = session.guard(h("button", { type: "button" }, "Clear selection"));
+  const onFilter = () => {
+    filter.name = nameInput.value.trim();
+    filter.group = groupSelect.value;
+    filter.state = stateSelect.value === "" ? null : (Number(stateSelect.value) as NodeState);
+    filter.label = labelInput.value.trim();
+    layout = layoutSelect.value as typeof layout;
+    orderKey = "";
+    schedule();
+  };
+  for (const control of [nameInput, labelInput]) control.addEventListener("input", onFilter);
+  for (const control of [groupSelect, stateSelect, layoutSelect]) control.addEventListener("change", onFilter);
+  const toolbar = h(
+    "div",
+    { class: "toolbar", role: "search" },
+    nameInput,
+    groupSelect,
+    stateSelect,
+    labelInput,
+    layoutSelect,
+    shownCount,
+  );
+
+  const actions = actionsPanel(context, () => [...selected]);
+  selectShown.addEventListener("click", () => {
+    for (const node of shown) selected.add(node.id);
+    actions.selectionChanged();
+    schedule();
+  });
+  clearSelection.addEventListener("click", () => {
+    selected.clear();
+    actions.selectionChanged();
+    schedule();
+  });
+
+  const cards = h("div", { class: "cards" });
+  const canvas = h("canvas", { class: "heatmap", role: "img", "aria-label": "Heat map of the nodes" });
+  const tooltip = h("div", { class: "tooltip", hidden: true });
+  const heat = h("div", { class: "heat-wrap" }, canvas, tooltip);
+  const legend = h(
+    "p",
+    { class: "legend muted" },
+    "Healthy nodes by CPU: ",
+    ...[0, 1, 2, 3, 4].map((i) => h("span", { class: `swatch heat-${i}` }, `${i * 20}–${i * 20 + 20} %`)),
+    " · ",
+    h("span", { class: "swatch state-starting" }, "starting"),
+    h("span", { class: "swatch state-unhealthy" }, "unhealthy"),
+    h("span", { class: "swatch state-stopped" }, "stopped"),
+  );
+  const grid = h("section", { class: "grid", "aria-label": "Nodes" });
+  const empty = h("p", { class: "empty muted" });
+
+  const detail = nodeDetail(context);
+  const element = h(
+    "div",
+    { class: "view nodes" },
+    h("h1", {}, "Nodes"),
+    toolbar,
+    h("div", { class: "selection" }, selectShown, clearSelection, actions.element),
+    grid,
+    detail.element,
+  );
+
+  const cardOf = new Map<string, Card>();
+  let shown: NodeInfo[] = [];
+  let sorted: NodeInfo[] = [];
+  let sortedAt = -1;
+  let orderKey = "";
+  let groups = "";
+
+  const makeCard = (node: NodeInfo): Card => {
+    const select = session.guard(h("input", { type: "checkbox", "aria-label": `Select ${node.name}` }));
+    select.addEventListener("click", (event) => {
+      event.stopPropagation();
+      if (select.checked) selected.add(node.id);
+      else selected.delete(node.id);
+      actions.selectionChanged();
+    });
+    const card: Card = {
+      root: h("article", { class: "card", tabindex: 0, "data-node": node.id }),
+      select,
+      name: h("h3", {}),
+      leader: h("span", { class: "leader", title: "Leader of its group" }, "★"),
+      group: h("span", { class: "group" }),
+      state: h("span", { class: "state" }),
+      cpu: h("span", {}),
+      cpuBar: h("span", { class: "fill" }),
+      memory: h("span", {}),
+      memoryBar: h("span", { class: "fill" }),
+      config: h("span", { class: "config" }),
+    };
+    card.root.append(
+      h("div", { class: "card-head" }, card.select, card.name, card.leader),
+      h("div", { class: "card-sub" }, card.group, card.state),
+      h("div", { class: "meter", title: "CPU against the node's limit" }, h("span", { class: "meter-label" }, "CPU"), h("span", { class: "bar" }, card.cpuBar), card.cpu),
+      h("div", { class: "meter", title: "Memory against the node's limit" }, h("span", { class: "meter-label" }, "Mem"), h("span", { class: "bar" }, card.memoryBar), card.memory),
+      h("div", { class: "card-foot" }, card.config),
+    );
+    const open = () => {
+      location.hash = `#nodes/${node.id}`;
+    };
+    card.root.addEventListener("click", open);
+    card.root.addEventListener("keydown", (event) => {
+      if (event.key === "Enter") open();
+    });
+    return card;
+  };
+
+  const updateCard = (card: Card, node: NodeInfo, load: NodeLoad | undefined) => {
+    const state = STATE_NAMES[node.state];
+    card.root.dataset.state = state;
+    card.root.classList.toggle("selected", selected.has(node.id));
+    card.select.checked = selected.has(node.id);
+    text(card.name, node.name);
+    card.leader.hidden = !node.leader;
+    text(card.group, node.group);
+    text(card.state, state);
+    card.state.title = node.stateReason || state;
+    card.root.title = `${node.name} (${node.id}): ${state}${node.stateReason ? `, ${node.stateReason}` : ""}`;
+    const cpu = load ? load.cpuPercent : null;
+    text(card.cpu, cpu === null ? "–" : format.percent(cpu));
+    card.cpuBar.style.width = `${Math.min(100, cpu ?? 0)}%`;
+    const memoryShare = load && load.memoryLimit > 0 ? (load.memoryUsed / load.memoryLimit) * 100 : null;
+    text(card.memory, load ? `${format.bytes(load.memoryUsed)} / ${format.bytes(load.memoryLimit)}` : "–");
+    card.memoryBar.style.width = `${Math.min(100, memoryShare ?? 0)}%`;
+    text(card.config, node.configVersion > 0n ? `config v${node.configVersion}` : "no config applied");
+  };
+
+  const drawCards = () => {
+    const key = shown.map((n) => n.id).join(",");
+    if (key !== orderKey || grid.firstChild !== cards) {
+      orderKey = key;
+      const keep = new Set(shown.map((n) => n.id));
+      for (const [id, card] of cardOf) {
+        if (!keep.has(id)) {
+          card.root.remove();
+          cardOf.delete(id);
+        }
+      }
+      const ordered = shown.map((node) => {
+        let card = cardOf.get(node.id);
+        if (!card) {
+          card = makeCard(node);
+          cardOf.set(node.id, card);
+        }
+        return card.root;
+      });
+      cards.replaceChildren(...ordered);
+      if (grid.firstChild !== cards) replace(grid, cards);
+    }
+    for (const node of shown) {
+      const card = cardOf.get(node.id);
+      if (card) updateCard(card, node, metrics.loads.get(node.id));
+    }
+  };
+
+  let colors: Palette | null = null;
+  let perRow = 1;
+  const drawHeatmap = () => {
+    if (grid.firstChild !== heat) {
+      replace(grid, heat, legend);
+      cardOf.clear();
+      cards.replaceChildren();
+      orderKey = "";
+    }
+    colors ??= palette();
+    const width = Math.max(CELL, grid.clientWidth);
+    perRow = Math.max(1, Math.floor((width + GAP) / (CELL + GAP)));
+    const rows = Math.max(1, Math.ceil(shown.length / perRow));
+    const ratio = window.devicePixelRatio || 1;
+    const cssHeight = rows * (CELL + GAP);
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(cssHeight * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(cssHeight * ratio);
+      canvas.style.width = `${width}px`;
+      canvas.style.height = `${cssHeight}px`;
+    }
+    const g = canvas.getContext("2d");
+    if (!g) return;
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
+    g.clearRect(0, 0, width, cssHeight);
+    // One fill per colour: far fewer state changes than one per cell.
+    const byColor = new Map<string, number[]>();
+    shown.forEach((node, i) => {
+      const color = cellColor(node, metrics.loads.get(node.id), colors as Palette);
+      let list = byColor.get(color);
+      if (!list) byColor.set(color, (list = []));
+      list.push(i);
+    });
+    for (const [color, indices] of byColor) {
+      g.fillStyle = color;
+      for (const i of indices) g.fillRect((i % perRow) * (CELL + GAP), Math.floor(i / perRow) * (CELL + GAP), CELL, CELL);
+    }
+    if (selected.size > 0) {
+      g.strokeStyle = (colors as Palette).selected;
+      g.lineWidth = 1;
+      shown.forEach((node, i) => {
+        if (selected.has(node.id)) {
+          g.strokeRect((i % perRow) * (CELL + GAP) + 0.5, Math.floor(i / perRow) * (CELL + GAP) + 0.5, CELL - 1, CELL - 1);
+        }
+      });
+    }
+  };
+
+  const nodeAt = (event: MouseEvent): NodeInfo | undefined => {
+    const box = canvas.getBoundingClientRect();
+    const col = Math.floor((event.clientX - box.left) / (CELL + GAP));
+    const row = Math.floor((event.clientY - box.top) / (CELL + GAP));
+    if (col < 0 || col >= perRow) return undefined;
+    return shown[row * perRow + col];
+  };
+  canvas.addEventListener("mousemove", (event) => {
+    const node = nodeAt(event);
+    if (!node) {
+      tooltip.hidden = true;
+      return;
+    }
+    const load = metrics.loads.get(node.id);
+    tooltip.hidden = false;
+    tooltip.textContent =
+      `${node.name} (${node.group}) · ${STATE_NAMES[node.state]}` +
+      (node.stateReason ? `: ${node.stateReason}` : "") +
+      (load ? ` · CPU ${format.percent(load.cpuPercent)} · ${format.bytes(load.memoryUsed)}` : "");
+    const box = heat.getBoundingClientRect();
+    tooltip.style.left = `${Math.min(event.clientX - box.left + 12, box.width - 260)}px`;
+    tooltip.style.top = `${event.clientY - box.top + 12}px`;
+  });
+  canvas.addEventListener("mouseleave", () => {
+    tooltip.hidden = true;
+  });
+  canvas.addEventListener("click", (event) => {
+    const node = nodeAt(event);
+    if (node) location.hash = `#nodes/${node.id}`;
+  });
+
+  const draw = () => {
+    if (sortedAt !== farm.membership) {
+      sortedAt = farm.membership;
+      sorted = [...farm.nodes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      const names = [...new Set(sorted.map((n) => n.group))].sort();
+      const key = names.join("\n");
+      if (key !== groups) {
+        groups = key;
+        const current = groupSelect.value;
+        groupSelect.replaceChildren(
+          h("option", { value: "" }, "every group"),
+          ...names.map((g) => h("option", { value: g }, g)),
+        );
+        groupSelect.value = names.includes(current) ? current : "";
+      }
+      orderKey = "";
+    }
+    // Entries of `sorted` may be stale objects: take each node's latest.
+    const latest = sorted.map((n) => farm.nodes.get(n.id) ?? n);
+    const filtering = filter.name || filter.group || filter.state !== null || filter.label;
+    shown = filtering ? latest.filter((n) => matches(n, filter)) : latest;
+    for (const id of selected) if (!farm.nodes.has(id)) selected.delete(id);
+    text(
+      shownCount,
+      farm.synced
+        ? `${format.count(shown.length)} of ${format.plural(farm.nodes.size, "node")} shown` +
+            (selected.size ? ` · ${format.count(selected.size)} selected` : "")
+        : "loading the membership…",
+    );
+    const heatmap = layout === "heatmap" || (layout === "auto" && shown.length > CARD_LIMIT);
+    if (shown.length === 0) {
+      text(empty, farm.synced ? (farm.nodes.size ? "No node matches the filter." : "No node has registered yet.") : "Loading…");
+      if (grid.firstChild !== empty) replace(grid, empty);
+      orderKey = "";
+    } else if (heatmap) {
+      drawHeatmap();
+    } else {
+      drawCards();
+    }
+    detail.refresh();
+  };
+  const schedule = frameScheduler(draw, () => visible);
+  farm.addEventListener("change", schedule);
+  metrics.addEventListener("change", schedule);
+  window.addEventListener("resize", schedule);
+  const media = window.matchMedia("(prefers-color-scheme: dark)");
+  media.addEventListener("change", () => {
+    colors = null;
+    schedule();
+  });
+
+  return {
+    element,
+    show() {
+      visible = true;
+      schedule();
+    },
+    hide() {
+      visible = false;
+      detail.close();
+    },
+    route(path) {
+      const id = path[0];
+      if (id) detail.open(decodeURIComponent(id));
+      else detail.close();
+    },
+  };
+}
