@@ -48,6 +48,15 @@ export class Chart {
       height: spec.height ?? 160,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
+      hooks: {
+        // Out of the cursor's way, the legend shows the latest values.
+        draw: [
+          (u) => {
+            const last = u.data[0].length - 1;
+            if (last >= 0 && u.cursor.idx == null && u.legend.idx !== last) u.setLegend({ idx: last }, false);
+          },
+        ],
+      },
       scales: {
         x: percentile
           ? { time: false, distr: 3 }
@@ -103,9 +112,6 @@ export class Chart {
   /** Draws `columns`: x values first, then one column per line. */
   set(columns: (number | null)[][]): void {
     this.plot.setData(columns as uPlot.AlignedData);
-    // Out of the cursor's way, the legend shows the latest values.
-    const last = (columns[0]?.length ?? 0) - 1;
-    if (last >= 0 && this.plot.cursor.idx == null) this.plot.setLegend({ idx: last });
   }
 
   destroy(): void {

@@ -6,10 +6,12 @@
 //!
 //! - [`bundle`]: the dashboard's sources type-check, pass their unit tests
 //!   and build exactly the committed bundle;
+//! - [`catalog_view`]: the catalog searched and followed from the page;
 //! - [`origins`]: which pages may call the port through gRPC-Web;
 //! - [`dashboard`]: the dashboard as its users drive it, with screenshots
 //!   in `target/screenshots/`.
 
 mod bundle;
+mod catalog_view;
 mod dashboard;
 mod origins;

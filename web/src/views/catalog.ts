@@ -31,6 +31,8 @@ export function catalogView(_context: ViewContext): View {
   const link = (name: string) => h("a", { href: `#catalog/${encodeURIComponent(name)}` }, name);
   let token = "";
   let generation = 0;
+  /** Names of the current search on the page. */
+  let listed = 0;
   const list = async (fresh: boolean) => {
     const mine = fresh ? ++generation : generation;
     if (fresh) token = "";
@@ -43,7 +45,12 @@ export function catalogView(_context: ViewContext): View {
       if (fresh && response.names.length === 0) names.append(h("li", { class: "muted" }, search.value.trim() ? "No name starts with that." : "The catalog is empty."));
       token = response.nextPageToken;
       more.hidden = token === "";
-      text(total, `${format.plural(Number(response.total), "name")}${search.value.trim() ? " match" : " indexed"}`);
+      listed = fresh ? response.names.length : listed + response.names.length;
+      const indexed = `${format.plural(Number(response.total), "name")} indexed`;
+      text(
+        total,
+        search.value.trim() ? `${format.count(listed)}${token ? "+" : ""} starting with that, of ${indexed}` : indexed,
+      );
     } catch (error) {
       if (mine !== generation) return;
       problem.hidden = false;
@@ -72,12 +79,12 @@ export function catalogView(_context: ViewContext): View {
     }
   };
 
-  let listed = false;
+  let started = false;
   return {
     element,
     show() {
-      if (!listed) {
-        listed = true;
+      if (!started) {
+        started = true;
         void list(true);
       }
     },

@@ -104,17 +104,18 @@ export function eventsView({ feeds, signal }: ViewContext): View {
     );
     text(groupsNote, `As of ${format.clock(now)}; empty groups are purged after the control plane's idle timeout.`);
   };
+  const refreshGroups = async () => {
+    try {
+      showGroups((await api.discovery.listGroups({}, { signal })).groups);
+    } catch (error) {
+      if (!cancelled(error)) text(groupsNote, `Could not list the groups: ${describe(error)}`);
+    }
+  };
+  // Every few seconds while shown.
   const poll = async () => {
     while (!signal.aborted) {
-      if (visible) {
-        try {
-          showGroups((await api.discovery.listGroups({}, { signal })).groups);
-        } catch (error) {
-          if (cancelled(error)) return;
-          text(groupsNote, `Could not list the groups: ${describe(error)}`);
-        }
-      }
       await new Promise((resolve) => setTimeout(resolve, GROUPS_EVERY_MS));
+      if (visible) await refreshGroups();
     }
   };
   void poll();
@@ -124,6 +125,7 @@ export function eventsView({ feeds, signal }: ViewContext): View {
     show() {
       visible = true;
       schedule();
+      void refreshGroups();
     },
     hide() {
       visible = false;
