@@ -95,10 +95,11 @@ const CODE_WORDS: Partial<Record<Code, string>> = {
  */
 export function describe(error: unknown): string {
   const e = ConnectError.from(error);
-  const words = CODE_WORDS[e.code] ?? "The call failed";
   const detail = e.rawMessage.trim();
-  if (e.code === Code.Unavailable || e.code === Code.Unknown) {
-    return detail ? `${words} (${detail})` : words;
+  // fetch itself failed: nothing answered (refused, reset, no route).
+  if (e.code === Code.Unknown && /network|fetch/i.test(detail)) {
+    return `${CODE_WORDS[Code.Unavailable]} (${detail})`;
   }
+  const words = CODE_WORDS[e.code] ?? "The call failed";
   return detail ? `${words}: ${detail}` : words;
 }

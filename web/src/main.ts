@@ -116,7 +116,7 @@ function connectionState(): { badge: HTMLElement; banner: HTMLElement } {
         banner.hidden = false;
         text(
           banner,
-          `Lost the control plane at ${clock(state.since)} (${state.reason}). The figures below are not live. ` +
+          `Lost the control plane at ${clock(state.since)}. ${state.reason}. The figures below are not live. ` +
             `Reconnecting ${wait < 1000 ? "now" : `in ${Math.ceil(wait / 1000)} s`}…`,
         );
         break;
