@@ -288,15 +288,7 @@ impl Page<'_> {
 
     /// The text of every match.
     pub async fn texts(&self, selector: &str) -> Vec<String> {
-        let value = self.run(json!({"op": "texts", "selector": selector})).await;
-        value
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|v| v.as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        strings(&self.run(json!({"op": "texts", "selector": selector})).await)
     }
 
     pub async fn count(&self, selector: &str) -> usize {
@@ -336,18 +328,22 @@ impl Page<'_> {
 
     /// Console errors and uncaught exceptions the page has had.
     pub async fn problems(&self) -> Vec<String> {
-        let value = self.run(json!({"op": "problems"})).await;
-        value
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|v| v.as_str().unwrap_or_default().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        strings(&self.run(json!({"op": "problems"})).await)
     }
 
     pub async fn close(&self) {
         self.run(json!({"op": "close"})).await;
     }
+}
+
+/// A JSON array of strings as strings (anything else: none).
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }

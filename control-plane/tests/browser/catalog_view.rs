@@ -39,8 +39,12 @@ async fn the_catalog_is_searched_and_followed_from_the_page() {
     page.wait_text(".catalog [role=status]", "4 names indexed", SHOWN)
         .await;
     page.fill("input[aria-label='Search names']", "lib").await;
-    page.wait_text(".catalog [role=status]", "2 starting with that, of 4 names indexed", SHOWN)
-        .await;
+    page.wait_text(
+        ".catalog [role=status]",
+        "2 starting with that, of 4 names indexed",
+        SHOWN,
+    )
+    .await;
     assert_eq!(
         page.texts(".catalog ul.names li").await,
         ["libpng", "libsigc++"]
