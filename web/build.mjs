@@ -7,10 +7,12 @@
 //                                dist/ fresh compares the two)
 //   node build.mjs --test        run the unit tests (test/*.test.ts) with
 //                                node's test runner
-//   node build.mjs --serve       serve the sources on 127.0.0.1:5173 for
-//                                development, calling the control plane at
-//                                FARM_URL (default http://127.0.0.1:50051),
-//                                which must be started with
+//   node build.mjs --serve [--port N]
+//                                serve the sources on 127.0.0.1:5173 (or N;
+//                                0 picks a free port) for development,
+//                                calling the control plane at FARM_URL
+//                                (default http://127.0.0.1:50051), which
+//                                must be started with
 //                                --cors-origin http://127.0.0.1:5173
 //
 // Run through npm: `npm run build`, `npm run check`, `npm run dev`; they
@@ -125,7 +127,8 @@ async function serve() {
   writeFileSync(path.join(out, "index.html"), page("/main.js", "/main.css"));
   const context = await esbuild.context({ ...options(api), outdir: out, minify: false, sourcemap: true });
   await context.watch();
-  const { hosts, port } = await context.serve({ servedir: out, host: "127.0.0.1", port: 5173 });
+  const wanted = Number(option("--port") ?? 5173);
+  const { hosts, port } = await context.serve({ servedir: out, host: "127.0.0.1", port: wanted });
   console.log(`dashboard on http://${hosts[0]}:${port}/, calling ${api}`);
   console.log(`start the control plane with --cors-origin http://${hosts[0]}:${port}`);
 }
