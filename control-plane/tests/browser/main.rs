@@ -8,8 +8,11 @@
 //!   and build exactly the committed bundle;
 //! - [`origins`]: which pages may call the port through gRPC-Web;
 //! - [`dashboard`]: the dashboard as its users drive it, with screenshots
-//!   in `target/screenshots/`.
+//!   in `target/screenshots/`;
+//! - [`config_editor`]: its Configuration section: saving, conflicts,
+//!   syntax errors, history and rollback.
 
 mod bundle;
+mod config_editor;
 mod dashboard;
 mod origins;
