@@ -17,6 +17,7 @@ import { h, replace, text } from "./dom";
 import { connection } from "./live";
 import { Session } from "./session";
 import { catalogView } from "./views/catalog";
+import { configView } from "./views/config";
 import { eventsView } from "./views/events";
 import { nodesView } from "./views/nodes";
 import { overviewView } from "./views/overview";
@@ -26,6 +27,7 @@ const SECTIONS: { id: string; title: string; make: (context: ViewContext) => Vie
   { id: "overview", title: "Overview", make: overviewView },
   { id: "nodes", title: "Nodes", make: nodesView },
   { id: "events", title: "Events & groups", make: eventsView },
+  { id: "config", title: "Configuration", make: configView },
   { id: "catalog", title: "Catalog", make: catalogView },
 ];
 

@@ -9,9 +9,12 @@
 //! - [`catalog_view`]: the catalog searched and followed from the page;
 //! - [`origins`]: which pages may call the port through gRPC-Web;
 //! - [`dashboard`]: the dashboard as its users drive it, with screenshots
-//!   in `target/screenshots/`.
+//!   in `target/screenshots/`;
+//! - [`config_editor`]: its Configuration section: saving, conflicts,
+//!   syntax errors, history and rollback.
 
 mod bundle;
 mod catalog_view;
+mod config_editor;
 mod dashboard;
 mod origins;
