@@ -6,6 +6,7 @@
 // control plane moves through meanwhile. Tested in test/config.test.ts.
 
 import { diffLines } from "diff";
+import { printParseErrorCode, visit } from "jsonc-parser";
 
 /** A JSON value as `google.protobuf.Struct` carries it. */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -81,196 +82,57 @@ export type JsonCheck =
   | { ok: true; value: JsonObject; bytes: number }
   | { ok: false; message: string; offset: number; line: number; column: number };
 
-class JsonProblem extends Error {
-  constructor(
-    message: string,
-    readonly offset: number,
-  ) {
-    super(message);
-  }
-}
-
-/** What is at `offset`, for messages: `'x'`, or "the end". */
-function found(text: string, offset: number): string {
-  if (offset >= text.length) return "the end of the text";
-  const c = text[offset] as string;
-  if (c === "\n") return "the end of the line";
-  return `'${c}'`;
-}
+/** What each of jsonc-parser's error codes means, for a person. */
+const PROBLEMS: Record<string, string> = {
+  InvalidSymbol: "this is not JSON (strings and keys take double quotes)",
+  InvalidNumberFormat: "a malformed number (no leading zeros; digits after '.' and after 'e')",
+  PropertyNameExpected: "expected a key in double quotes (or a comma too many before '}')",
+  ValueExpected: "expected a value (or a comma too many before ']')",
+  ColonExpected: "expected ':' after the key",
+  CommaExpected: "expected ',' between two members, or the end of the object or array",
+  CloseBraceExpected: "expected '}' to close the object",
+  CloseBracketExpected: "expected ']' to close the array",
+  EndOfFileExpected: "unexpected text after the end of the document",
+  InvalidCommentToken: "comments are not JSON",
+  UnexpectedEndOfComment: "comments are not JSON",
+  UnexpectedEndOfString: "a string is not closed (a '\"' is missing)",
+  UnexpectedEndOfNumber: "a number is cut short",
+  InvalidUnicode: "a malformed \\u escape in a string",
+  InvalidEscapeCharacter: "an unknown escape in a string",
+  InvalidCharacter: "a control character in a string (write \\t or \\n)",
+};
 
 /**
- * A strict JSON reader that says where the first problem is: a person's
- * edit gets "line 3, column 5: expected ',' or '}' after a member", not
- * the engine's offset. It also refuses duplicate keys (JSON.parse keeps
- * the last silently; a configuration has one value per key).
+ * The first problem of `text` as JSON, with its offset, or null: strict
+ * JSON as jsonc-parser (the parser VS Code uses, made to locate errors)
+ * reads it with comments and trailing commas refused, and also a key that
+ * appears twice in one object (JSON.parse keeps the last silently; a
+ * configuration has one value per key).
  */
-class Reader {
-  private at = 0;
-
-  constructor(private readonly text: string) {}
-
-  document(): Json {
-    this.space();
-    if (this.at >= this.text.length) throw new JsonProblem("the text is empty: a configuration is a JSON object, e.g. {}", 0);
-    const value = this.value("the document");
-    this.space();
-    if (this.at < this.text.length) {
-      throw new JsonProblem(`unexpected ${found(this.text, this.at)} after the end of the document`, this.at);
-    }
-    return value;
-  }
-
-  private space(): void {
-    while (this.at < this.text.length) {
-      const c = this.text[this.at];
-      if (c === " " || c === "\t" || c === "\n" || c === "\r") this.at += 1;
-      else break;
-    }
-  }
-
-  private value(what: string): Json {
-    const c = this.text[this.at];
-    switch (c) {
-      case "{":
-        return this.object();
-      case "[":
-        return this.array();
-      case '"':
-        return this.string();
-      case "t":
-        return this.word("true", true);
-      case "f":
-        return this.word("false", false);
-      case "n":
-        return this.word("null", null);
-      default:
-        if (c === "-" || (c !== undefined && c >= "0" && c <= "9")) return this.number();
-        if (c === "'") throw new JsonProblem("strings take double quotes (\"…\"), not single ones", this.at);
-        throw new JsonProblem(`expected a value for ${what}, found ${found(this.text, this.at)}`, this.at);
-    }
-  }
-
-  private word<T extends Json>(word: string, value: T): T {
-    if (this.text.startsWith(word, this.at)) {
-      this.at += word.length;
-      return value;
-    }
-    let end = this.at;
-    while (end < this.text.length && /[A-Za-z0-9_]/.test(this.text[end] as string)) end += 1;
-    const given = this.text.slice(this.at, Math.max(end, this.at + 1));
-    throw new JsonProblem(`"${given}" is not a JSON value (strings need double quotes)`, this.at);
-  }
-
-  private number(): number {
-    const match = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/.exec(this.text.slice(this.at, this.at + 400));
-    if (!match || match[0] === "-") throw new JsonProblem("a malformed number", this.at);
-    const after = this.text[this.at + match[0].length];
-    if (after !== undefined && /[0-9.eE+-]/.test(after)) {
-      throw new JsonProblem("a malformed number (no leading zeros; digits after '.' and after 'e')", this.at);
-    }
-    this.at += match[0].length;
-    return Number(match[0]);
-  }
-
-  private string(): string {
-    const start = this.at;
-    this.at += 1;
-    let out = "";
-    for (;;) {
-      const c = this.text[this.at];
-      if (c === undefined || c === "\n") throw new JsonProblem("a string is not closed (a '\"' is missing)", start);
-      if (c === '"') {
-        this.at += 1;
-        return out;
-      }
-      if (c < " ") throw new JsonProblem("a control character in a string (write \\t or \\n)", this.at);
-      if (c === "\\") {
-        const e = this.text[this.at + 1];
-        const simple: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
-        if (e !== undefined && e in simple) {
-          out += simple[e];
-          this.at += 2;
-          continue;
-        }
-        if (e === "u" && /^[0-9a-fA-F]{4}$/.test(this.text.slice(this.at + 2, this.at + 6))) {
-          out += String.fromCharCode(parseInt(this.text.slice(this.at + 2, this.at + 6), 16));
-          this.at += 6;
-          continue;
-        }
-        throw new JsonProblem("an unknown escape in a string", this.at);
-      }
-      out += c;
-      this.at += 1;
-    }
-  }
-
-  private array(): Json[] {
-    this.at += 1;
-    const out: Json[] = [];
-    this.space();
-    if (this.text[this.at] === "]") {
-      this.at += 1;
-      return out;
-    }
-    for (;;) {
-      this.space();
-      if (this.text[this.at] === "]") throw new JsonProblem("a trailing comma before ']'", this.at);
-      out.push(this.value("an array element"));
-      this.space();
-      const c = this.text[this.at];
-      if (c === ",") {
-        this.at += 1;
-        continue;
-      }
-      if (c === "]") {
-        this.at += 1;
-        return out;
-      }
-      throw new JsonProblem(`expected ',' or ']' after an array element, found ${found(this.text, this.at)}`, this.at);
-    }
-  }
-
-  private object(): JsonObject {
-    this.at += 1;
-    const out: JsonObject = {};
-    const keys = new Set<string>();
-    this.space();
-    if (this.text[this.at] === "}") {
-      this.at += 1;
-      return out;
-    }
-    for (;;) {
-      this.space();
-      const c = this.text[this.at];
-      if (c === "}") throw new JsonProblem("a trailing comma before '}'", this.at);
-      if (c !== '"') {
-        throw new JsonProblem(
-          c === "'" ? "keys take double quotes (\"…\"), not single ones" : `expected a key in double quotes, found ${found(this.text, this.at)}`,
-          this.at,
-        );
-      }
-      const keyAt = this.at;
-      const key = this.string();
-      if (keys.has(key)) throw new JsonProblem(`the key "${key}" appears twice in this object`, keyAt);
-      keys.add(key);
-      this.space();
-      if (this.text[this.at] !== ":") throw new JsonProblem(`expected ':' after the key "${key}", found ${found(this.text, this.at)}`, this.at);
-      this.at += 1;
-      this.space();
-      Object.defineProperty(out, key, { value: this.value(`"${key}"`), enumerable: true, writable: true, configurable: true });
-      this.space();
-      const next = this.text[this.at];
-      if (next === ",") {
-        this.at += 1;
-        continue;
-      }
-      if (next === "}") {
-        this.at += 1;
-        return out;
-      }
-      throw new JsonProblem(`expected ',' or '}' after the value of "${key}", found ${found(this.text, this.at)}`, this.at);
-    }
-  }
+function firstProblem(text: string): { message: string; offset: number } | null {
+  let first: { message: string; offset: number } | null = null;
+  const keys: Set<string>[] = [];
+  visit(
+    text,
+    {
+      onObjectBegin: () => {
+        keys.push(new Set());
+      },
+      onObjectEnd: () => {
+        keys.pop();
+      },
+      onObjectProperty: (key, offset) => {
+        const seen = keys[keys.length - 1];
+        if (seen?.has(key)) first ??= { message: `the key "${key}" appears twice in this object`, offset };
+        seen?.add(key);
+      },
+      onError: (code, offset) => {
+        first ??= { message: PROBLEMS[printParseErrorCode(code)] ?? "this is not JSON", offset };
+      },
+    },
+    { disallowComments: true, allowTrailingComma: false, allowEmptyContent: false },
+  );
+  return first;
 }
 
 /**
@@ -279,13 +141,10 @@ class Reader {
  */
 export function checkJson(text: string): JsonCheck {
   const fail = (message: string, offset: number): JsonCheck => ({ ok: false, message, offset, ...position(text, offset) });
-  let value: Json;
-  try {
-    value = new Reader(text).document();
-  } catch (error) {
-    if (error instanceof JsonProblem) return fail(error.message, error.offset);
-    throw error;
-  }
+  if (text.trim() === "") return fail("the text is empty: a configuration is a JSON object, e.g. {}", 0);
+  const problem = firstProblem(text);
+  if (problem) return fail(problem.message, problem.offset);
+  const value = JSON.parse(text) as Json;
   if (value === null || typeof value !== "object" || Array.isArray(value)) {
     const kind = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
     const start = text.length - text.trimStart().length;

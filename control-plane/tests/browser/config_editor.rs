@@ -295,7 +295,7 @@ async fn a_syntax_error_is_marked_and_nothing_is_sent() {
         .wait_text(".json-check", "Line 3, column 3", SHOWN)
         .await;
     assert!(
-        message.contains("expected ',' or '}' after the value of \"team\""),
+        message.contains("expected ',' between two members"),
         "{message}"
     );
     assert!(
