@@ -18,6 +18,7 @@ import { connection } from "./live";
 import { Session } from "./session";
 import { catalogView } from "./views/catalog";
 import { eventsView } from "./views/events";
+import { loadTestView } from "./views/loadtest";
 import { nodesView } from "./views/nodes";
 import { overviewView } from "./views/overview";
 import type { View, ViewContext } from "./views/view";
@@ -27,6 +28,7 @@ const SECTIONS: { id: string; title: string; make: (context: ViewContext) => Vie
   { id: "nodes", title: "Nodes", make: nodesView },
   { id: "events", title: "Events & groups", make: eventsView },
   { id: "catalog", title: "Catalog", make: catalogView },
+  { id: "loadtest", title: "Load test", make: loadTestView },
 ];
 
 const root = document.getElementById("app") ?? document.body;

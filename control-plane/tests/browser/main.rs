@@ -8,8 +8,11 @@
 //!   and build exactly the committed bundle;
 //! - [`origins`]: which pages may call the port through gRPC-Web;
 //! - [`dashboard`]: the dashboard as its users drive it, with screenshots
-//!   in `target/screenshots/`.
+//!   in `target/screenshots/`;
+//! - [`load_test`]: the Load test section: a run from the page, live and
+//!   reported, stopped, and refused to a viewer.
 
 mod bundle;
 mod dashboard;
+mod load_test;
 mod origins;
