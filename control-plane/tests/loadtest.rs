@@ -123,12 +123,58 @@ fn assert_progress_per_second(events: &Events, seconds: u64) {
     for p in &events.progress {
         assert!(p.p50_us <= p.p99_us && p.p99_us <= p.max_us, "{p:?}");
         assert!(p.errors <= p.requests, "{p:?}");
+        if p.requests > 0 {
+            assert!(
+                0 < p.uncorrected_p50_us && p.uncorrected_p50_us <= p.uncorrected_p99_us,
+                "the uncorrected median is there: {p:?}"
+            );
+        }
     }
     let in_progress: u64 = events.progress.iter().map(|p| p.requests).sum();
     assert!(
         in_progress <= events.report.requests,
         "progress counts {in_progress}, more than the report's {}",
         events.report.requests
+    );
+}
+
+/// The report's latency by percentile: from 0 to 99.999 and the maximum,
+/// rising, and agreeing with the report's own percentiles.
+#[track_caller]
+fn assert_spectrum(report: &LoadTestReport) {
+    let spectrum = &report.spectrum;
+    let percentiles: Vec<f64> = spectrum.iter().map(|p| p.percentile).collect();
+    assert_eq!(percentiles.first(), Some(&0.0), "{percentiles:?}");
+    assert_eq!(percentiles.last(), Some(&100.0), "ends at the maximum");
+    assert!(
+        percentiles.iter().any(|p| (p - 99.999).abs() < 1e-6),
+        "reaches 99.999: {percentiles:?}"
+    );
+    assert!(
+        spectrum
+            .windows(2)
+            .all(|w| w[0].percentile < w[1].percentile
+                && w[0].latency_us <= w[1].latency_us
+                && w[0].uncorrected_latency_us <= w[1].uncorrected_latency_us),
+        "rising: {spectrum:?}"
+    );
+    let latency = report.latency_us.as_ref().expect("latency");
+    let uncorrected = report.uncorrected_latency_us.as_ref().expect("latency");
+    let last = spectrum.last().expect("points");
+    assert_eq!(
+        (last.latency_us, last.uncorrected_latency_us),
+        (latency.max, uncorrected.max)
+    );
+    let at = |p: f64| spectrum.iter().find(|s| (s.percentile - p).abs() < 1e-6);
+    assert_eq!(
+        at(90.0).map(|s| s.latency_us),
+        Some(latency.p90),
+        "{spectrum:?}"
+    );
+    assert_eq!(
+        at(99.0).map(|s| s.latency_us),
+        Some(latency.p99),
+        "{spectrum:?}"
     );
 }
 
@@ -173,6 +219,7 @@ async fn a_run_streams_progress_and_a_report_that_matches_the_nodes() {
     );
     let latency = report.latency_us.as_ref().expect("latency");
     assert!(latency.p50 > 0 && latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+    assert_spectrum(report);
     assert_progress_per_second(&events, 2);
     let each = served_between(&before, &after);
     assert!(each.iter().all(|n| *n > 0), "every node served: {each:?}");

@@ -20,8 +20,13 @@ export interface ChartSpec {
   height?: number;
   /** The y axis starts at zero (default) or follows the data. */
   fromZero?: boolean;
-  /** The x axis: wall-clock time (default), or a log-scaled percentile axis. */
-  x?: "time" | "percentile";
+  /**
+   * The x axis: wall-clock time (default), seconds counted from 1 (a run's
+   * seconds), or a log-scaled percentile axis.
+   */
+  x?: "time" | "seconds" | "percentile";
+  /** Fixed bounds of the x axis (e.g. a run's whole duration), else the data's. */
+  xRange?: [number, number];
   /** The y axis in log scale. */
   logY?: boolean;
 }
@@ -42,6 +47,8 @@ export class Chart {
     const axisColor = cssColor("--muted");
     const gridColor = cssColor("--grid");
     const percentile = spec.x === "percentile";
+    const seconds = spec.x === "seconds";
+    const xRange = spec.xRange;
     const options: uPlot.Options = {
       title: spec.title,
       width: Math.max(200, container.clientWidth),
@@ -60,7 +67,9 @@ export class Chart {
       scales: {
         x: percentile
           ? { time: false, distr: 3 }
-          : { time: true },
+          : seconds
+            ? { time: false, ...(xRange ? { range: (): uPlot.Range.MinMax => xRange } : {}) }
+            : { time: true },
         y: {
           distr: spec.logY ? 3 : 1,
           range: (_u, min, max) => {
@@ -76,7 +85,21 @@ export class Chart {
           grid: { stroke: gridColor, width: 1 },
           ticks: { stroke: gridColor },
           ...(percentile
-            ? { values: (_u: uPlot, ticks: number[]) => ticks.map((t) => percentileLabel(t)) }
+            ? {
+                // One tick a "nine" (0, 90, 99, 99.9 %…): between them labels crowd.
+                splits: (_u: uPlot, _i: number, min: number, max: number) => {
+                  const ticks: number[] = [];
+                  for (let e = Math.ceil(Math.log10(min) - 1e-9); e <= Math.floor(Math.log10(max) + 1e-9); e++) ticks.push(10 ** e);
+                  return ticks;
+                },
+                values: (_u: uPlot, ticks: number[]) => ticks.map((t) => percentileLabel(t)),
+              }
+            : {}),
+          ...(seconds
+            ? {
+                incrs: [1, 2, 5, 10, 15, 30, 60, 120, 300, 600],
+                values: (_u: uPlot, ticks: number[]) => ticks.map((t) => `${t} s`),
+              }
             : {}),
         },
         {
@@ -84,13 +107,17 @@ export class Chart {
           grid: { stroke: gridColor, width: 1 },
           ticks: { stroke: gridColor },
           size: 64,
-          values: (_u: uPlot, ticks: number[]) => ticks.map((t) => spec.lines[0]?.format(t) ?? String(t)),
+          // A log scale's splits between labelled ones come as null.
+          values: (_u: uPlot, ticks: (number | null)[]) =>
+            ticks.map((t) => (t === null ? null : (spec.lines[0]?.format(t) ?? String(t)))),
         },
       ],
       series: [
         percentile
           ? { label: "percentile", value: (_u, v) => (v === null ? "–" : percentileLabel(v)) }
-          : {},
+          : seconds
+            ? { label: "second", value: (_u, v) => (v === null ? "–" : String(v)) }
+            : {},
         ...spec.lines.map((line) => ({
           label: line.label,
           stroke: cssColor(line.color),
@@ -122,13 +149,17 @@ export class Chart {
 
 /**
  * Percentile plots put `1 / (1 - p)` on a log axis, so 90, 99, 99.9 and
- * 99.99 are evenly spaced. This turns such a value back into its label.
+ * 99.99 are evenly spaced. This turns such a value back into its label;
+ * the end of the axis, where `percentileX` puts the maximum (100), reads
+ * `max`.
  */
 export function percentileLabel(inverse: number): string {
+  if (inverse >= percentileX(100) * (1 - 1e-9)) return "max";
   const p = 100 * (1 - 1 / inverse);
   if (p <= 0) return "0 %";
   const digits = Math.min(4, Math.max(0, Math.ceil(-Math.log10(100 - p)) + 1));
-  return `${p.toFixed(digits).replace(/\.?0+$/, "")} %`;
+  // Zeros after the point go (99.900 → 99.9), not those of a whole number (90).
+  return `${p.toFixed(digits).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "")} %`;
 }
 
 /** The x value at which percentile `p` (0 to 100) is plotted. */

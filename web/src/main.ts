@@ -19,6 +19,7 @@ import { Session } from "./session";
 import { catalogView } from "./views/catalog";
 import { configView } from "./views/config";
 import { eventsView } from "./views/events";
+import { loadTestView } from "./views/loadtest";
 import { nodesView } from "./views/nodes";
 import { overviewView } from "./views/overview";
 import type { View, ViewContext } from "./views/view";
@@ -29,6 +30,7 @@ const SECTIONS: { id: string; title: string; make: (context: ViewContext) => Vie
   { id: "events", title: "Events & groups", make: eventsView },
   { id: "config", title: "Configuration", make: configView },
   { id: "catalog", title: "Catalog", make: catalogView },
+  { id: "loadtest", title: "Load test", make: loadTestView },
 ];
 
 const root = document.getElementById("app") ?? document.body;

@@ -13,7 +13,7 @@ use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use farm_api::v1::{
     LatencyPercentiles, LoadMode, LoadTestEvent, LoadTestProgress, LoadTestReport, LoadTestRequest,
-    LoadTestStarted, load_test_event::Event, load_test_server::LoadTest,
+    LoadTestStarted, PercentilePoint, load_test_event::Event, load_test_server::LoadTest,
 };
 use futures::Stream;
 use loadgen::{Mode, Percentiles, Report, RunConfig, RunError, Thresholds, report::Interval};
@@ -302,6 +302,7 @@ fn progress_event(interval: &Interval) -> LoadTestEvent {
             p90_us: interval.latency_us.p90,
             p99_us: interval.latency_us.p99,
             max_us: interval.latency_us.max,
+            uncorrected_p50_us: interval.uncorrected_latency_us.p50,
             uncorrected_p99_us: interval.uncorrected_latency_us.p99,
             connect_errors: interval.connect_errors,
         })),
@@ -340,6 +341,15 @@ fn report_event(report: &Report) -> LoadTestEvent {
             interrupted: report.interrupted,
             mode: load_mode(report.mode).into(),
             connect_errors: report.connect_errors,
+            spectrum: report
+                .spectrum
+                .iter()
+                .map(|p| PercentilePoint {
+                    percentile: p.percentile,
+                    latency_us: p.latency_us,
+                    uncorrected_latency_us: p.uncorrected_latency_us,
+                })
+                .collect(),
         })),
     }
 }

@@ -12,9 +12,12 @@
 //!   in `target/screenshots/`;
 //! - [`config_editor`]: its Configuration section: saving, conflicts,
 //!   syntax errors, history and rollback.
+//! - [`load_test`]: the Load test section: a run from the page, live and
+//!   reported, stopped, and refused to a viewer.
 
 mod bundle;
 mod catalog_view;
 mod config_editor;
 mod dashboard;
+mod load_test;
 mod origins;
