@@ -139,6 +139,12 @@ export class Chart {
   /** Draws `columns`: x values first, then one column per line. */
   set(columns: (number | null)[][]): void {
     this.plot.setData(columns as uPlot.AlignedData);
+    // A chart drawn once (a report) shows its latest values too: uPlot's
+    // first draw may come before its legend is ready for them.
+    requestAnimationFrame(() => {
+      const last = this.plot.data[0].length - 1;
+      if (last >= 0 && this.plot.cursor.idx == null) this.plot.setLegend({ idx: last }, false);
+    });
   }
 
   destroy(): void {
