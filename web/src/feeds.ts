@@ -1,27 +1,50 @@
 // The page's two permanent streams: the membership (`Discovery.Watch`) and
-// the farm's metrics (`Metrics.WatchMetrics`, one snapshot a second), and
+// the farm's metrics (`Metrics.WatchMetrics`, one snapshot a second, with
+// every node's load in compact columns rather than its full metrics), and
 // what the page keeps of them: the last ten minutes of the farm's figures,
 // and every node's latest load.
 
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 
-import type { FarmMetrics } from "../gen/farm/v1/metrics_pb";
+import { type FarmMetrics, FarmMetricsSchema } from "../gen/farm/v1/metrics_pb";
 import { api } from "./api";
 import { follow } from "./live";
+import { LoadTable } from "./loads";
 import { FarmStore } from "./store";
+
+export type { NodeLoad } from "./loads";
+
+/**
+ * Figures for the dashboard benchmark (control-plane/benches/dashboard.rs),
+ * kept only when the page's URL has `?bench`: the milliseconds each
+ * snapshot took to take in (`add`) and each grid draw took (`draw`), and
+ * when the grid first showed every node with its load (`fullGridAt`,
+ * `performance.now()`). Nothing else reads them.
+ */
+export interface BenchFigures {
+  add: number[];
+  draw: number[];
+  fullGridAt: number | null;
+  /** Median milliseconds to decode the latest snapshot, as its stream did, over `times` runs. */
+  decode(times: number): number;
+}
+
+export const bench: BenchFigures | null = new URLSearchParams(location.search).has("bench")
+  ? { add: [], draw: [], fullGridAt: null, decode: () => Number.NaN }
+  : null;
+if (bench) (window as unknown as { __farmBench: BenchFigures }).__farmBench = bench;
+
+/** Notes one figure of the benchmark (kept to the last 10,000). */
+export function benchNote(list: number[], ms: number): void {
+  list.push(ms);
+  if (list.length > 10_000) list.shift();
+}
 
 /** Seconds of history the overview's charts cover. */
 export const HISTORY_SECONDS = 600;
 /** Snapshots a second: the interval asked of WatchMetrics. */
 const METRICS_INTERVAL_MS = 1000;
-
-/** One node's load, as the grid draws it. */
-export interface NodeLoad {
-  cpuPercent: number;
-  memoryUsed: number;
-  memoryLimit: number;
-  requestsPerSecond: number;
-}
 
 /** A series' values; null where the page was not connected. */
 export type Column = (number | null)[];
@@ -58,8 +81,8 @@ export class MetricsFeed extends EventTarget {
   /** The latest snapshot, or null before the first and while disconnected. */
   latest: FarmMetrics | null = null;
   readonly series: Series = emptySeries();
-  /** Every reporting node's latest load, by node id. */
-  loads = new Map<string, NodeLoad>();
+  /** Every node's latest load, by node id (nodes that never reported have none). */
+  readonly loads = new LoadTable();
 
   /** The stream broke: the figures shown are no longer live. */
   disconnected(): void {
@@ -68,6 +91,7 @@ export class MetricsFeed extends EventTarget {
   }
 
   add(farm: FarmMetrics): void {
+    const started = bench ? performance.now() : 0;
     this.latest = farm;
     const s = this.series;
     const at = farm.at ? timestampMs(farm.at) / 1000 : Date.now() / 1000;
@@ -81,19 +105,9 @@ export class MetricsFeed extends EventTarget {
     let drop = 0;
     while (drop < s.at.length && (s.at[drop] ?? at) < cutoff) drop += 1;
     if (drop > 0) for (const column of Object.values(s) as Column[]) column.splice(0, drop);
-    const loads = new Map<string, NodeLoad>();
-    for (const node of farm.nodeMetrics) {
-      const sample = node.sample;
-      if (!sample) continue;
-      loads.set(node.nodeId, {
-        cpuPercent: sample.cpuPercent,
-        memoryUsed: Number(sample.memoryUsedBytes),
-        memoryLimit: Number(sample.memoryLimitBytes),
-        requestsPerSecond: sample.requestsPerSecond,
-      });
-    }
-    this.loads = loads;
+    this.loads.adopt(farm.loads);
     this.dispatchEvent(new Event("change"));
+    if (bench) benchNote(bench.add, performance.now() - started);
   }
 
   private push(at: number, farm: FarmMetrics | null): void {
@@ -136,7 +150,7 @@ export function startFeeds(signal: AbortSignal): Feeds {
     "metrics",
     {
       open: (s) =>
-        api.metrics.watchMetrics({ intervalMs: METRICS_INTERVAL_MS, includeNodes: true }, { signal: s }),
+        api.metrics.watchMetrics({ intervalMs: METRICS_INTERVAL_MS, includeLoads: true }, { signal: s }),
       message: (snapshot) => metrics.add(snapshot),
       broken: () => metrics.disconnected(),
       // Three missed snapshots: the control plane is gone or stuck.
@@ -144,5 +158,18 @@ export function startFeeds(signal: AbortSignal): Feeds {
     },
     signal,
   );
+  if (bench) {
+    bench.decode = (times) => {
+      if (!metrics.latest) return Number.NaN;
+      const bytes = toBinary(FarmMetricsSchema, metrics.latest);
+      const runs: number[] = [];
+      for (let i = 0; i < times; i++) {
+        const started = performance.now();
+        fromBinary(FarmMetricsSchema, bytes);
+        runs.push(performance.now() - started);
+      }
+      return runs.sort((a, b) => a - b)[Math.floor(runs.length / 2)] ?? Number.NaN;
+    };
+  }
   return { farm, metrics };
 }
