@@ -19,19 +19,22 @@ export type { NodeLoad } from "./loads";
  * Figures for the dashboard benchmark (control-plane/benches/dashboard.rs),
  * kept only when the page's URL has `?bench`: the milliseconds each
  * snapshot took to take in (`add`) and each grid draw took (`draw`), and
- * when the grid first showed every node with its load (`fullGridAt`,
- * `performance.now()`). Nothing else reads them.
+ * when (`performance.now()`) the membership was first complete
+ * (`syncedAt`), the first snapshot came (`metricsAt`) and the grid first
+ * showed every node with its load (`fullGridAt`). Nothing else reads them.
  */
 export interface BenchFigures {
   add: number[];
   draw: number[];
+  syncedAt: number | null;
+  metricsAt: number | null;
   fullGridAt: number | null;
   /** Median milliseconds to decode the latest snapshot, as its stream did, over `times` runs. */
   decode(times: number): number;
 }
 
 export const bench: BenchFigures | null = new URLSearchParams(location.search).has("bench")
-  ? { add: [], draw: [], fullGridAt: null, decode: () => Number.NaN }
+  ? { add: [], draw: [], syncedAt: null, metricsAt: null, fullGridAt: null, decode: () => Number.NaN }
   : null;
 if (bench) (window as unknown as { __farmBench: BenchFigures }).__farmBench = bench;
 
@@ -141,7 +144,10 @@ export function startFeeds(signal: AbortSignal): Feeds {
     "membership",
     {
       open: (s) => api.discovery.watch({ fromRevision: farm.revision }, { signal: s }),
-      message: (event) => farm.apply(event),
+      message: (event) => {
+        farm.apply(event);
+        if (bench && farm.synced) bench.syncedAt ??= performance.now();
+      },
       broken: () => farm.disconnected(),
     },
     signal,
@@ -151,7 +157,10 @@ export function startFeeds(signal: AbortSignal): Feeds {
     {
       open: (s) =>
         api.metrics.watchMetrics({ intervalMs: METRICS_INTERVAL_MS, includeLoads: true }, { signal: s }),
-      message: (snapshot) => metrics.add(snapshot),
+      message: (snapshot) => {
+        if (bench) bench.metricsAt ??= performance.now();
+        metrics.add(snapshot);
+      },
       broken: () => metrics.disconnected(),
       // Three missed snapshots: the control plane is gone or stuck.
       silenceMs: 3 * METRICS_INTERVAL_MS + 500,
