@@ -728,6 +728,7 @@ mod tests {
                     latency: Latency::default(),
                 },
             ],
+            loads: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Metrics from a farm of 50 real process nodes: every node reports, and the
 //! farm's aggregate is exactly the sum, average and maximum of what the
-//! nodes report.
+//! nodes report; the compact loads list every node with its figures.
 
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ async fn fifty_nodes_report_and_the_aggregate_adds_up() {
                 .get_farm_metrics(GetFarmMetricsRequest {
                     group: String::new(),
                     include_nodes: true,
+                    include_loads: true,
                 })
                 .await
                 .expect("GetFarmMetrics")
@@ -76,6 +77,23 @@ async fn fifty_nodes_report_and_the_aggregate_adds_up() {
     let errors: u64 = samples.iter().flat_map(|s| s.errors_by_code.values()).sum();
     assert_eq!(farm_metrics.errors, errors);
     assert!(errors >= 10, "every tenth request failed: {errors}");
+    // The compact loads carry every node, with its sample's figures.
+    let loads = farm_metrics.loads.as_ref().expect("loads, as asked");
+    assert_eq!(loads.node_ids.len(), 50);
+    for (i, node) in farm_metrics.node_metrics.iter().enumerate() {
+        let sample = node.sample.as_ref().expect("a sample");
+        assert_eq!(loads.node_ids[i], node.node_id, "listed in the same order");
+        assert_eq!(loads.cpu_percent[i], sample.cpu_percent as f32);
+        assert_eq!(loads.memory_used_bytes[i], sample.memory_used_bytes as f64);
+        assert_eq!(
+            loads.memory_limit_bytes[i],
+            sample.memory_limit_bytes as f64
+        );
+        assert_eq!(
+            loads.requests_per_second[i],
+            sample.requests_per_second as f32
+        );
+    }
     for sample in &samples {
         assert!(
             sample.rss_bytes > 0 && sample.memory_limit_bytes > 0,

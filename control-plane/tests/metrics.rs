@@ -186,6 +186,7 @@ async fn farm_metrics(farm: &Farm, group: &str, include_nodes: bool) -> FarmMetr
         .get_farm_metrics(GetFarmMetricsRequest {
             group: group.into(),
             include_nodes,
+            ..Default::default()
         })
         .await
         .expect("GetFarmMetrics")
@@ -304,6 +305,7 @@ async fn farm_metrics_add_up_the_nodes_samples() {
         .get_farm_metrics(GetFarmMetricsRequest {
             group: "nowhere".into(),
             include_nodes: false,
+            ..Default::default()
         })
         .await
         .expect_err("unknown group");
@@ -400,6 +402,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
             group: String::new(),
             interval_ms: 200,
             include_nodes: true,
+            ..Default::default()
         })
         .await
         .expect("WatchMetrics")
@@ -442,6 +445,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
                 group: group.into(),
                 interval_ms,
                 include_nodes: false,
+                ..Default::default()
             })
             .await
             .expect_err("refused");
@@ -469,6 +473,110 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
             .expect("snapshot");
     }
     assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+/// Twenty dashboards watching the same feed get the very same snapshots
+/// (one computed per interval for all of them, so their `at` agree), and
+/// the compact loads list every node that reported, with its figures.
+#[tokio::test(start_paused = true)]
+async fn twenty_watchers_share_snapshots_and_loads_list_every_node() {
+    let farm = Farm::start(0, &[]).await;
+    let mut nodes = Vec::new();
+    for i in 0..12u64 {
+        let mut node = TestNode::start(&farm, &format!("grid-{i:02}"), "").await;
+        node.report(sample(i as f64 * 5.0, (i + 1) << 20, i * 10, 0, &[100]))
+            .await;
+        nodes.push(node);
+    }
+    // One more that never reports: it has no load to list.
+    let silent = TestNode::start(&farm, "silent", "").await;
+
+    let request = WatchMetricsRequest {
+        interval_ms: 200,
+        include_loads: true,
+        ..Default::default()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let stream = farm
+            .metrics()
+            .watch_metrics(request.clone())
+            .await
+            .expect("WatchMetrics")
+            .into_inner();
+        streams.push(stream);
+    }
+    let seen = futures::future::join_all(streams.iter_mut().map(|stream| async move {
+        let mut snapshots = Vec::new();
+        for _ in 0..4 {
+            let snapshot = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("a snapshot within 5 s")
+                .expect("stream open")
+                .expect("snapshot");
+            snapshots.push(snapshot);
+        }
+        snapshots
+    }))
+    .await;
+    let times = |snapshots: &[FarmMetrics]| -> Vec<SystemTime> {
+        snapshots
+            .iter()
+            .map(|s| SystemTime::try_from(s.at.expect("at")).expect("timestamp"))
+            .collect()
+    };
+    let first = times(&seen[0]);
+    assert!(
+        first.windows(2).all(|w| w[0] < w[1]),
+        "four distinct snapshots, in order: {first:?}"
+    );
+    for (i, snapshots) in seen.iter().enumerate() {
+        assert_eq!(times(snapshots), first, "watcher {i} got other snapshots");
+        assert_eq!(snapshots, &seen[0], "watcher {i} got other figures");
+    }
+
+    let snapshot = &seen[0][3];
+    assert_eq!((snapshot.nodes, snapshot.reporting_nodes), (13, 12));
+    assert!(snapshot.node_metrics.is_empty(), "loads only, as asked");
+    let loads = snapshot.loads.as_ref().expect("loads, as asked");
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    ids.sort_by_key(|id| id.trim_start_matches('n').parse::<u64>().expect("an id"));
+    assert_eq!(loads.node_ids, ids, "every reporting node, by id");
+    assert!(!loads.node_ids.contains(&silent.id));
+    for column in [
+        loads.cpu_percent.len(),
+        loads.memory_used_bytes.len(),
+        loads.memory_limit_bytes.len(),
+        loads.requests_per_second.len(),
+    ] {
+        assert_eq!(column, ids.len(), "every column has a value per node");
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        let at = loads
+            .node_ids
+            .iter()
+            .position(|id| *id == node.id)
+            .expect("listed");
+        assert_eq!(loads.cpu_percent[at], i as f32 * 5.0, "{}", node.id);
+        assert_eq!(loads.memory_used_bytes[at], ((i as u64 + 1) << 20) as f64);
+        assert_eq!(loads.memory_limit_bytes[at], (128u64 << 20) as f64);
+        assert_eq!(loads.requests_per_second[at], i as f32);
+    }
+    drop(streams);
+
+    // Without the flag, no loads; the feed of other detail is another one.
+    let mut plain = farm
+        .metrics()
+        .watch_metrics(WatchMetricsRequest {
+            interval_ms: 200,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchMetrics")
+        .into_inner();
+    let snapshot = plain.next().await.expect("open").expect("snapshot");
+    assert_eq!(snapshot.loads, None);
+    assert_eq!(snapshot.reporting_nodes, 12);
 }
 
 /// One sample line of the text format.

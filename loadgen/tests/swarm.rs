@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use farm_api::v1::{DiscoverRequest, NodeInfo, NodeState};
+use farm_api::v1::{DiscoverRequest, GetFarmMetricsRequest, NodeInfo, NodeState};
 use farm_testkit::{
     Farm, NODE, TOKENS, VIEWER, eventually,
     process::{flag_help, run_within, without_farm_env},
@@ -143,6 +143,50 @@ async fn a_thousand_nodes_register_heartbeat_and_leave() {
     // Left as found.
     assert!(swarm_nodes(&cp, &run_id).await.is_empty());
     assert_eq!(discoverable(&cp, &run_id).await, 0);
+}
+
+/// With samples, every simulated node reports a load a dashboard can
+/// show: within the ranges a real node's would be, and not all alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_nodes_report_samples_when_asked() {
+    let cp = control_plane(&[]).await;
+    let mut config = swarm_config(&cp.url(), 50, 200, 5000);
+    config.samples = true;
+    let run_id = config.run_id.clone();
+    let task = spawn_swarm(&config);
+    let farm = eventually(
+        "all 50 simulated nodes reporting",
+        Duration::from_secs(20),
+        || async {
+            let farm = cp
+                .metrics()
+                .get_farm_metrics(GetFarmMetricsRequest {
+                    include_loads: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("GetFarmMetrics")
+                .into_inner();
+            if farm.reporting_nodes == 50 {
+                Ok(farm)
+            } else {
+                Err(format!("{} reporting", farm.reporting_nodes))
+            }
+        },
+    )
+    .await;
+    let loads = farm.loads.expect("loads");
+    assert_eq!(loads.node_ids.len(), 50);
+    for i in 0..50 {
+        assert!((5.0..=95.0).contains(&loads.cpu_percent[i]), "{loads:?}");
+        assert!(loads.memory_used_bytes[i] < loads.memory_limit_bytes[i]);
+        assert!(loads.requests_per_second[i] > 0.0);
+    }
+    let distinct: BTreeSet<u32> = loads.cpu_percent.iter().map(|c| c.to_bits()).collect();
+    assert!(distinct.len() > 10, "nodes differ: {distinct:?}");
+    let report = finished(task, Duration::from_secs(30)).await;
+    assert_eq!(report.errors(), 0, "{report:#?}");
+    assert!(swarm_nodes(&cp, &run_id).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

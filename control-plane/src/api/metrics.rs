@@ -3,21 +3,29 @@
 //! samples nodes send on their heartbeat streams into the domain's
 //! [`Sample`].
 
-use std::{pin::Pin, time::Duration, time::SystemTime};
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+    time::SystemTime,
+};
 
 use farm_api::v1::{
     self, FarmMetrics, GetFarmMetricsRequest, GetNodeMetricsRequest, GetNodeMetricsResponse,
     WatchMetricsRequest, metrics_server::Metrics,
 };
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, BadRequest, resolve_node, timestamp};
 use crate::{
-    core::metrics::{FarmAggregate, Latency, NodeMetrics, Sample},
+    core::{
+        DomainError,
+        metrics::{Detail, FarmAggregate, Latency, NodeLoads, NodeMetrics, Sample},
+    },
     state::{Members, Samples},
 };
 
@@ -35,6 +43,8 @@ pub struct MetricsService {
     members: Members,
     /// Cancelled at shutdown: watch streams end with UNAVAILABLE.
     shutdown: CancellationToken,
+    /// The snapshot feeds `WatchMetrics` streams share.
+    feeds: Feeds,
 }
 
 impl MetricsService {
@@ -43,6 +53,7 @@ impl MetricsService {
             samples,
             members,
             shutdown,
+            feeds: Feeds::default(),
         }
     }
 }
@@ -62,21 +73,169 @@ fn watch_interval(interval_ms: u32) -> Result<Duration, BadRequest> {
     }
 }
 
-/// The aggregate of `group`, computed on a blocking thread: at thousands
-/// of nodes decoding and merging their histograms takes milliseconds.
+/// The aggregate of `group` as a message, computed on a blocking thread:
+/// at thousands of nodes decoding and merging their histograms, and
+/// writing out every node, takes milliseconds.
 async fn farm_metrics(
     samples: &Samples,
     group: &str,
-    include_nodes: bool,
-) -> Result<FarmAggregate, ApiError> {
+    detail: Detail,
+) -> Result<FarmMetrics, ApiError> {
     let (samples, group) = (samples.clone(), group.to_owned());
-    tokio::task::spawn_blocking(move || samples.farm(&group, include_nodes))
+    tokio::task::spawn_blocking(move || samples.farm_with(&group, detail).map(farm_message))
         .await
         .map_err(|e| ApiError::Task {
             what: "the metrics task",
             cause: e.to_string(),
         })?
         .map_err(ApiError::from)
+}
+
+/// What a `WatchMetrics` stream follows: every stream asking for the same
+/// group, interval and detail shares one feed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FeedKey {
+    group: String,
+    period: Duration,
+    detail: Detail,
+}
+
+/// One snapshot of a feed, shared by all its streams.
+#[derive(Debug)]
+struct Snapshot {
+    farm: FarmMetrics,
+    /// Why the group could not be aggregated (it is unknown, or was
+    /// purged): the farm is then empty. A stream that would start on such
+    /// a snapshot fails instead.
+    refused: Option<DomainError>,
+}
+
+/// A running feed: one task computing a snapshot every interval and
+/// publishing it on a watch channel, so a slow stream skips to the latest
+/// instead of queueing. Its streams hold it; the last one gone stops it.
+#[derive(Debug)]
+struct Feed {
+    key: FeedKey,
+    /// `None` until the first snapshot is computed.
+    latest: watch::Receiver<Option<Arc<Snapshot>>>,
+    feeds: Feeds,
+    /// Stops the task when the feed is dropped.
+    _stop: DropGuard,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let mut running = self.feeds.lock();
+        // A feed for the same key started since this one lost its last
+        // stream must stay.
+        if running
+            .get(&self.key)
+            .is_some_and(|feed| feed.strong_count() == 0)
+        {
+            running.remove(&self.key);
+        }
+    }
+}
+
+/// The running feeds, by what they follow.
+#[derive(Debug, Clone, Default)]
+struct Feeds {
+    running: Arc<Mutex<HashMap<FeedKey, Weak<Feed>>>>,
+}
+
+impl Feeds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FeedKey, Weak<Feed>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The feed of `key`, started if none runs.
+    fn join(&self, key: FeedKey, samples: &Samples, shutdown: &CancellationToken) -> Arc<Feed> {
+        let mut running = self.lock();
+        if let Some(feed) = running.get(&key).and_then(Weak::upgrade) {
+            return feed;
+        }
+        let (tx, latest) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let feed = Arc::new(Feed {
+            key: key.clone(),
+            latest,
+            feeds: self.clone(),
+            _stop: stop.clone().drop_guard(),
+        });
+        running.insert(key.clone(), Arc::downgrade(&feed));
+        tokio::spawn(run_feed(samples.clone(), key, tx, stop, shutdown.clone()));
+        feed
+    }
+}
+
+/// A feed's task: a snapshot at once, then one every interval, until the
+/// feed is dropped or the control plane shuts down (which drops `tx`, and
+/// so ends the streams).
+async fn run_feed(
+    samples: Samples,
+    key: FeedKey,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(key.period);
+    // Late by more than an interval (a busy machine): the next snapshot an
+    // interval after the late one, not a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.cancelled() => return,
+            () = shutdown.cancelled() => return,
+        }
+        let snapshot = match farm_metrics(&samples, &key.group, key.detail).await {
+            Ok(farm) => Snapshot {
+                farm,
+                refused: None,
+            },
+            Err(error) => Snapshot {
+                farm: FarmMetrics {
+                    at: Some(timestamp(SystemTime::now())),
+                    ..FarmMetrics::default()
+                },
+                refused: match error {
+                    ApiError::Domain(refused) => Some(refused),
+                    _ => None,
+                },
+            },
+        };
+        tx.send_replace(Some(Arc::new(snapshot)));
+    }
+}
+
+/// What a `WatchMetrics` stream holds between two snapshots.
+struct Watcher {
+    /// Keeps the feed running while the stream lives.
+    _feed: Arc<Feed>,
+    latest: watch::Receiver<Option<Arc<Snapshot>>>,
+    shutdown: CancellationToken,
+}
+
+impl Watcher {
+    /// The next snapshot (the newest, however many were skipped), or
+    /// UNAVAILABLE at shutdown.
+    async fn next(mut self) -> Option<(Result<FarmMetrics, Status>, Option<Self>)> {
+        let shut = || Some((Err(ApiError::ShuttingDown.into()), None));
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => shut(),
+            changed = self.latest.changed() => match changed {
+                Ok(()) => {
+                    let snapshot = self.latest.borrow_and_update().clone();
+                    let farm = snapshot.map(|s| s.farm.clone()).unwrap_or_default();
+                    Some((Ok(farm), Some(self)))
+                }
+                // The feed stopped: only shutdown does that to a watched one.
+                Err(_) => shut(),
+            },
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -86,8 +245,12 @@ impl Metrics for MetricsService {
         request: Request<GetFarmMetricsRequest>,
     ) -> Result<Response<FarmMetrics>, Status> {
         let request = request.into_inner();
-        let farm = farm_metrics(&self.samples, &request.group, request.include_nodes).await?;
-        Ok(Response::new(farm_message(farm)))
+        let detail = Detail {
+            nodes: request.include_nodes,
+            loads: request.include_loads,
+        };
+        let farm = farm_metrics(&self.samples, &request.group, detail).await?;
+        Ok(Response::new(farm))
     }
 
     async fn get_node_metrics(
@@ -110,46 +273,41 @@ impl Metrics for MetricsService {
         request: Request<WatchMetricsRequest>,
     ) -> Result<Response<Self::WatchMetricsStream>, Status> {
         let request = request.into_inner();
-        let period = watch_interval(request.interval_ms)?;
-        // The first snapshot now: an unknown group fails the call itself.
-        let first = farm_metrics(&self.samples, &request.group, request.include_nodes).await?;
-        let (tx, rx) = mpsc::channel(1);
-        let samples = self.samples.clone();
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(period);
-            // A slow reader gets the next snapshot an interval after the
-            // one it took, not a burst of stale ones.
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            let mut next = Some(first);
-            loop {
-                let farm = match next.take() {
-                    Some(farm) => farm,
-                    // A group purged since the watch began is an empty farm.
-                    None => farm_metrics(&samples, &request.group, request.include_nodes)
-                        .await
-                        .unwrap_or_else(|_| FarmAggregate {
-                            at: Some(SystemTime::now()),
-                            ..FarmAggregate::default()
-                        }),
-                };
-                if tx.send(Ok(farm_message(farm))).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    () = tx.closed() => return,
-                    () = shutdown.cancelled() => {
-                        let _ = tx
-                            .send(Err(ApiError::ShuttingDown.into()))
-                            .await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let key = FeedKey {
+            period: watch_interval(request.interval_ms)?,
+            group: request.group,
+            detail: Detail {
+                nodes: request.include_nodes,
+                loads: request.include_loads,
+            },
+        };
+        let feed = self.feeds.join(key, &self.samples, &self.shutdown);
+        let mut latest = feed.latest.clone();
+        // The first snapshot at once: the feed's latest, or its first when
+        // it has just started. An unknown group fails the call itself.
+        let first = tokio::select! {
+            first = latest.wait_for(Option::is_some) => first.ok().and_then(|s| s.clone()),
+            () = self.shutdown.cancelled() => None,
+        };
+        let first = first.ok_or(ApiError::ShuttingDown)?;
+        if let Some(refused) = &first.refused {
+            return Err(ApiError::from(refused.clone()).into());
+        }
+        latest.borrow_and_update();
+        let watcher = Watcher {
+            _feed: feed,
+            latest,
+            shutdown: self.shutdown.clone(),
+        };
+        let head = futures::stream::once(std::future::ready(Ok(first.farm.clone())));
+        let rest =
+            futures::stream::unfold(
+                Some(watcher),
+                |watcher| async move { watcher?.next().await },
+            );
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            head, rest,
+        ))))
     }
 }
 
@@ -247,6 +405,17 @@ fn farm_message(farm: FarmAggregate) -> FarmMetrics {
         error_rate: farm.error_rate,
         latency: Some(latency_message(farm.latency)),
         node_metrics: farm.node_metrics.into_iter().map(node_message).collect(),
+        loads: farm.loads.map(loads_message),
+    }
+}
+
+fn loads_message(loads: NodeLoads) -> v1::NodeLoads {
+    v1::NodeLoads {
+        node_ids: loads.ids.iter().map(ToString::to_string).collect(),
+        cpu_percent: loads.cpu_percent,
+        memory_used_bytes: loads.memory_used_bytes,
+        memory_limit_bytes: loads.memory_limit_bytes,
+        requests_per_second: loads.requests_per_second,
     }
 }
 

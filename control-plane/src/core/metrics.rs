@@ -515,6 +515,65 @@ pub struct FarmAggregate {
     pub bad_histograms: u32,
     /// Every node, by id, when asked for.
     pub node_metrics: Vec<NodeMetrics>,
+    /// Every node's load in columns, when asked for.
+    pub loads: Option<NodeLoads>,
+}
+
+/// What an aggregate lists beside its totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Detail {
+    /// Every node's metrics ([`FarmAggregate::node_metrics`]).
+    pub nodes: bool,
+    /// Every node's load in columns ([`FarmAggregate::loads`]).
+    pub loads: bool,
+}
+
+impl Detail {
+    /// The totals alone.
+    pub const TOTALS: Self = Self {
+        nodes: false,
+        loads: false,
+    };
+    /// The totals and every node's metrics.
+    pub const NODES: Self = Self {
+        nodes: true,
+        loads: false,
+    };
+}
+
+/// The load of the nodes that have a sample, in columns (entry `i` of each
+/// is node `ids[i]`'s), ordered by id: what a grid of thousands of nodes
+/// needs, without their histograms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeLoads {
+    pub ids: Vec<NodeId>,
+    /// CPU used, in percent of what the node may use.
+    pub cpu_percent: Vec<f32>,
+    pub memory_used_bytes: Vec<f64>,
+    pub memory_limit_bytes: Vec<f64>,
+    pub requests_per_second: Vec<f32>,
+}
+
+impl NodeLoads {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            cpu_percent: Vec::with_capacity(n),
+            memory_used_bytes: Vec::with_capacity(n),
+            memory_limit_bytes: Vec::with_capacity(n),
+            requests_per_second: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, id: NodeId, sample: &Sample) {
+        self.ids.push(id);
+        self.cpu_percent.push(sample.cpu_percent as f32);
+        self.memory_used_bytes.push(sample.memory_used_bytes as f64);
+        self.memory_limit_bytes
+            .push(sample.memory_limit_bytes as f64);
+        self.requests_per_second
+            .push(sample.requests_per_second as f32);
+    }
 }
 
 /// One node's metrics: its latest sample and that sample's percentiles (a
@@ -535,14 +594,13 @@ pub fn node_metrics(entry: NodeEntry) -> NodeMetrics {
     }
 }
 
-/// Computes the aggregate of `entries` at `at`, listing every node when
-/// `include_nodes` is set.
-pub fn aggregate(
-    mut entries: Vec<NodeEntry>,
-    at: SystemTime,
-    include_nodes: bool,
-) -> FarmAggregate {
+/// Computes the aggregate of `entries` at `at`, with every node's metrics
+/// or loads as `detail` asks.
+pub fn aggregate(mut entries: Vec<NodeEntry>, at: SystemTime, detail: Detail) -> FarmAggregate {
     entries.sort_by_key(|e| e.view.id);
+    let mut loads = detail
+        .loads
+        .then(|| NodeLoads::with_capacity(entries.len()));
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let mut farm = FarmAggregate {
         at: Some(at),
@@ -560,6 +618,14 @@ pub fn aggregate(
     let Some(mut merged) = reference() else {
         return farm;
     };
+    if let Some(loads) = &mut loads {
+        for entry in &entries {
+            if let Some(sample) = &entry.latest {
+                loads.push(entry.view.id, sample);
+            }
+        }
+    }
+    farm.loads = loads;
     let (mut cpu_sum, mut interval_requests, mut interval_errors) = (0.0, 0u64, 0u64);
     for entry in entries {
         let counts = match entry.latest.as_ref().map(Sample::latencies) {
@@ -597,7 +663,7 @@ pub fn aggregate(
                 }
             }
         }
-        if include_nodes {
+        if detail.nodes {
             farm.node_metrics.push(NodeMetrics {
                 id: entry.view.id,
                 name: entry.view.name,
@@ -732,7 +798,7 @@ mod tests {
         ];
         let mut entries = book.snapshot(nodes, t + Duration::from_secs(1), FRESH);
         entries[2].reporting = false;
-        let farm = aggregate(entries, SystemTime::UNIX_EPOCH, true);
+        let farm = aggregate(entries, SystemTime::UNIX_EPOCH, Detail::NODES);
         assert_eq!(farm.nodes, 4);
         assert_eq!(farm.healthy_nodes, 2);
         assert_eq!(farm.reporting_nodes, 2);
@@ -770,7 +836,7 @@ mod tests {
         let late = book.snapshot(nodes(), t + FRESH + Duration::from_millis(1), FRESH);
         assert!(!late[0].reporting);
         assert_eq!(
-            aggregate(late, SystemTime::UNIX_EPOCH, false).reporting_nodes,
+            aggregate(late, SystemTime::UNIX_EPOCH, Detail::TOTALS).reporting_nodes,
             0
         );
     }
@@ -784,7 +850,7 @@ mod tests {
         let farm = aggregate(
             book.snapshot(vec![view(1, NodeState::Healthy)], t, FRESH),
             SystemTime::UNIX_EPOCH,
-            false,
+            Detail::TOTALS,
         );
         assert_eq!(farm.error_rate, 0.1);
         // A restarted node's counters start again from zero.
@@ -792,7 +858,7 @@ mod tests {
         let farm = aggregate(
             book.snapshot(vec![view(1, NodeState::Healthy)], t, FRESH),
             SystemTime::UNIX_EPOCH,
-            false,
+            Detail::TOTALS,
         );
         assert_eq!(farm.error_rate, 0.5);
     }
@@ -854,7 +920,7 @@ mod tests {
                 FRESH,
             ),
             SystemTime::UNIX_EPOCH,
-            false,
+            Detail::TOTALS,
         );
         assert_eq!(farm.bad_histograms, 1);
         assert_eq!(farm.latency.count, 1);

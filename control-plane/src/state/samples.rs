@@ -6,7 +6,7 @@ use std::{collections::HashSet, sync::Arc};
 use super::Shared;
 use crate::core::{
     DomainError, NodeId, Now,
-    metrics::{self, FarmAggregate, NodeMetrics, Sample},
+    metrics::{self, Detail, FarmAggregate, NodeMetrics, Sample},
 };
 
 /// Handle on the nodes' metrics.
@@ -29,6 +29,17 @@ impl Samples {
     /// The aggregate of `group` (empty: the whole farm), listing every node
     /// when `include_nodes` is set. Errors: an unknown group.
     pub fn farm(&self, group: &str, include_nodes: bool) -> Result<FarmAggregate, DomainError> {
+        let detail = if include_nodes {
+            Detail::NODES
+        } else {
+            Detail::TOTALS
+        };
+        self.farm_with(group, detail)
+    }
+
+    /// The aggregate of `group` (empty: the whole farm), with every node's
+    /// metrics or loads as `detail` asks. Errors: an unknown group.
+    pub fn farm_with(&self, group: &str, detail: Detail) -> Result<FarmAggregate, DomainError> {
         let (nodes, fresh) = {
             let registry = self.shared.registry();
             let nodes = registry.list_nodes(group)?;
@@ -47,7 +58,7 @@ impl Samples {
             }
             book.snapshot(nodes, now.mono, fresh)
         };
-        Ok(metrics::aggregate(entries, now.wall, include_nodes))
+        Ok(metrics::aggregate(entries, now.wall, detail))
     }
 
     /// Node `id`'s latest metrics and its kept samples, oldest first.

@@ -58,6 +58,11 @@ pub struct SwarmArgs {
     /// `viewer` does not), from the variable `farm-node --token` reads.
     #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Each heartbeat carries a made-up metrics sample (CPU, memory and
+    /// request rate that drift over time, no latency histogram), so that
+    /// dashboards have every node's load to show.
+    #[arg(long)]
+    pub samples: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -112,6 +117,8 @@ pub struct SwarmConfig {
     pub token: Bearer,
     /// Part of every node name, so runs never collide: `swarm-<run_id>-<i>`.
     pub run_id: String,
+    /// Whether heartbeats carry made-up metrics samples.
+    pub samples: bool,
 }
 
 impl SwarmConfig {
@@ -131,6 +138,7 @@ impl SwarmConfig {
             rpc_timeout: Duration::from_secs(10),
             token: Bearer::default(),
             run_id: run_id(),
+            samples: false,
         };
         config.validate()?;
         config.connections = config.connections.min(nodes).max(1);
@@ -196,6 +204,7 @@ impl TryFrom<&SwarmArgs> for SwarmConfig {
             rpc_timeout: args.rpc_timeout,
             token,
             run_id: run_id(),
+            samples: args.samples,
         };
         config.validate()?;
         Ok(Self {

@@ -15,7 +15,8 @@ use std::{
 
 use farm_api::Bearer;
 use farm_api::v1::{
-    DeregisterRequest, HeartbeatRequest, RegisterRequest, registry_client::RegistryClient,
+    DeregisterRequest, HeartbeatRequest, NodeSample, RegisterRequest,
+    registry_client::RegistryClient,
 };
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -240,6 +241,49 @@ struct Beats {
     pending: VecDeque<(u64, Instant, bool)>,
     /// Version of the configuration applied last (0: none).
     applied: u64,
+    /// Makes up the samples heartbeats carry, when they carry one.
+    load: Option<MadeUpLoad>,
+}
+
+/// A simulated node's made-up metrics: CPU and request rate that drift
+/// slowly from a starting point of its own, memory that follows the CPU.
+/// Cheap (no histogram), so a swarm of thousands spends nothing on it.
+struct MadeUpLoad {
+    /// Where in the cycle the node starts, from its index.
+    phase: u64,
+    requests: u64,
+}
+
+impl MadeUpLoad {
+    const LIMIT: u64 = 256 << 20;
+
+    fn new(i: usize) -> Self {
+        // Spread over the cycle, in no visible order.
+        Self {
+            phase: (i as u64).wrapping_mul(2_654_435_761) % 1000,
+            requests: 0,
+        }
+    }
+
+    fn sample(&mut self, seq: u64) -> NodeSample {
+        // A triangle wave of 200 beats between 5 and 95 %.
+        let step = (self.phase + seq) % 200;
+        let cpu = 5.0 + 90.0 * (if step < 100 { step } else { 200 - step }) as f64 / 100.0;
+        let rate = cpu * 2.0;
+        self.requests += rate as u64;
+        NodeSample {
+            at: Some(std::time::SystemTime::now().into()),
+            cpu_percent: cpu,
+            cpu_limit: 1.0,
+            memory_used_bytes: (Self::LIMIT as f64 * (0.2 + cpu / 200.0)) as u64,
+            memory_limit_bytes: Self::LIMIT,
+            rss_bytes: 48 << 20,
+            requests: self.requests,
+            requests_per_second: rate,
+            interval_ms: 1000,
+            ..NodeSample::default()
+        }
+    }
 }
 
 impl Beats {
@@ -258,7 +302,7 @@ impl Beats {
             seq: self.seq,
             config_version: self.applied,
             serving: true,
-            metrics: None,
+            metrics: self.load.as_mut().map(|load| load.sample(self.seq)),
         };
         match tx.try_send(request) {
             Ok(()) => {
@@ -330,6 +374,7 @@ async fn heartbeat(
         seq: 0,
         pending: VecDeque::new(),
         applied: 0,
+        load: ctx.config.samples.then(|| MadeUpLoad::new(i)),
     };
     let mut open_at = next_slot(ctx.epoch, phase, interval, Instant::now());
     loop {
@@ -684,6 +729,7 @@ mod tests {
             seq: 0,
             pending: VecDeque::new(),
             applied: 0,
+            load: Some(MadeUpLoad::new(7)),
         };
         for _ in 0..3 {
             beats.send(&tx, &stats, None);

@@ -7,7 +7,7 @@
 
 import { type NodeInfo, NodeState } from "../../gen/farm/v1/node_pb";
 import { h, replace, text } from "../dom";
-import type { NodeLoad } from "../feeds";
+import { bench, benchNote, type NodeLoad } from "../feeds";
 import * as format from "../format";
 import { STATE_NAMES } from "../store";
 import { actionsPanel } from "./actions";
@@ -35,34 +35,45 @@ interface Card {
   config: HTMLElement;
 }
 
-/** A heat-map colour for a node: its state, or for a healthy node its CPU. */
-function cellColor(node: NodeInfo, load: NodeLoad | undefined, palette: Palette): string {
-  if (node.state !== NodeState.HEALTHY) return palette.state[node.state] ?? palette.unknown;
-  if (!load) return palette.idle;
-  const level = Math.min(palette.heat.length - 1, Math.floor((load.cpuPercent / 100) * palette.heat.length));
-  return palette.heat[Math.max(0, level)] ?? palette.idle;
+/**
+ * A heat-map colour for a node, as an index into `Palette.colors`: its
+ * state, or for a healthy node its CPU (NaN: no load known).
+ */
+function cellColor(state: NodeState, cpuPercent: number, heatLevels: number): number {
+  if (state !== NodeState.HEALTHY) return heatLevels + 1 + (STATE_SLOTS.get(state) ?? 3);
+  if (Number.isNaN(cpuPercent)) return 0;
+  const level = Math.min(heatLevels - 1, Math.floor((cpuPercent / 100) * heatLevels));
+  return 1 + Math.max(0, level);
 }
 
+/** Where each state other than healthy has its colour, after the heat levels. */
+const STATE_SLOTS = new Map<NodeState, number>([
+  [NodeState.STARTING, 0],
+  [NodeState.UNHEALTHY, 1],
+  [NodeState.STOPPED, 2],
+]);
+
 interface Palette {
-  state: Partial<Record<NodeState, string>>;
-  heat: string[];
-  idle: string;
-  unknown: string;
+  /** Idle (no load known), the heat levels, then starting, unhealthy, stopped and unknown. */
+  colors: string[];
+  heatLevels: number;
   selected: string;
 }
 
 function palette(): Palette {
   const css = getComputedStyle(document.documentElement);
   const v = (name: string) => css.getPropertyValue(name).trim();
+  const heat = [v("--heat-0"), v("--heat-1"), v("--heat-2"), v("--heat-3"), v("--heat-4")];
   return {
-    state: {
-      [NodeState.STARTING]: v("--state-starting"),
-      [NodeState.UNHEALTHY]: v("--state-unhealthy"),
-      [NodeState.STOPPED]: v("--state-stopped"),
-    },
-    heat: [v("--heat-0"), v("--heat-1"), v("--heat-2"), v("--heat-3"), v("--heat-4")],
-    idle: v("--heat-0"),
-    unknown: v("--muted"),
+    colors: [
+      v("--heat-0"),
+      ...heat,
+      v("--state-starting"),
+      v("--state-unhealthy"),
+      v("--state-stopped"),
+      v("--muted"),
+    ],
+    heatLevels: heat.length,
     selected: v("--fg"),
   };
 }
@@ -253,6 +264,7 @@ export function nodesView(context: ViewContext): View {
   };
 
   let colors: Palette | null = null;
+  let cellColors = new Uint8Array(0);
   let perRow = 1;
   const drawHeatmap = () => {
     if (grid.firstChild !== heat) {
@@ -277,20 +289,24 @@ export function nodesView(context: ViewContext): View {
     if (!g) return;
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
     g.clearRect(0, 0, width, cssHeight);
-    // One fill per colour: far fewer state changes than one per cell.
-    const byColor = new Map<string, number[]>();
-    shown.forEach((node, i) => {
-      const color = cellColor(node, metrics.loads.get(node.id), colors as Palette);
-      let list = byColor.get(color);
-      if (!list) byColor.set(color, (list = []));
-      list.push(i);
-    });
-    for (const [color, indices] of byColor) {
-      g.fillStyle = color;
-      for (const i of indices) g.fillRect((i % perRow) * (CELL + GAP), Math.floor(i / perRow) * (CELL + GAP), CELL, CELL);
+    // One fill per colour: far fewer state changes than one per cell. The
+    // cells' colours first (no allocation per cell), then each colour's
+    // cells.
+    const { colors: fills, heatLevels } = colors;
+    if (cellColors.length < shown.length) cellColors = new Uint8Array(shown.length * 2);
+    const loads = metrics.loads;
+    for (let i = 0; i < shown.length; i++) {
+      const node = shown[i] as NodeInfo;
+      cellColors[i] = cellColor(node.state, loads.cpuAt(loads.indexOf(node.id)), heatLevels);
+    }
+    for (let c = 0; c < fills.length; c++) {
+      g.fillStyle = fills[c] as string;
+      for (let i = 0; i < shown.length; i++) {
+        if (cellColors[i] === c) g.fillRect((i % perRow) * (CELL + GAP), Math.floor(i / perRow) * (CELL + GAP), CELL, CELL);
+      }
     }
     if (selected.size > 0) {
-      g.strokeStyle = (colors as Palette).selected;
+      g.strokeStyle = colors.selected;
       g.lineWidth = 1;
       shown.forEach((node, i) => {
         if (selected.has(node.id)) {
@@ -332,6 +348,7 @@ export function nodesView(context: ViewContext): View {
   });
 
   const draw = () => {
+    const started = bench ? performance.now() : 0;
     if (sortedAt !== farm.membership) {
       sortedAt = farm.membership;
       sorted = [...farm.nodes.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -371,6 +388,12 @@ export function nodesView(context: ViewContext): View {
       drawCards();
     }
     detail.refresh();
+    if (bench) {
+      benchNote(bench.draw, performance.now() - started);
+      if (bench.fullGridAt === null && farm.synced && shown.length === farm.nodes.size && shown.length > 0 && shown.every((n) => metrics.loads.indexOf(n.id) >= 0)) {
+        bench.fullGridAt = performance.now();
+      }
+    }
   };
   const schedule = frameScheduler(draw, () => visible);
   farm.addEventListener("change", schedule);
