@@ -1,6 +1,6 @@
 //! The dashboard at scale, in chromium, against a release control plane
 //! with a `loadgen swarm --samples` of simulated nodes (each reporting a
-//! made-up load once a second):
+//! simulated load once a second):
 //!
 //! - page load: from navigation to the first draw of the node grid showing
 //!   every node with its load, at 50 and at 10,000 nodes;

@@ -301,6 +301,59 @@ async fn next(watch: &mut tonic::Streaming<WatchEvent>) -> WatchEvent {
         .expect("event")
 }
 
+/// A watcher that asks for batches gets the snapshot in events of up to
+/// 1,000 nodes each, every node once, then SYNCED, then live events as
+/// usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batched_snapshot_carries_every_node_in_few_events() {
+    let farm = Farm::start(0, &[]).await;
+    let names: Vec<String> = (0..2500).map(|i| format!("batched-{i:04}")).collect();
+    futures::future::try_join_all(names.iter().map(|n| register(&farm, request(n, ""))))
+        .await
+        .expect("register");
+    let mut watch = farm
+        .discovery()
+        .watch(WatchRequest {
+            batch_snapshot: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Watch")
+        .into_inner();
+    let mut sizes = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        let event = next(&mut watch).await;
+        if event.kind == EventKind::Synced as i32 {
+            break;
+        }
+        assert_eq!(event.kind, EventKind::Snapshot as i32, "{event:?}");
+        assert!(event.node.is_none(), "the nodes come in `nodes`");
+        sizes.push(event.nodes.len());
+        seen.extend(event.nodes.into_iter().map(|n| n.name));
+    }
+    assert_eq!(sizes, [1000, 1000, 500]);
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        names,
+        "every node once"
+    );
+
+    register(&farm, request("late", ""))
+        .await
+        .expect("register");
+    // Live events follow, one node each (the registered nodes, which never
+    // heartbeat, may change state meanwhile).
+    let joined = loop {
+        let event = next(&mut watch).await;
+        assert!(event.nodes.is_empty(), "{event:?}");
+        if event.kind == EventKind::Joined as i32 {
+            break event;
+        }
+    };
+    assert_eq!(joined.node.map(|n| n.name).as_deref(), Some("late"));
+}
+
 #[tokio::test]
 async fn watch_streams_membership_and_resumes() {
     let farm = Farm::start(0, &[]).await;

@@ -143,7 +143,8 @@ export function startFeeds(signal: AbortSignal): Feeds {
   follow(
     "membership",
     {
-      open: (s) => api.discovery.watch({ fromRevision: farm.revision }, { signal: s }),
+      // Snapshots in batches: 10,000 nodes are 10 messages, not 10,000.
+      open: (s) => api.discovery.watch({ fromRevision: farm.revision, batchSnapshot: true }, { signal: s }),
       message: (event) => {
         farm.apply(event);
         if (bench && farm.synced) bench.syncedAt ??= performance.now();

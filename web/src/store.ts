@@ -109,6 +109,8 @@ export class FarmStore extends EventTarget {
           this.knewBefore = this.nodes.size > 0 || this.revision > 0n;
         }
         if (node) this.incoming.set(node.id, node);
+        // A batched snapshot (`batch_snapshot`): many nodes per event.
+        for (const each of event.nodes) this.incoming.set(each.id, each);
         break;
       case EventKind.SYNCED:
         if (this.incoming !== null) this.adopt(this.incoming);

@@ -84,6 +84,16 @@ test("a fresh snapshot after a gap tells what changed meanwhile, once", () => {
   assert.equal(store.revision, 90n);
 });
 
+test("a batched snapshot carries many nodes per event", () => {
+  const store = new FarmStore();
+  store.apply(create(WatchEventSchema, { revision: 4n, kind: EventKind.SNAPSHOT, nodes: [node("n1", NodeState.HEALTHY), node("n2", NodeState.STARTING)] }));
+  store.apply(create(WatchEventSchema, { revision: 4n, kind: EventKind.SNAPSHOT, nodes: [node("n3", NodeState.HEALTHY)] }));
+  assert.equal(store.nodes.size, 0, "not before SYNCED");
+  store.apply(event(4, EventKind.SYNCED));
+  assert.deepEqual([...store.nodes.keys()].sort(), ["n1", "n2", "n3"]);
+  assert.equal(store.feed.length, 0);
+});
+
 test("RESET starts a new snapshot", () => {
   const store = new FarmStore();
   store.apply(event(5, EventKind.SNAPSHOT, node("n1", NodeState.HEALTHY)));

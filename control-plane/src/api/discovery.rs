@@ -21,6 +21,8 @@ use crate::{
 
 /// Events queued per watcher before it counts as slow.
 const WATCH_QUEUE: usize = 256;
+/// Nodes per SNAPSHOT event when the watcher asks for batches.
+const SNAPSHOT_BATCH: usize = 1000;
 
 /// The Discovery service.
 #[derive(Debug, Clone)]
@@ -41,7 +43,33 @@ fn wire_event(revision: u64, kind: WireKind, node: Option<NodeView>) -> WatchEve
         revision,
         kind: kind.into(),
         node: node.map(node_info),
+        nodes: Vec::new(),
     }
+}
+
+/// The events of a snapshot of `nodes` at `revision`, SYNCED last: one
+/// event per node, or with `batch`, up to [`SNAPSHOT_BATCH`] nodes each.
+fn snapshot_events(revision: u64, nodes: Vec<NodeView>, batch: bool) -> Vec<WatchEvent> {
+    let mut events: Vec<WatchEvent> = if batch {
+        let mut nodes = nodes.into_iter().map(node_info).peekable();
+        std::iter::from_fn(|| {
+            nodes.peek()?;
+            Some(WatchEvent {
+                revision,
+                kind: WireKind::Snapshot.into(),
+                node: None,
+                nodes: nodes.by_ref().take(SNAPSHOT_BATCH).collect(),
+            })
+        })
+        .collect()
+    } else {
+        nodes
+            .into_iter()
+            .map(|node| wire_event(revision, WireKind::Snapshot, Some(node)))
+            .collect()
+    };
+    events.push(wire_event(revision, WireKind::Synced, None));
+    events
 }
 
 fn live_event(event: &Event) -> WatchEvent {
@@ -54,10 +82,12 @@ fn live_event(event: &Event) -> WatchEvent {
 }
 
 /// Feeds one watcher: its starting point, then live events, resetting with
-/// a fresh snapshot whenever it falls too far behind.
+/// a fresh snapshot whenever it falls too far behind; snapshots in batches
+/// when it asked for them.
 async fn feed_watcher(
     members: Members,
     group: String,
+    batch: bool,
     start: WatchStart,
     mut events: broadcast::Receiver<Arc<Event>>,
     tx: mpsc::Sender<Result<WatchEvent, Status>>,
@@ -81,11 +111,7 @@ async fn feed_watcher(
                 }
                 WatchStart::Snapshot(revision, nodes) => {
                     seen = revision;
-                    nodes
-                        .into_iter()
-                        .map(|node| wire_event(revision, WireKind::Snapshot, Some(node)))
-                        .chain([wire_event(revision, WireKind::Synced, None)])
-                        .collect()
+                    snapshot_events(revision, nodes, batch)
                 }
             };
             for event in initial {
@@ -169,6 +195,7 @@ impl Discovery for DiscoveryService {
         tokio::spawn(feed_watcher(
             self.members.clone(),
             request.group,
+            request.batch_snapshot,
             start,
             events,
             tx,

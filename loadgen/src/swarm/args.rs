@@ -58,7 +58,7 @@ pub struct SwarmArgs {
     /// `viewer` does not), from the variable `farm-node --token` reads.
     #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Each heartbeat carries a made-up metrics sample (CPU, memory and
+    /// Each heartbeat carries a simulated metrics sample (CPU, memory and
     /// request rate that drift over time, no latency histogram), so that
     /// dashboards have every node's load to show.
     #[arg(long)]
@@ -117,7 +117,7 @@ pub struct SwarmConfig {
     pub token: Bearer,
     /// Part of every node name, so runs never collide: `swarm-<run_id>-<i>`.
     pub run_id: String,
-    /// Whether heartbeats carry made-up metrics samples.
+    /// Whether heartbeats carry simulated metrics samples.
     pub samples: bool,
 }
 

@@ -242,19 +242,19 @@ struct Beats {
     /// Version of the configuration applied last (0: none).
     applied: u64,
     /// Makes up the samples heartbeats carry, when they carry one.
-    load: Option<MadeUpLoad>,
+    load: Option<SimulatedLoad>,
 }
 
-/// A simulated node's made-up metrics: CPU and request rate that drift
+/// A simulated node's metrics: CPU and request rate that drift
 /// slowly from a starting point of its own, memory that follows the CPU.
 /// Cheap (no histogram), so a swarm of thousands spends nothing on it.
-struct MadeUpLoad {
+struct SimulatedLoad {
     /// Where in the cycle the node starts, from its index.
     phase: u64,
     requests: u64,
 }
 
-impl MadeUpLoad {
+impl SimulatedLoad {
     const LIMIT: u64 = 256 << 20;
 
     fn new(i: usize) -> Self {
@@ -374,7 +374,7 @@ async fn heartbeat(
         seq: 0,
         pending: VecDeque::new(),
         applied: 0,
-        load: ctx.config.samples.then(|| MadeUpLoad::new(i)),
+        load: ctx.config.samples.then(|| SimulatedLoad::new(i)),
     };
     let mut open_at = next_slot(ctx.epoch, phase, interval, Instant::now());
     loop {
@@ -729,7 +729,7 @@ mod tests {
             seq: 0,
             pending: VecDeque::new(),
             applied: 0,
-            load: Some(MadeUpLoad::new(7)),
+            load: Some(SimulatedLoad::new(7)),
         };
         for _ in 0..3 {
             beats.send(&tx, &stats, None);
