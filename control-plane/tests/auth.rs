@@ -97,6 +97,7 @@ const MATRIX: &[(&str, [bool; 3])] = &[
     ("farm.v1.Catalog/Query", [true, true, true]),
     ("farm.v1.Catalog/Get", [true, true, true]),
     ("farm.v1.Catalog/List", [true, true, true]),
+    ("farm.v1.ControlPlane/GetStatus", [true, true, true]),
 ];
 
 fn allowed(method: &str, caller: Caller) -> bool {
@@ -361,6 +362,11 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
             .remove(RemoveRequest {
                 name: "matrix-absent".into(),
             })
+            .await
+            .map(drop),
+        "farm.v1.ControlPlane/GetStatus" => client
+            .control_plane()
+            .get_status(farm_api::v1::GetStatusRequest::default())
             .await
             .map(drop),
         "farm.v1.Catalog/Query" => client

@@ -12,8 +12,8 @@ use farm_api::{
         DiscoverRequest, GetConfigRequest, GetConfigResponse, HistoryRequest, ListNodesRequest,
         NodeActionKind, NodeActionRequest, NodeInfo, NodeState, Peer, PutConfigRequest, WatchEvent,
         WatchRequest, catalog_client::CatalogClient, config_client::ConfigClient,
-        discovery_client::DiscoveryClient, farm_client::FarmClient,
-        load_test_client::LoadTestClient, metrics_client::MetricsClient,
+        control_plane_client::ControlPlaneClient, discovery_client::DiscoveryClient,
+        farm_client::FarmClient, load_test_client::LoadTestClient, metrics_client::MetricsClient,
         registry_client::RegistryClient,
     },
 };
@@ -91,6 +91,10 @@ impl Api {
 
     pub fn catalog(&self) -> CatalogClient<Authed> {
         CatalogClient::with_interceptor(self.channel(), self.bearer.clone())
+    }
+
+    pub fn control_plane(&self) -> ControlPlaneClient<Authed> {
+        ControlPlaneClient::with_interceptor(self.channel(), self.bearer.clone())
     }
 
     /// Every node `ListNodes` shows this caller.
