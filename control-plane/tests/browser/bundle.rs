@@ -6,7 +6,7 @@
 //! origin and no other. One test, because each step needs `web/gen`, which
 //! the first generates from the protos.
 
-use std::{path::Path, process::Command, process::Stdio, time::Duration};
+use std::{path::Path, process::Command, process::Stdio};
 
 use farm_testkit::{
     Farm,
@@ -15,7 +15,7 @@ use farm_testkit::{
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const SHOWN: Duration = Duration::from_secs(30);
+use crate::SHOWN;
 
 /// Runs `program args` in `web/`; panics with its output unless it succeeds.
 fn run_in_web(program: &str, args: &[&str]) -> String {

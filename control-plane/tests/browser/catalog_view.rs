@@ -1,15 +1,13 @@
 //! The catalog in the dashboard: names found by prefix, and a name's
 //! dependencies and dependents, each a link to its own entry.
 
-use std::time::Duration;
-
 use farm_api::v1::IndexRequest;
 use farm_testkit::{
     Farm,
     browser::{Browser, PageOptions},
 };
 
-const SHOWN: Duration = Duration::from_secs(30);
+use crate::SHOWN;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_catalog_is_searched_and_followed_from_the_page() {

@@ -14,8 +14,7 @@ use farm_testkit::{
 };
 use serde_json::json;
 
-/// Long enough for a 2-core machine running other tests beside.
-const SHOWN: Duration = Duration::from_secs(30);
+use crate::{SHOWN, no_problems};
 
 const EDITOR: &str = "textarea[aria-label='Configuration (JSON)']";
 const SAVE: &str = ".editor-section button.save";
@@ -44,12 +43,6 @@ async fn editor_text(page: &Page<'_>) -> String {
     .as_str()
     .unwrap_or_default()
     .to_owned()
-}
-
-/// The page must not have logged errors or thrown.
-async fn no_problems(page: &Page<'_>) {
-    let problems = page.problems().await;
-    assert!(problems.is_empty(), "the page had problems: {problems:#?}");
 }
 
 fn versions(nodes: &[NodeInfo]) -> Vec<(String, u64)> {

@@ -24,19 +24,7 @@ use tokio::{
     task::JoinSet,
 };
 
-/// Long enough for a 2-core machine running other tests beside.
-const SHOWN: Duration = Duration::from_secs(30);
-
-/// Waits until the header says the page is live.
-async fn live(page: &Page<'_>) {
-    page.wait_text(".link", "live", SHOWN).await;
-}
-
-/// The page must not have logged errors or thrown.
-async fn no_problems(page: &Page<'_>) {
-    let problems = page.problems().await;
-    assert!(problems.is_empty(), "the page had problems: {problems:#?}");
-}
+use crate::{SHOWN, live, no_problems};
 
 /// What the feed says of `node` (by name), oldest first: each event's
 /// sentence.

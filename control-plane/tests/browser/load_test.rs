@@ -16,17 +16,7 @@ use farm_testkit::{
 };
 use tonic::Code;
 
-/// Long enough for a 2-core machine running other tests beside.
-const SHOWN: Duration = Duration::from_secs(30);
-
-async fn live(page: &Page<'_>) {
-    page.wait_text(".link", "live", SHOWN).await;
-}
-
-async fn no_problems(page: &Page<'_>) {
-    let problems = page.problems().await;
-    assert!(problems.is_empty(), "the page had problems: {problems:#?}");
-}
+use crate::{SHOWN, live, no_problems};
 
 /// Fills the form's main fields: an open loop at `rate` for `seconds`.
 async fn open_loop(page: &Page<'_>, rate: &str, seconds: &str) {

@@ -21,3 +21,22 @@ mod config_editor;
 mod dashboard;
 mod load_test;
 mod origins;
+
+use std::time::Duration;
+
+use farm_testkit::browser::Page;
+
+/// How long a page may take to show something: long enough for a 2-core
+/// machine running other tests beside.
+pub(crate) const SHOWN: Duration = Duration::from_secs(30);
+
+/// Waits until the header says the page is live.
+pub(crate) async fn live(page: &Page<'_>) {
+    page.wait_text(".link", "live", SHOWN).await;
+}
+
+/// The page must not have logged errors or thrown.
+pub(crate) async fn no_problems(page: &Page<'_>) {
+    let problems = page.problems().await;
+    assert!(problems.is_empty(), "the page had problems: {problems:#?}");
+}
