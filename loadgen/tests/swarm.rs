@@ -120,13 +120,13 @@ async fn a_thousand_nodes_register_heartbeat_and_leave() {
     assert_eq!(report.errors(), 0, "{report:#?}");
     assert!(!report.interrupted);
     assert!((report.duration_s - 2.0).abs() < 0.5, "{report:#?}");
-    // 4 beats a second each for 2 s would be about 8000; a busy machine
-    // sends fewer (the rate is the benchmark's to measure, not this
-    // test's), but every node beats more than once, and every beat is
-    // acknowledged but the few in flight at the end.
+    // 4 beats a second each for 2 s would be about 8000 sent, nearly all
+    // acknowledged; a busy machine sends fewer and has more in flight at
+    // the end (the rate is the benchmark's to measure, not this test's).
+    // Every node beats, and is answered, more than once.
     assert!(report.heartbeats_sent >= 2 * 1000, "{report:#?}");
     assert!(
-        report.heartbeats_acked + 1000 >= report.heartbeats_sent,
+        report.heartbeats_acked >= 2 * 1000 && report.heartbeats_acked <= report.heartbeats_sent,
         "{report:#?}"
     );
     for p in [&report.heartbeat_rtt_us, &report.register_us] {
