@@ -410,11 +410,7 @@ async fn watch_metrics_sends_one_snapshot_per_interval() {
     let mut snapshots = Vec::new();
     let mut arrivals = Vec::new();
     while snapshots.len() < 6 {
-        let snapshot = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("a snapshot within 5 s")
-            .expect("stream open")
-            .expect("snapshot");
+        let snapshot = next_snapshot(&mut stream).await;
         snapshots.push(snapshot);
         arrivals.push(started.elapsed());
     }
@@ -509,11 +505,7 @@ async fn twenty_watchers_share_snapshots_and_loads_list_every_node() {
     let seen = futures::future::join_all(streams.iter_mut().map(|stream| async move {
         let mut snapshots = Vec::new();
         for _ in 0..4 {
-            let snapshot = tokio::time::timeout(Duration::from_secs(5), stream.next())
-                .await
-                .expect("a snapshot within 5 s")
-                .expect("stream open")
-                .expect("snapshot");
+            let snapshot = next_snapshot(stream).await;
             snapshots.push(snapshot);
         }
         snapshots
@@ -1177,4 +1169,15 @@ async fn watch_metrics_streams_over_grpc_web() {
         assert_eq!((snapshot.nodes, snapshot.reporting_nodes), (1, 1));
         close(snapshot.cpu_percent_avg, 12.0, "cpu");
     }
+}
+
+/// The next snapshot of a `WatchMetrics` stream, within 5 s.
+async fn next_snapshot(
+    stream: &mut tonic::Streaming<farm_api::v1::FarmMetrics>,
+) -> farm_api::v1::FarmMetrics {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a snapshot within 5 s")
+        .expect("stream open")
+        .expect("snapshot")
 }

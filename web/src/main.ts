@@ -98,7 +98,7 @@ async function session(): Promise<Session> {
 }
 
 /** The badge telling whether what the page shows is live, and the banner saying why not. */
-function connectionState(): { badge: HTMLElement; banner: HTMLElement } {
+function connectionState(signal: AbortSignal): { badge: HTMLElement; banner: HTMLElement } {
   const badge = h("span", { class: "link", role: "status", "aria-live": "polite" });
   const banner = h("div", { class: "banner", hidden: true, role: "alert" });
   const show = () => {
@@ -132,8 +132,9 @@ function connectionState(): { badge: HTMLElement; banner: HTMLElement } {
         break;
     }
   };
-  connection.addEventListener("change", show);
-  setInterval(show, 1000);
+  connection.addEventListener("change", show, { signal });
+  const timer = setInterval(show, 1000);
+  signal.addEventListener("abort", () => clearInterval(timer), { once: true });
   show();
   return { badge, banner };
 }
@@ -150,7 +151,7 @@ function start(current: Session): void {
     nav.append(link);
     views.set(section.id, { view: null, link, make: section.make });
   }
-  const { badge, banner } = connectionState();
+  const { badge, banner } = connectionState(stop.signal);
   const signOut = current.status.tokensRequired
     ? h(
         "button",
@@ -203,14 +204,16 @@ function start(current: Session): void {
 
   // A stream refused for its token (the control plane's tokens changed):
   // sign in again.
-  connection.addEventListener("change", () => {
+  // Listeners of this start end with it, so a new sign-in adds no second one.
+  const refused = () => {
     const state = connection.overall();
     if (state.kind === "refused" && state.code === Code.Unauthenticated) {
       stop.abort();
       setToken(null);
       void boot(`The control plane no longer accepts this page's token. ${state.reason}`);
     }
-  });
+  };
+  connection.addEventListener("change", refused, { signal: stop.signal });
 }
 
 async function boot(problem = ""): Promise<void> {
