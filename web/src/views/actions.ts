@@ -268,9 +268,11 @@ export function actionsPanel(context: ViewContext, selection: () => string[]): A
     else if (session.canAct) apply.title = "";
   };
   selectionChanged();
-  void api.farm.listNodes({}).then(
-    (response) => {
-      if (scaleInput.value === "") scaleInput.value = String(response.desired);
+  // The farm's size from the status, not from ListNodes: at 10,000 nodes
+  // that would fetch and decode every node again beside the membership feed.
+  void api.controlPlane.getStatus({}).then(
+    (status) => {
+      if (scaleInput.value === "") scaleInput.value = String(status.desiredNodes);
     },
     () => {},
   );
