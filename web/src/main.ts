@@ -66,18 +66,20 @@ function signIn(problem: string): Promise<void> {
   });
 }
 
-/** Learns who this page is, asking for a token as long as needed. */
-async function session(): Promise<Session> {
+/** Learns who this page is, asking for a token as long as needed; and whether it asked. */
+async function session(): Promise<{ current: Session; askedForToken: boolean }> {
   const backoff = new Backoff();
   let problem = "";
+  let askedForToken = false;
   for (;;) {
     try {
-      return new Session(await api.controlPlane.getStatus({}));
+      return { current: new Session(await api.controlPlane.getStatus({})), askedForToken };
     } catch (error) {
       const code = codeOf(error);
       if (code === Code.Unauthenticated) {
         problem = token() === null ? "" : `That token was refused. ${describe(error)}`;
         setToken(null);
+        askedForToken = true;
         await signIn(problem);
         continue;
       }
@@ -139,9 +141,8 @@ function connectionState(signal: AbortSignal): { badge: HTMLElement; banner: HTM
   return { badge, banner };
 }
 
-function start(current: Session): void {
-  const stop = new AbortController();
-  const feeds: Feeds = startFeeds(stop.signal);
+/** Shows the page for `current`, on `feeds`, until `stop` aborts. */
+function start(current: Session, feeds: Feeds, stop: AbortController): void {
   const context: ViewContext = { session: current, feeds, signal: stop.signal };
   const main = h("main", { id: "main" });
   const nav = h("nav", { "aria-label": "Sections" });
@@ -218,7 +219,19 @@ function start(current: Session): void {
 
 async function boot(problem = ""): Promise<void> {
   if (problem) await signIn(problem);
-  start(await session());
+  // The streams open beside the status call, not after its answer: at
+  // 10,000 nodes the membership is what the page waits for longest. When
+  // the call asked for a token instead, they were refused, and start again
+  // with the token.
+  let stop = new AbortController();
+  let feeds = startFeeds(stop.signal);
+  const { current, askedForToken } = await session();
+  if (askedForToken) {
+    stop.abort();
+    stop = new AbortController();
+    feeds = startFeeds(stop.signal);
+  }
+  start(current, feeds, stop);
 }
 
 void boot();
