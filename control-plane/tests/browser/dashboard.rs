@@ -169,6 +169,111 @@ async fn a_node_killed_from_the_page_is_replaced_and_the_feed_shows_it() {
     no_problems(&page).await;
 }
 
+/// Reads a cell of the heat map back from its canvas: the colour of cell
+/// `index` (cells run in name order, 9 px with a 1 px gap, row after row),
+/// and the colours the page's CSS variables paint, all as `[r, g, b]`.
+const HEAT_CELL: &str = r#"([index, variables]) => {
+  const canvas = document.querySelector("canvas.heatmap");
+  if (!canvas || canvas.width === 0 || canvas.clientWidth === 0) return null;
+  const ratio = canvas.width / canvas.clientWidth;
+  const perRow = Math.max(1, Math.floor((canvas.clientWidth + 1) / 10));
+  const x = (index % perRow) * 10 + 4, y = Math.floor(index / perRow) * 10 + 4;
+  const rgb = (data) => [data[0], data[1], data[2]];
+  const cell = rgb(canvas.getContext("2d").getImageData(Math.round(x * ratio), Math.round(y * ratio), 1, 1).data);
+  const probe = document.createElement("canvas").getContext("2d");
+  const css = getComputedStyle(document.documentElement);
+  const colours = {};
+  for (const name of variables) {
+    probe.clearRect(0, 0, 1, 1);
+    probe.fillStyle = css.getPropertyValue(name).trim();
+    probe.fillRect(0, 0, 1, 1);
+    colours[name] = rgb(probe.getImageData(0, 0, 1, 1).data);
+  }
+  return { cell, colours };
+}"#;
+
+/// The heat map's colours: a healthy node's load, then a node's state.
+const HEAT: [&str; 5] = ["--heat-0", "--heat-1", "--heat-2", "--heat-3", "--heat-4"];
+const UNHEALTHY: &str = "--state-unhealthy";
+
+/// Which of [`HEAT`] or [`UNHEALTHY`] cell `index` of the heat map shows,
+/// or what it shows instead.
+async fn heat_cell(page: &Page<'_>, index: usize) -> Result<&'static str, String> {
+    let value = page
+        .evaluate(
+            HEAT_CELL,
+            serde_json::json!([index, HEAT.iter().chain([&UNHEALTHY]).collect::<Vec<_>>()]),
+        )
+        .await;
+    let cell = &value["cell"];
+    HEAT.iter()
+        .chain([&UNHEALTHY])
+        .find(|name| !cell.is_null() && value["colours"][**name] == *cell)
+        .copied()
+        .ok_or_else(|| format!("cell {index} shows {value}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_heat_map_shows_a_node_going_down_and_back() {
+    let test = "the_heat_map_shows_a_node_going_down_and_back";
+    let Some(browser) = Browser::launch(test).await else {
+        return;
+    };
+    let farm = Farm::start(3, &[]).await;
+    farm.wait_healthy(3, Duration::from_secs(30)).await;
+    let page = browser
+        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
+        .await;
+    live(&page).await;
+    page.wait_count(".card[data-state='healthy']", 3, SHOWN)
+        .await;
+    page.select("select[aria-label='Layout']", "heatmap").await;
+    page.wait_for("canvas.heatmap", SHOWN).await;
+    // Cells in name order: node-001, node-002, node-003.
+    let healthy_cells = || async {
+        let mut shown = Vec::new();
+        for index in 0..3 {
+            shown.push(heat_cell(&page, index).await?);
+        }
+        if shown.iter().all(|c| HEAT.contains(c)) {
+            Ok(())
+        } else {
+            Err(format!("{shown:?}"))
+        }
+    };
+    eventually("three cells coloured by load", SHOWN, healthy_cells).await;
+
+    // A paused node turns unhealthy: its cell alone changes colour.
+    farm.act("node-002", NodeActionKind::Pause)
+        .await
+        .expect("pause node-002");
+    eventually("node-002's cell unhealthy", SHOWN, || async {
+        let shown = [
+            heat_cell(&page, 0).await?,
+            heat_cell(&page, 1).await?,
+            heat_cell(&page, 2).await?,
+        ];
+        match shown {
+            [a, UNHEALTHY, c] if HEAT.contains(&a) && HEAT.contains(&c) => Ok(()),
+            _ => Err(format!("{shown:?}")),
+        }
+    })
+    .await;
+    page.screenshot("heat-map-unhealthy").await;
+
+    farm.act("node-002", NodeActionKind::Unpause)
+        .await
+        .expect("unpause node-002");
+    eventually(
+        "node-002's cell coloured by load again",
+        SHOWN,
+        healthy_cells,
+    )
+    .await;
+    page.screenshot("heat-map").await;
+    no_problems(&page).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_viewer_sees_disabled_actions_and_a_forced_call_is_refused() {
     let test = "a_viewer_sees_disabled_actions";

@@ -46,6 +46,14 @@ function cellColor(state: NodeState, cpuPercent: number, heatLevels: number): nu
   return 1 + Math.max(0, level);
 }
 
+/** Whether two lists hold the same nodes in the same order (the cells did not move). */
+function sameOrder(a: readonly NodeInfo[] | null, b: readonly NodeInfo[]): boolean {
+  if (a === b) return true;
+  if (a === null || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i]?.id !== b[i]?.id) return false;
+  return true;
+}
+
 /** Where each state other than healthy has its colour, after the heat levels. */
 const STATE_SLOTS = new Map<NodeState, number>([
   [NodeState.STARTING, 0],
@@ -264,8 +272,16 @@ export function nodesView(context: ViewContext): View {
   };
 
   let colors: Palette | null = null;
+  /** Each cell's colour this draw, and as last painted (NONE: not painted). */
   let cellColors = new Uint8Array(0);
+  let painted = new Uint8Array(0);
+  /** What the painted cells assume: canvas size, cells per row, palette, order. */
+  let paintedFor = "";
+  let paintedOrder: readonly NodeInfo[] | null = null;
+  /** Nodes outlined as selected in the last paint. */
+  let paintedSelection = 0;
   let perRow = 1;
+  const NONE = 255;
   const drawHeatmap = () => {
     if (grid.firstChild !== heat) {
       replace(grid, heat, legend);
@@ -288,23 +304,42 @@ export function nodesView(context: ViewContext): View {
     const g = canvas.getContext("2d");
     if (!g) return;
     g.setTransform(ratio, 0, 0, ratio, 0, 0);
-    g.clearRect(0, 0, width, cssHeight);
-    // One fill per colour: far fewer state changes than one per cell. The
-    // cells' colours first (no allocation per cell), then each colour's
-    // cells.
+    // A 1 Hz update changes few cells (a load crossing a level, a node
+    // changing state): only those are painted again, unless the cells moved
+    // (membership, filter, size, palette) or a selection is outlined.
+    const layout = `${canvas.width}x${canvas.height}/${perRow}/${colors.colors.join()}`;
+    const sameCells = layout === paintedFor && sameOrder(paintedOrder, shown) && selected.size === 0 && paintedSelection === 0;
+    if (!sameCells) {
+      g.clearRect(0, 0, width, cssHeight);
+      if (painted.length < shown.length) painted = new Uint8Array(shown.length * 2);
+      painted.fill(NONE);
+      paintedFor = layout;
+      paintedOrder = shown;
+    }
+    // The cells' colours first (no allocation per cell), then one fill
+    // per colour: far fewer state changes than one per cell.
     const { colors: fills, heatLevels } = colors;
     if (cellColors.length < shown.length) cellColors = new Uint8Array(shown.length * 2);
     const loads = metrics.loads;
+    let changed = 0;
     for (let i = 0; i < shown.length; i++) {
       const node = shown[i] as NodeInfo;
-      cellColors[i] = cellColor(node.state, loads.cpuAt(loads.indexOf(node.id)), heatLevels);
+      const color = cellColor(node.state, loads.cpuAt(loads.indexOf(node.id)), heatLevels);
+      cellColors[i] = color;
+      if (painted[i] !== color) changed += 1;
     }
-    for (let c = 0; c < fills.length; c++) {
-      g.fillStyle = fills[c] as string;
-      for (let i = 0; i < shown.length; i++) {
-        if (cellColors[i] === c) g.fillRect((i % perRow) * (CELL + GAP), Math.floor(i / perRow) * (CELL + GAP), CELL, CELL);
+    if (changed > 0) {
+      for (let c = 0; c < fills.length; c++) {
+        g.fillStyle = fills[c] as string;
+        for (let i = 0; i < shown.length; i++) {
+          if (cellColors[i] === c && painted[i] !== c) {
+            g.fillRect((i % perRow) * (CELL + GAP), Math.floor(i / perRow) * (CELL + GAP), CELL, CELL);
+            painted[i] = c;
+          }
+        }
       }
     }
+    paintedSelection = selected.size;
     if (selected.size > 0) {
       g.strokeStyle = colors.selected;
       g.lineWidth = 1;
