@@ -1,6 +1,9 @@
 // Builds the dashboard with esbuild: src/main.ts (and the CSS it imports)
 // into one folder of static files, named by their content's hash, and an
 // index.html naming them. The control plane embeds dist/ and serves it at /.
+// The code of what the page does not show at start (the sections loaded
+// with import(), uPlot) goes into chunks of its own, fetched when needed;
+// the budget counts every chunk.
 //
 //   node build.mjs               build into dist/ (what is committed)
 //   node build.mjs --out DIR     build into DIR instead (the test that keeps
@@ -42,6 +45,8 @@ function options(api) {
     entryPoints: [path.join(here, "src/main.ts")],
     bundle: true,
     format: "esm",
+    splitting: true,
+    chunkNames: "[name]-[hash]",
     target: ["chrome110", "firefox115", "safari16"],
     minify: true,
     sourcemap: false,
@@ -52,7 +57,7 @@ function options(api) {
   };
 }
 
-function page(script, style) {
+function page(script, style, preload = []) {
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -62,7 +67,7 @@ function page(script, style) {
 <title>farm</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="${style}">
-<script type="module" src="${script}"></script>
+${preload.map((chunk) => `<link rel="modulepreload" href="${chunk}">\n`).join("")}<script type="module" src="${script}"></script>
 </head>
 <body>
 <div id="app"><p style="padding:2rem">Loading the farm's dashboard…</p></div>
@@ -81,11 +86,27 @@ async function build(out) {
     entryNames: "[name]-[hash]",
     metafile: true,
   });
-  const outputs = Object.keys(result.metafile.outputs).map((file) => path.basename(file));
-  const script = outputs.find((file) => file.endsWith(".js"));
-  const style = outputs.find((file) => file.endsWith(".css"));
-  if (!script || !style) throw new Error(`esbuild wrote ${outputs.join(", ")}: expected one .js and one .css`);
-  writeFileSync(path.join(out, "index.html"), page(`/${script}`, `/${style}`));
+  const outputs = Object.entries(result.metafile.outputs);
+  const script = outputs.find(([file, output]) => file.endsWith(".js") && output.entryPoint !== undefined);
+  const styles = outputs.filter(([file]) => file.endsWith(".css"));
+  if (!script || styles.length !== 1) {
+    throw new Error(`esbuild wrote ${outputs.map(([file]) => file).join(", ")}: expected an entry .js and one .css`);
+  }
+  const entry = path.basename(script[0]);
+  const style = path.basename(styles[0][0]);
+  // The chunks the entry imports statically are fetched beside it, not
+  // after it has been read.
+  const preload = [];
+  const visit = (output) => {
+    for (const imported of output.imports) {
+      const chunk = `/${path.basename(imported.path)}`;
+      if (imported.kind !== "import-statement" || preload.includes(chunk)) continue;
+      preload.push(chunk);
+      visit(result.metafile.outputs[imported.path]);
+    }
+  };
+  visit(script[1]);
+  writeFileSync(path.join(out, "index.html"), page(`/${entry}`, `/${style}`, preload));
   let scripts = 0;
   for (const file of readdirSync(out).sort()) {
     const bytes = readFileSync(path.join(out, file));

@@ -143,6 +143,24 @@ async fn the_dashboard_is_served_compressed_and_cached() {
         zipped.body.len(),
         plain.body.len()
     );
+
+    // The chunks the script imports, which the page fetches beside it.
+    let chunks: Vec<&str> = html
+        .split(r#"<link rel="modulepreload" href=""#)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(!chunks.is_empty(), "the page preloads its chunks: {html}");
+    for chunk in chunks {
+        let served = get(farm.addr, chunk, &host).await;
+        assert_eq!(served.status, 200, "{chunk}");
+        assert_eq!(served.header("content-type"), Some("text/javascript"));
+        assert_eq!(
+            served.header("cache-control"),
+            Some("max-age=31536000, immutable"),
+            "{chunk}"
+        );
+    }
 }
 
 #[tokio::test]

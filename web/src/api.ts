@@ -8,12 +8,9 @@ import { Code, ConnectError, createClient, type Client, type Interceptor } from 
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import type { DescService } from "@bufbuild/protobuf";
 
-import { Catalog } from "../gen/farm/v1/catalog_pb";
-import { Config } from "../gen/farm/v1/config_pb";
 import { ControlPlane } from "../gen/farm/v1/control_plane_pb";
 import { Discovery } from "../gen/farm/v1/discovery_pb";
 import { Farm } from "../gen/farm/v1/farm_pb";
-import { LoadTest } from "../gen/farm/v1/loadtest_pb";
 import { Metrics } from "../gen/farm/v1/metrics_pb";
 
 const TOKEN_KEY = "farm.token";
@@ -48,18 +45,21 @@ const transport = createGrpcWebTransport({
   interceptors: [bearer],
 });
 
-function client<T extends DescService>(service: T): Client<T> {
+/** A client of `service` on the control plane, with this tab's token. */
+export function client<T extends DescService>(service: T): Client<T> {
   return createClient(service, transport);
 }
 
+/**
+ * The services every section uses. The configuration, load test and
+ * catalog sections make their own clients (`client`): their code, and
+ * their services' descriptions, load only when they are first shown.
+ */
 export const api = {
   controlPlane: client(ControlPlane),
   discovery: client(Discovery),
   farm: client(Farm),
-  config: client(Config),
   metrics: client(Metrics),
-  loadTest: client(LoadTest),
-  catalog: client(Catalog),
 };
 
 /** The gRPC code of a failed call (UNKNOWN for anything that is not one). */

@@ -1,9 +1,21 @@
 // Time series and percentile plots drawn by uPlot (a canvas chart library
 // of about 50 KB that draws hundreds of thousands of points smoothly). The
 // charts follow their container's width and the page's colour scheme.
+//
+// uPlot loads with the first chart, not with the page: the node grid, where
+// a page of 10,000 nodes spends its first second, draws none. Its styles
+// are in the page's stylesheet (main.ts imports them).
 
-import uPlot from "uplot";
-import "uplot/dist/uPlot.min.css";
+import type uPlot from "uplot";
+
+type UPlot = typeof uPlot;
+let library: Promise<UPlot> | null = null;
+
+/** uPlot, fetched once. */
+function loadLibrary(): Promise<UPlot> {
+  library ??= import("uplot").then((module) => module.default);
+  return library;
+}
 
 export interface LineSpec {
   label: string;
@@ -35,15 +47,36 @@ function cssColor(variable: string): string {
   return getComputedStyle(document.documentElement).getPropertyValue(variable).trim() || "#888";
 }
 
-/** A chart in `container`; call `set` with columns (x first) to draw. */
+/**
+ * A chart in `container`; call `set` with columns (x first) to draw. It
+ * draws once uPlot has loaded (at once after the first chart), with the
+ * latest columns given meanwhile.
+ */
 export class Chart {
-  private readonly plot: uPlot;
-  private readonly resize: ResizeObserver;
+  private plot: uPlot | null = null;
+  private resize: ResizeObserver | null = null;
+  private pending: (number | null)[][] | null = null;
+  private destroyed = false;
 
   constructor(
     readonly container: HTMLElement,
     spec: ChartSpec,
   ) {
+    loadLibrary().then(
+      (UPlot) => {
+        if (!this.destroyed) this.create(UPlot, spec);
+      },
+      (error: unknown) => {
+        // The chart's code could not be fetched: most often the control
+        // plane was upgraded under an open page.
+        container.textContent = `This chart could not load (${error instanceof Error ? error.message : String(error)}). Reload the page.`;
+        container.classList.add("error");
+      },
+    );
+  }
+
+  private create(UPlot: UPlot, spec: ChartSpec): void {
+    const container = this.container;
     const axisColor = cssColor("--muted");
     const gridColor = cssColor("--grid");
     const percentile = spec.x === "percentile";
@@ -128,28 +161,37 @@ export class Chart {
         })),
       ],
     };
-    this.plot = new uPlot(options, [[], ...spec.lines.map(() => [])], container);
+    const plot = new UPlot(options, [[], ...spec.lines.map(() => [])], container);
+    this.plot = plot;
     this.resize = new ResizeObserver(() => {
       const width = Math.max(200, container.clientWidth);
-      if (width !== this.plot.width) this.plot.setSize({ width, height: this.plot.height });
+      if (width !== plot.width) plot.setSize({ width, height: plot.height });
     });
     this.resize.observe(container);
+    if (this.pending) this.set(this.pending);
+    this.pending = null;
   }
 
   /** Draws `columns`: x values first, then one column per line. */
   set(columns: (number | null)[][]): void {
-    this.plot.setData(columns as uPlot.AlignedData);
+    const plot = this.plot;
+    if (plot === null) {
+      this.pending = columns;
+      return;
+    }
+    plot.setData(columns as uPlot.AlignedData);
     // A chart drawn once (a report) shows its latest values too: uPlot's
     // first draw may come before its legend is ready for them.
     requestAnimationFrame(() => {
-      const last = this.plot.data[0].length - 1;
-      if (last >= 0 && this.plot.cursor.idx == null) this.plot.setLegend({ idx: last }, false);
+      const last = plot.data[0].length - 1;
+      if (last >= 0 && plot.cursor.idx == null) plot.setLegend({ idx: last }, false);
     });
   }
 
   destroy(): void {
-    this.resize.disconnect();
-    this.plot.destroy();
+    this.destroyed = true;
+    this.resize?.disconnect();
+    this.plot?.destroy();
   }
 }
 

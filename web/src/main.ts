@@ -6,6 +6,11 @@
 // page asks for a token, which it keeps in sessionStorage for this tab.
 
 import "./style.css";
+// Every stylesheet loads with the page, those of the sections that load
+// later too: only their code waits (a section then shows styled at once).
+import "uplot/dist/uPlot.min.css";
+import "./views/config.css";
+import "./views/loadtest.css";
 
 import { Code } from "@connectrpc/connect";
 
@@ -16,21 +21,20 @@ import { clock, duration } from "./format";
 import { h, replace, text } from "./dom";
 import { connection } from "./live";
 import { Session } from "./session";
-import { catalogView } from "./views/catalog";
-import { configView } from "./views/config";
 import { eventsView } from "./views/events";
-import { loadTestView } from "./views/loadtest";
 import { nodesView } from "./views/nodes";
 import { overviewView } from "./views/overview";
-import type { View, ViewContext } from "./views/view";
+import { lazyView, type View, type ViewContext } from "./views/view";
 
 const SECTIONS: { id: string; title: string; make: (context: ViewContext) => View }[] = [
   { id: "overview", title: "Overview", make: overviewView },
   { id: "nodes", title: "Nodes", make: nodesView },
   { id: "events", title: "Events & groups", make: eventsView },
-  { id: "config", title: "Configuration", make: configView },
-  { id: "catalog", title: "Catalog", make: catalogView },
-  { id: "loadtest", title: "Load test", make: loadTestView },
+  // These three, with the JSON editor, the diff and the load test's code,
+  // load when first opened.
+  { id: "config", title: "Configuration", make: (c) => lazyView(() => import("./views/config").then((m) => m.configView(c))) },
+  { id: "catalog", title: "Catalog", make: (c) => lazyView(() => import("./views/catalog").then((m) => m.catalogView(c))) },
+  { id: "loadtest", title: "Load test", make: (c) => lazyView(() => import("./views/loadtest").then((m) => m.loadTestView(c))) },
 ];
 
 const root = document.getElementById("app") ?? document.body;

@@ -2,10 +2,14 @@
 // time), and one name's dependencies and dependents (`Catalog.Get`), each a
 // link to its own entry (#catalog/NAME).
 
-import { api, describe } from "../api";
+import { Catalog } from "../../gen/farm/v1/catalog_pb";
+import { client, describe } from "../api";
 import { h, replace, text } from "../dom";
 import * as format from "../format";
 import type { View, ViewContext } from "./view";
+
+/** This section's service (its client loads with the section). */
+const catalogApi = client(Catalog);
 
 const PAGE = 100;
 
@@ -37,7 +41,7 @@ export function catalogView(_context: ViewContext): View {
     const mine = fresh ? ++generation : generation;
     if (fresh) token = "";
     try {
-      const response = await api.catalog.list({ prefix: search.value.trim(), pageToken: token, pageSize: PAGE });
+      const response = await catalogApi.list({ prefix: search.value.trim(), pageToken: token, pageSize: PAGE });
       if (mine !== generation) return;
       problem.hidden = true;
       if (fresh) names.replaceChildren();
@@ -63,7 +67,7 @@ export function catalogView(_context: ViewContext): View {
   const show = async (name: string) => {
     replace(entry, h("p", { class: "muted" }, `Loading ${name}…`));
     try {
-      const got = await api.catalog.get({ name });
+      const got = await catalogApi.get({ name });
       const listOf = (items: string[], none: string) =>
         items.length ? h("ul", { class: "names" }, ...[...items].sort().map((n) => h("li", {}, link(n)))) : h("p", { class: "muted" }, none);
       replace(

@@ -8,14 +8,12 @@
 // diffs between any two versions (`Config.Diff`) and rollback, and a
 // node's effective configuration (`Config.GetEffectiveConfig`).
 
-import "./config.css";
-
 import { toJson } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { timestampDate, ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 
-import { ChangeKind, type ConfigEvent, type ConfigVersion } from "../../gen/farm/v1/config_pb";
-import { api, cancelled, codeOf, describe } from "../api";
+import { ChangeKind, Config, type ConfigEvent, type ConfigVersion } from "../../gen/farm/v1/config_pb";
+import { client, cancelled, codeOf, describe } from "../api";
 import { Backoff, sleep } from "../backoff";
 import {
   appliedVersions,
@@ -37,6 +35,9 @@ import { h, replace, table, text } from "../dom";
 import * as format from "../format";
 import { confirmAction } from "./actions";
 import { frameScheduler, type View, type ViewContext } from "./view";
+
+/** This section's service (its client loads with the section). */
+const configApi = client(Config);
 
 /** Versions of the history shown at a time. */
 const HISTORY_PAGE = 50;
@@ -395,7 +396,7 @@ export function configView(context: ViewContext): View {
     setSave();
     replace(saveResult, h("p", { class: "muted" }, `Saving onto version ${expected}…`));
     try {
-      const response = await api.config.putConfig({ scope: target, data: value, expectedVersion: expected });
+      const response = await configApi.putConfig({ scope: target, data: value, expectedVersion: expected });
       if (target !== scope || !draft) return;
       draft.saved(doc(target, response.version, value, new Date(), ""));
       refusal = "";
@@ -408,7 +409,7 @@ export function configView(context: ViewContext): View {
         refusal = describe(error);
         replace(saveResult);
         try {
-          const current = await api.config.getConfig({ scope: target });
+          const current = await configApi.getConfig({ scope: target });
           const fresh = doc(current.scope, current.version, current.data, current.updatedAt ? timestampDate(current.updatedAt) : undefined, current.role);
           const seen = draft.seen(fresh);
           if (seen === "adopted") {
@@ -472,7 +473,7 @@ export function configView(context: ViewContext): View {
         const opened = Date.now();
         try {
           const known = draft ? (draft.newer?.version ?? draft.base.version) : 0n;
-          for await (const event of api.config.watchConfig({ scope: watched, fromVersion: known }, { signal: stop.signal })) {
+          for await (const event of configApi.watchConfig({ scope: watched, fromVersion: known }, { signal: stop.signal })) {
             backoff.reset();
             watchNote.hidden = true;
             if (watched !== scope || !draft) return;
@@ -521,7 +522,7 @@ export function configView(context: ViewContext): View {
     const mine = ++generation;
     text(status, `Loading ${given.trim()}…`);
     try {
-      const response = await api.config.getConfig({ scope: given.trim() });
+      const response = await configApi.getConfig({ scope: given.trim() });
       if (mine !== generation) return;
       scope = response.scope;
       scopeInput.value = scope;
@@ -563,7 +564,7 @@ export function configView(context: ViewContext): View {
     const target = scope;
     try {
       const before = older && history.length ? (history[history.length - 1] as ConfigVersion).version : 0n;
-      const response = await api.config.history({ scope: target, limit: HISTORY_PAGE, beforeVersion: before });
+      const response = await configApi.history({ scope: target, limit: HISTORY_PAGE, beforeVersion: before });
       if (target !== scope) return;
       history = older ? [...history, ...response.versions] : response.versions;
       historyComplete = response.versions.length < HISTORY_PAGE;
@@ -611,7 +612,7 @@ export function configView(context: ViewContext): View {
       return;
     }
     try {
-      const response = await api.config.rollback({ scope, version: version.version, expectedVersion: current });
+      const response = await configApi.rollback({ scope, version: version.version, expectedVersion: current });
       replace(rollbackResult, h("p", { class: "ok", role: "status" }, `Rolled back: version ${response.version} holds version ${version.version}'s data.`));
       pick = null;
       picked = false;
@@ -684,7 +685,7 @@ export function configView(context: ViewContext): View {
     replace(compareBox, h("p", { class: "muted" }, `Comparing versions ${a} and ${b}…`));
     try {
       const [response, older, newer] = await Promise.all([
-        api.config.diff({ scope: target, fromVersion: a, toVersion: b }),
+        configApi.diff({ scope: target, fromVersion: a, toVersion: b }),
         documentOf(target, a),
         documentOf(target, b),
       ]);
@@ -714,7 +715,7 @@ export function configView(context: ViewContext): View {
     if (version === 0n) return printJson({});
     const known = history.find((v) => v.version === version);
     if (known) return printJson(known.data ?? {});
-    const response = await api.config.history({ scope: target, limit: 1, beforeVersion: version + 1n });
+    const response = await configApi.history({ scope: target, limit: 1, beforeVersion: version + 1n });
     const found = response.versions[0];
     if (!found || found.version !== version) throw new Error(`version ${version} is not in ${target}'s history`);
     return printJson(found.data ?? {});
@@ -805,7 +806,7 @@ export function configView(context: ViewContext): View {
     }
     replace(effectiveBox, h("p", { class: "muted" }, `Reading ${given}'s effective configuration…`));
     try {
-      const response = await api.config.getEffectiveConfig({ nodeId: given });
+      const response = await configApi.getEffectiveConfig({ nodeId: given });
       const node = [...farm.nodes.values()].find((n) => n.id === given || n.name === given);
       const applied = node
         ? node.configVersion >= response.version

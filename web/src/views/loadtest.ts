@@ -9,10 +9,8 @@
 // a run whose caller left, and sends no report then, so the page keeps the
 // last progress it received.
 
-import "./loadtest.css";
-
-import type { LoadTestReport, LoadTestRequest, LoadTestStarted } from "../../gen/farm/v1/loadtest_pb";
-import { api, cancelled, codeOf, describe } from "../api";
+import { LoadTest, type LoadTestReport, type LoadTestRequest, type LoadTestStarted } from "../../gen/farm/v1/loadtest_pb";
+import { client, cancelled, codeOf, describe } from "../api";
 import { Chart, percentileX } from "../chart";
 import { h, replace, table, text } from "../dom";
 import * as format from "../format";
@@ -36,6 +34,9 @@ import {
   summaryRows,
 } from "./loadrun";
 import { frameScheduler, type View, type ViewContext } from "./view";
+
+/** This section's service (its client loads with the section). */
+const loadTestApi = client(LoadTest);
 
 /** Latency in milliseconds, as axes and legends read it. */
 const ms = (v: number) => format.micros(v * 1000);
@@ -386,7 +387,7 @@ export function loadTestView(context: ViewContext): View {
     makeRunCharts(request, durationS);
     drawProgress(progress, request);
     try {
-      for await (const event of api.loadTest.run(request, { signal: controller.signal })) {
+      for await (const event of loadTestApi.run(request, { signal: controller.signal })) {
         const e = event.event;
         switch (e.case) {
           case "started":

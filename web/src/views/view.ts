@@ -2,6 +2,7 @@
 // and hidden (a hidden view stops drawing), and the rest of the URL's
 // fragment (`#nodes/n7` → `["n7"]`).
 
+import { h, replace } from "../dom";
 import type { Feeds } from "../feeds";
 import type { Session } from "../session";
 
@@ -32,5 +33,48 @@ export function frameScheduler(draw: () => void, visible: () => boolean): () => 
       pending = false;
       if (visible()) draw();
     });
+  };
+}
+
+/**
+ * A section whose code loads when it is first shown (`load` fetches it), so
+ * the page starts without it. Until then it says so; if its code cannot be
+ * fetched (the control plane was upgraded under the page), it says that.
+ */
+export function lazyView(load: () => Promise<View>): View {
+  const element = h("div", { class: "lazy" }, h("p", { class: "muted" }, "Loading…"));
+  let view: View | null = null;
+  let shown = false;
+  let path: string[] | null = null;
+  let loading: Promise<void> | null = null;
+  const start = () => {
+    loading ??= load().then(
+      (loaded) => {
+        view = loaded;
+        replace(element, loaded.element);
+        if (shown) loaded.show();
+        if (path !== null) loaded.route?.(path);
+      },
+      (error: unknown) => {
+        const why = error instanceof Error ? error.message : String(error);
+        replace(element, h("p", { class: "error", role: "alert" }, `This section could not load (${why}). Reload the page.`));
+      },
+    );
+  };
+  return {
+    element,
+    show() {
+      shown = true;
+      start();
+      view?.show();
+    },
+    hide() {
+      shown = false;
+      view?.hide();
+    },
+    route(rest) {
+      path = rest;
+      view?.route?.(rest);
+    },
   };
 }
