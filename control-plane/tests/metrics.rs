@@ -571,6 +571,47 @@ async fn twenty_watchers_share_snapshots_and_loads_list_every_node() {
     assert_eq!(snapshot.reporting_nodes, 12);
 }
 
+/// A dashboard reloaded finds its feed still running: a stream opened after
+/// the last one ended starts from that feed's latest snapshot (at a 60 s
+/// interval, the very one the first stream got), not from one computed for
+/// it; a stream of another interval gets a feed, and a snapshot, of its own.
+#[tokio::test]
+async fn a_reopened_watch_metrics_stream_starts_from_the_lingering_feed() {
+    let farm = Farm::start(0, &[]).await;
+    let mut node = TestNode::start(&farm, "reloaded", "").await;
+    node.report(sample(10.0, 1 << 20, 10, 0, &[100])).await;
+    let open = |interval_ms| {
+        let farm = &farm;
+        async move {
+            farm.metrics()
+                .watch_metrics(WatchMetricsRequest {
+                    interval_ms,
+                    include_loads: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("WatchMetrics")
+                .into_inner()
+        }
+    };
+    let at = |snapshot: &FarmMetrics| SystemTime::try_from(snapshot.at.expect("at")).expect("at");
+
+    let mut first = open(60_000).await;
+    let before = next_snapshot(&mut first).await;
+    drop(first);
+    // Time for the control plane to see the stream end (a feed nobody
+    // holds stops within milliseconds).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut again = open(60_000).await;
+    let after = next_snapshot(&mut again).await;
+    assert_eq!(at(&after), at(&before), "the lingering feed's snapshot");
+    assert_eq!(after, before);
+
+    let mut other = open(59_000).await;
+    let fresh = next_snapshot(&mut other).await;
+    assert!(at(&fresh) > at(&before), "a new feed computes its own");
+}
+
 /// One sample line of the text format.
 #[derive(Debug, Clone)]
 struct Line {
