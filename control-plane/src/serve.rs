@@ -160,6 +160,8 @@ pub async fn run(
         supervisor.as_ref().map(|(s, _)| s.clone()),
         runtime_name,
     );
+    // A point of the farm's history every fifth sample.
+    api.record_history(config.policy.heartbeat_interval * 5);
     let line_server = match indexer_listener {
         Some(listener) => {
             let limits = config.indexer.map(|i| i.limits).unwrap_or_default();

@@ -85,6 +85,7 @@ const MATRIX: &[(&str, [bool; 3])] = &[
     ("farm.v1.Metrics/GetFarmMetrics", [true, true, true]),
     ("farm.v1.Metrics/GetNodeMetrics", [true, true, true]),
     ("farm.v1.Metrics/WatchMetrics", [true, true, true]),
+    ("farm.v1.Metrics/GetFarmHistory", [true, true, true]),
     ("farm.v1.Config/GetConfig", [true, true, true]),
     ("farm.v1.Config/History", [true, true, true]),
     ("farm.v1.Config/Diff", [true, true, true]),
@@ -290,6 +291,11 @@ async fn call(farm: &Farm, method: &str, caller: Caller, node: &Registered) -> R
         "farm.v1.Metrics/WatchMetrics" => client
             .metrics()
             .watch_metrics(farm_api::v1::WatchMetricsRequest::default())
+            .await
+            .map(drop),
+        "farm.v1.Metrics/GetFarmHistory" => client
+            .metrics()
+            .get_farm_history(farm_api::v1::GetFarmHistoryRequest::default())
             .await
             .map(drop),
         "farm.v1.Config/GetConfig" => client

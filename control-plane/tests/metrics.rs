@@ -11,9 +11,9 @@ use std::{
 };
 
 use farm_api::v1::{
-    DeregisterRequest, FarmMetrics, GetFarmMetricsRequest, GetNodeMetricsRequest, HeartbeatRequest,
-    HeartbeatResponse, NodeSample, PutConfigRequest, RegisterRequest, WatchMetricsRequest,
-    WorkRequest, workload_client::WorkloadClient,
+    DeregisterRequest, FarmMetrics, GetFarmHistoryRequest, GetFarmMetricsRequest,
+    GetNodeMetricsRequest, HeartbeatRequest, HeartbeatResponse, NodeSample, PutConfigRequest,
+    RegisterRequest, WatchMetricsRequest, WorkRequest, workload_client::WorkloadClient,
 };
 use farm_testkit::{Farm, api::lazy_channel, eventually, grpc_web, http, ready_if, skip};
 use hdrhistogram::{
@@ -612,6 +612,55 @@ async fn a_reopened_watch_metrics_stream_starts_from_the_lingering_feed() {
     assert!(at(&fresh) > at(&before), "a new feed computes its own");
 }
 
+/// `GetFarmHistory`: the farm's figures, a point every five heartbeat
+/// intervals (1 s at the tests' 200 ms), oldest first, with what the nodes
+/// reported.
+#[tokio::test(flavor = "multi_thread")]
+async fn farm_history_keeps_a_point_every_five_heartbeats() {
+    let farm = Farm::start(0, &[]).await;
+    let mut node = TestNode::start(&farm, "recorded", "").await;
+    let history = || async {
+        farm.metrics()
+            .get_farm_history(GetFarmHistoryRequest::default())
+            .await
+            .expect("GetFarmHistory")
+            .into_inner()
+            .points
+    };
+    let started = std::time::Instant::now();
+    let points = loop {
+        node.report(sample(40.0, 64 << 20, 10, 0, &[100])).await;
+        let points = history().await;
+        let recorded = points
+            .iter()
+            .filter(|p| p.reporting_nodes == 1 && p.cpu_percent_avg == 40.0)
+            .count();
+        if recorded >= 3 {
+            break points;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "three points with the node's sample within 20 s: {points:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let times: Vec<SystemTime> = points
+        .iter()
+        .map(|p| SystemTime::try_from(p.at.expect("at")).expect("at"))
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {times:?}"
+    );
+    let last = points.last().expect("a point");
+    assert_eq!((last.nodes, last.reporting_nodes), (1, 1));
+    assert_eq!(last.memory_used_bytes, 64 << 20);
+    assert!(
+        last.node_metrics.is_empty() && last.loads.is_none(),
+        "no per-node detail"
+    );
+}
+
 /// One sample line of the text format.
 #[derive(Debug, Clone)]
 struct Line {
@@ -1146,10 +1195,15 @@ async fn every_role_reads_metrics_and_nobody_else() {
             .watch_metrics(WatchMetricsRequest::default())
             .await
             .map(drop);
+        let history_call = client
+            .get_farm_history(GetFarmHistoryRequest::default())
+            .await
+            .map(drop);
         for (method, result) in [
             ("GetFarmMetrics", farm_call),
             ("GetNodeMetrics", node_call),
             ("WatchMetrics", watch_call),
+            ("GetFarmHistory", history_call),
         ] {
             match (allowed, result) {
                 (true, Ok(())) => {}

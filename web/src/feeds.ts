@@ -5,15 +5,16 @@
 // and every node's latest load.
 
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { timestampMs } from "@bufbuild/protobuf/wkt";
 
 import { type FarmMetrics, FarmMetricsSchema } from "../gen/farm/v1/metrics_pb";
-import { api } from "./api";
+import { api, cancelled, describe } from "./api";
 import { follow } from "./live";
 import { LoadTable } from "./loads";
+import { append, emptySeries, prepend, type Series } from "./series";
 import { FarmStore } from "./store";
 
 export type { NodeLoad } from "./loads";
+export { HISTORY_SECONDS, type Series } from "./series";
 
 /**
  * Figures for the dashboard benchmark (control-plane/benches/dashboard.rs),
@@ -44,41 +45,8 @@ export function benchNote(list: number[], ms: number): void {
   if (list.length > 10_000) list.shift();
 }
 
-/** Seconds of history the overview's charts cover. */
-export const HISTORY_SECONDS = 600;
 /** Snapshots a second: the interval asked of WatchMetrics. */
 const METRICS_INTERVAL_MS = 1000;
-
-/** A series' values; null where the page was not connected. */
-export type Column = (number | null)[];
-
-/** The farm's figures over time, one column per series (uPlot's layout). */
-export interface Series {
-  /** Seconds since the epoch. */
-  at: number[];
-  cpuAvg: Column;
-  cpuMax: Column;
-  memoryUsed: Column;
-  memoryLimit: Column;
-  requestsPerSecond: Column;
-  errorRate: Column;
-  p50Ms: Column;
-  p99Ms: Column;
-}
-
-function emptySeries(): Series {
-  return {
-    at: [],
-    cpuAvg: [],
-    cpuMax: [],
-    memoryUsed: [],
-    memoryLimit: [],
-    requestsPerSecond: [],
-    errorRate: [],
-    p50Ms: [],
-    p99Ms: [],
-  };
-}
 
 export class MetricsFeed extends EventTarget {
   /** The latest snapshot, or null before the first and while disconnected. */
@@ -86,6 +54,12 @@ export class MetricsFeed extends EventTarget {
   readonly series: Series = emptySeries();
   /** Every node's latest load, by node id (nodes that never reported have none). */
   readonly loads = new LoadTable();
+  /**
+   * The control plane's record before the page opened, once asked: where
+   * it starts (seconds since the epoch; null when it held nothing older),
+   * or why it could not be read.
+   */
+  history: { from: number | null; problem?: string } | null = null;
 
   /** The stream broke: the figures shown are no longer live. */
   disconnected(): void {
@@ -96,37 +70,23 @@ export class MetricsFeed extends EventTarget {
   add(farm: FarmMetrics): void {
     const started = bench ? performance.now() : 0;
     this.latest = farm;
-    const s = this.series;
-    const at = farm.at ? timestampMs(farm.at) / 1000 : Date.now() / 1000;
-    // A gap (the page was disconnected) shows as a break in the lines.
-    const last = s.at[s.at.length - 1];
-    if (last !== undefined && at - last > 3 * (METRICS_INTERVAL_MS / 1000)) {
-      this.push(last + 1, null);
-    }
-    this.push(at, farm);
-    const cutoff = at - HISTORY_SECONDS;
-    let drop = 0;
-    while (drop < s.at.length && (s.at[drop] ?? at) < cutoff) drop += 1;
-    if (drop > 0) for (const column of Object.values(s) as Column[]) column.splice(0, drop);
+    append(this.series, farm, METRICS_INTERVAL_MS / 1000);
     this.loads.adopt(farm.loads);
     this.dispatchEvent(new Event("change"));
     if (bench) benchNote(bench.add, performance.now() - started);
   }
 
-  private push(at: number, farm: FarmMetrics | null): void {
-    const s = this.series;
-    const value = (f: (m: FarmMetrics) => number) => (farm === null ? null : f(farm));
-    s.at.push(at);
-    s.cpuAvg.push(value((m) => m.cpuPercentAvg));
-    s.cpuMax.push(value((m) => m.cpuPercentMax));
-    s.memoryUsed.push(value((m) => Number(m.memoryUsedBytes)));
-    s.memoryLimit.push(value((m) => Number(m.memoryLimitBytes)));
-    s.requestsPerSecond.push(value((m) => m.requestsPerSecond));
-    s.errorRate.push(value((m) => m.errorRate * 100));
-    // No request served: no latency (a gap, not a zero).
-    const served = farm !== null && (farm.latency?.count ?? 0n) > 0n;
-    s.p50Ms.push(served ? (farm.latency?.p50Us ?? 0) / 1000 : null);
-    s.p99Ms.push(served ? (farm.latency?.p99Us ?? 0) / 1000 : null);
+  /** Takes the control plane's record of the minutes before the first snapshot. */
+  backfill(points: FarmMetrics[]): void {
+    const added = prepend(this.series, points);
+    this.history = { from: added > 0 ? (this.series.at[0] ?? null) : null };
+    this.dispatchEvent(new Event("change"));
+  }
+
+  /** The record could not be read: the charts start when the page opened. */
+  backfillFailed(problem: string): void {
+    this.history = { from: null, problem };
+    this.dispatchEvent(new Event("change"));
   }
 }
 
@@ -161,6 +121,17 @@ export function startFeeds(signal: AbortSignal): Feeds {
       message: (snapshot) => {
         if (bench) bench.metricsAt ??= performance.now();
         metrics.add(snapshot);
+        // The minutes before the page opened, once the first snapshot is
+        // drawn (not in the way of the page's first second).
+        if (metrics.history === null) {
+          metrics.history = { from: null };
+          api.metrics.getFarmHistory({}, { signal }).then(
+            (record) => metrics.backfill(record.points),
+            (error: unknown) => {
+              if (!cancelled(error)) metrics.backfillFailed(describe(error));
+            },
+          );
+        }
       },
       broken: () => metrics.disconnected(),
       // Three missed snapshots: the control plane is gone or stuck.

@@ -4,16 +4,15 @@
 //! [`Sample`].
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex, Weak},
-    time::Duration,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 use farm_api::v1::{
-    self, FarmMetrics, GetFarmMetricsRequest, GetNodeMetricsRequest, GetNodeMetricsResponse,
-    WatchMetricsRequest, metrics_server::Metrics,
+    self, FarmMetrics, GetFarmHistoryRequest, GetFarmHistoryResponse, GetFarmMetricsRequest,
+    GetNodeMetricsRequest, GetNodeMetricsResponse, WatchMetricsRequest, metrics_server::Metrics,
 };
 use futures::Stream;
 use tokio::sync::watch;
@@ -40,6 +39,60 @@ const MAX_INTERVAL_MS: u32 = 60_000;
 /// it on a busy machine).
 const LINGER: Duration = Duration::from_secs(10);
 
+/// How far back `GetFarmHistory` goes, and how many points it keeps at most.
+const HISTORY_SPAN: Duration = Duration::from_secs(600);
+const HISTORY_POINTS: usize = 600;
+
+/// The whole farm's figures over the last ten minutes, for
+/// `GetFarmHistory`: a dashboard opened now draws them before its
+/// `WatchMetrics` stream adds the seconds that follow.
+#[derive(Debug, Clone, Default)]
+pub struct FarmHistory {
+    /// Oldest first, with when each was taken.
+    points: Arc<Mutex<VecDeque<(Instant, FarmMetrics)>>>,
+}
+
+impl FarmHistory {
+    /// Takes a point every `every` (without per-node detail: at 10,000
+    /// nodes one costs some 50 ms of CPU) until `shutdown`.
+    pub async fn record(self, samples: Samples, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            match farm_metrics(&samples, "", Detail::default()).await {
+                Ok(point) => self.push(Instant::now(), point),
+                Err(error) => tracing::warn!(%error, "the farm's history skipped a point"),
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, FarmMetrics)>> {
+        // Each change leaves the list whole, whatever panicked.
+        self.points.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, taken: Instant, point: FarmMetrics) {
+        let mut points = self.lock();
+        points.push_back((taken, point));
+        while points.len() > HISTORY_POINTS
+            || points
+                .front()
+                .is_some_and(|(at, _)| taken.duration_since(*at) > HISTORY_SPAN)
+        {
+            points.pop_front();
+        }
+    }
+
+    /// The points kept, oldest first.
+    fn points(&self) -> Vec<FarmMetrics> {
+        self.lock().iter().map(|(_, point)| point.clone()).collect()
+    }
+}
+
 /// The Metrics service.
 #[derive(Debug, Clone)]
 pub struct MetricsService {
@@ -50,15 +103,22 @@ pub struct MetricsService {
     shutdown: CancellationToken,
     /// The snapshot feeds `WatchMetrics` streams share.
     feeds: Feeds,
+    history: FarmHistory,
 }
 
 impl MetricsService {
-    pub fn new(samples: Samples, members: Members, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        samples: Samples,
+        members: Members,
+        history: FarmHistory,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             samples,
             members,
             shutdown,
             feeds: Feeds::default(),
+            history,
         }
     }
 }
@@ -280,6 +340,15 @@ impl Metrics for MetricsService {
         };
         let farm = farm_metrics(&self.samples, &request.group, detail).await?;
         Ok(Response::new(farm))
+    }
+
+    async fn get_farm_history(
+        &self,
+        _request: Request<GetFarmHistoryRequest>,
+    ) -> Result<Response<GetFarmHistoryResponse>, Status> {
+        Ok(Response::new(GetFarmHistoryResponse {
+            points: self.history.points(),
+        }))
     }
 
     async fn get_node_metrics(

@@ -25,7 +25,7 @@ pub use discovery::DiscoveryService;
 pub use error::{ApiError, BadRequest, NodeCallError, unimplemented};
 pub use farm::FarmService;
 pub use loadtest::LoadTestService;
-pub use metrics::MetricsService;
+pub use metrics::{FarmHistory, MetricsService};
 pub use registry::RegistryService;
 
 use crate::{

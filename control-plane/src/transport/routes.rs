@@ -3,6 +3,8 @@
 //! at build time), and the plain HTTP endpoints `/healthz`, `/readyz` and
 //! `/metrics`.
 
+use std::time::Duration;
+
 use axum::{extract::State, http::StatusCode, routing::get};
 use farm_api::v1::{
     catalog_server::CatalogServer, config_server::ConfigServer,
@@ -18,8 +20,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use super::services;
 use crate::{
     api::{
-        CatalogService, ConfigService, ControlPlaneService, DiscoveryService, FarmService,
-        LoadTestService, MetricsService, RegistryService,
+        CatalogService, ConfigService, ControlPlaneService, DiscoveryService, FarmHistory,
+        FarmService, LoadTestService, MetricsService, RegistryService,
     },
     exposition::{self, ProcessStats},
     state::FarmState,
@@ -43,6 +45,8 @@ pub(crate) struct Api {
     pub(crate) load_test: LoadTestService,
     /// What the control plane says of itself (and `/readyz` answers).
     pub(crate) control_plane: ControlPlaneService,
+    /// The farm's last ten minutes (`GetFarmHistory`).
+    pub(crate) history: FarmHistory,
 }
 
 impl Api {
@@ -62,10 +66,20 @@ impl Api {
                 runtime,
                 shutdown.clone(),
             ),
+            history: FarmHistory::default(),
             state,
             supervisor,
             shutdown,
         }
+    }
+
+    /// Records the farm's history, a point every `every`, until shutdown.
+    pub(crate) fn record_history(&self, every: Duration) {
+        tokio::spawn(self.history.clone().record(
+            self.state.samples(),
+            every,
+            self.shutdown.clone(),
+        ));
     }
 
     /// Tells every service to stop: streams end, a running load test stops
@@ -126,6 +140,7 @@ pub(crate) fn routes(
             MetricsServer::new(MetricsService::new(
                 state.samples(),
                 state.members(),
+                api.history.clone(),
                 shutdown.clone(),
             ))
             .max_decoding_message_size(MAX_DECODE)

@@ -96,6 +96,7 @@ pub(crate) const SERVICES: &[Service] = &[
             ("GetFarmMetrics", ANY),
             ("GetNodeMetrics", ANY),
             ("WatchMetrics", ANY),
+            ("GetFarmHistory", ANY),
         ],
     },
     // Load tests drive every node of the farm: admins alone.

@@ -72,6 +72,13 @@ async fn fifty_healthy_nodes_on_the_page() {
     assert_eq!(page.text(".tile.state-unhealthy strong").await, "0");
     page.wait_text(".panel .facts", "ready", SHOWN).await;
     page.wait_text(".panel .facts", "50", SHOWN).await;
+    // The charts start with the minutes before the page opened.
+    page.wait_text(
+        ".coverage",
+        "the control plane's record until this page opened",
+        SHOWN,
+    )
+    .await;
     page.screenshot("overview").await;
 
     page.click("nav a[href='#nodes']").await;

@@ -9,7 +9,7 @@ import { NodeState } from "../../gen/farm/v1/node_pb";
 import { api, cancelled, describe } from "../api";
 import { Chart } from "../chart";
 import { h, text } from "../dom";
-import { HISTORY_SECONDS } from "../feeds";
+import { HISTORY_SECONDS, type MetricsFeed } from "../feeds";
 import * as format from "../format";
 import { STATE_NAMES } from "../store";
 import { frameScheduler, type View, type ViewContext } from "./view";
@@ -68,6 +68,9 @@ export function overviewView({ feeds, signal }: ViewContext): View {
     ...chartBoxes,
   );
 
+  // What the charts cover: the control plane's record, then live.
+  const coverage = h("p", { class: "muted coverage", role: "status" });
+
   const health = h("dl", { class: "facts" });
   const healthNote = h("p", { class: "muted" });
   const healthBox = h("section", { class: "panel", "aria-label": "Control plane" }, h("h2", {}, "Control plane"), health, healthNote);
@@ -79,6 +82,7 @@ export function overviewView({ feeds, signal }: ViewContext): View {
     tiles,
     figures,
     h("h2", {}, `The last ${HISTORY_SECONDS / 60} minutes`),
+    coverage,
     charts,
     healthBox,
   );
@@ -135,6 +139,7 @@ export function overviewView({ feeds, signal }: ViewContext): View {
     text(now.errors, latest ? format.ratio(latest.errorRate) : "–");
     text(now.p50, latest && latency?.count ? format.micros(latency.p50Us) : "–");
     text(now.p99, latest && latency?.count ? format.micros(latency.p99Us) : "–");
+    text(coverage, coverageNote(metrics.series.at[0], metrics.history));
     if (made) {
       const s = metrics.series;
       const [cpu, memory, rps, errors, latencyChart] = made as [Chart, Chart, Chart, Chart, Chart];
@@ -205,4 +210,14 @@ export function overviewView({ feeds, signal }: ViewContext): View {
       visible = false;
     },
   };
+}
+
+/** Where the charts start, and from what. */
+function coverageNote(first: number | undefined, history: MetricsFeed["history"]): string {
+  if (first === undefined) return "No figures yet.";
+  const since = `Since ${format.clock(new Date(first * 1000))}`;
+  if (history === null) return `${since}.`;
+  if (history.problem) return `${since}, when this page opened: the control plane's earlier figures could not be read (${history.problem}).`;
+  if (history.from === null) return `${since}, when this page opened: the control plane holds no earlier figures (it started since).`;
+  return `${since}: the control plane's record until this page opened, then each second.`;
 }
