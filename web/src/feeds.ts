@@ -100,6 +100,7 @@ export interface Feeds {
 export function startFeeds(signal: AbortSignal): Feeds {
   const farm = new FarmStore();
   const metrics = new MetricsFeed();
+  let askedHistory = false;
   follow(
     "membership",
     {
@@ -123,8 +124,8 @@ export function startFeeds(signal: AbortSignal): Feeds {
         metrics.add(snapshot);
         // The minutes before the page opened, once the first snapshot is
         // drawn (not in the way of the page's first second).
-        if (metrics.history === null) {
-          metrics.history = { from: null };
+        if (!askedHistory) {
+          askedHistory = true;
           api.metrics.getFarmHistory({}, { signal }).then(
             (record) => metrics.backfill(record.points),
             (error: unknown) => {
