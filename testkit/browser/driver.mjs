@@ -147,6 +147,11 @@ const ops = {
     const fn = new Function(`return (${c.expression})`)();
     return pageOf(c).page.evaluate(fn, c.arg ?? null);
   },
+  /** Fails every later request for a URL matching `pattern` (a glob), as a server without the file. */
+  async block(c) {
+    await pageOf(c).page.route(c.pattern, (route) => route.abort());
+    return null;
+  },
   async screenshot(c) {
     await pageOf(c).page.screenshot({ path: c.path, fullPage: c.fullPage ?? true });
     return c.path;

@@ -252,6 +252,12 @@ impl Page<'_> {
             .await;
     }
 
+    /// Makes every later request for a URL matching `glob` (`**/x-*.js`)
+    /// fail, as a server that no longer has the file.
+    pub async fn block(&self, glob: &str) {
+        self.run(json!({"op": "block", "pattern": glob})).await;
+    }
+
     /// Waits until `selector` is visible.
     pub async fn wait_for(&self, selector: &str, timeout: Duration) {
         self.run(

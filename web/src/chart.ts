@@ -69,7 +69,8 @@ export class Chart {
       (error: unknown) => {
         // The chart's code could not be fetched: most often the control
         // plane was upgraded under an open page.
-        container.textContent = `This chart could not load (${error instanceof Error ? error.message : String(error)}). Reload the page.`;
+        container.textContent = "This chart could not load: reload the page.";
+        container.title = error instanceof Error ? error.message : String(error);
         container.classList.add("error");
       },
     );

@@ -281,6 +281,48 @@ async fn the_heat_map_shows_a_node_going_down_and_back() {
     no_problems(&page).await;
 }
 
+/// What a page loads when first needed (a section's code, the charts'
+/// library) may be gone when it asks, after the control plane was
+/// upgraded under it: the page says so in words and keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn code_that_cannot_be_fetched_later_is_reported_in_words() {
+    let test = "code_that_cannot_be_fetched_later_is_reported_in_words";
+    let Some(browser) = Browser::launch(test).await else {
+        return;
+    };
+    let farm = Farm::start(2, &[]).await;
+    farm.wait_healthy(2, Duration::from_secs(30)).await;
+    let page = browser
+        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
+        .await;
+    live(&page).await;
+    page.wait_count(".card[data-state='healthy']", 2, SHOWN)
+        .await;
+    page.block("**/config-*.js").await;
+    page.block("**/uPlot*.js").await;
+
+    page.click("nav a[href='#config']").await;
+    let said = page
+        .wait_text(".lazy .error", "This section could not load", SHOWN)
+        .await;
+    assert!(said.contains("Reload the page"), "{said}");
+    page.click("nav a[href='#overview']").await;
+    page.wait_text(".chart.error", "This chart could not load", SHOWN)
+        .await;
+    // The rest of the page goes on: the live figures, the other sections.
+    page.wait_text(".tile.state-healthy strong", "2", SHOWN)
+        .await;
+    page.screenshot("overview-without-charts").await;
+    page.click("nav a[href='#nodes']").await;
+    page.wait_count(".card[data-state='healthy']", 2, SHOWN)
+        .await;
+    let problems = page.problems().await;
+    assert!(
+        problems.iter().all(|p| !p.starts_with("uncaught")),
+        "nothing thrown: {problems:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_viewer_sees_disabled_actions_and_a_forced_call_is_refused() {
     let test = "a_viewer_sees_disabled_actions";
