@@ -45,6 +45,13 @@ fn went_down(sentence: &str) -> bool {
     sentence.starts_with("healthy → ")
 }
 
+/// Whether a sentence of the feed tells a node killed. (A busy machine may
+/// also make a node miss a heartbeat and come back: that shows too, as it
+/// happened, so the kill is counted by its own sentence.)
+fn told_kill(sentence: &str) -> bool {
+    sentence.contains("SIGKILL")
+}
+
 async fn kill(api: &farm_testkit::Api, node: &NodeInfo) {
     api.with_token(Some(ADMIN))
         .farm()
@@ -489,8 +496,8 @@ async fn the_feed_resumes_without_gaps_after_a_cut_and_a_restart() {
     })
     .await;
     let lines = feed_of(&page, "node-001").await;
-    let downs = lines.iter().filter(|l| went_down(l)).count();
-    assert_eq!(downs, 1, "the kill shows once: {lines:#?}");
+    let kills = lines.iter().filter(|l| told_kill(l)).count();
+    assert_eq!(kills, 1, "the kill shows once: {lines:#?}");
     let feed = page.text(".feed").await;
     assert!(
         !feed.contains("whole membership again"),
@@ -517,8 +524,8 @@ async fn the_feed_resumes_without_gaps_after_a_cut_and_a_restart() {
     eventually("node-003 down and back in the feed", SHOWN, || async {
         let lines = feed_of(&page, "node-003").await;
         let after = lines.get(before..).unwrap_or_default();
-        let downs = after.iter().filter(|l| went_down(l)).count();
-        if downs == 1 && after.iter().any(|l| l.ends_with("→ healthy")) {
+        let kills = after.iter().filter(|l| told_kill(l)).count();
+        if kills == 1 && after.iter().any(|l| l.ends_with("→ healthy")) {
             Ok(())
         } else {
             Err(lines)
