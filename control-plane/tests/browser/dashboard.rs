@@ -288,6 +288,83 @@ async fn the_heat_map_shows_a_node_going_down_and_back() {
     no_problems(&page).await;
 }
 
+/// The actions panel: Scale (its box starts at the farm's size), then on a
+/// selection of two nodes Broadcast, Simulate load and pause; each asks
+/// first and shows its result per node.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_actions_panel_scales_broadcasts_loads_and_pauses() {
+    let test = "the_actions_panel_scales_broadcasts_loads_and_pauses";
+    let Some(browser) = Browser::launch(test).await else {
+        return;
+    };
+    let farm = Farm::start(2, &[]).await;
+    farm.wait_healthy(2, Duration::from_secs(30)).await;
+    let page = browser
+        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
+        .await;
+    live(&page).await;
+    page.wait_count(".card[data-state='healthy']", 2, SHOWN)
+        .await;
+    page.click("details.actions summary, summary:has-text('Actions')")
+        .await;
+    let size = page
+        .evaluate(
+            "() => document.querySelector(\"input[aria-label='Nodes']\").value",
+            serde_json::json!(null),
+        )
+        .await;
+    assert_eq!(size, "2", "the box starts at the farm's size");
+    page.fill("input[aria-label='Nodes']", "3").await;
+    page.click("button:has-text('Scale')").await;
+    page.wait_text("dialog.confirm", "Scale the farm to 3 nodes?", SHOWN)
+        .await;
+    page.click("dialog.confirm button[value=yes]").await;
+    page.wait_text(".action-result", "Scaled from 2 to 3 nodes.", SHOWN)
+        .await;
+    farm.wait_healthy(3, Duration::from_secs(30)).await;
+    page.wait_count(".card[data-state='healthy']", 3, SHOWN)
+        .await;
+    page.screenshot("scaled").await;
+
+    // A selection of two nodes.
+    page.click("input[aria-label='Select node-001']").await;
+    page.click("input[aria-label='Select node-002']").await;
+    page.wait_text(".toolbar [role=status]", "2 selected", SHOWN)
+        .await;
+    page.click("button:has-text('Broadcast')").await;
+    page.wait_text("dialog.confirm", "Broadcast to", SHOWN)
+        .await;
+    page.click("dialog.confirm button[value=yes]").await;
+    page.wait_text(".action-result", "broadcast: 2 succeeded, 0 failed", SHOWN)
+        .await;
+    let told = page.texts(".action-result td").await;
+    assert!(
+        told.iter().any(|t| t == "node-001") && !told.iter().any(|t| t == "node-003"),
+        "the selection only: {told:?}"
+    );
+    page.fill("input[aria-label='Seconds']", "2").await;
+    page.click("button:has-text('Simulate load')").await;
+    page.wait_text("dialog.confirm", "for 2 s on each node", SHOWN)
+        .await;
+    page.click("dialog.confirm button[value=yes]").await;
+    page.wait_text(
+        ".action-result",
+        "simulated load: 2 succeeded, 0 failed",
+        SHOWN,
+    )
+    .await;
+    page.select("select[aria-label='Action']", "pause").await;
+    page.click("button:has-text('Apply to 2 selected nodes')")
+        .await;
+    page.click("dialog.confirm button[value=yes]").await;
+    page.wait_text(".action-result", "pause: 2 succeeded, 0 failed", SHOWN)
+        .await;
+    page.wait_count(".card[data-state='unhealthy']", 2, SHOWN)
+        .await;
+    page.screenshot("paused").await;
+    no_problems(&page).await;
+}
+
 /// What a page loads when first needed (a section's code, the charts'
 /// library) may be gone when it asks, after the control plane was
 /// upgraded under it: the page says so in words and keeps working.

@@ -268,13 +268,9 @@ export function actionsPanel(context: ViewContext, selection: () => string[]): A
     else if (session.canAct) apply.title = "";
   };
   selectionChanged();
-  // The farm's size from the status, not from ListNodes: at 10,000 nodes
-  // that would fetch and decode every node again beside the membership feed.
-  void api.controlPlane.getStatus({}).then(
-    (status) => {
-      if (scaleInput.value === "") scaleInput.value = String(status.desiredNodes);
-    },
-    () => {},
-  );
+  // The farm's size as the page's start learnt it (GetStatus), not from
+  // ListNodes: at 10,000 nodes that would fetch and decode every node again
+  // beside the membership feed.
+  scaleInput.value = String(session.status.desiredNodes);
   return { element, selectionChanged };
 }
