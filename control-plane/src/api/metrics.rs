@@ -301,9 +301,9 @@ impl Drop for Lease {
 
 /// What a `WatchMetrics` stream holds between two snapshots.
 struct Watcher {
-    _lease: Lease,
+    /// Keeps the feed running; its token ends the stream at shutdown.
+    lease: Lease,
     latest: watch::Receiver<Option<Arc<Snapshot>>>,
-    shutdown: CancellationToken,
 }
 
 impl Watcher {
@@ -313,7 +313,7 @@ impl Watcher {
         let shut = || Some((Err(ApiError::ShuttingDown.into()), None));
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => shut(),
+            () = self.lease.shutdown.cancelled() => shut(),
             changed = self.latest.changed() => match changed {
                 Ok(()) => {
                     let snapshot = self.latest.borrow_and_update().clone();
@@ -393,12 +393,11 @@ impl Metrics for MetricsService {
         }
         latest.borrow_and_update();
         let watcher = Watcher {
-            _lease: Lease {
+            lease: Lease {
                 feed: Some(feed),
                 shutdown: self.shutdown.clone(),
             },
             latest,
-            shutdown: self.shutdown.clone(),
         };
         let head = futures::stream::once(std::future::ready(Ok(first.farm.clone())));
         let rest =
