@@ -14,7 +14,7 @@ import { append, emptySeries, prepend, type Series } from "./series";
 import { FarmStore } from "./store";
 
 export type { NodeLoad } from "./loads";
-export { HISTORY_SECONDS, type Series } from "./series";
+export { HISTORY_SECONDS } from "./series";
 
 /**
  * Figures for the dashboard benchmark (control-plane/benches/dashboard.rs),
@@ -55,11 +55,11 @@ export class MetricsFeed extends EventTarget {
   /** Every node's latest load, by node id (nodes that never reported have none). */
   readonly loads = new LoadTable();
   /**
-   * The control plane's record before the page opened, once asked: where
-   * it starts (seconds since the epoch; null when it held nothing older),
-   * or why it could not be read.
+   * The control plane's record before the page opened, once it answered:
+   * how many of its points the charts took (0: it held nothing older), or
+   * why it could not be read.
    */
-  history: { from: number | null; problem?: string } | null = null;
+  history: { added: number } | { problem: string } | null = null;
 
   /** The stream broke: the figures shown are no longer live. */
   disconnected(): void {
@@ -78,14 +78,13 @@ export class MetricsFeed extends EventTarget {
 
   /** Takes the control plane's record of the minutes before the first snapshot. */
   backfill(points: FarmMetrics[]): void {
-    const added = prepend(this.series, points);
-    this.history = { from: added > 0 ? (this.series.at[0] ?? null) : null };
+    this.history = { added: prepend(this.series, points) };
     this.dispatchEvent(new Event("change"));
   }
 
   /** The record could not be read: the charts start when the page opened. */
   backfillFailed(problem: string): void {
-    this.history = { from: null, problem };
+    this.history = { problem };
     this.dispatchEvent(new Event("change"));
   }
 }

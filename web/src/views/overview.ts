@@ -217,7 +217,7 @@ function coverageNote(first: number | undefined, history: MetricsFeed["history"]
   if (first === undefined) return "No figures yet.";
   const since = `Since ${format.clock(new Date(first * 1000))}`;
   if (history === null) return `${since}.`;
-  if (history.problem) return `${since}, when this page opened: the control plane's earlier figures could not be read (${history.problem}).`;
-  if (history.from === null) return `${since}, when this page opened: the control plane holds no earlier figures (it started since).`;
+  if ("problem" in history) return `${since}, when this page opened: the control plane's earlier figures could not be read (${history.problem}).`;
+  if (history.added === 0) return `${since}, when this page opened: the control plane holds no earlier figures (it started since).`;
   return `${since}: the control plane's record until this page opened, then each second.`;
 }

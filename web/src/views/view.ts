@@ -46,9 +46,11 @@ export function lazyView(load: () => Promise<View>): View {
   let view: View | null = null;
   let shown = false;
   let path: string[] | null = null;
-  let loading: Promise<void> | null = null;
+  let started = false;
   const start = () => {
-    loading ??= load().then(
+    if (started) return;
+    started = true;
+    load().then(
       (loaded) => {
         view = loaded;
         replace(element, loaded.element);
