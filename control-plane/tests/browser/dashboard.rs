@@ -183,6 +183,21 @@ async fn a_node_killed_from_the_page_is_replaced_and_the_feed_shows_it() {
     no_problems(&page).await;
 }
 
+/// A farm of `nodes` healthy process nodes, and a live page showing them
+/// all on `#nodes`.
+async fn nodes_page(browser: &Browser, nodes: u32) -> (Farm, Page<'_>) {
+    let farm = Farm::start(nodes, &[]).await;
+    farm.wait_healthy(nodes as usize, Duration::from_secs(30))
+        .await;
+    let page = browser
+        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
+        .await;
+    live(&page).await;
+    page.wait_count(".card[data-state='healthy']", nodes as usize, SHOWN)
+        .await;
+    (farm, page)
+}
+
 /// Reads a cell of the heat map back from its canvas: the colour of cell
 /// `index` (cells run in name order, 9 px with a 1 px gap, row after row),
 /// and the colours the page's CSS variables paint, all as `[r, g, b]`.
@@ -233,14 +248,7 @@ async fn the_heat_map_shows_a_node_going_down_and_back() {
     let Some(browser) = Browser::launch(test).await else {
         return;
     };
-    let farm = Farm::start(3, &[]).await;
-    farm.wait_healthy(3, Duration::from_secs(30)).await;
-    let page = browser
-        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
-        .await;
-    live(&page).await;
-    page.wait_count(".card[data-state='healthy']", 3, SHOWN)
-        .await;
+    let (farm, page) = nodes_page(&browser, 3).await;
     page.select("select[aria-label='Layout']", "heatmap").await;
     page.wait_for("canvas.heatmap", SHOWN).await;
     // Cells in name order: node-001, node-002, node-003.
@@ -297,14 +305,7 @@ async fn the_actions_panel_scales_broadcasts_loads_and_pauses() {
     let Some(browser) = Browser::launch(test).await else {
         return;
     };
-    let farm = Farm::start(2, &[]).await;
-    farm.wait_healthy(2, Duration::from_secs(30)).await;
-    let page = browser
-        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
-        .await;
-    live(&page).await;
-    page.wait_count(".card[data-state='healthy']", 2, SHOWN)
-        .await;
+    let (farm, page) = nodes_page(&browser, 2).await;
     page.click("details.actions summary, summary:has-text('Actions')")
         .await;
     let size = page
@@ -374,14 +375,7 @@ async fn code_that_cannot_be_fetched_later_is_reported_in_words() {
     let Some(browser) = Browser::launch(test).await else {
         return;
     };
-    let farm = Farm::start(2, &[]).await;
-    farm.wait_healthy(2, Duration::from_secs(30)).await;
-    let page = browser
-        .page(&format!("{}/#nodes", farm.url()), PageOptions::default())
-        .await;
-    live(&page).await;
-    page.wait_count(".card[data-state='healthy']", 2, SHOWN)
-        .await;
+    let (_farm, page) = nodes_page(&browser, 2).await;
     page.block("**/config-*.js").await;
     page.block("**/uPlot*.js").await;
 
