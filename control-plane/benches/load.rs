@@ -12,7 +12,16 @@
 //!   per call, and it ignores `grpc-status`);
 //! - (c) `loadgen swarm` for an increasing number of simulated nodes, each
 //!   against a fresh control plane: the largest farm whose heartbeat p99
-//!   stays under 50 ms.
+//!   stays under 50 ms;
+//! - (d) memory that comes back: one control plane, ten `loadgen swarm
+//!   --samples` runs of 10,000 nodes one after another (each registers,
+//!   heartbeats, and leaves); its resident memory idle, at its highest
+//!   during each run, and after each, and bytes per registered node. The
+//!   control plane allocates with jemalloc; to compare it with the system's
+//!   malloc, build that one apart and name it in `FARM_BENCH_MEMORY_VERSUS`:
+//!   `cargo build --release -p control-plane --no-default-features
+//!   --target-dir target/system-malloc`, then
+//!   `FARM_BENCH_MEMORY_VERSUS=target/system-malloc/release/control-plane`.
 //!
 //! Everything runs on 127.0.0.1 and every process started here is stopped,
 //! on panic too. The default run takes about five minutes; environment
@@ -21,12 +30,19 @@
 //! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
 //! - `FARM_BENCH_SHAPES` (`1x1,4x16,4x100`): connections × streams of (a);
 //! - `FARM_BENCH_SECS` (3): measured seconds per figure, after 1 s warm-up;
-//! - `FARM_BENCH_PARTS` (`abc`): which parts to run;
+//! - `FARM_BENCH_PARTS` (`abcd`): which parts to run;
 //! - `FARM_BENCH_SWARM` (`500,1000,2000,5000,10000,20000`): the ladder of
 //!   (c), climbed until a size fails;
 //! - `FARM_BENCH_SWARM_SECS` (10): duration of each swarm run;
 //! - `FARM_BENCH_SWARM_BUDGET` (150): seconds after which (c) climbs no
-//!   further.
+//!   further;
+//! - `FARM_BENCH_MEMORY_RUNS` (10) and `FARM_BENCH_MEMORY_NODES` (10000):
+//!   the swarm runs of (d);
+//! - `FARM_BENCH_MEMORY_SETTLE` (12): seconds after each run of (d) before
+//!   its memory is read (jemalloc returns freed pages within about 10 s);
+//! - `FARM_BENCH_MEMORY_VERSUS`: another build of the control plane (its
+//!   path, absolute or from the workspace's folder) that (d) runs the same
+//!   way after this workspace's.
 //!
 //! Run with `cargo build --release && cargo bench -p control-plane --bench load`.
 
@@ -51,7 +67,7 @@ use farm_api::v1::{
 };
 use farm_testkit::{
     ControlPlaneProcess, binary, env_or, eventually, free_addr,
-    process::{ChildGuard, fsync_probe},
+    process::{ChildGuard, fsync_probe, rss_kib},
     ready_if,
 };
 use hdrhistogram::Histogram;
@@ -97,6 +113,10 @@ struct Settings {
     swarm_ladder: Vec<usize>,
     swarm_secs: Duration,
     swarm_budget: Duration,
+    memory_runs: usize,
+    memory_nodes: usize,
+    memory_settle: Duration,
+    memory_versus: Option<PathBuf>,
 }
 
 /// `CxM`: C connections, M streams each.
@@ -126,13 +146,26 @@ impl Settings {
                 .map(parse_shape)
                 .collect(),
             secs: Duration::from_secs(env_or("FARM_BENCH_SECS", 3u64).max(1)),
-            parts: env_or("FARM_BENCH_PARTS", "abc".to_owned()),
+            parts: env_or("FARM_BENCH_PARTS", "abcd".to_owned()),
             swarm_ladder: ladder
                 .split(',')
                 .map(|n| n.trim().parse().expect("FARM_BENCH_SWARM: numbers"))
                 .collect(),
             swarm_secs: Duration::from_secs(env_or("FARM_BENCH_SWARM_SECS", 10u64).max(1)),
             swarm_budget: Duration::from_secs(env_or("FARM_BENCH_SWARM_BUDGET", 150u64)),
+            memory_runs: env_or("FARM_BENCH_MEMORY_RUNS", 10usize).max(1),
+            memory_nodes: env_or("FARM_BENCH_MEMORY_NODES", 10_000usize).max(1),
+            memory_settle: Duration::from_secs(env_or("FARM_BENCH_MEMORY_SETTLE", 12u64)),
+            // Relative to the workspace (cargo runs benches in the package's folder).
+            memory_versus: std::env::var_os("FARM_BENCH_MEMORY_VERSUS").map(|path| {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+                std::fs::canonicalize(&path).unwrap_or_else(|e| {
+                    panic!(
+                        "FARM_BENCH_MEMORY_VERSUS: no control plane at {}: {e}",
+                        path.display()
+                    )
+                })
+            }),
         }
     }
 }
@@ -205,11 +238,18 @@ struct ControlPlane {
 
 impl ControlPlane {
     async fn start(extra: &[&str]) -> Self {
+        Self::start_program(None, extra).await
+    }
+
+    /// As [`ControlPlane::start`], with another build of the control plane
+    /// when `program` is given.
+    async fn start_program(program: Option<&Path>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let process = ControlPlaneProcess::measured(dir.path(), 0)
-            .flags(extra)
-            .start()
-            .await;
+        let mut builder = ControlPlaneProcess::measured(dir.path(), 0).flags(extra);
+        if let Some(program) = program {
+            builder = builder.program(program);
+        }
+        let process = builder.start().await;
         let probe = DiscoverRequest {
             count: 1,
             ..Default::default()
@@ -1116,6 +1156,151 @@ fn passes(rung: &Rung) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+// (d) memory after swarms
+
+/// Resident memory of `pid` in MB, 0 when it cannot be read.
+fn rss_mb(pid: u32) -> f64 {
+    rss_kib(pid).map_or(0.0, |kib| kib as f64 / 1024.0)
+}
+
+/// One swarm run of (d): nodes registered, and the control plane's resident
+/// memory at its highest during the run and `settle` after it, in MB.
+struct MemoryRun {
+    registered: u64,
+    peak_mb: f64,
+    after_mb: f64,
+}
+
+async fn memory_run(
+    bin: &Bins,
+    control_plane: &ControlPlane,
+    nodes: usize,
+    settle: Duration,
+    json: &Path,
+) -> Result<MemoryRun, String> {
+    let args: Vec<String> = vec![
+        "swarm".into(),
+        "--control-plane".into(),
+        control_plane.url(),
+        "--nodes".into(),
+        nodes.to_string(),
+        "--samples".into(),
+        "--duration".into(),
+        "3s".into(),
+        "--ramp-timeout".into(),
+        format!("{}s", SWARM_RAMP.as_secs()),
+        // Every node leaves before the next run: deregistering is one
+        // durable write per node.
+        "--cleanup-timeout".into(),
+        "120s".into(),
+        "--quiet".into(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    let pid = control_plane.process.id();
+    let limit = SWARM_RAMP + Duration::from_secs(150);
+    let run = run_tool(&bin.loadgen, &args, limit);
+    tokio::pin!(run);
+    let mut peak_mb = rss_mb(pid);
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    let finished = loop {
+        tokio::select! {
+            finished = &mut run => break finished,
+            _ = every.tick() => peak_mb = peak_mb.max(rss_mb(pid)),
+        }
+    };
+    finished?;
+    tokio::time::sleep(settle).await;
+    let text = std::fs::read_to_string(json).map_err(|e| format!("no JSON: {e}"))?;
+    let report: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("swarm JSON: {e}"))?;
+    Ok(MemoryRun {
+        registered: report
+            .pointer("/registered")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or("swarm JSON has no `registered`")?,
+        peak_mb,
+        after_mb: rss_mb(pid),
+    })
+}
+
+async fn part_d(bin: &Bins, settings: &Settings) {
+    println!(
+        "(d) one control plane (--runtime none --nodes 0 --group-capacity 1000000), {} runs \
+         of loadgen swarm --nodes {} --samples --duration 3s one after another, every node \
+         leaving at the end of each; resident memory in MB, \"after\" {} s after a run",
+        settings.memory_runs,
+        settings.memory_nodes,
+        settings.memory_settle.as_secs()
+    );
+    memory_series(bin, settings, None).await;
+    if let Some(versus) = &settings.memory_versus {
+        memory_series(bin, settings, Some(versus)).await;
+    }
+    println!();
+}
+
+/// The runs of (d) against one build of the control plane (this
+/// workspace's, or `program`).
+async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) {
+    let (runs, nodes, settle) = (
+        settings.memory_runs,
+        settings.memory_nodes,
+        settings.memory_settle,
+    );
+    match program {
+        None => println!("  this workspace's control plane (jemalloc):"),
+        Some(program) => println!("  {}:", program.display()),
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let control_plane =
+        ControlPlane::start_program(program, &["--group-capacity", "1000000"]).await;
+    let pid = control_plane.process.id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_mb(pid);
+    println!("  idle: {idle:.1} MB");
+    println!(
+        "  {:>4} {:>10} {:>10} {:>8}",
+        "run", "registered", "highest", "after"
+    );
+    let mut done = Vec::new();
+    for n in 1..=runs {
+        let json = scratch.path().join(format!("memory-{n}.json"));
+        match memory_run(bin, &control_plane, nodes, settle, &json).await {
+            Ok(run) => {
+                println!(
+                    "  {n:>4} {:>10} {:>10.1} {:>8.1}",
+                    run.registered, run.peak_mb, run.after_mb
+                );
+                done.push(run);
+            }
+            Err(e) => {
+                println!("  run {n}: {e}");
+                break;
+            }
+        }
+    }
+    let (Some(first), Some(last)) = (done.first(), done.last()) else {
+        return;
+    };
+    println!(
+        "  after the last run ÷ after the first: {:.2} (target ≤ 1.20)",
+        last.after_mb / first.after_mb
+    );
+    let per_node: Vec<f64> = done
+        .iter()
+        .filter(|r| r.registered > 0)
+        .map(|r| (r.peak_mb - idle) * 1024.0 * 1024.0 / r.registered as f64)
+        .collect();
+    if !per_node.is_empty() {
+        println!(
+            "  bytes per registered node (highest minus idle, median of runs): {:.0}",
+            median(per_node)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 
 /// The workspace's release binaries.
 struct Bins {
@@ -1151,6 +1336,9 @@ async fn main() {
     }
     if settings.parts.contains('c') {
         part_c(&bin, &settings).await;
+    }
+    if settings.parts.contains('d') {
+        part_d(&bin, &settings).await;
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 }

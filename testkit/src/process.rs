@@ -268,6 +268,8 @@ pub struct Child {
     data_dir: PathBuf,
     addr: Option<SocketAddr>,
     quiet: bool,
+    /// Another build of the control plane; this workspace's when `None`.
+    program: Option<PathBuf>,
 }
 
 impl ProcessBuilder {
@@ -275,6 +277,13 @@ impl ProcessBuilder {
     /// control plane listens where its nodes expect it.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.kind.addr = Some(addr);
+        self
+    }
+
+    /// Runs another build of the control plane (a benchmark comparing two
+    /// builds) instead of this workspace's.
+    pub fn program(mut self, path: &Path) -> Self {
+        self.kind.program = Some(path.to_owned());
         self
     }
 
@@ -292,7 +301,8 @@ impl ProcessBuilder {
     /// accepts (a connection to find out would be counted in /metrics).
     pub async fn start(self) -> ControlPlaneProcess {
         let addr = self.kind.addr.unwrap_or_else(free_addr);
-        let mut command = tokio::process::Command::new(binary("control-plane"));
+        let program = (self.kind.program.clone()).unwrap_or_else(|| binary("control-plane"));
+        let mut command = tokio::process::Command::new(program);
         command
             .arg("serve")
             .arg("--listen")
@@ -360,6 +370,7 @@ impl ControlPlaneProcess {
             data_dir: data_dir.to_owned(),
             addr: None,
             quiet: false,
+            program: None,
         })
     }
 
