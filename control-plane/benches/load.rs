@@ -24,7 +24,7 @@
 //!   `FARM_BENCH_MEMORY_VERSUS=target/system-malloc/release/control-plane`.
 //!
 //! Everything runs on 127.0.0.1 and every process started here is stopped,
-//! on panic too. The default run takes about five minutes; environment
+//! on panic too. The default run takes about eight minutes; environment
 //! variables change it:
 //!
 //! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
@@ -1032,16 +1032,35 @@ struct Rung {
     register_p99_us: f64,
 }
 
+/// The arguments of a `loadgen swarm` of `nodes` nodes against `url`,
+/// quiet, writing its report to `json`, with `options` (durations, timeouts,
+/// `--samples`) added.
+fn swarm_args(url: String, nodes: usize, json: &Path, options: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "swarm".into(),
+        "--control-plane".into(),
+        url,
+        "--nodes".into(),
+        nodes.to_string(),
+        "--quiet".into(),
+        "--json".into(),
+        json.display().to_string(),
+    ];
+    args.extend_from_slice(options);
+    args
+}
+
+/// The report a `loadgen swarm --json` wrote.
+fn swarm_report(json: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(json).map_err(|e| format!("no JSON: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("swarm JSON: {e}"))
+}
+
 async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Result<Rung, String> {
     // Room for every node in the default group (10 000 by default).
     let control_plane = ControlPlane::start(&["--group-capacity", "1000000"]).await;
     let json = scratch.join(format!("swarm-{nodes}.json"));
-    let args: Vec<String> = vec![
-        "swarm".into(),
-        "--control-plane".into(),
-        control_plane.url(),
-        "--nodes".into(),
-        nodes.to_string(),
+    let options = [
         "--heartbeat".into(),
         "1s".into(),
         "--duration".into(),
@@ -1050,17 +1069,13 @@ async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Resu
         format!("{}s", SWARM_RAMP.as_secs()),
         "--cleanup-timeout".into(),
         format!("{}s", SWARM_CLEANUP.as_secs()),
-        "--quiet".into(),
-        "--json".into(),
-        json.display().to_string(),
     ];
+    let args = swarm_args(control_plane.url(), nodes, &json, &options);
     // Registration comes first and may be slow (every identity on disk),
     // deregistration last.
     let limit = secs + SWARM_RAMP + SWARM_CLEANUP + Duration::from_secs(15);
     run_tool(&bin.loadgen, &args, limit).await?;
-    let text = std::fs::read_to_string(&json).map_err(|e| format!("no JSON: {e}"))?;
-    let report: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("swarm JSON: {e}"))?;
+    let report = swarm_report(&json)?;
     let number = |pointer: &str| report.pointer(pointer).and_then(serde_json::Value::as_f64);
     let rtt = |p: &str| number(&format!("/heartbeat_rtt_us/{p}")).unwrap_or(f64::NAN);
     Ok(Rung {
@@ -1178,12 +1193,7 @@ async fn memory_run(
     settle: Duration,
     json: &Path,
 ) -> Result<MemoryRun, String> {
-    let args: Vec<String> = vec![
-        "swarm".into(),
-        "--control-plane".into(),
-        control_plane.url(),
-        "--nodes".into(),
-        nodes.to_string(),
+    let options = [
         "--samples".into(),
         "--duration".into(),
         "3s".into(),
@@ -1193,10 +1203,8 @@ async fn memory_run(
         // durable write per node.
         "--cleanup-timeout".into(),
         "120s".into(),
-        "--quiet".into(),
-        "--json".into(),
-        json.display().to_string(),
     ];
+    let args = swarm_args(control_plane.url(), nodes, json, &options);
     let pid = control_plane.process.id();
     let limit = SWARM_RAMP + Duration::from_secs(150);
     let run = run_tool(&bin.loadgen, &args, limit);
@@ -1211,11 +1219,8 @@ async fn memory_run(
     };
     finished?;
     tokio::time::sleep(settle).await;
-    let text = std::fs::read_to_string(json).map_err(|e| format!("no JSON: {e}"))?;
-    let report: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("swarm JSON: {e}"))?;
     Ok(MemoryRun {
-        registered: report
+        registered: swarm_report(json)?
             .pointer("/registered")
             .and_then(serde_json::Value::as_u64)
             .ok_or("swarm JSON has no `registered`")?,
