@@ -1173,17 +1173,17 @@ fn passes(rung: &Rung) -> bool {
 // ---------------------------------------------------------------------------
 // (d) memory after swarms
 
-/// Resident memory of `pid` in MB, 0 when it cannot be read.
-fn rss_mb(pid: u32) -> f64 {
+/// Resident memory of `pid` in MiB, 0 when it cannot be read.
+fn rss_mib(pid: u32) -> f64 {
     rss_kib(pid).map_or(0.0, |kib| kib as f64 / 1024.0)
 }
 
 /// One swarm run of (d): nodes registered, and the control plane's resident
-/// memory at its highest during the run and `settle` after it, in MB.
+/// memory at its highest during the run and `settle` after it, in MiB.
 struct MemoryRun {
     registered: u64,
-    peak_mb: f64,
-    after_mb: f64,
+    peak_mib: f64,
+    after_mib: f64,
 }
 
 async fn memory_run(
@@ -1209,12 +1209,12 @@ async fn memory_run(
     let limit = SWARM_RAMP + Duration::from_secs(150);
     let run = run_tool(&bin.loadgen, &args, limit);
     tokio::pin!(run);
-    let mut peak_mb = rss_mb(pid);
+    let mut peak_mib = rss_mib(pid);
     let mut every = tokio::time::interval(Duration::from_millis(200));
     let finished = loop {
         tokio::select! {
             finished = &mut run => break finished,
-            _ = every.tick() => peak_mb = peak_mb.max(rss_mb(pid)),
+            _ = every.tick() => peak_mib = peak_mib.max(rss_mib(pid)),
         }
     };
     finished?;
@@ -1224,8 +1224,8 @@ async fn memory_run(
             .pointer("/registered")
             .and_then(serde_json::Value::as_u64)
             .ok_or("swarm JSON has no `registered`")?,
-        peak_mb,
-        after_mb: rss_mb(pid),
+        peak_mib,
+        after_mib: rss_mib(pid),
     })
 }
 
@@ -1233,7 +1233,7 @@ async fn part_d(bin: &Bins, settings: &Settings) {
     println!(
         "(d) one control plane (--runtime none --nodes 0 --group-capacity 1000000), {} runs \
          of loadgen swarm --nodes {} --samples --duration 3s one after another, every node \
-         leaving at the end of each; resident memory in MB, \"after\" {} s after a run",
+         leaving at the end of each; resident memory in MiB, \"after\" {} s after a run",
         settings.memory_runs,
         settings.memory_nodes,
         settings.memory_settle.as_secs()
@@ -1254,7 +1254,7 @@ async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) 
         settings.memory_settle,
     );
     match program {
-        None => println!("  this workspace's control plane (jemalloc):"),
+        None => println!("  this workspace's control plane:"),
         Some(program) => println!("  {}:", program.display()),
     }
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -1262,8 +1262,8 @@ async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) 
         ControlPlane::start_program(program, &["--group-capacity", "1000000"]).await;
     let pid = control_plane.process.id();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_mb(pid);
-    println!("  idle: {idle:.1} MB");
+    let idle = rss_mib(pid);
+    println!("  idle: {idle:.1} MiB");
     println!(
         "  {:>4} {:>10} {:>10} {:>8}",
         "run", "registered", "highest", "after"
@@ -1275,7 +1275,7 @@ async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) 
             Ok(run) => {
                 println!(
                     "  {n:>4} {:>10} {:>10.1} {:>8.1}",
-                    run.registered, run.peak_mb, run.after_mb
+                    run.registered, run.peak_mib, run.after_mib
                 );
                 done.push(run);
             }
@@ -1290,12 +1290,12 @@ async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) 
     };
     println!(
         "  after the last run ÷ after the first: {:.2} (target ≤ 1.20)",
-        last.after_mb / first.after_mb
+        last.after_mib / first.after_mib
     );
     let per_node: Vec<f64> = done
         .iter()
         .filter(|r| r.registered > 0)
-        .map(|r| (r.peak_mb - idle) * 1024.0 * 1024.0 / r.registered as f64)
+        .map(|r| (r.peak_mib - idle) * 1024.0 * 1024.0 / r.registered as f64)
         .collect();
     if !per_node.is_empty() {
         println!(

@@ -10,10 +10,10 @@ use control_plane::config::{Cli, Command, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc, with its background thread returning freed pages to the system
-/// after a few seconds. With glibc's malloc, a 10,000-node swarm that came
-/// and left kept 255 MB resident, and four kept 386 MB (over 95 % of it
-/// free, held by the worker threads' arenas); with jemalloc, 85–99 MB two
-/// seconds after each, falling to about 40 MB once idle
+/// within about ten seconds. With glibc's malloc, ten 10,000-node swarms
+/// that came and left one after another kept 234 MiB resident after the
+/// first and 376 MiB after the ninth (over 95 % of it free, held by the
+/// worker threads' arenas); with jemalloc, 37–51 MiB after each
 /// (`cargo bench -p control-plane --bench load`, part d).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]

@@ -301,7 +301,11 @@ impl ProcessBuilder {
     /// accepts (a connection to find out would be counted in /metrics).
     pub async fn start(self) -> ControlPlaneProcess {
         let addr = self.kind.addr.unwrap_or_else(free_addr);
-        let program = (self.kind.program.clone()).unwrap_or_else(|| binary("control-plane"));
+        let program = self
+            .kind
+            .program
+            .clone()
+            .unwrap_or_else(|| binary("control-plane"));
         let mut command = tokio::process::Command::new(program);
         command
             .arg("serve")
