@@ -8,6 +8,8 @@
 
 import type uPlot from "uplot";
 
+import { h } from "./dom";
+
 type UPlot = typeof uPlot;
 let library: Promise<UPlot> | null = null;
 
@@ -69,7 +71,7 @@ export class Chart {
       (error: unknown) => {
         // The chart's code could not be fetched: most often the control
         // plane was upgraded under an open page.
-        container.textContent = "This chart could not load: reload the page.";
+        container.replaceChildren(h("strong", {}, spec.title), " This chart could not load: reload the page.");
         container.title = error instanceof Error ? error.message : String(error);
         container.classList.add("error");
       },

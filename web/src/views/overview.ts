@@ -72,7 +72,7 @@ export function overviewView({ feeds, signal }: ViewContext): View {
   const coverage = h("p", { class: "muted coverage", role: "status" });
 
   const health = h("dl", { class: "facts" });
-  const healthNote = h("p", { class: "muted" });
+  const healthNote = h("p", { class: "muted" }, "Asking the control plane…");
   const healthBox = h("section", { class: "panel", "aria-label": "Control plane" }, h("h2", {}, "Control plane"), health, healthNote);
 
   const element = h(
