@@ -286,7 +286,9 @@ async fn an_early_stop_gives_a_partial_report_and_still_cleans_up() {
     );
     assert!(report.interrupted, "{report:#?}");
     assert_eq!(report.registered, 200, "{report:#?}");
-    assert!(report.duration_s < 2.0, "{report:#?}");
+    // Measured for a fraction of the 60 s asked (the stop came 2 s after
+    // the start, ramp included; a busy machine may wake the stop late).
+    assert!(report.duration_s < 10.0, "{report:#?}");
     assert_eq!(report.deregistered, 200, "{report:#?}");
     assert!(swarm_nodes(&cp, &run_id).await.is_empty());
 }
