@@ -21,7 +21,12 @@
 //!   malloc, build that one apart and name it in `FARM_BENCH_MEMORY_VERSUS`:
 //!   `cargo build --release -p control-plane --no-default-features
 //!   --target-dir target/system-malloc`, then
-//!   `FARM_BENCH_MEMORY_VERSUS=target/system-malloc/release/control-plane`.
+//!   `FARM_BENCH_MEMORY_VERSUS=target/system-malloc/release/control-plane`;
+//! - (e) durable writes against etcd (Debian's `etcd-server`, started here
+//!   on loopback in a temporary folder with its defaults): etcd's `KV/Put`,
+//!   the control plane's `Register` and `PutConfig`, all three driven by
+//!   the (b) client at the same writes in flight, each write on disk before
+//!   its answer.
 //!
 //! Everything runs on 127.0.0.1 and every process started here is stopped,
 //! on panic too. The default run takes about eight minutes; environment
@@ -30,7 +35,9 @@
 //! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
 //! - `FARM_BENCH_SHAPES` (`1x1,4x16,4x100`): connections × streams of (a);
 //! - `FARM_BENCH_SECS` (3): measured seconds per figure, after 1 s warm-up;
-//! - `FARM_BENCH_PARTS` (`abcd`): which parts to run;
+//! - `FARM_BENCH_PARTS` (`abcde`): which parts to run;
+//! - `FARM_BENCH_WRITE_SHAPES` (`4x4,4x16,4x64`): connections × writes in
+//!   flight of (e);
 //! - `FARM_BENCH_SWARM` (`500,1000,2000,5000,10000,20000`): the ladder of
 //!   (c), climbed until a size fails;
 //! - `FARM_BENCH_SWARM_SECS` (10): duration of each swarm run;
@@ -58,8 +65,10 @@ use std::{
 };
 
 use farm_api::v1::{
-    DiscoverRequest, HeartbeatRequest, InfoRequest, InfoResponse, LoadSpec, RegisterRequest,
-    SetLogLevelRequest, SetLogLevelResponse, SimulateLoadResponse, WorkRequest, WorkResponse,
+    DiscoverRequest, HeartbeatRequest, InfoRequest, InfoResponse, LoadSpec, PutConfigRequest,
+    RegisterRequest, SetLogLevelRequest, SetLogLevelResponse, SimulateLoadResponse, WorkRequest,
+    WorkResponse,
+    config_client::ConfigClient,
     discovery_client::DiscoveryClient,
     registry_client::RegistryClient,
     workload_client::WorkloadClient,
@@ -117,6 +126,8 @@ struct Settings {
     memory_nodes: usize,
     memory_settle: Duration,
     memory_versus: Option<PathBuf>,
+    /// Shapes of (e): connections × writes in flight per connection.
+    write_shapes: Vec<(usize, usize)>,
 }
 
 /// `CxM`: C connections, M streams each.
@@ -145,8 +156,12 @@ impl Settings {
                 .split(',')
                 .map(parse_shape)
                 .collect(),
+            write_shapes: env_or("FARM_BENCH_WRITE_SHAPES", "4x4,4x16,4x64".to_owned())
+                .split(',')
+                .map(parse_shape)
+                .collect(),
             secs: Duration::from_secs(env_or("FARM_BENCH_SECS", 3u64).max(1)),
-            parts: env_or("FARM_BENCH_PARTS", "abcd".to_owned()),
+            parts: env_or("FARM_BENCH_PARTS", "abcde".to_owned()),
             swarm_ladder: ladder
                 .split(',')
                 .map(|n| n.trim().parse().expect("FARM_BENCH_SWARM: numbers"))
@@ -690,6 +705,10 @@ enum Call {
     Echo,
     Discover,
     Register,
+    /// `PutConfig` of the global scope, a new version per call.
+    PutConfig,
+    /// etcd's `KV/Put` of a new key per call.
+    EtcdPut,
 }
 
 /// One driver task's OK latencies and errors by status code.
@@ -726,7 +745,9 @@ async fn drive(
             tokio::spawn(async move {
                 let mut work = WorkloadClient::new(channel.clone());
                 let mut discovery = DiscoveryClient::new(channel.clone());
-                let mut registry = RegistryClient::new(channel);
+                let mut registry = RegistryClient::new(channel.clone());
+                let mut config = ConfigClient::new(channel.clone());
+                let mut etcd = tonic::client::Grpc::new(channel);
                 let mut latency = new_histogram();
                 let mut errors = BTreeMap::new();
                 for seq in 0u64.. {
@@ -758,6 +779,11 @@ async fn drive(
                             })
                             .await
                             .map(drop),
+                        Call::PutConfig => config
+                            .put_config(config_put(&tag, task, seq))
+                            .await
+                            .map(drop),
+                        Call::EtcdPut => etcd_put(&mut etcd, &tag, task, seq).await,
                     };
                     let done = Instant::now();
                     if done < measure || done > end {
@@ -1306,6 +1332,192 @@ async fn memory_series(bin: &Bins, settings: &Settings, program: Option<&Path>) 
 }
 
 // ---------------------------------------------------------------------------
+// (e) durable writes against etcd
+
+/// etcd's `etcdserverpb.PutRequest`, the two fields a put needs (etcd's
+/// `rpc.proto`: `key = 1`, `value = 2`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdPutRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// etcd's `PutResponse`; its fields are not read (prost skips them).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EtcdPutResponse {}
+
+/// Bytes of each value etcd stores: about what a node's identity row holds
+/// (name, address, group, secret digest).
+const ETCD_VALUE: usize = 160;
+
+/// One `KV/Put` of a new key, through tonic's generic client.
+async fn etcd_put(
+    etcd: &mut tonic::client::Grpc<Channel>,
+    tag: &str,
+    task: usize,
+    seq: u64,
+) -> Result<(), Status> {
+    etcd.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let request = EtcdPutRequest {
+        key: format!("{tag}-t{task}-{seq}").into_bytes(),
+        value: vec![b'v'; ETCD_VALUE],
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
+    let codec = tonic_prost::ProstCodec::<EtcdPutRequest, EtcdPutResponse>::default();
+    etcd.unary(Request::new(request), path, codec)
+        .await
+        .map(drop)
+}
+
+/// A new version of the global scope: which writer wrote it, and its count.
+fn config_put(tag: &str, task: usize, seq: u64) -> PutConfigRequest {
+    let number = |n: f64| prost_types::Value {
+        kind: Some(prost_types::value::Kind::NumberValue(n)),
+    };
+    let text = |s: String| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(s)),
+    };
+    PutConfigRequest {
+        scope: "global".into(),
+        data: Some(prost_types::Struct {
+            fields: BTreeMap::from([
+                ("writer".to_owned(), text(format!("{tag}-t{task}"))),
+                ("seq".to_owned(), number(seq as f64)),
+            ]),
+        }),
+        expected_version: 0,
+        merge: false,
+    }
+}
+
+/// `etcd` on loopback in a folder of its own, with its defaults (every
+/// write's log entry synced before it is answered); stopped when dropped.
+struct Etcd {
+    _child: ChildGuard,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn have_etcd() -> bool {
+    Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl Etcd {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
+        let (client, peer) = (free_addr(), free_addr());
+        let mut command = Command::new("etcd");
+        command
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                format!("--listen-client-urls=http://{client}"),
+                format!("--advertise-client-urls=http://{client}"),
+                format!("--listen-peer-urls=http://{peer}"),
+                format!("--initial-advertise-peer-urls=http://{peer}"),
+                format!("--initial-cluster=bench=http://{peer}"),
+                "--log-level=error".to_owned(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = ChildGuard::spawn(&mut command, "etcd");
+        let etcd = Self {
+            _child: child,
+            addr: client,
+            _dir: dir,
+        };
+        let channel = channel(client);
+        eventually("etcd to answer a put", READY_LIMIT, || {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            async move { etcd_put(&mut grpc, "ready", 0, 0).await }
+        })
+        .await;
+        etcd
+    }
+}
+
+async fn part_e(settings: &Settings) {
+    if !have_etcd() {
+        println!(
+            "(e) etcd is not installed: part (e) is left out. Install it with `apt-get install \
+             etcd-server` (Debian) and run again.\n"
+        );
+        return;
+    }
+    println!(
+        "(e) durable writes against etcd, closed loop, the same tonic client for all three, \
+         {} rounds of {} s after {} s warm-up, fresh servers each round; medians",
+        settings.rounds,
+        settings.secs.as_secs(),
+        WARMUP.as_secs()
+    );
+    println!(
+        "    etcd Put: a new key per call, {ETCD_VALUE}-byte value, etcd's defaults (its log \
+         synced before each answer). Register: a new identity per call, as in (b). PutConfig: a \
+         new version of the global scope per call. Both on disk before their answer, in {}",
+        std::env::temp_dir().display()
+    );
+    println!("    ÷etcd: median of the per-round ratios against etcd Put at the same shape");
+    let calls = [Call::EtcdPut, Call::Register, Call::PutConfig];
+    let mut runs: BTreeMap<((usize, usize), usize), Vec<Figures>> = BTreeMap::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for round in 0..settings.rounds {
+        let etcd = Etcd::start().await;
+        let control_plane = ControlPlane::start(&[]).await;
+        for &shape in &settings.write_shapes {
+            let mut order: Vec<usize> = (0..calls.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for which in order {
+                let call = calls[which];
+                let addr = match call {
+                    Call::EtcdPut => etcd.addr,
+                    _ => control_plane.addr(),
+                };
+                let tag = format!("r{round}-{}x{}", shape.0, shape.1);
+                let driven = drive(addr, call, shape, settings.secs, &tag).await;
+                for (code, n) in driven.errors_by_code {
+                    *errors.entry(format!("{call:?} {code}")).or_insert(0) += n;
+                }
+                runs.entry((shape, which)).or_default().push(driven.figures);
+            }
+        }
+    }
+    println!();
+    header("÷etcd");
+    let tools = ["etcd    Put", "driver  Register", "driver  PutConfig"];
+    for &shape in &settings.write_shapes {
+        let label = format!("{}×{}", shape.0, shape.1);
+        let etcd = runs.get(&(shape, 0)).cloned().unwrap_or_default();
+        for (which, tool) in tools.iter().enumerate() {
+            let these = runs.get(&(shape, which)).cloned().unwrap_or_default();
+            row(&label, tool, &these, Some(ratio(&these, &etcd)));
+        }
+    }
+    for (what, n) in &errors {
+        println!("  errors: {what}: {n}");
+    }
+    println!("  target: Register ÷ etcd and PutConfig ÷ etcd ≥ 1.00 at the same shape");
+    let (rate, p50, p99) = fsync_probe(&std::env::temp_dir());
+    println!(
+        "  disk, for scale: serial 4 KiB write + fdatasync in {}: {rate:.0}/s (p50 {p50:.0} µs, \
+         p99 {p99:.0} µs)",
+        std::env::temp_dir().display()
+    );
+    println!();
+}
+
+// ---------------------------------------------------------------------------
 
 /// The workspace's release binaries.
 struct Bins {
@@ -1344,6 +1556,9 @@ async fn main() {
     }
     if settings.parts.contains('d') {
         part_d(&bin, &settings).await;
+    }
+    if settings.parts.contains('e') {
+        part_e(&settings).await;
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 }
