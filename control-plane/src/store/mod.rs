@@ -6,7 +6,7 @@
 //! rebuilt from heartbeats after a restart.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -85,6 +85,10 @@ pub enum StoreError {
     /// A batch of identities could not be written.
     #[error("writing node identities failed: {0}")]
     Batch(String),
+    /// A batch of configuration versions could not be written; none of
+    /// them was stored.
+    #[error("writing configuration versions failed: {0}")]
+    ConfigBatch(String),
     /// The store was closed (the control plane is shutting down).
     #[error("the store is closed")]
     Closed,
@@ -277,34 +281,53 @@ impl Store {
     /// Stores a new version (durably, before returning) and drops the
     /// scope's versions beyond the last [`HISTORY_PER_SCOPE`].
     pub fn insert_config(&self, entry: &ConfigEntry) -> Result<(), StoreError> {
-        let data = serde_json::to_string(&entry.data)
-            .map_err(|e| StoreError::Corrupt(format!("configuration data: {e}")))?;
-        let created_ms = entry
-            .created_at
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let scope = entry.scope.to_string();
+        self.insert_configs(std::slice::from_ref(entry))
+    }
+
+    /// Stores new versions in one transaction, so one sync to disk for all
+    /// of them (durably, before returning), and drops each scope's versions
+    /// beyond its last [`HISTORY_PER_SCOPE`]. On an error nothing of them
+    /// is stored.
+    pub fn insert_configs(&self, entries: &[ConfigEntry]) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO config_versions (scope, version, data, created_ms, role, rollback_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                scope,
-                to_i64(entry.version),
-                data,
-                i64::try_from(created_ms).unwrap_or(i64::MAX),
-                entry.role,
-                to_i64(entry.rollback_of),
-            ],
-        )?;
-        tx.execute(
-            "DELETE FROM config_versions WHERE scope = ?1 AND version <= (
-                SELECT version FROM config_versions WHERE scope = ?1
-                ORDER BY version DESC LIMIT 1 OFFSET ?2)",
-            params![scope, i64::try_from(HISTORY_PER_SCOPE).unwrap_or(i64::MAX)],
-        )?;
+        let mut scopes = BTreeSet::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO config_versions (scope, version, data, created_ms, role, rollback_of)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for entry in entries {
+                let data = serde_json::to_string(&entry.data)
+                    .map_err(|e| StoreError::Corrupt(format!("configuration data: {e}")))?;
+                let created_ms = entry
+                    .created_at
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis();
+                let scope = entry.scope.to_string();
+                insert.execute(params![
+                    scope,
+                    to_i64(entry.version),
+                    data,
+                    i64::try_from(created_ms).unwrap_or(i64::MAX),
+                    entry.role,
+                    to_i64(entry.rollback_of),
+                ])?;
+                scopes.insert(scope);
+            }
+            let mut prune = tx.prepare_cached(
+                "DELETE FROM config_versions WHERE scope = ?1 AND version <= (
+                    SELECT version FROM config_versions WHERE scope = ?1
+                    ORDER BY version DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            for scope in &scopes {
+                prune.execute(params![
+                    scope,
+                    i64::try_from(HISTORY_PER_SCOPE).unwrap_or(i64::MAX)
+                ])?;
+            }
+        }
         tx.commit()?;
         Ok(())
     }
@@ -652,6 +675,62 @@ mod tests {
         assert_eq!(
             store.config_version(&global, 6).expect("query"),
             Some(entry("global", 6))
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    /// A batch is one transaction that keeps each scope's bound, whatever
+    /// the scopes it mixes; a batch that fails stores nothing of itself.
+    #[test]
+    fn a_batch_of_versions_is_stored_whole_or_not_at_all() {
+        let dir = tempdir();
+        let entry = |scope: &str, version: u64| ConfigEntry {
+            scope: scope.parse().expect("scope"),
+            version,
+            data: serde_json::json!({"v": version}),
+            created_at: UNIX_EPOCH,
+            role: "admin".into(),
+            rollback_of: 0,
+        };
+        let store = Store::open(&dir).expect("open");
+        let batch: Vec<ConfigEntry> = (1..=(HISTORY_PER_SCOPE as u64 + 10))
+            .map(|v| entry(if v % 2 == 0 { "global" } else { "group:a" }, v))
+            .chain((0..3).map(|i| entry("group:b", 5_000 + i)))
+            .collect();
+        store.insert_configs(&batch).expect("one transaction");
+        for (scope, count, oldest) in [
+            ("global", HISTORY_PER_SCOPE / 2 + 5, 2),
+            ("group:a", HISTORY_PER_SCOPE / 2 + 5, 1),
+            ("group:b", 3, 5_000),
+        ] {
+            let scope: Scope = scope.parse().expect("scope");
+            assert_eq!(store.config_count(&scope).expect("count"), count, "{scope}");
+            assert_eq!(
+                store.oldest_config_version(&scope).expect("oldest"),
+                Some(oldest)
+            );
+        }
+        let more: Vec<ConfigEntry> = (0..(HISTORY_PER_SCOPE as u64))
+            .map(|i| entry("global", 6_000 + i * 2))
+            .collect();
+        store.insert_configs(&more).expect("one transaction");
+        assert_eq!(
+            store.config_count(&Scope::Global).expect("count"),
+            HISTORY_PER_SCOPE
+        );
+        assert_eq!(
+            store.oldest_config_version(&Scope::Global).expect("oldest"),
+            Some(6_000)
+        );
+        // The second entry takes a version already stored: nothing of the
+        // batch is kept, the first entry included.
+        let clash = [entry("group:c", 9_000), entry("group:c", 5_000)];
+        assert!(store.insert_configs(&clash).is_err());
+        assert_eq!(
+            store
+                .config_count(&"group:c".parse().expect("scope"))
+                .expect("count"),
+            0
         );
         std::fs::remove_dir_all(dir).ok();
     }
