@@ -7,7 +7,9 @@
 //! deep merge of `global`, its group's and its own; its version is the
 //! highest version among those layers, which grows whenever any layer
 //! changes. History lives in the store; the book holds the latest version of
-//! each scope, which is all a merge needs.
+//! each scope, which is all a merge needs. Writes are decided in batches
+//! ([`Batch`]) over the book, each seeing those before it, and committed
+//! into it once stored.
 
 use std::{collections::HashMap, fmt, str::FromStr, time::SystemTime};
 
@@ -289,46 +291,28 @@ impl ConfigBook {
         self.latest.get(scope).map_or(0, |e| e.version)
     }
 
-    /// Prepares the next version of `scope`, checking `expected` (0: no
-    /// check) against the current one. A merge applies to that same
-    /// current version, and its result is checked like a whole write.
-    /// Nothing changes until [`commit`].
-    ///
-    /// [`commit`]: Self::commit
-    pub fn prepare(
-        &self,
-        scope: Scope,
-        write: Write,
-        expected: u64,
-        role: &str,
-        rollback_of: u64,
-        now: SystemTime,
-    ) -> Result<ConfigEntry, DomainError> {
-        let latest = self.latest.get(&scope);
-        let data = write.apply(latest.map(|e| &e.data));
-        validate_data(&data, rollback_of)?;
-        let current = latest.map_or(0, |e| e.version);
-        if expected != 0 && expected != current {
-            return Err(DomainError::VersionConflict {
-                scope,
-                expected,
-                current,
-            });
+    /// Starts a batch of versions prepared against this book, each seeing
+    /// those prepared before it; the book itself changes only when the
+    /// batch's entries are committed.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            book: self,
+            entries: Vec::new(),
+            latest: HashMap::new(),
         }
-        Ok(ConfigEntry {
-            scope,
-            version: self.last_version + 1,
-            data,
-            created_at: now,
-            role: role.to_owned(),
-            rollback_of,
-        })
     }
 
     /// Makes a prepared (and stored) entry the latest of its scope.
     pub fn commit(&mut self, entry: ConfigEntry) {
         self.last_version = self.last_version.max(entry.version);
         self.latest.insert(entry.scope.clone(), entry);
+    }
+
+    /// Commits a batch's entries, in order.
+    pub fn commit_all(&mut self, entries: impl IntoIterator<Item = ConfigEntry>) {
+        for entry in entries {
+            self.commit(entry);
+        }
     }
 
     /// The effective configuration of node `id` in `group`.
@@ -346,6 +330,94 @@ impl ConfigBook {
             }
         }
         Effective { version, data }
+    }
+}
+
+/// Versions prepared in order against a [`ConfigBook`] and not yet in it
+/// (a group commit's batch): each write is decided as if those before it
+/// were committed, so a compare-and-set checks, and a merge patches, the
+/// latest version of its scope, an earlier one of the batch included. The
+/// book is not touched: dropping the batch undoes it.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    book: &'a ConfigBook,
+    /// Prepared entries, in version order.
+    entries: Vec<ConfigEntry>,
+    /// Index in `entries` of each scope's latest prepared entry.
+    latest: HashMap<Scope, usize>,
+}
+
+impl Batch<'_> {
+    /// The latest version of `scope`, this batch's included.
+    fn latest(&self, scope: &Scope) -> Option<&ConfigEntry> {
+        match self.latest.get(scope) {
+            Some(&index) => Some(&self.entries[index]),
+            None => self.book.latest(scope),
+        }
+    }
+
+    /// Whether an entry of this batch is `scope`'s latest: a write to it
+    /// is then decided against a version not yet committed.
+    pub fn touches(&self, scope: &Scope) -> bool {
+        self.latest.contains_key(scope)
+    }
+
+    /// The highest version, this batch's included.
+    pub fn last_version(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.book.last_version, |e| e.version)
+    }
+
+    /// Prepares the next version of `scope`, checking `expected` (0: no
+    /// check) against the current one, the latest of the batch else the
+    /// book's; a merge applies to that same version, and its result is
+    /// checked like a whole write. Adds it to the batch and returns it. A
+    /// refused write leaves the batch as it was; the book changes only when
+    /// the batch's entries are committed ([`ConfigBook::commit_all`]).
+    pub fn prepare(
+        &mut self,
+        scope: Scope,
+        write: Write,
+        expected: u64,
+        role: &str,
+        rollback_of: u64,
+        now: SystemTime,
+    ) -> Result<&ConfigEntry, DomainError> {
+        let latest = self.latest(&scope);
+        let data = write.apply(latest.map(|e| &e.data));
+        validate_data(&data, rollback_of)?;
+        let current = latest.map_or(0, |e| e.version);
+        if expected != 0 && expected != current {
+            return Err(DomainError::VersionConflict {
+                scope,
+                expected,
+                current,
+            });
+        }
+        let entry = ConfigEntry {
+            scope,
+            version: self.last_version() + 1,
+            data,
+            created_at: now,
+            role: role.to_owned(),
+            rollback_of,
+        };
+        let index = self.entries.len();
+        self.latest.insert(entry.scope.clone(), index);
+        self.entries.push(entry);
+        Ok(&self.entries[index])
+    }
+
+    /// The entries prepared, in version order (consecutive versions).
+    pub fn entries(&self) -> &[ConfigEntry] {
+        &self.entries
+    }
+
+    /// The entries prepared, in version order, for the store and then
+    /// [`ConfigBook::commit_all`].
+    pub fn into_entries(self) -> Vec<ConfigEntry> {
+        self.entries
     }
 }
 
@@ -440,14 +512,17 @@ mod tests {
         let mut book = ConfigBook::default();
         let now = UNIX_EPOCH;
         let put = |book: &mut ConfigBook, scope: &str, data: Value, expected| {
-            let entry = book.prepare(
-                scope.parse().expect("scope"),
-                Write::Replace(data),
-                expected,
-                "admin",
-                0,
-                now,
-            )?;
+            let entry = book
+                .batch()
+                .prepare(
+                    scope.parse().expect("scope"),
+                    Write::Replace(data),
+                    expected,
+                    "admin",
+                    0,
+                    now,
+                )?
+                .clone();
             let version = entry.version;
             book.commit(entry);
             Ok::<u64, DomainError>(version)
@@ -501,7 +576,10 @@ mod tests {
         let mut book = ConfigBook::default();
         let now = UNIX_EPOCH;
         let write = |book: &mut ConfigBook, write: Write, expected| {
-            let entry = book.prepare(Scope::Global, write, expected, "admin", 0, now)?;
+            let entry = book
+                .batch()
+                .prepare(Scope::Global, write, expected, "admin", 0, now)?
+                .clone();
             book.commit(entry.clone());
             Ok::<ConfigEntry, DomainError>(entry)
         };
@@ -557,6 +635,150 @@ mod tests {
         assert_eq!(
             (same.version, &same.data),
             (merged.version + 1, &merged.data)
+        );
+    }
+
+    /// Each write of a batch is decided as if those before it were
+    /// committed: a merge patches the latest version, the batch's own
+    /// included, and versions follow one another; the book is untouched
+    /// until the entries are committed.
+    #[test]
+    fn a_batch_decides_each_write_over_the_ones_before_it() {
+        let mut book = ConfigBook::new(
+            vec![ConfigEntry {
+                scope: Scope::Global,
+                version: 4,
+                data: json!({"a": 1, "w": {"d": 5}}),
+                created_at: UNIX_EPOCH,
+                role: "admin".into(),
+                rollback_of: 0,
+            }],
+            4,
+        );
+        let group = Scope::Group("edge".into());
+        // (scope, write, expected, what it gives: its version and data).
+        let cases = [
+            (
+                Scope::Global,
+                Write::Merge(json!({"b": 2})),
+                4,
+                Ok((5, json!({"a": 1, "b": 2, "w": {"d": 5}}))),
+            ),
+            (
+                Scope::Global,
+                Write::Merge(json!({"a": null, "w": {"e": 1}})),
+                5,
+                Ok((6, json!({"b": 2, "w": {"d": 5, "e": 1}}))),
+            ),
+            (
+                Scope::Global,
+                Write::Merge(json!({"stale": true})),
+                5,
+                Err(DomainError::VersionConflict {
+                    scope: Scope::Global,
+                    expected: 5,
+                    current: 6,
+                }),
+            ),
+            (
+                group.clone(),
+                Write::Merge(json!({"g": 1})),
+                0,
+                Ok((7, json!({"g": 1}))),
+            ),
+            (
+                group.clone(),
+                Write::Merge(json!({"workload": {"delay_ms": -1}})),
+                0,
+                Err(
+                    validate_data(&json!({"g": 1, "workload": {"delay_ms": -1}}), 0)
+                        .expect_err("unusable"),
+                ),
+            ),
+            (
+                group.clone(),
+                Write::Merge(json!({"h": 2})),
+                7,
+                Ok((8, json!({"g": 1, "h": 2}))),
+            ),
+            (
+                Scope::Global,
+                Write::Replace(json!({"only": 1})),
+                6,
+                Ok((9, json!({"only": 1}))),
+            ),
+        ];
+        let mut batch = book.batch();
+        assert!(!batch.touches(&Scope::Global));
+        for (i, (scope, write, expected, want)) in cases.into_iter().enumerate() {
+            let got = batch
+                .prepare(scope, write, expected, "admin", 0, UNIX_EPOCH)
+                .map(|e| (e.version, e.data.clone()));
+            assert_eq!(got, want, "write {i}");
+        }
+        assert!(batch.touches(&Scope::Global) && batch.touches(&group));
+        assert_eq!(batch.last_version(), 9);
+        let entries = batch.into_entries();
+        assert_eq!(
+            entries.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [5, 6, 7, 8, 9]
+        );
+        // Nothing is in the book until committed.
+        assert_eq!(
+            (book.version_of(&Scope::Global), book.last_version()),
+            (4, 4)
+        );
+        assert_eq!(book.latest(&group), None);
+        book.commit_all(entries);
+        assert_eq!(book.last_version(), 9);
+        assert_eq!(
+            book.latest(&Scope::Global).map(|e| &e.data),
+            Some(&json!({"only": 1}))
+        );
+        assert_eq!(book.version_of(&group), 8);
+    }
+
+    /// Compare-and-set in a batch: of the writes expecting one version,
+    /// the first wins and the others lose naming the version it made; a
+    /// write expecting that new version wins in turn; a batch dropped
+    /// leaves the book as it was.
+    #[test]
+    fn in_a_batch_exactly_one_compare_and_set_wins_per_version() {
+        let book = ConfigBook::default();
+        let mut batch = book.batch();
+        // (expected, won: the version it made; lost: the current version).
+        let cases: [(u64, Result<u64, u64>); 8] = [
+            (0, Ok(1)),
+            (1, Ok(2)),
+            (1, Err(2)),
+            (1, Err(2)),
+            (2, Ok(3)),
+            (2, Err(3)),
+            (7, Err(3)),
+            (3, Ok(4)),
+        ];
+        for (i, (expected, want)) in cases.into_iter().enumerate() {
+            let got = batch
+                .prepare(
+                    Scope::Global,
+                    Write::Replace(json!({"i": i})),
+                    expected,
+                    "admin",
+                    0,
+                    UNIX_EPOCH,
+                )
+                .map(|e| e.version)
+                .map_err(|e| match e {
+                    DomainError::VersionConflict { current, .. } => current,
+                    other => panic!("write {i}: {other}"),
+                });
+            assert_eq!(got, want, "write {i} expecting {expected}");
+        }
+        assert_eq!(batch.entries().len(), 4);
+        drop(batch);
+        assert_eq!(
+            (book.last_version(), book.latest(&Scope::Global)),
+            (0, None)
         );
     }
 }

@@ -5,9 +5,10 @@
 //! handles it needs; all of them see the same state. The dependency
 //! [`Catalog`] shares only the store with them.
 //!
-//! Store I/O never runs on an async worker: node identities go through the
-//! [`NodeWriter`]'s thread (a caller awaits its batch without holding a
-//! thread), and every configuration read or write runs on a blocking
+//! Store I/O never runs on an async worker: node identities and
+//! configuration versions go through writer threads of their own (the
+//! [`NodeWriter`]'s, the configuration's; a caller awaits its batch without
+//! holding a thread), and every configuration read runs on a blocking
 //! thread, so a slow disk sync stalls no other call.
 //!
 //! Locks: the registry, the configuration book and the metrics book each
@@ -26,18 +27,18 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tracing::info;
 
 pub use catalog::Catalog;
 pub use configs::Configs;
+use configs::{ConfigState, ConfigWriter};
 pub use members::{Members, WatchStart};
 pub use samples::Samples;
 
 use crate::{
     core::{
-        DomainError, Event, HealthPolicy, Limits, Now, Registry,
-        config::{ConfigBook, ConfigEntry},
+        DomainError, Event, HealthPolicy, Limits, Now, Registry, config::ConfigBook,
         metrics::MetricsBook,
     },
     store::{NodeWriter, Store, StoreError, wall_micros},
@@ -74,13 +75,12 @@ struct Shared {
     /// Registrations' identities and removals, written in batches.
     writer: NodeWriter,
     events: broadcast::Sender<Arc<Event>>,
-    /// Latest version of every scope. Locked after `registry` when both are
-    /// needed, never the other way round.
-    config: Mutex<ConfigBook>,
-    /// The highest configuration version: heartbeat streams wake on it.
-    config_version: watch::Sender<u64>,
-    /// Every new configuration version, for `WatchConfig`.
-    config_events: broadcast::Sender<Arc<ConfigEntry>>,
+    /// Latest version of every scope and its announcements. The book is
+    /// locked after `registry` when both are needed, never the other way
+    /// round.
+    config: Arc<ConfigState>,
+    /// Configuration writes, decided and written in batches.
+    config_writer: ConfigWriter,
     /// The nodes' recent metrics samples. Never held together with
     /// `registry`: the node list is read first, then this.
     metrics: Mutex<MetricsBook>,
@@ -98,8 +98,7 @@ impl Shared {
     }
 
     fn book(&self) -> MutexGuard<'_, ConfigBook> {
-        // The book changes only by `commit`, after the store has the entry.
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
+        self.config.book()
     }
 
     fn metrics(&self) -> MutexGuard<'_, MetricsBook> {
@@ -149,12 +148,17 @@ impl FarmState {
         registry.restore(stored, now);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (latest, last_version) = store.load_configs()?;
-        let book = ConfigBook::new(latest, last_version);
-        let (config_version, _) = watch::channel(book.last_version());
-        let (config_events, _) = broadcast::channel(CONFIG_EVENT_BUFFER);
+        let config = Arc::new(ConfigState::new(
+            ConfigBook::new(latest, last_version),
+            CONFIG_EVENT_BUFFER,
+        ));
         let store = Arc::new(store);
         let writer = NodeWriter::start(Arc::clone(&store))
             .map_err(|e| StoreError::Batch(format!("cannot start the writer: {e}")))?;
+        let config_writer =
+            ConfigWriter::start(Arc::clone(&store), Arc::clone(&config)).map_err(|e| {
+                StoreError::ConfigBatch(format!("cannot start the configuration writer: {e}"))
+            })?;
         let telemetry = Arc::new(Telemetry::default());
         let catalog = Catalog::open(Arc::clone(&store), Arc::clone(&telemetry))?;
         if catalog.len() > 0 {
@@ -166,9 +170,8 @@ impl FarmState {
                 store,
                 writer,
                 events,
-                config: Mutex::new(book),
-                config_version,
-                config_events,
+                config,
+                config_writer,
                 metrics: Mutex::new(MetricsBook::new()),
                 telemetry,
                 catalog,
@@ -222,6 +225,7 @@ impl FarmState {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
             shared.writer.close();
+            shared.config_writer.close();
             shared.catalog.close();
             shared.store.close()
         })

@@ -6,7 +6,8 @@
 //! arrive while one batch commits go together in the next. Each caller
 //! waits for its own answer without holding a thread, so writes scale with
 //! the callers in flight instead of queuing behind one sync each. The
-//! node identities and the catalog each have one.
+//! node identities, the configuration versions and the catalog each have
+//! one.
 
 use std::{
     sync::{Mutex, mpsc},
@@ -26,6 +27,22 @@ impl<C, R> Queued<C, R> {
     /// Answers the caller; one that gave up waiting is fine.
     pub fn answer(self, answer: R) {
         let _ = self.done.send(answer);
+    }
+
+    /// The change, to be consumed, and where its answer goes.
+    pub fn into_parts(self) -> (C, Reply<R>) {
+        (self.change, Reply(self.done))
+    }
+}
+
+/// Where the answer to one queued change goes.
+#[derive(Debug)]
+pub struct Reply<R>(oneshot::Sender<R>);
+
+impl<R> Reply<R> {
+    /// Answers the caller; one that gave up waiting is fine.
+    pub fn answer(self, answer: R) {
+        let _ = self.0.send(answer);
     }
 }
 

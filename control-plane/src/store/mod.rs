@@ -280,6 +280,7 @@ impl Store {
 
     /// Stores a new version (durably, before returning) and drops the
     /// scope's versions beyond the last [`HISTORY_PER_SCOPE`].
+    #[cfg(test)]
     pub fn insert_config(&self, entry: &ConfigEntry) -> Result<(), StoreError> {
         self.insert_configs(std::slice::from_ref(entry))
     }
