@@ -634,6 +634,102 @@ async fn a_watch_sees_every_version_in_order_while_writers_race() {
     );
 }
 
+/// Many `PutConfig` calls in flight at once (written in batches, one sync
+/// each): every acknowledged version is in `History` with the data its
+/// writer sent, the versions are dense and in order, and a `WatchConfig`
+/// stream opened before sees every one of them, in order, with its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_all_land_dense_and_in_order_and_a_watch_sees_each() {
+    const WRITERS: u32 = 16;
+    const EACH: u32 = 30;
+    let farm = Farm::start(0, &[]).await;
+    let mut watch = farm
+        .config()
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let mut client = farm.config();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..EACH {
+                    let delay_ms = f64::from(w * 1000 + i);
+                    let version = client
+                        .put_config(put("global", delay(delay_ms), 0))
+                        .await
+                        .expect("put")
+                        .into_inner()
+                        .version;
+                    acked.push((version, delay_ms));
+                }
+                acked
+            })
+        })
+        .collect();
+    // Each acknowledged version and the delay its writer sent.
+    let mut acked = BTreeMap::new();
+    for writer in writers {
+        let mine = writer.await.expect("writer");
+        assert!(
+            mine.windows(2).all(|w| w[0].0 < w[1].0),
+            "one writer's versions grow: {mine:?}"
+        );
+        for (version, delay_ms) in mine {
+            assert!(
+                acked.insert(version, delay_ms).is_none(),
+                "version {version} acknowledged twice"
+            );
+        }
+    }
+    let total = (WRITERS * EACH) as usize;
+    let versions: Vec<u64> = acked.keys().copied().collect();
+    assert_eq!(versions.len(), total);
+    let first = versions[0];
+    assert_eq!(
+        versions,
+        (first..first + total as u64).collect::<Vec<_>>(),
+        "dense"
+    );
+
+    let history = farm
+        .config()
+        .history(HistoryRequest {
+            scope: "global".into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("History")
+        .into_inner()
+        .versions;
+    let kept: Vec<(u64, Option<f64>)> = history
+        .iter()
+        .rev()
+        .map(|v| (v.version, delay_of(&v.data)))
+        .collect();
+    let want: Vec<(u64, Option<f64>)> = acked.iter().map(|(v, d)| (*v, Some(*d))).collect();
+    assert_eq!(
+        kept, want,
+        "History holds every acknowledged version, in order"
+    );
+
+    let mut seen = Vec::with_capacity(total);
+    while seen.len() < total {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} versions arrived", seen.len()))
+            .expect("event")
+            .expect("ok");
+        seen.push((event.version, delay_of(&event.data)));
+    }
+    assert_eq!(seen, want, "the watch sees every version, in order");
+}
+
 /// Distinct heartbeat times of the node seen while polling for `window`.
 async fn heartbeats_seen(farm: &Farm, window: Duration) -> usize {
     let until = tokio::time::Instant::now() + window;
