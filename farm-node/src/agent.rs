@@ -5,8 +5,12 @@
 //!
 //! Configuration comes down the same stream: the agent applies each pushed
 //! configuration at once, reports its version in an immediate heartbeat
-//! (and in every one after), and caches it so that the next start applies
-//! it before the control plane answers.
+//! (and in every one after), and hands it to the cache writer
+//! ([`crate::cache::keep_latest`]), a task beside the loop that saves the
+//! latest applied configuration so that the next start applies it before
+//! the control plane answers. The loop never waits for the disk; versions
+//! arriving during a save are written once, as the newest, and the latest
+//! is on disk before [`Agent::run`] returns.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,7 +20,10 @@ use farm_api::v1::{
     registry_client::RegistryClient,
 };
 use rand::Rng;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -27,7 +34,7 @@ use tonic::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    cache::ConfigCache,
+    cache::{self, ConfigCache},
     config::NodeConfig,
     identity::{Identity, IdentityStore},
     settings::NodeConfigData,
@@ -113,6 +120,8 @@ pub struct Agent {
     configs: ConfigCache,
     /// The configuration applied last (version 0 and empty before any).
     applied: NodeConfigData,
+    /// The same, for the cache writer.
+    to_cache: watch::Sender<NodeConfigData>,
     shutdown: CancellationToken,
 }
 
@@ -147,6 +156,7 @@ impl Agent {
             identities,
             configs,
             applied: NodeConfigData::default(),
+            to_cache: watch::Sender::new(NodeConfigData::default()),
             shutdown,
         })
     }
@@ -161,38 +171,45 @@ impl Agent {
     pub fn apply_cached_config(&mut self) {
         if let Some(cached) = self.configs.load() {
             self.status.apply_config(&cached, "cache");
+            // Already on disk: the cache writer starts from it.
+            self.to_cache.send_replace(cached.clone());
             self.applied = cached;
         }
     }
 
     /// Applies a configuration pushed by the control plane, unless it is the
-    /// one already applied; `true` when it was applied.
+    /// one already applied, and hands it to the cache writer; `true` when
+    /// it was applied.
     fn apply_pushed(&mut self, pushed: NodeConfigData) -> bool {
         if pushed == self.applied {
             return false;
         }
         self.status.apply_config(&pushed, "control plane");
+        self.to_cache.send_replace(pushed.clone());
         self.applied = pushed;
         true
     }
 
-    /// Caches the applied configuration for the next start (off the async
-    /// workers: it waits for the disk).
-    async fn cache_applied(&self) {
-        let cache = self.configs.clone();
-        let config = self.applied.clone();
-        match tokio::task::spawn_blocking(move || cache.save(&config)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                warn!(cause = %err, "cannot cache the configuration; a restart without the control plane will not apply it");
-            }
-            Err(err) => warn!(cause = %err, "caching the configuration failed"),
+    /// Runs until shutdown, the cache writer beside it; returns once the
+    /// latest applied configuration is cached. Never deregisters: a stopped
+    /// node keeps its identity and re-attaches when it starts again.
+    pub async fn run(mut self) {
+        let writer = tokio::spawn(cache::keep_latest(
+            self.configs.clone(),
+            self.to_cache.subscribe(),
+        ));
+        self.attach().await;
+        // Closes the channel: the writer saves what it has not saved yet,
+        // then ends.
+        drop(self);
+        if let Err(err) = writer.await {
+            warn!(cause = %err, "the configuration cache writer failed");
         }
     }
 
-    /// Runs until shutdown. Never deregisters: a stopped node keeps its
-    /// identity and re-attaches when it starts again.
-    pub async fn run(mut self) {
+    /// Registers and heartbeats, re-attaching after any loss, until
+    /// shutdown.
+    async fn attach(&mut self) {
         let mut identity = self.identities.load();
         let mut backoff = Backoff::new();
         let mut last_problem = String::new();
@@ -398,7 +415,6 @@ impl Agent {
                             if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(beat) {
                                 return StreamEnd::Lost("the request stream closed".into());
                             }
-                            self.cache_applied().await;
                         }
                         // A message that only pushes a configuration may name
                         // no interval: keep the current one.

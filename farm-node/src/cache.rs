@@ -4,13 +4,21 @@
 //! Files are written atomically (temporary file, fsync, rename, fsync of the
 //! folder): a crash mid-write leaves the old file or the new one, never half
 //! of each.
+//!
+//! The applied configuration is saved in the background ([`keep_latest`]):
+//! the agent hands each configuration it applies to a watch channel and
+//! goes on, and one task saves the latest whenever it changed, so versions
+//! arriving during a save are written once, as the newest of them, and the
+//! heartbeat loop never waits for the disk.
 
 use std::{
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
+use tokio::sync::watch;
 use tracing::warn;
 
 use crate::settings::NodeConfigData;
@@ -82,9 +90,41 @@ impl ConfigCache {
     }
 }
 
+/// Saves the configurations `latest` is sent into `cache`: at each change,
+/// the newest one, on a blocking thread; those sent during a save are
+/// coalesced into the next. A value the receiver has already seen is not
+/// saved (a new receiver has seen the one the channel holds: the one read
+/// from the cache). Ends once the sender is gone and its last
+/// configuration saved: awaiting this at shutdown keeps the latest applied
+/// configuration. A failed save is logged; the next change tries again.
+pub async fn keep_latest(cache: ConfigCache, latest: watch::Receiver<NodeConfigData>) {
+    save_latest(latest, Arc::new(move |config| cache.save(config))).await;
+}
+
+/// A way to save a configuration (the cache's, or a test's).
+type Save = Arc<dyn Fn(&NodeConfigData) -> io::Result<()> + Send + Sync>;
+
+/// [`keep_latest`] with `save`.
+async fn save_latest(mut latest: watch::Receiver<NodeConfigData>, save: Save) {
+    while latest.changed().await.is_ok() {
+        let config = latest.borrow_and_update().clone();
+        let save = Arc::clone(&save);
+        match tokio::task::spawn_blocking(move || save(&config)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                warn!(cause = %err, "cannot cache the configuration; a restart without the control plane will not apply it");
+            }
+            Err(err) => warn!(cause = %err, "caching the configuration failed"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, mpsc};
+
     use serde_json::{Value, json};
+    use tokio::sync::oneshot;
 
     use super::*;
 
@@ -166,5 +206,94 @@ mod tests {
         let cache = ConfigCache::new(Some(&dir.path().join("a/b")));
         cache.save(&sample()).expect("save");
         assert_eq!(cache.load(), Some(sample()));
+    }
+
+    fn version(version: u64) -> NodeConfigData {
+        let Value::Object(data) = json!({"workload": {"delay_ms": version % 7}, "v": version})
+        else {
+            unreachable!("an object")
+        };
+        NodeConfigData { version, data }
+    }
+
+    /// Versions sent while a save is under way (held here until all are
+    /// sent) are coalesced: the next save writes the newest of them, and
+    /// the file ends with it. What the channel held at the start is not
+    /// saved again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn versions_sent_during_a_slow_save_are_saved_once_as_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ConfigCache::new(Some(dir.path()));
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let (started, save_started) = oneshot::channel::<()>();
+        let (release, held) = mpsc::channel::<()>();
+        // The first save waits until the test releases it.
+        let gate = Mutex::new(Some((started, held)));
+        let save: Save = {
+            let saved = Arc::clone(&saved);
+            let cache = cache.clone();
+            Arc::new(move |config: &NodeConfigData| {
+                let first = gate.lock().expect("gate").take();
+                if let Some((started, held)) = first {
+                    let _ = started.send(());
+                    let _ = held.recv();
+                }
+                saved.lock().expect("saved").push(config.version);
+                cache.save(config)
+            })
+        };
+        let (latest, receiver) = watch::channel(version(0));
+        let writer = tokio::spawn(save_latest(receiver, save));
+        latest.send_replace(version(1));
+        save_started.await.expect("the first save starts");
+        for v in 2..=100 {
+            latest.send_replace(version(v));
+        }
+        release.send(()).expect("release");
+        drop(latest);
+        writer.await.expect("writer");
+        assert_eq!(*saved.lock().expect("saved"), [1, 100]);
+        assert_eq!(cache.load(), Some(version(100)));
+    }
+
+    /// Closing the channel right after sending still saves what was sent;
+    /// closing it with nothing new saves nothing; a failed save is logged
+    /// and the next change is saved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_version_sent_is_saved_before_the_writer_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ConfigCache::new(Some(dir.path()));
+        let (latest, receiver) = watch::channel(version(3));
+        let writer = tokio::spawn(keep_latest(cache.clone(), receiver));
+        drop(latest);
+        writer.await.expect("writer");
+        assert_eq!(cache.load(), None, "the value it started with is not saved");
+
+        let (latest, receiver) = watch::channel(version(3));
+        let writer = tokio::spawn(keep_latest(cache.clone(), receiver));
+        for v in 4..=40 {
+            latest.send_replace(version(v));
+        }
+        drop(latest);
+        writer.await.expect("writer");
+        assert_eq!(cache.load(), Some(version(40)));
+
+        let (tried, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let save: Save = Arc::new(move |config: &NodeConfigData| {
+            let _ = tried.send(config.version);
+            if config.version == 41 {
+                return Err(io::Error::other("disk full"));
+            }
+            cache.save(config)
+        });
+        let (latest, receiver) = watch::channel(version(40));
+        let writer = tokio::spawn(save_latest(receiver, save));
+        latest.send_replace(version(41));
+        assert_eq!(attempts.recv().await, Some(41), "tried and failed");
+        latest.send_replace(version(42));
+        drop(latest);
+        writer.await.expect("writer");
+        assert_eq!(attempts.recv().await, Some(42), "the next change is saved");
+        assert_eq!(ConfigCache::new(Some(dir.path())).load(), Some(version(42)));
     }
 }
