@@ -374,3 +374,53 @@ async fn a_corrupt_cache_is_replaced_by_the_pushed_configuration() {
     node.stop().await.expect("clean stop");
     cp.stop().await;
 }
+
+/// A node receiving many versions quickly ends with the latest in
+/// `config.json`: the cache is written in the background, the versions
+/// that arrive during a write coalesced, and the node's stop waits for the
+/// latest (the file is read right after it, without waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receiving_many_versions_quickly_caches_the_latest() {
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cp = Farm::start(0, &[]).await;
+    let node = node_of(&cp, "q1", cache.path()).await;
+    cp.wait_state("q1", NodeState::Healthy, WAIT).await;
+    let writers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let mut client = cp.config();
+            tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..25 {
+                    let n = w * 100 + i;
+                    let version = client
+                        .put_config(PutConfigRequest {
+                            scope: "global".into(),
+                            data: Some(config_data(json!({"n": n}))),
+                            expected_version: 0,
+                            merge: false,
+                        })
+                        .await
+                        .expect("PutConfig")
+                        .into_inner()
+                        .version;
+                    written.push((version, n));
+                }
+                written
+            })
+        })
+        .collect();
+    let mut last = (0, 0);
+    for writer in writers {
+        for written in writer.await.expect("writer") {
+            last = last.max(written);
+        }
+    }
+    let (version, n) = last;
+    cp.wait_config("q1", version, WAIT).await;
+    node.stop().await.expect("clean stop");
+    let text = std::fs::read(cache.path().join("config.json")).expect("config.json");
+    let cached: serde_json::Value = serde_json::from_slice(&text).expect("JSON");
+    assert_eq!(cached["version"].as_u64(), Some(version), "{cached}");
+    assert_eq!(cached["data"]["n"].as_f64(), Some(f64::from(n)), "{cached}");
+    cp.stop().await;
+}
