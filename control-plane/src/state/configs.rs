@@ -14,7 +14,7 @@
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use serde_json::Value;
@@ -35,6 +35,14 @@ use crate::{
 /// Most configuration versions written in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Shortest time between two wake-ups of [`Configs::changes`] while
+/// versions keep coming. A version written after a quiet moment wakes the
+/// followers (each node's heartbeat stream) at once; under a stream of
+/// writes they wake at most this often, each time reading the latest, so
+/// the pushes to the nodes (each a message, a report and an
+/// acknowledgement, per node) do not grow with the rate of writes.
+const FOLLOW_PACE: Duration = Duration::from_millis(20);
+
 /// The book of each scope's latest version and the announcements of new
 /// versions; shared by the handles (which read) and the writer's thread
 /// (which alone changes them).
@@ -43,8 +51,11 @@ pub(super) struct ConfigState {
     /// Latest version of every scope: only versions on disk. Locked after
     /// the registry when both are needed, never the other way round.
     book: Mutex<ConfigBook>,
-    /// The highest configuration version: heartbeat streams wake on it.
+    /// The highest configuration version, sent once per batch.
     version: watch::Sender<u64>,
+    /// The same, paced ([`FOLLOW_PACE`]) by [`ConfigState::pace`]:
+    /// heartbeat streams wake on it.
+    paced: Arc<watch::Sender<u64>>,
     /// Every new configuration version, for `WatchConfig`.
     events: broadcast::Sender<Arc<ConfigEntry>>,
 }
@@ -54,12 +65,26 @@ impl ConfigState {
     /// `event_buffer` versions for a slow watcher.
     pub(super) fn new(book: ConfigBook, event_buffer: usize) -> Self {
         let (version, _) = watch::channel(book.last_version());
+        let paced = Arc::new(watch::Sender::new(book.last_version()));
         let (events, _) = broadcast::channel(event_buffer);
         Self {
             book: Mutex::new(book),
             version,
+            paced,
             events,
         }
+    }
+
+    /// Passes each new highest version on to the followers, at once after
+    /// a quiet moment, then at most once per [`FOLLOW_PACE`] (the latest
+    /// of those written meanwhile); to run as a task. Ends once the state
+    /// is dropped, after passing on the last version.
+    pub(super) fn pace(&self) -> impl Future<Output = ()> + Send + 'static {
+        pace(
+            self.version.subscribe(),
+            Arc::clone(&self.paced),
+            FOLLOW_PACE,
+        )
     }
 
     pub(super) fn book(&self) -> MutexGuard<'_, ConfigBook> {
@@ -123,6 +148,15 @@ impl ConfigWriter {
     /// from a blocking thread.
     pub(super) fn close(&self) {
         self.0.close();
+    }
+}
+
+/// [`ConfigState::pace`] with `pace`.
+async fn pace(mut written: watch::Receiver<u64>, paced: Arc<watch::Sender<u64>>, pace: Duration) {
+    while written.changed().await.is_ok() {
+        let version = *written.borrow_and_update();
+        paced.send_replace(version);
+        tokio::time::sleep(pace).await;
     }
 }
 
@@ -416,10 +450,11 @@ impl Configs {
         Ok(self.shared.book().effective(id, &group))
     }
 
-    /// Wakes whenever configuration versions are written (once for a
-    /// batch of them).
+    /// Wakes when configuration versions were written: at once after a
+    /// quiet moment, at most once per [`FOLLOW_PACE`] (20 ms) while writes
+    /// keep coming. Holds the highest version; the book has it.
     pub fn changes(&self) -> watch::Receiver<u64> {
-        self.shared.config.version.subscribe()
+        self.shared.config.paced.subscribe()
     }
 
     /// Every new configuration version from now on, in version order.
@@ -823,5 +858,45 @@ mod tests {
             .collect();
         assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "announced in order");
         state.close().await.expect("close");
+    }
+
+    /// Lets every other task run (the clock is paused: no timer fires).
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The pace: a version after a quiet moment passes at once; those
+    /// written while the pace runs wait for its end and pass as one, the
+    /// latest; once the writer is gone the pacer ends.
+    #[tokio::test(start_paused = true)]
+    async fn followers_wake_at_once_then_once_per_pace_for_the_latest() {
+        let (written, receiver) = watch::channel(0_u64);
+        let paced = Arc::new(watch::Sender::new(0_u64));
+        let mut follower = paced.subscribe();
+        let pacer = tokio::spawn(pace(receiver, Arc::clone(&paced), FOLLOW_PACE));
+        written.send_replace(1);
+        settle().await;
+        assert_eq!(
+            follower.has_changed().ok(),
+            Some(true),
+            "passed without waiting"
+        );
+        assert_eq!(*follower.borrow_and_update(), 1);
+        for version in 2..=9 {
+            written.send_replace(version);
+        }
+        settle().await;
+        assert_eq!(
+            follower.has_changed().ok(),
+            Some(false),
+            "held until the pace ends"
+        );
+        follower.changed().await.expect("woken when the pace ends");
+        assert_eq!(*follower.borrow_and_update(), 9, "2 to 9 pass as one");
+        drop(written);
+        pacer.await.expect("the pacer ends with the writer");
+        assert_eq!(follower.has_changed().ok(), Some(false));
     }
 }

@@ -118,16 +118,19 @@ impl Shared {
 
 impl FarmState {
     /// Opens the store in `dir`, loads the stored identities and
-    /// configuration, and starts the identity writer. Blocks on the disk:
-    /// runs on a blocking thread.
+    /// configuration, and starts the writers and the task that paces
+    /// configuration pushes. The disk is read on a blocking thread.
     pub async fn open(
         dir: std::path::PathBuf,
         policy: HealthPolicy,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, policy, limits))
+        let state = tokio::task::spawn_blocking(move || Self::open_blocking(&dir, policy, limits))
             .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        // Ends with the state.
+        drop(tokio::spawn(state.shared.config.pace()));
+        Ok(state)
     }
 
     fn open_blocking(
