@@ -9,8 +9,9 @@
 //! ([`crate::cache::keep_latest`]), a task beside the loop that saves the
 //! latest applied configuration so that the next start applies it before
 //! the control plane answers. The loop never waits for the disk; versions
-//! arriving during a save are written once, as the newest, and the latest
-//! is on disk before [`Agent::run`] returns.
+//! arriving during a save, or in the short spacing after it, are written
+//! once, as the newest, and the latest is on disk before [`Agent::run`]
+//! returns.
 
 use std::{sync::Arc, time::Duration};
 
@@ -197,6 +198,7 @@ impl Agent {
         let writer = tokio::spawn(cache::keep_latest(
             self.configs.clone(),
             self.to_cache.subscribe(),
+            self.shutdown.clone(),
         ));
         self.attach().await;
         // Closes the channel: the writer saves what it has not saved yet,

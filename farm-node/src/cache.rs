@@ -7,18 +7,21 @@
 //!
 //! The applied configuration is saved in the background ([`keep_latest`]):
 //! the agent hands each configuration it applies to a watch channel and
-//! goes on, and one task saves the latest whenever it changed, so versions
-//! arriving during a save are written once, as the newest of them, and the
-//! heartbeat loop never waits for the disk.
+//! goes on, and one task saves the latest whenever it changed, at most once
+//! per [`SAVE_SPACING`], so versions arriving during a save (or soon after
+//! it) are written once, as the newest of them, and the heartbeat loop
+//! never waits for the disk.
 
 use std::{
     fs,
     io::{self, Write},
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::settings::NodeConfigData;
@@ -90,22 +93,39 @@ impl ConfigCache {
     }
 }
 
+/// Shortest time between two saves while configurations keep coming: a
+/// configuration applied after a quiet moment is saved at once, and a
+/// stream of them costs each node at most a few syncs a second.
+pub const SAVE_SPACING: Duration = Duration::from_millis(500);
+
 /// Saves the configurations `latest` is sent into `cache`: at each change,
-/// the newest one, on a blocking thread; those sent during a save are
-/// coalesced into the next. A value the receiver has already seen is not
-/// saved (a new receiver has seen the one the channel holds: the one read
-/// from the cache). Ends once the sender is gone and its last
-/// configuration saved: awaiting this at shutdown keeps the latest applied
-/// configuration. A failed save is logged; the next change tries again.
-pub async fn keep_latest(cache: ConfigCache, latest: watch::Receiver<NodeConfigData>) {
-    save_latest(latest, Arc::new(move |config| cache.save(config))).await;
+/// the newest one, on a blocking thread, then no other for
+/// [`SAVE_SPACING`] (cut short once `shutdown` is cancelled); those sent
+/// meanwhile are coalesced into the next save. A value the receiver has
+/// already seen is not saved (a new receiver has seen the one the channel
+/// holds: the one read from the cache). Ends once the sender is gone and
+/// its last configuration saved: awaiting this at shutdown keeps the
+/// latest applied configuration. A failed save is logged; the next change
+/// tries again.
+pub async fn keep_latest(
+    cache: ConfigCache,
+    latest: watch::Receiver<NodeConfigData>,
+    shutdown: CancellationToken,
+) {
+    let save: Save = Arc::new(move |config| cache.save(config));
+    save_latest(latest, save, SAVE_SPACING, shutdown).await;
 }
 
 /// A way to save a configuration (the cache's, or a test's).
 type Save = Arc<dyn Fn(&NodeConfigData) -> io::Result<()> + Send + Sync>;
 
-/// [`keep_latest`] with `save`.
-async fn save_latest(mut latest: watch::Receiver<NodeConfigData>, save: Save) {
+/// [`keep_latest`] with `save` and `spacing`.
+async fn save_latest(
+    mut latest: watch::Receiver<NodeConfigData>,
+    save: Save,
+    spacing: Duration,
+    shutdown: CancellationToken,
+) {
     while latest.changed().await.is_ok() {
         let config = latest.borrow_and_update().clone();
         let save = Arc::clone(&save);
@@ -115,6 +135,10 @@ async fn save_latest(mut latest: watch::Receiver<NodeConfigData>, save: Save) {
                 warn!(cause = %err, "cannot cache the configuration; a restart without the control plane will not apply it");
             }
             Err(err) => warn!(cause = %err, "caching the configuration failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(spacing) => {}
+            () = shutdown.cancelled() => {}
         }
     }
 }
@@ -243,7 +267,12 @@ mod tests {
             })
         };
         let (latest, receiver) = watch::channel(version(0));
-        let writer = tokio::spawn(save_latest(receiver, save));
+        let writer = tokio::spawn(save_latest(
+            receiver,
+            save,
+            Duration::ZERO,
+            CancellationToken::new(),
+        ));
         latest.send_replace(version(1));
         save_started.await.expect("the first save starts");
         for v in 2..=100 {
@@ -264,16 +293,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = ConfigCache::new(Some(dir.path()));
         let (latest, receiver) = watch::channel(version(3));
-        let writer = tokio::spawn(keep_latest(cache.clone(), receiver));
+        let writer = tokio::spawn(keep_latest(
+            cache.clone(),
+            receiver,
+            CancellationToken::new(),
+        ));
         drop(latest);
         writer.await.expect("writer");
         assert_eq!(cache.load(), None, "the value it started with is not saved");
 
         let (latest, receiver) = watch::channel(version(3));
-        let writer = tokio::spawn(keep_latest(cache.clone(), receiver));
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(keep_latest(cache.clone(), receiver, shutdown.clone()));
         for v in 4..=40 {
             latest.send_replace(version(v));
         }
+        shutdown.cancel();
         drop(latest);
         writer.await.expect("writer");
         assert_eq!(cache.load(), Some(version(40)));
@@ -287,7 +322,12 @@ mod tests {
             cache.save(config)
         });
         let (latest, receiver) = watch::channel(version(40));
-        let writer = tokio::spawn(save_latest(receiver, save));
+        let writer = tokio::spawn(save_latest(
+            receiver,
+            save,
+            Duration::ZERO,
+            CancellationToken::new(),
+        ));
         latest.send_replace(version(41));
         assert_eq!(attempts.recv().await, Some(41), "tried and failed");
         latest.send_replace(version(42));
@@ -295,5 +335,48 @@ mod tests {
         writer.await.expect("writer");
         assert_eq!(attempts.recv().await, Some(42), "the next change is saved");
         assert_eq!(ConfigCache::new(Some(dir.path())).load(), Some(version(42)));
+    }
+
+    /// After a save, the next waits out the spacing: versions sent
+    /// meanwhile are coalesced into one save of the newest. The shutdown
+    /// cuts the spacing short, and the newest is saved before the writer
+    /// ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_spacing_coalesces_versions_and_the_shutdown_cuts_it_short() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = ConfigCache::new(Some(dir.path()));
+        let (tried, mut attempts) = tokio::sync::mpsc::unbounded_channel();
+        let save: Save = {
+            let cache = cache.clone();
+            Arc::new(move |config: &NodeConfigData| {
+                let _ = tried.send(config.version);
+                cache.save(config)
+            })
+        };
+        let (latest, receiver) = watch::channel(version(0));
+        let shutdown = CancellationToken::new();
+        let writer = tokio::spawn(save_latest(
+            receiver,
+            save,
+            Duration::from_secs(3600),
+            shutdown.clone(),
+        ));
+        latest.send_replace(version(1));
+        assert_eq!(attempts.recv().await, Some(1));
+        for v in 2..=30 {
+            latest.send_replace(version(v));
+        }
+        shutdown.cancel();
+        drop(latest);
+        tokio::time::timeout(Duration::from_secs(60), writer)
+            .await
+            .expect("the shutdown cuts an hour's spacing short")
+            .expect("writer");
+        let mut rest = Vec::new();
+        while let Ok(v) = attempts.try_recv() {
+            rest.push(v);
+        }
+        assert_eq!(rest, [30], "one save for versions 2 to 30");
+        assert_eq!(cache.load(), Some(version(30)));
     }
 }
