@@ -9,8 +9,11 @@
 //! and only then commits them into the book, announces them in version
 //! order and answers each caller. So every version is on disk before the
 //! book (and so any reader or node) sees it, and writes scale with the
-//! callers in flight instead of queuing behind one sync each. Reads of the
-//! store run on a blocking thread: the async methods hand them over.
+//! callers in flight instead of queuing behind one sync each. `WatchConfig`
+//! streams get every version ([`Configs::subscribe`]); heartbeat streams
+//! wake on [`Configs::changes`], paced while writes keep coming
+//! ([`FOLLOW_PACE`]), and push the latest. Reads of the store run on a
+//! blocking thread: the async methods hand them over.
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
