@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rand::Rng;
@@ -26,6 +26,10 @@ pub const DEFAULT_GROUP: &str = "default";
 pub const MAX_DISCOVER: u32 = 1000;
 /// Events kept for resuming watchers.
 const HISTORY: usize = 4096;
+/// Width of a deadline bucket: a node's deadline is checked at the first
+/// [`Registry::tick`] at or after the end of its bucket, so at most this
+/// much later than a scan of every node would have found it.
+const CHECK_GRAIN: Duration = Duration::from_millis(10);
 
 /// Limits on groups (rooms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +214,9 @@ struct NodeRecord {
     /// Epoch of the heartbeat stream now open, if any.
     stream: Option<u64>,
     config_version: u64,
+    /// Bucket of [`Registry::checks`] where this node's next deadline check
+    /// waits (none: no deadline applies to it now).
+    check_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +289,14 @@ pub struct Registry {
     revision: u64,
     history: VecDeque<Event>,
     outbox: Vec<Event>,
+    /// Nodes whose deadline falls in each bucket of [`CHECK_GRAIN`] since
+    /// `origin`, so that a tick looks only at the nodes whose time has come
+    /// instead of at every node. A node sits in one bucket at a time (the
+    /// one its record names; entries left behind by an earlier choice are
+    /// skipped). A heartbeat only pushes a deadline later, so it moves
+    /// nothing: the check finds the node heard from and waits again.
+    checks: BTreeMap<u64, Vec<NodeId>>,
+    origin: Instant,
 }
 
 impl Registry {
@@ -308,6 +323,8 @@ impl Registry {
             revision: first_revision,
             history: VecDeque::with_capacity(HISTORY),
             outbox: Vec::new(),
+            checks: BTreeMap::new(),
+            origin: now.mono,
         }
     }
 
@@ -335,8 +352,10 @@ impl Registry {
                     reason: "restored; awaiting re-attachment".to_owned(),
                     stream: None,
                     config_version: 0,
+                    check_at: None,
                 },
             );
+            self.schedule_check(id);
             let capacity = self.limits.group_capacity;
             let group = self
                 .groups
@@ -436,8 +455,10 @@ impl Registry {
                         reason: "registered; awaiting heartbeat".to_owned(),
                         stream: None,
                         config_version: 0,
+                        check_at: None,
                     },
                 );
+                self.schedule_check(id);
                 let group = self.groups.get_mut(&group).expect("admitted group exists");
                 group.members.insert(id);
                 group.empty_since = None;
@@ -595,16 +616,35 @@ impl Registry {
         let policy = self.policy;
         let mut overdue = Vec::new();
         let mut dropped = Vec::new();
-        for (id, record) in &self.nodes {
-            let silence = now.mono.saturating_duration_since(record.last_heard);
-            if silence > policy.max_age && !self.runtime.contains_key(&record.stored.name) {
-                dropped.push(*id);
-            } else if silence > policy.heartbeat_timeout
-                && record.health != NodeState::Unhealthy
-                && now.mono.saturating_duration_since(record.attached_at) >= policy.min_age
-            {
-                overdue.push((*id, silence));
+        let mut waiting = Vec::new();
+        let due = self.bucket_floor(now.mono);
+        while let Some(bucket) = self.checks.first_entry()
+            && *bucket.key() <= due
+        {
+            let (key, ids) = bucket.remove_entry();
+            for id in ids {
+                let Some(record) = self.nodes.get_mut(&id) else {
+                    continue;
+                };
+                if record.check_at != Some(key) {
+                    continue;
+                }
+                record.check_at = None;
+                let silence = now.mono.saturating_duration_since(record.last_heard);
+                if silence > policy.max_age && !self.runtime.contains_key(&record.stored.name) {
+                    dropped.push(id);
+                } else if silence > policy.heartbeat_timeout
+                    && record.health != NodeState::Unhealthy
+                    && now.mono.saturating_duration_since(record.attached_at) >= policy.min_age
+                {
+                    overdue.push((id, silence));
+                } else {
+                    waiting.push(id);
+                }
             }
+        }
+        for id in waiting {
+            self.schedule_check_after(id, due);
         }
         for (id, silence) in overdue {
             let before = self.view(id);
@@ -620,6 +660,7 @@ impl Registry {
                 };
             }
             self.after_change(id, before, &[]);
+            self.schedule_check_after(id, due);
         }
         for id in &dropped {
             self.remove(*id, now);
@@ -958,6 +999,56 @@ impl Registry {
         for other in changed_leaders {
             self.emit(EventKind::Changed, other);
         }
+        // A change may bring the node's deadline forward (a silent node
+        // heard from again, a slot no longer managed).
+        self.schedule_check(id);
+    }
+
+    /// When node `id` must next be checked: the end of its heartbeat
+    /// timeout (not before its minimum age) unless it is unhealthy already,
+    /// or of its maximum age unless the runtime manages it. `None`: no
+    /// deadline applies until something changes.
+    fn next_deadline(&self, id: NodeId) -> Option<Instant> {
+        let record = self.nodes.get(&id)?;
+        let policy = self.policy;
+        let timeout = (record.health != NodeState::Unhealthy).then(|| {
+            (record.last_heard + policy.heartbeat_timeout).max(record.attached_at + policy.min_age)
+        });
+        let age = (!self.runtime.contains_key(&record.stored.name))
+            .then(|| record.last_heard + policy.max_age);
+        match (timeout, age) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The bucket `at` falls in, rounded down.
+    fn bucket_floor(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.origin);
+        u64::try_from(since.as_nanos() / CHECK_GRAIN.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Puts node `id`'s next deadline check in the first bucket that ends at
+    /// or after its deadline, unless an earlier check is already waiting.
+    fn schedule_check(&mut self, id: NodeId) {
+        self.schedule_check_after(id, 0);
+    }
+
+    /// [`Registry::schedule_check`] into a bucket after `done`, the last
+    /// bucket a tick has checked (a deadline met exactly is not yet passed).
+    fn schedule_check_after(&mut self, id: NodeId, done: u64) {
+        let Some(deadline) = self.next_deadline(id) else {
+            return;
+        };
+        let at = self.bucket_floor(deadline).saturating_add(1).max(done + 1);
+        let Some(record) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if record.check_at.is_some_and(|waiting| waiting <= at) {
+            return;
+        }
+        record.check_at = Some(at);
+        self.checks.entry(at).or_default().push(id);
     }
 
     /// Recomputes a group's leader and records events for the nodes whose

@@ -413,3 +413,107 @@ fn restore_brings_identities_back_as_starting() {
         .expect("re-attach");
     assert!(back.reattached);
 }
+
+/// The deadline buckets decide as a scan of every node at every tick would,
+/// up to one bucket late: whatever the mix of registrations, heartbeats,
+/// closed streams, runtime changes, removals and uneven ticks, after each
+/// tick no node is past a deadline it should have been held to (beyond the
+/// grain), and no node was marked or dropped before its deadline.
+#[test]
+fn deadline_checks_match_a_full_scan_within_one_grain() {
+    use rand::Rng;
+    let policy = policy();
+    let slack = CHECK_GRAIN;
+    for seed in 0..20 {
+        let mut f = Fixture::new();
+        let mut rng = StdRng::seed_from_u64(seed);
+        // node id -> open stream epoch
+        let mut streams: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let mut names = 0u32;
+        for _ in 0..400 {
+            match rng.random_range(0..100) {
+                0..12 => {
+                    names += 1;
+                    let (id, epoch) = f.healthy(&format!("n-{names}"), "");
+                    streams.insert(id, epoch);
+                }
+                12..14 => {
+                    names += 1;
+                    f.try_register(&format!("n-{names}"), "").expect("register");
+                }
+                14..50 => {
+                    let ids: Vec<_> = streams.keys().copied().collect();
+                    if let Some(id) = ids.get(rng.random_range(0..ids.len().max(1))) {
+                        let epoch = streams[id];
+                        if f.registry.heartbeat(*id, epoch, 0, true, f.now).is_err() {
+                            streams.remove(id);
+                        }
+                    }
+                }
+                50..53 => {
+                    if let Some((&id, &epoch)) = streams.iter().next() {
+                        f.registry.close_stream(id, epoch);
+                        streams.remove(&id);
+                    }
+                }
+                53..57 => {
+                    let name = format!("n-{}", rng.random_range(1..=names.max(1)));
+                    let view = rng.random_bool(0.5).then(|| RuntimeView {
+                        status: RuntimeStatus::Running,
+                        runtime_id: "pid:1".into(),
+                        starts: 1,
+                    });
+                    f.registry.set_runtime(&name, view);
+                }
+                57..59 => {
+                    let ids: Vec<_> = f.registry.nodes.keys().copied().collect();
+                    if let Some(id) = ids.get(rng.random_range(0..ids.len().max(1))) {
+                        f.registry.forget(*id, f.now);
+                        streams.remove(id);
+                    }
+                }
+                _ => {
+                    f.advance(rng.random_range(1..1500));
+                    let before: BTreeMap<NodeId, NodeState> = f
+                        .registry
+                        .nodes
+                        .iter()
+                        .map(|(id, r)| (*id, r.health))
+                        .collect();
+                    let tick = f.registry.tick(f.now);
+                    let now = f.now.mono;
+                    for id in &tick.dropped {
+                        // Dropped: silent past the maximum age, not managed.
+                        assert!(!f.registry.nodes.contains_key(id), "seed {seed}");
+                        streams.remove(id);
+                    }
+                    for (id, record) in &f.registry.nodes {
+                        let silence = now.saturating_duration_since(record.last_heard);
+                        let managed = f.registry.runtime.contains_key(&record.stored.name);
+                        assert!(
+                            managed || silence <= policy.max_age + slack,
+                            "seed {seed}: {id} silent {silence:?} and kept"
+                        );
+                        let old_enough = now.saturating_duration_since(record.attached_at)
+                            >= policy.min_age + slack;
+                        if silence > policy.heartbeat_timeout + slack && old_enough {
+                            assert_eq!(
+                                record.health,
+                                NodeState::Unhealthy,
+                                "seed {seed}: {id} silent {silence:?}"
+                            );
+                        }
+                        if before.get(id) != Some(&NodeState::Unhealthy)
+                            && record.health == NodeState::Unhealthy
+                        {
+                            assert!(
+                                silence > policy.heartbeat_timeout,
+                                "seed {seed}: {id} marked after only {silence:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
