@@ -1,6 +1,10 @@
 //! `farm.v1.Registry`: registration and the heartbeat stream.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use farm_api::{
     node::Settings,
@@ -10,8 +14,7 @@ use farm_api::{
     },
 };
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
@@ -20,13 +23,10 @@ use super::{
     ApiError, BadRequest, config::effective_message, labels, metrics::sample_from_message,
 };
 use crate::{
-    core::{HealthPolicy, RegistrationRequest, config::Effective},
+    core::{HealthPolicy, NodeId, RegistrationRequest, config::Effective},
     state::{Configs, FarmState, Members, Samples},
-    telemetry::Telemetry,
+    telemetry::{StreamGuard, Telemetry},
 };
-
-/// Acknowledgements queued per stream before the node is considered stuck.
-const ACK_QUEUE: usize = 16;
 
 /// The Registry service.
 #[derive(Debug, Clone)]
@@ -111,6 +111,146 @@ fn effective_interval(effective: Option<&Effective>, policy: HealthPolicy) -> Du
         })
 }
 
+/// One node's heartbeat stream: reads its heartbeats and answers each,
+/// and pushes configuration changes the moment they are written.
+struct HeartbeatStream {
+    inbound: Streaming<HeartbeatRequest>,
+    members: Members,
+    configs: Configs,
+    samples: Samples,
+    telemetry: Arc<Telemetry>,
+    /// Cancelled at shutdown: the stream ends with UNAVAILABLE.
+    shutdown: CancellationToken,
+    /// Set once the first message proved the node's identity.
+    open: Option<Opened>,
+    /// Nothing more is sent once set.
+    ended: bool,
+}
+
+/// An authenticated stream. Dropping it (the node went away, or the stream
+/// ended) records the stream's end.
+struct Opened {
+    id: NodeId,
+    epoch: u64,
+    members: Members,
+    pusher: Pusher,
+    changes: watch::Receiver<u64>,
+    _counted: StreamGuard,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.members.close_stream(self.id, self.epoch);
+        debug!(node.id = %self.id, epoch = self.epoch, "heartbeat stream closed");
+    }
+}
+
+impl HeartbeatStream {
+    /// The next message to send the node; `None` ends the stream.
+    async fn next(&mut self) -> Option<Result<HeartbeatResponse, Status>> {
+        if self.ended {
+            return None;
+        }
+        let Some(opened) = self.open.as_mut() else {
+            let first = tokio::select! {
+                message = self.inbound.message() => message.ok().flatten(),
+                () = self.shutdown.cancelled() => None,
+            };
+            let Some(first) = first else {
+                self.ended = true;
+                return None;
+            };
+            let answer = self.open(&first).and_then(|opened| {
+                let opened = self.open.insert(opened);
+                beat(opened, &self.samples, &self.telemetry, first)
+            });
+            self.ended = answer.is_err();
+            return Some(answer);
+        };
+        loop {
+            tokio::select! {
+                next = self.inbound.message() => {
+                    let Ok(Some(message)) = next else {
+                        self.ended = true;
+                        return None;
+                    };
+                    let answer = beat(opened, &self.samples, &self.telemetry, message);
+                    self.ended = answer.is_err();
+                    return Some(answer);
+                }
+                changed = opened.changes.changed() => {
+                    if changed.is_err() {
+                        self.ended = true;
+                        return None;
+                    }
+                    opened.pusher.update(self.configs.effective(opened.id).ok());
+                    if let Some(config) = opened.pusher.due() {
+                        self.telemetry.config_pushed();
+                        return Some(Ok(HeartbeatResponse {
+                            ack_seq: 0,
+                            heartbeat_interval_ms: opened.pusher.interval_ms,
+                            config: Some(config),
+                        }));
+                    }
+                }
+                () = self.shutdown.cancelled() => {
+                    self.ended = true;
+                    return Some(Err(ApiError::ShuttingDown.into()));
+                }
+            }
+        }
+    }
+
+    /// Checks the credentials the first message carries and opens the
+    /// node's stream.
+    fn open(&self, first: &HeartbeatRequest) -> Result<Opened, Status> {
+        if first.node_id.is_empty() || first.secret.is_empty() {
+            return Err(
+                BadRequest::Rule("the first heartbeat must carry node_id and secret").into(),
+            );
+        }
+        let (id, epoch) = self.members.open_stream(&first.node_id, &first.secret)?;
+        debug!(node.id = %id, epoch, "heartbeat stream opened");
+        Ok(Opened {
+            id,
+            epoch,
+            members: self.members.clone(),
+            pusher: Pusher::new(self.configs.effective(id).ok(), self.members.policy()),
+            changes: self.configs.changes(),
+            _counted: self.telemetry.heartbeat_stream(),
+        })
+    }
+}
+
+/// Records one heartbeat and its sample, and answers it (with the
+/// configuration when the node reports another version than it should run).
+fn beat(
+    opened: &mut Opened,
+    samples: &Samples,
+    telemetry: &Telemetry,
+    mut message: HeartbeatRequest,
+) -> Result<HeartbeatResponse, Status> {
+    opened.members.heartbeat(
+        opened.id,
+        opened.epoch,
+        message.config_version,
+        message.serving,
+    )?;
+    if let Some(sample) = message.metrics.take() {
+        samples.record(opened.id, sample_from_message(sample, SystemTime::now()));
+    }
+    opened.pusher.reported = message.config_version;
+    let ack = HeartbeatResponse {
+        ack_seq: message.seq,
+        heartbeat_interval_ms: opened.pusher.interval_ms,
+        config: opened.pusher.due(),
+    };
+    if ack.config.is_some() {
+        telemetry.config_pushed();
+    }
+    Ok(ack)
+}
+
 impl TryFrom<RegisterRequest> for RegistrationRequest {
     type Error = BadRequest;
 
@@ -164,104 +304,26 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
-        let mut inbound = request.into_inner();
-        let (members, configs, samples) = (
-            self.members.clone(),
-            self.configs.clone(),
-            self.samples.clone(),
-        );
-        let telemetry = Arc::clone(&self.telemetry);
-        let shutdown = self.shutdown.clone();
-        let (tx, rx) = mpsc::channel(ACK_QUEUE);
-        // The response starts at once; the node's first message (its
-        // credentials) is read in the task, so a client that waits for
-        // response headers before sending cannot deadlock.
-        tokio::spawn(async move {
-            let first = tokio::select! {
-                message = inbound.message() => match message {
-                    Ok(Some(message)) => message,
-                    _ => return,
-                },
-                () = shutdown.cancelled() => return,
-            };
-            if first.node_id.is_empty() || first.secret.is_empty() {
-                let refused = BadRequest::Rule("the first heartbeat must carry node_id and secret");
-                let _ = tx.send(Err(refused.into())).await;
-                return;
-            }
-            let (id, epoch) = match members.open_stream(&first.node_id, &first.secret) {
-                Ok(opened) => opened,
-                Err(err) => {
-                    let _ = tx.send(Err(err.into())).await;
-                    return;
-                }
-            };
-            debug!(node.id = %id, epoch, "heartbeat stream opened");
-            let _open = telemetry.heartbeat_stream();
-            let policy = members.policy();
-            let mut changes = configs.changes();
-            let mut pusher = Pusher::new(configs.effective(id).ok(), policy);
-            let mut message = first;
-            loop {
-                if let Err(err) =
-                    members.heartbeat(id, epoch, message.config_version, message.serving)
-                {
-                    let _ = tx.send(Err(err.into())).await;
-                    break;
-                }
-                if let Some(sample) = message.metrics.take() {
-                    let sample = sample_from_message(sample, std::time::SystemTime::now());
-                    samples.record(id, sample);
-                }
-                pusher.reported = message.config_version;
-                let ack = HeartbeatResponse {
-                    ack_seq: message.seq,
-                    heartbeat_interval_ms: pusher.interval_ms,
-                    config: pusher.due(),
-                };
-                if ack.config.is_some() {
-                    telemetry.config_pushed();
-                }
-                if tx.send(Ok(ack)).await.is_err() {
-                    break;
-                }
-                // Wait for the next heartbeat, pushing configuration changes
-                // the moment they are written.
-                let next = loop {
-                    tokio::select! {
-                        next = inbound.message() => break next,
-                        changed = changes.changed() => {
-                            if changed.is_err() {
-                                break Ok(None);
-                            }
-                            pusher.update(configs.effective(id).ok());
-                            if let Some(config) = pusher.due() {
-                                let push = HeartbeatResponse {
-                                    ack_seq: 0,
-                                    heartbeat_interval_ms: pusher.interval_ms,
-                                    config: Some(config),
-                                };
-                                telemetry.config_pushed();
-                                if tx.send(Ok(push)).await.is_err() {
-                                    break Ok(None);
-                                }
-                            }
-                        }
-                        () = shutdown.cancelled() => {
-                            let _ = tx.send(Err(ApiError::ShuttingDown.into())).await;
-                            break Ok(None);
-                        }
-                    }
-                };
-                message = match next {
-                    Ok(Some(next)) => next,
-                    Ok(None) | Err(_) => break,
-                };
-            }
-            members.close_stream(id, epoch);
-            debug!(node.id = %id, epoch, "heartbeat stream closed");
+        // The response starts at once and its body does the work: the
+        // node's first message (its credentials) is read when the body is
+        // first polled, so a client that waits for response headers before
+        // sending cannot deadlock, and no task or queue of our own sits
+        // between a heartbeat and its acknowledgement.
+        let stream = HeartbeatStream {
+            inbound: request.into_inner(),
+            members: self.members.clone(),
+            configs: self.configs.clone(),
+            samples: self.samples.clone(),
+            telemetry: Arc::clone(&self.telemetry),
+            shutdown: self.shutdown.clone(),
+            open: None,
+            ended: false,
+        };
+        let acks = futures::stream::unfold(stream, |mut stream| async move {
+            let next = stream.next().await?;
+            Some((next, stream))
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(acks)))
     }
 
     async fn deregister(
