@@ -367,6 +367,8 @@ async fn heartbeat(
     identity: &Identity,
     mut stop: watch::Receiver<bool>,
 ) -> bool {
+    // One future for the whole life of the node, not one per heartbeat.
+    let mut halt = std::pin::pin!(stopped(&mut stop));
     let stats = &ctx.stats;
     let interval = ctx.config.heartbeat;
     let phase = interval.mul_f64(i as f64 / ctx.config.nodes as f64);
@@ -380,7 +382,7 @@ async fn heartbeat(
     loop {
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => return true,
+            () = &mut halt => return true,
             () = tokio::time::sleep_until(open_at) => {}
         }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -388,7 +390,7 @@ async fn heartbeat(
         beats.send(&tx, stats, Some(identity));
         let opened = tokio::select! {
             biased;
-            () = stopped(&mut stop) => return true,
+            () = &mut halt => return true,
             opened = client.heartbeat(ReceiverStream::new(rx)) => opened,
         };
         let end = match opened {
@@ -400,7 +402,7 @@ async fn heartbeat(
                     tokio::select! {
                         biased;
                         // Dropping the sender ends the stream.
-                        () = stopped(&mut stop) => return true,
+                        () = &mut halt => return true,
                         ack = acks.message() => match ack {
                             Ok(Some(ack)) => {
                                 if ack.ack_seq != 0 {
