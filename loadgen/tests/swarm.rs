@@ -215,6 +215,7 @@ async fn the_json_report_has_exactly_the_agreed_fields() {
         "heartbeat_rtt_us",
         "register_us",
         "config_pushes",
+        "registration_s",
         "duration_s",
         "interrupted",
     ]
@@ -232,6 +233,8 @@ async fn the_json_report_has_exactly_the_agreed_fields() {
     assert_eq!(json["errors_by_code"], serde_json::json!({}));
     assert_eq!(json["interrupted"], false);
     assert_eq!(json["config_pushes"], 0);
+    let registration = json["registration_s"].as_f64().expect("seconds");
+    assert!(registration > 0.0 && registration < 60.0, "{json}");
     assert!(json["heartbeats"].as_u64().expect("count") >= 20 * 4);
     assert!(json["heartbeat_rtt_us"]["p99"].as_u64().expect("p99") > 0);
     assert!(json["duration_s"].as_f64().expect("seconds") >= 0.5);

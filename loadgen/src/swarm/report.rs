@@ -87,6 +87,7 @@ struct JsonReport {
     heartbeat_rtt_us: JsonPercentiles,
     register_us: JsonPercentiles,
     config_pushes: u64,
+    registration_s: f64,
     duration_s: f64,
     interrupted: bool,
 }
@@ -190,7 +191,8 @@ impl SwarmReport {
     /// Writes the report as pretty JSON with the fields scripts rely on:
     /// `nodes`, `registered`, `heartbeats` (acknowledged), `errors`,
     /// `errors_by_code`, `heartbeat_rtt_us`, `register_us`, `config_pushes`,
-    /// `duration_s`, `interrupted`.
+    /// `registration_s` (from the start to the last registration answered),
+    /// `duration_s` (measured), `interrupted`.
     pub fn write_json(&self, out: &mut impl Write) -> std::io::Result<()> {
         let errors_by_code = self.errors_by_code();
         let json = JsonReport {
@@ -202,6 +204,7 @@ impl SwarmReport {
             heartbeat_rtt_us: JsonPercentiles::from(&self.heartbeat_rtt_us),
             register_us: JsonPercentiles::from(&self.register_us),
             config_pushes: self.config_pushes,
+            registration_s: self.ramp_s,
             duration_s: self.duration_s,
             interrupted: self.interrupted,
         };
