@@ -42,7 +42,7 @@ use farm_testkit::{
     ControlPlaneProcess, binary,
     browser::{self, Browser, Page, PageOptions},
     env_or,
-    process::ChildGuard,
+    process::{ChildGuard, cpu_seconds},
 };
 use serde_json::{Value, json};
 
@@ -85,25 +85,6 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let at = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[at]
-}
-
-/// CPU seconds (user and system) process `pid` has used, from
-/// `/proc/PID/stat` (clock ticks of 10 ms).
-fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // The command name may hold spaces: the fields start after its ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
-    match (tick(11), tick(12)) {
-        (Some(user), Some(system)) => (user + system) / 100.0,
-        _ => f64::NAN,
-    }
 }
 
 /// Percent of one core `pid` used over `window`.

@@ -76,7 +76,7 @@ use farm_api::v1::{
 };
 use farm_testkit::{
     ControlPlaneProcess, binary, env_or, eventually, free_addr,
-    process::{ChildGuard, fsync_probe, rss_kib},
+    process::{ChildGuard, cpu_seconds, fsync_probe, rss_kib},
     ready_if,
 };
 use hdrhistogram::Histogram;
@@ -216,6 +216,12 @@ async fn run_tool(
     args: &[String],
     limit: Duration,
 ) -> Result<std::process::Output, String> {
+    let child = start_tool(program, args)?;
+    finish_tool(child, program, args, limit).await
+}
+
+/// Starts a one-shot tool as [`run_tool`] does; killed when dropped.
+fn start_tool(program: &Path, args: &[String]) -> Result<tokio::process::Child, String> {
     let mut command = tokio::process::Command::new(program);
     without_farm_env(command.as_std_mut());
     command
@@ -224,9 +230,18 @@ async fn run_tool(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = command
+    command
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        .map_err(|e| format!("cannot start {}: {e}", program.display()))
+}
+
+/// Waits for a tool [`start_tool`] started, as [`run_tool`] does.
+async fn finish_tool(
+    child: tokio::process::Child,
+    program: &Path,
+    args: &[String],
+    limit: Duration,
+) -> Result<std::process::Output, String> {
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
         .map_err(|_| format!("{} ran past {limit:?}", program.display()))?
@@ -1056,6 +1071,48 @@ struct Rung {
     errors: u64,
     rtt: [f64; 5],
     register_p99_us: f64,
+    /// From the start to the last registration answered.
+    registration_s: f64,
+    /// CPU microseconds per heartbeat acknowledged while measuring, of the
+    /// control plane and of `loadgen swarm`.
+    cpu_us: (f64, f64),
+}
+
+/// CPU seconds of two processes, read every 100 ms from the start of a
+/// run: `(seconds since the start, first, second)`.
+#[derive(Debug, Default)]
+struct CpuTrace(Vec<(f64, f64, f64)>);
+
+impl CpuTrace {
+    /// Samples `pids` until the returned task is aborted.
+    fn sample(pids: (u32, u32), into: Arc<std::sync::Mutex<Self>>) -> JoinHandle<()> {
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                let sample = (
+                    started.elapsed().as_secs_f64(),
+                    cpu_seconds(pids.0),
+                    cpu_seconds(pids.1),
+                );
+                into.lock().expect("trace").0.push(sample);
+            }
+        })
+    }
+
+    /// CPU seconds each used between `from` and `to` seconds after the
+    /// start (the samples nearest to each).
+    fn between(&self, from: f64, to: f64) -> (f64, f64) {
+        let at = |t: f64| {
+            self.0
+                .iter()
+                .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
+                .map_or((f64::NAN, f64::NAN), |s| (s.1, s.2))
+        };
+        let (a, b) = (at(from), at(to));
+        (b.0 - a.0, b.1 - a.1)
+    }
 }
 
 /// The arguments of a `loadgen swarm` of `nodes` nodes against `url`,
@@ -1100,10 +1157,27 @@ async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Resu
     // Registration comes first and may be slow (every identity on disk),
     // deregistration last.
     let limit = secs + SWARM_RAMP + SWARM_CLEANUP + Duration::from_secs(15);
-    run_tool(&bin.loadgen, &args, limit).await?;
+    let child = start_tool(&bin.loadgen, &args)?;
+    let pids = (
+        control_plane.process.pid().as_raw().unsigned_abs(),
+        child.id().unwrap_or(0),
+    );
+    let trace = Arc::new(std::sync::Mutex::new(CpuTrace::default()));
+    let sampler = CpuTrace::sample(pids, Arc::clone(&trace));
+    let finished = finish_tool(child, &bin.loadgen, &args, limit).await;
+    sampler.abort();
+    finished?;
     let report = swarm_report(&json)?;
     let number = |pointer: &str| report.pointer(pointer).and_then(serde_json::Value::as_f64);
     let rtt = |p: &str| number(&format!("/heartbeat_rtt_us/{p}")).unwrap_or(f64::NAN);
+    let registration_s = number("/registration_s").unwrap_or(f64::NAN);
+    let measured_s = number("/duration_s").unwrap_or(f64::NAN);
+    let heartbeats = number("/heartbeats").unwrap_or(0.0);
+    let cpu = trace
+        .lock()
+        .expect("trace")
+        .between(registration_s, registration_s + measured_s);
+    let per_beat = |seconds: f64| seconds / heartbeats * 1e6;
     Ok(Rung {
         nodes,
         registered: number("/registered").ok_or("swarm JSON has no `registered`")? as u64,
@@ -1111,6 +1185,8 @@ async fn swarm(bin: &Bins, nodes: usize, secs: Duration, scratch: &Path) -> Resu
         errors: number("/errors").unwrap_or(0.0) as u64,
         rtt: [rtt("p50"), rtt("p90"), rtt("p99"), rtt("p999"), rtt("max")],
         register_p99_us: number("/register_us/p99").unwrap_or(f64::NAN),
+        registration_s,
+        cpu_us: (per_beat(cpu.0), per_beat(cpu.1)),
     })
 }
 
@@ -1152,9 +1228,10 @@ async fn part_c(bin: &Bins, settings: &Settings) {
         }
     }
     println!(
-        "  {:>6} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>11}  p99 < 50 ms",
+        "  {:>6} {:>10} {:>8} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>11} {:>8} {:>8}  p99 < 50 ms",
         "nodes",
         "registered",
+        "in s",
         "heartbeats",
         "errors",
         "p50",
@@ -1163,13 +1240,16 @@ async fn part_c(bin: &Bins, settings: &Settings) {
         "p99.9",
         "max",
         "reg p99 ms",
+        "CP µs/hb",
+        "LG µs/hb",
     );
     for r in &rungs {
         let ms = |us: f64| us / 1e3;
         println!(
-            "  {:>6} {:>10} {:>10} {:>7} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>11.1}  {}",
+            "  {:>6} {:>10} {:>8.1} {:>10} {:>7} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.1} {:>11.1} {:>8.1} {:>8.1}  {}",
             r.nodes,
             r.registered,
+            r.registration_s,
             r.heartbeats,
             r.errors,
             ms(r.rtt[0]),
@@ -1178,9 +1258,15 @@ async fn part_c(bin: &Bins, settings: &Settings) {
             ms(r.rtt[3]),
             ms(r.rtt[4]),
             ms(r.register_p99_us),
+            r.cpu_us.0,
+            r.cpu_us.1,
             if passes(r) { "yes" } else { "no" }
         );
     }
+    println!(
+        "  in s: from the start to every node registered. CP/LG µs/hb: CPU (user and system) \
+         of the control plane and of loadgen per heartbeat acknowledged while measuring"
+    );
     match rungs.iter().filter(|r| passes(r)).map(|r| r.nodes).max() {
         Some(n) => println!("  largest swarm with heartbeat p99 under 50 ms: {n} nodes"),
         None => println!("  no swarm size kept heartbeat p99 under 50 ms"),

@@ -522,6 +522,25 @@ impl Drop for ChildGuard {
     }
 }
 
+/// CPU seconds (user and system) process `pid` has used, from
+/// `/proc/PID/stat` (clock ticks of 10 ms); NaN once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The command name may hold spaces: the fields start after its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15, the 12th and 13th after ')'.
+    match (tick(11), tick(12)) {
+        (Some(user), Some(system)) => (user + system) / 100.0,
+        _ => f64::NAN,
+    }
+}
+
 /// Resident memory of process `pid` in KiB (`VmRSS` of
 /// `/proc/<pid>/status`); `None` once it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
