@@ -29,7 +29,7 @@
 //!   its answer.
 //!
 //! Everything runs on 127.0.0.1 and every process started here is stopped,
-//! on panic too. The default run takes about eight minutes; environment
+//! on panic too. The default run takes about twelve minutes; environment
 //! variables change it:
 //!
 //! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
@@ -38,10 +38,10 @@
 //! - `FARM_BENCH_PARTS` (`abcde`): which parts to run;
 //! - `FARM_BENCH_WRITE_SHAPES` (`4x4,4x16,4x64`): connections × writes in
 //!   flight of (e);
-//! - `FARM_BENCH_SWARM` (`500,1000,2000,5000,10000,20000`): the ladder of
-//!   (c), climbed until a size fails;
+//! - `FARM_BENCH_SWARM` (`1000,5000,10000,20000,30000,40000,60000,100000`):
+//!   the ladder of (c), climbed until a size fails;
 //! - `FARM_BENCH_SWARM_SECS` (10): duration of each swarm run;
-//! - `FARM_BENCH_SWARM_BUDGET` (150): seconds after which (c) climbs no
+//! - `FARM_BENCH_SWARM_BUDGET` (300): seconds after which (c) climbs no
 //!   further;
 //! - `FARM_BENCH_MEMORY_RUNS` (10) and `FARM_BENCH_MEMORY_NODES` (10000):
 //!   the swarm runs of (d);
@@ -148,7 +148,7 @@ impl Settings {
     fn from_env() -> Self {
         let ladder: String = env_or(
             "FARM_BENCH_SWARM",
-            "500,1000,2000,5000,10000,20000".to_owned(),
+            "1000,5000,10000,20000,30000,40000,60000,100000".to_owned(),
         );
         Self {
             rounds: env_or("FARM_BENCH_ROUNDS", 3usize).max(1),
@@ -167,7 +167,7 @@ impl Settings {
                 .map(|n| n.trim().parse().expect("FARM_BENCH_SWARM: numbers"))
                 .collect(),
             swarm_secs: Duration::from_secs(env_or("FARM_BENCH_SWARM_SECS", 10u64).max(1)),
-            swarm_budget: Duration::from_secs(env_or("FARM_BENCH_SWARM_BUDGET", 150u64)),
+            swarm_budget: Duration::from_secs(env_or("FARM_BENCH_SWARM_BUDGET", 300u64)),
             memory_runs: env_or("FARM_BENCH_MEMORY_RUNS", 10usize).max(1),
             memory_nodes: env_or("FARM_BENCH_MEMORY_NODES", 10_000usize).max(1),
             memory_settle: Duration::from_secs(env_or("FARM_BENCH_MEMORY_SETTLE", 12u64)),
