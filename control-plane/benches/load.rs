@@ -1046,10 +1046,16 @@ async fn part_b(settings: &Settings, h2load_ok: bool) {
     if h2load_ok {
         println!("  driver echo ÷ h2load echo: {:.2}", ratio(echo, h2_echo));
     }
-    for (what, n) in &errors {
+    footer(&errors, "Register ÷ echo and Discover ÷ echo ≥ 0.50");
+}
+
+/// The end of a table of durable calls: errors by call and status code,
+/// the target, and the disk's own sync rate for scale.
+fn footer(errors: &BTreeMap<String, u64>, target: &str) {
+    for (what, n) in errors {
         println!("  errors: {what}: {n}");
     }
-    println!("  target: Register ÷ echo and Discover ÷ echo ≥ 0.50");
+    println!("  target: {target}");
     let (rate, p50, p99) = fsync_probe(&std::env::temp_dir());
     println!(
         "  disk, for scale: serial 4 KiB write + fdatasync in {}: {rate:.0}/s (p50 {p50:.0} µs, \
@@ -1590,17 +1596,10 @@ async fn part_e(settings: &Settings) {
             row(&label, tool, &these, Some(ratio(&these, &etcd)));
         }
     }
-    for (what, n) in &errors {
-        println!("  errors: {what}: {n}");
-    }
-    println!("  target: Register ÷ etcd and PutConfig ÷ etcd ≥ 1.00 at the same shape");
-    let (rate, p50, p99) = fsync_probe(&std::env::temp_dir());
-    println!(
-        "  disk, for scale: serial 4 KiB write + fdatasync in {}: {rate:.0}/s (p50 {p50:.0} µs, \
-         p99 {p99:.0} µs)",
-        std::env::temp_dir().display()
+    footer(
+        &errors,
+        "Register ÷ etcd and PutConfig ÷ etcd ≥ 1.00 at the same shape",
     );
-    println!();
 }
 
 // ---------------------------------------------------------------------------
