@@ -504,11 +504,15 @@ impl Task {
         }
         let instance = slot.running.take().map(|r| r.instance);
         slot.busy = Some(Busy::Retiring);
+        "removed: the farm was scaled down".clone_into(&mut slot.reason);
         let runtime = Arc::clone(&self.runtime);
         let state = self.state.clone();
         let name = slot.name.clone();
         let keep_identity = slot.stray;
         let grace = self.config.stop_grace;
+        // Stopped from now on: out of Discover while its node still runs
+        // through its grace, or registers after a start that was in flight.
+        self.publish(index);
         self.spawn(index, async move {
             retire_slot(&*runtime, &state, &name, instance, grace, keep_identity).await;
             Done::Retired

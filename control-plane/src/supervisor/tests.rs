@@ -389,6 +389,24 @@ async fn a_stop_hanging_for_its_grace_delays_neither_scale_nor_a_replacement() {
     assert_eq!(farm.starts("node-001"), 1, "held stopped");
 }
 
+/// A node the farm scaled away is stopped, and out of `Discover`, from the
+/// moment its removal starts, not only once its stop (here a whole grace)
+/// is over.
+#[tokio::test(start_paused = true)]
+async fn a_node_scaled_away_shows_stopped_while_its_stop_runs() {
+    let farm = Farm::start(config(3, 4), |rt| rt.delay_stops("node-003", GRACE)).await;
+    until("three started", || farm.starts("node-003") == 1).await;
+    farm.supervisor.scale(2).await.expect("scale");
+    until("its stop began", || !farm.stops_of("node-003").is_empty()).await;
+    let view = farm.view("node-003");
+    assert_eq!(
+        (view.state, view.reason.as_str()),
+        (NodeState::Stopped, "removed: the farm was scaled down")
+    );
+    pass(GRACE).await;
+    until("forgotten", || farm.state.id_of("node-003").is_none()).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_stopped_node_is_held_until_started() {
     let farm = Farm::start(config(2, 4), |_| {}).await;
