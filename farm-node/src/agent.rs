@@ -119,10 +119,9 @@ pub struct Agent {
     status: Arc<NodeStatus>,
     identities: IdentityStore,
     configs: ConfigCache,
-    /// The configuration applied last (version 0 and empty before any).
-    applied: NodeConfigData,
-    /// The same, for the cache writer.
-    to_cache: watch::Sender<NodeConfigData>,
+    /// The configuration applied last (version 0 and empty before any);
+    /// the cache writer saves what it holds.
+    applied: watch::Sender<NodeConfigData>,
     shutdown: CancellationToken,
 }
 
@@ -156,8 +155,7 @@ impl Agent {
             status,
             identities,
             configs,
-            applied: NodeConfigData::default(),
-            to_cache: watch::Sender::new(NodeConfigData::default()),
+            applied: watch::Sender::new(NodeConfigData::default()),
             shutdown,
         })
     }
@@ -173,8 +171,7 @@ impl Agent {
         if let Some(cached) = self.configs.load() {
             self.status.apply_config(&cached, "cache");
             // Already on disk: the cache writer starts from it.
-            self.to_cache.send_replace(cached.clone());
-            self.applied = cached;
+            self.applied.send_replace(cached);
         }
     }
 
@@ -182,12 +179,11 @@ impl Agent {
     /// one already applied, and hands it to the cache writer; `true` when
     /// it was applied.
     fn apply_pushed(&mut self, pushed: NodeConfigData) -> bool {
-        if pushed == self.applied {
+        if *self.applied.borrow() == pushed {
             return false;
         }
         self.status.apply_config(&pushed, "control plane");
-        self.to_cache.send_replace(pushed.clone());
-        self.applied = pushed;
+        self.applied.send_replace(pushed);
         true
     }
 
@@ -197,7 +193,7 @@ impl Agent {
     pub async fn run(mut self) {
         let writer = tokio::spawn(cache::keep_latest(
             self.configs.clone(),
-            self.to_cache.subscribe(),
+            self.applied.subscribe(),
             self.shutdown.clone(),
         ));
         self.attach().await;
@@ -354,7 +350,7 @@ impl Agent {
             node_id: identity.node_id.clone(),
             secret: identity.secret.clone(),
             seq,
-            config_version: self.applied.version,
+            config_version: self.applied.borrow().version,
             serving: true,
             metrics: self.next_sample(),
         };
@@ -382,7 +378,7 @@ impl Agent {
                     seq += 1;
                     let beat = HeartbeatRequest {
                         seq,
-                        config_version: self.applied.version,
+                        config_version: self.applied.borrow().version,
                         serving: true,
                         metrics: self.next_sample(),
                         ..Default::default()
@@ -410,7 +406,7 @@ impl Agent {
                             seq += 1;
                             let beat = HeartbeatRequest {
                                 seq,
-                                config_version: self.applied.version,
+                                config_version: self.applied.borrow().version,
                                 serving: true,
                                 ..Default::default()
                             };
