@@ -659,8 +659,8 @@ impl Registry {
                     )
                 };
             }
+            // Re-armed there, for its maximum age.
             self.after_change(id, before, &[]);
-            self.schedule_check_after(id, due);
         }
         for id in &dropped {
             self.remove(*id, now);
