@@ -290,17 +290,14 @@ impl Configs {
         expected: u64,
         role: &'static str,
     ) -> Result<ConfigEntry, StateError> {
-        self.check_scope(&scope)?;
-        self.shared
-            .config_writer
-            .submit(Pending {
-                scope,
-                write,
-                expected,
-                role,
-                rollback_of: 0,
-            })
-            .await
+        self.submit(Pending {
+            scope,
+            write,
+            expected,
+            role,
+            rollback_of: 0,
+        })
+        .await
     }
 
     /// Writes a new version of `scope` with the data of its `version`.
@@ -338,17 +335,21 @@ impl Configs {
                 Ok((version, expected, old))
             })
             .await?;
-        self.check_scope(&scope)?;
-        self.shared
-            .config_writer
-            .submit(Pending {
-                scope,
-                write: Write::Replace(old),
-                expected,
-                role,
-                rollback_of: version,
-            })
-            .await
+        self.submit(Pending {
+            scope,
+            write: Write::Replace(old),
+            expected,
+            role,
+            rollback_of: version,
+        })
+        .await
+    }
+
+    /// Hands a write whose scope exists to the writer and waits for its
+    /// answer.
+    async fn submit(&self, pending: Pending) -> Result<ConfigEntry, StateError> {
+        self.check_scope(&pending.scope)?;
+        self.shared.config_writer.submit(pending).await
     }
 
     /// Refuses a scope whose node or group does not exist.
