@@ -20,18 +20,18 @@ use tokio::sync::oneshot;
 #[derive(Debug)]
 pub struct Queued<C, R> {
     pub change: C,
-    done: oneshot::Sender<R>,
+    done: Reply<R>,
 }
 
 impl<C, R> Queued<C, R> {
     /// Answers the caller; one that gave up waiting is fine.
     pub fn answer(self, answer: R) {
-        let _ = self.done.send(answer);
+        self.done.answer(answer);
     }
 
     /// The change, to be consumed, and where its answer goes.
     pub fn into_parts(self) -> (C, Reply<R>) {
-        (self.change, Reply(self.done))
+        (self.change, self.done)
     }
 }
 
@@ -108,7 +108,13 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
     /// and returns the wait for its answer.
     pub fn submit(&self, change: C) -> impl Future<Output = Result<R, Stopped>> + use<C, R> {
         let (done, answer) = oneshot::channel();
-        let sent = self.jobs.send(Job::Change(Queued { change, done })).is_ok();
+        let sent = self
+            .jobs
+            .send(Job::Change(Queued {
+                change,
+                done: Reply(done),
+            }))
+            .is_ok();
         async move {
             if !sent {
                 return Err(Stopped);
