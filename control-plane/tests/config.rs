@@ -6,8 +6,8 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use farm_api::v1::{
-    ChangeKind, DiffRequest, GetEffectiveConfigRequest, GetNodeMetricsRequest, HistoryRequest,
-    PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
+    ChangeKind, ConfigEvent, DiffRequest, GetEffectiveConfigRequest, GetNodeMetricsRequest,
+    HistoryRequest, PutConfigRequest, RegisterRequest, RollbackRequest, WatchConfigRequest,
 };
 use farm_testkit::{
     ControlPlaneProcess, Farm,
@@ -64,6 +64,20 @@ async fn current(farm: &Farm, scope: &str) -> (u64, serde_json::Value) {
     let got = farm.current_config(scope).await;
     let data = farm_api::json::struct_to_json(&got.data.expect("data"));
     (got.version, serde_json::Value::Object(data))
+}
+
+/// A `WatchConfig` stream of the global scope, from `from_version` (0:
+/// from now).
+async fn watch_global(farm: &Farm, from_version: u64) -> tonic::Streaming<ConfigEvent> {
+    farm.config()
+        .watch_config(WatchConfigRequest {
+            scope: "global".into(),
+            from_version,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchConfig")
+        .into_inner()
 }
 
 fn delay_of(data: &Option<Struct>) -> Option<f64> {
@@ -399,14 +413,7 @@ async fn watch_config_replays_then_streams_and_resumes() {
         .expect("put")
         .into_inner()
         .version;
-    let mut watch = client
-        .watch_config(WatchConfigRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("WatchConfig")
-        .into_inner();
+    let mut watch = watch_global(&farm, 0).await;
     let first = watch.next().await.expect("event").expect("ok");
     assert_eq!((first.version, first.snapshot), (v1, false));
     // Another scope's write is not this watch's business.
@@ -435,15 +442,7 @@ async fn watch_config_replays_then_streams_and_resumes() {
         .expect("put")
         .into_inner()
         .version;
-    let mut resumed = client
-        .watch_config(WatchConfigRequest {
-            scope: "global".into(),
-            from_version: v1,
-            ..Default::default()
-        })
-        .await
-        .expect("WatchConfig")
-        .into_inner();
+    let mut resumed = watch_global(&farm, v1).await;
     let mut seen = Vec::new();
     for _ in 0..2 {
         seen.push(resumed.next().await.expect("event").expect("ok").version);
@@ -576,15 +575,7 @@ async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
     assert_eq!(history.len(), 1000);
     assert!(history.iter().all(|v| v.version != first), "oldest dropped");
 
-    let mut watch = client
-        .watch_config(WatchConfigRequest {
-            scope: "global".into(),
-            from_version: first - 1,
-            ..Default::default()
-        })
-        .await
-        .expect("WatchConfig")
-        .into_inner();
+    let mut watch = watch_global(&farm, first - 1).await;
     let event = watch.next().await.expect("event").expect("ok");
     assert!(event.snapshot, "history gone: a snapshot");
     assert_eq!(event.version, last);
@@ -594,15 +585,7 @@ async fn a_watch_from_before_the_kept_history_starts_with_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_every_version_in_order_while_writers_race() {
     let farm = Farm::start(0, &[]).await;
-    let mut watch = farm
-        .config()
-        .watch_config(WatchConfigRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("WatchConfig")
-        .into_inner();
+    let mut watch = watch_global(&farm, 0).await;
     let writers: Vec<_> = (0..8)
         .map(|w| {
             let mut client = farm.config();
@@ -643,15 +626,7 @@ async fn concurrent_puts_all_land_dense_and_in_order_and_a_watch_sees_each() {
     const WRITERS: u32 = 16;
     const EACH: u32 = 30;
     let farm = Farm::start(0, &[]).await;
-    let mut watch = farm
-        .config()
-        .watch_config(WatchConfigRequest {
-            scope: "global".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("WatchConfig")
-        .into_inner();
+    let mut watch = watch_global(&farm, 0).await;
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let mut client = farm.config();
