@@ -467,8 +467,9 @@ fn parse_h2load(summary: &str, log: &str) -> Option<Figures> {
     })
 }
 
-fn have_h2load() -> bool {
-    Command::new("h2load")
+/// Whether `program --version` runs and succeeds.
+fn have(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -1494,15 +1495,6 @@ struct Etcd {
     _dir: tempfile::TempDir,
 }
 
-fn have_etcd() -> bool {
-    Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 impl Etcd {
     async fn start() -> Self {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("tempdir");
@@ -1538,7 +1530,7 @@ impl Etcd {
 }
 
 async fn part_e(settings: &Settings) {
-    if !have_etcd() {
+    if !have("etcd") {
         println!(
             "(e) etcd is not installed: part (e) is left out. Install it with `apt-get install \
              etcd-server` (Debian) and run again.\n"
@@ -1622,7 +1614,7 @@ async fn main() {
         loadgen: binary("loadgen"),
     };
     let settings = Settings::from_env();
-    let h2load_ok = have_h2load();
+    let h2load_ok = have("h2load");
     if !h2load_ok {
         println!(
             "h2load is not installed: the h2load rows are left out. Install it with \
