@@ -15,7 +15,9 @@ use farm_api::v1::{
     GetNodeMetricsRequest, HeartbeatRequest, HeartbeatResponse, NodeSample, PutConfigRequest,
     RegisterRequest, WatchMetricsRequest, WorkRequest, workload_client::WorkloadClient,
 };
-use farm_testkit::{Farm, api::lazy_channel, eventually, grpc_web, http, ready_if, skip};
+use farm_testkit::{
+    Farm, api::lazy_channel, eventually, eventually_every, grpc_web, http, ready_if, skip,
+};
 use hdrhistogram::{
     Histogram,
     serialization::{Serializer, V2Serializer},
@@ -599,9 +601,21 @@ async fn a_reopened_watch_metrics_stream_starts_from_the_lingering_feed() {
     let mut first = open(60_000).await;
     let before = next_snapshot(&mut first).await;
     drop(first);
-    // Time for the control plane to see the stream end (a feed nobody
-    // holds stops within milliseconds).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The control plane has seen the stream end once the call's duration
+    // (a stream's lifetime) is recorded.
+    eventually(
+        "the first stream's end recorded",
+        Duration::from_secs(10),
+        || async {
+            let body = http::get(farm.addr, "/metrics").await.text();
+            let ended = parse(&body).find(
+                "farm_control_plane_rpc_duration_seconds_count",
+                &[("method", "farm.v1.Metrics/WatchMetrics")],
+            );
+            ready_if(ended == Some(1.0), ()).map_err(|_| ended)
+        },
+    )
+    .await;
     let mut again = open(60_000).await;
     let after = next_snapshot(&mut again).await;
     assert_eq!(at(&after), at(&before), "the lingering feed's snapshot");
@@ -627,23 +641,26 @@ async fn farm_history_keeps_a_point_every_five_heartbeats() {
             .into_inner()
             .points
     };
-    let started = std::time::Instant::now();
-    let points = loop {
-        node.report(sample(40.0, 64 << 20, 10, 0, &[100])).await;
-        let points = history().await;
-        let recorded = points
-            .iter()
-            .filter(|p| p.reporting_nodes == 1 && p.cpu_percent_avg == 40.0)
-            .count();
-        if recorded >= 3 {
-            break points;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "three points with the node's sample within 20 s: {points:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The node reports between looks, so each point has a sample to take.
+    let node = tokio::sync::Mutex::new(&mut node);
+    let points = eventually_every(
+        "three points with the node's sample",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            node.lock()
+                .await
+                .report(sample(40.0, 64 << 20, 10, 0, &[100]))
+                .await;
+            let points = history().await;
+            let recorded = points
+                .iter()
+                .filter(|p| p.reporting_nodes == 1 && p.cpu_percent_avg == 40.0)
+                .count();
+            ready_if(recorded >= 3, points)
+        },
+    )
+    .await;
     let times: Vec<SystemTime> = points
         .iter()
         .map(|p| SystemTime::try_from(p.at.expect("at")).expect("at"))
