@@ -8,18 +8,42 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 // Every duration flag of the workspace reads alike.
 use farm_api::{cli::duration, status::MAX_CODE};
 
-/// What `loadgen`'s exit code means, as `--help` shows it.
-pub const EXIT_CODES: &str = "\
-Exit codes:
-  0  the run succeeded (the swarm registered nodes)
+/// What `loadgen run`'s exit codes mean (a macro, so that `concat!` can
+/// put it in more than one help text).
+macro_rules! run_exit_codes {
+    () => {
+        "  0  the run succeeded
   1  no request succeeded (a target refusing every connection, every request
      failing), a --max-error-rate or --max-p99 threshold was crossed, or the
      report could not be written
-  2  bad input: flags, an unreachable control plane, no node to drive";
+  2  bad input: flags, an unreachable control plane, no node to drive"
+    };
+}
+
+/// What `loadgen swarm`'s exit codes mean.
+macro_rules! swarm_exit_codes {
+    () => {
+        "  0  the swarm ran and its nodes registered
+  1  no node could register, or the report could not be written
+  2  bad input: flags, an unreachable control plane"
+    };
+}
+
+/// `loadgen run --help`'s exit codes.
+const EXIT_CODES: &str = concat!("Exit codes:\n", run_exit_codes!());
+/// `loadgen swarm --help`'s exit codes.
+const SWARM_EXIT_CODES: &str = concat!("Exit codes:\n", swarm_exit_codes!());
+/// `loadgen --help`: both commands' exit codes.
+const ALL_EXIT_CODES: &str = concat!(
+    "Exit codes of `loadgen run`:\n",
+    run_exit_codes!(),
+    "\nExit codes of `loadgen swarm`:\n",
+    swarm_exit_codes!()
+);
 
 /// `loadgen`: load tests against the farm's nodes.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version, about, after_help = EXIT_CODES)]
+#[command(name = "loadgen", version, about, after_help = ALL_EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -36,6 +60,7 @@ pub enum Command {
     Run(RunArgs),
     /// Simulates many node agents in one process against a control plane and
     /// reports heartbeat round-trip percentiles.
+    #[command(after_help = SWARM_EXIT_CODES)]
     Swarm(crate::swarm::SwarmArgs),
 }
 

@@ -801,10 +801,13 @@ fn a_bad_duration_gets_the_same_message_from_every_binary() {
 
 #[test]
 fn help_documents_the_exit_codes_and_thresholds() {
-    for args in [&["--help"][..], &["run", "--help"]] {
+    for (args, title) in [
+        (&["--help"][..], "Exit codes of `loadgen run`:"),
+        (&["run", "--help"], "Exit codes:"),
+    ] {
         let (code, help, stderr) = loadgen_blocking(args);
         assert_eq!(code, Some(0), "{args:?}: {help}\n{stderr}");
-        assert!(help.contains("Exit codes:"), "{args:?}: {help}");
+        assert!(help.contains(title), "{args:?}: {help}");
         for code in [
             "0  the run succeeded",
             "1  no request succeeded",
@@ -813,6 +816,11 @@ fn help_documents_the_exit_codes_and_thresholds() {
             assert!(help.contains(code), "{args:?}: {code} missing: {help}");
         }
     }
+    let (_, help, _) = loadgen_blocking(&["--help"]);
+    assert!(
+        help.contains("Exit codes of `loadgen swarm`:\n  0  the swarm ran"),
+        "{help}"
+    );
     let (_, help, _) = loadgen_blocking(&["run", "--help"]);
     assert!(
         help.contains("--max-error-rate <SHARE>") && help.contains("--max-p99 <DURATION>"),

@@ -415,6 +415,18 @@ fn help_names_the_token_role_and_variable() {
         token.contains("`node` token") && token.contains("[env: FARM_NODE_TOKEN"),
         "{token}"
     );
+    // Its exit codes (`loadgen --help` lists them beside `run`'s).
+    let codes = help
+        .split_once("Exit codes:")
+        .unwrap_or_else(|| panic!("no exit codes in {help}"))
+        .1;
+    for code in [
+        "0  the swarm ran and its nodes registered",
+        "1  no node could register",
+        "2  bad input",
+    ] {
+        assert!(codes.contains(code), "{code} missing: {help}");
+    }
 }
 
 #[track_caller]
