@@ -182,6 +182,12 @@ async fn a_load_test_from_the_page_streams_its_seconds_and_reports() {
     advanced(&page, true).await;
     page.fill("input[name=concurrency]", "2").await;
     page.fill("input[name=errorRate]", "25").await;
+    // Every failure code is offered, named as the control plane names it.
+    let offered = page.texts("select[name=failCode] option").await;
+    let named: Vec<String> = (1..=farm_api::status::MAX_CODE)
+        .map(|code| format!("{code} {}", farm_api::status::name(code).expect("named")))
+        .collect();
+    assert_eq!(offered, named);
     page.select("select[name=failCode]", "4").await;
     page.click("button:has-text('Start load test')").await;
     page.wait_text(".lt-run h2", "Finished", SHOWN).await;

@@ -36,26 +36,18 @@ export const DEFAULTS = {
   failCode: 14,
 } as const;
 
-/** gRPC status codes by number, as the control plane names them. */
-export const CODE_NAMES: readonly string[] = [
-  "OK",
-  "CANCELLED",
-  "UNKNOWN",
-  "INVALID_ARGUMENT",
-  "DEADLINE_EXCEEDED",
-  "NOT_FOUND",
-  "ALREADY_EXISTS",
-  "PERMISSION_DENIED",
-  "RESOURCE_EXHAUSTED",
-  "FAILED_PRECONDITION",
-  "ABORTED",
-  "OUT_OF_RANGE",
-  "UNIMPLEMENTED",
-  "INTERNAL",
-  "UNAVAILABLE",
-  "DATA_LOSS",
-  "UNAUTHENTICATED",
-];
+/**
+ * gRPC status codes by number, as the control plane names them
+ * (`DEADLINE_EXCEEDED`): connect's own `Code` names (`DeadlineExceeded`)
+ * in gRPC's spelling. Connect spells code 1 `Canceled`; gRPC `CANCELLED`.
+ */
+export const CODE_NAMES: readonly string[] = Array.from({ length: Code.Unauthenticated + 1 }, (_, code) =>
+  code === 0
+    ? "OK"
+    : code === Code.Canceled
+      ? "CANCELLED"
+      : (Code[code] ?? String(code)).replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase(),
+);
 
 /** What each failure code means to the one reading the error table. */
 const CODE_MEANINGS: Record<string, string> = {
