@@ -134,13 +134,16 @@ async fn simulate_load_burns_cpu_on_the_chosen_node_only() {
 #[tokio::test]
 async fn bad_simulations_are_refused_before_any_node_is_asked() {
     let farm = Farm::start(0, &[]).await;
+    /// Refused with `code`, in a message that says `says`.
     #[track_caller]
     fn check(
         result: Result<tonic::Response<farm_api::v1::BroadcastResponse>, tonic::Status>,
         code: Code,
+        says: &str,
     ) {
         let status = result.expect_err("refused");
         assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(says), "{says:?}: {status:?}");
     }
     let load = |cpu_percent, memory_mib, duration_ms| {
         Some(LoadSpec {
@@ -150,12 +153,14 @@ async fn bad_simulations_are_refused_before_any_node_is_asked() {
         })
     };
     let mut client = farm.farm();
-    for (spec, code) in [
-        (load(150.0, 0, 1000), Code::InvalidArgument),
-        (load(10.0, 4096, 1000), Code::InvalidArgument),
-        (load(10.0, 0, 0), Code::InvalidArgument),
-        (load(10.0, 0, 700_000), Code::InvalidArgument),
-        (None, Code::InvalidArgument),
+    for (spec, says) in [
+        (load(150.0, 0, 1000), "cpu_percent"),
+        (load(10.0, 4096, 1000), "memory_mib"),
+        (load(10.0, 0, 700_000), "duration_ms"),
+        (None, "load is required"),
+        // A valid load (duration unset: its default), refused only because
+        // no node is registered.
+        (load(10.0, 0, 0), "no node is selected"),
     ] {
         check(
             client
@@ -164,7 +169,8 @@ async fn bad_simulations_are_refused_before_any_node_is_asked() {
                     load: spec,
                 })
                 .await,
-            code,
+            Code::InvalidArgument,
+            says,
         );
     }
     check(
@@ -178,6 +184,7 @@ async fn bad_simulations_are_refused_before_any_node_is_asked() {
             })
             .await,
         Code::NotFound,
+        "n404",
     );
     // No node registered: nothing to send to.
     check(
@@ -188,6 +195,7 @@ async fn bad_simulations_are_refused_before_any_node_is_asked() {
             })
             .await,
         Code::InvalidArgument,
+        "no node is selected",
     );
 }
 

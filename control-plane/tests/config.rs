@@ -314,12 +314,19 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
     ];
     for (request, code) in cases {
         let scope = request.scope.clone();
+        let unset = request.data.is_none();
         let status = client
             .put_config(request)
             .await
             .expect_err("must be refused");
         assert_eq!(status.code(), code, "{scope:?}: {status:?}");
         assert!(!status.message().is_empty());
+        // Unset data is refused by name, not read as `{}` (which would
+        // empty the scope).
+        assert!(
+            !unset || status.message().starts_with("data is required"),
+            "{status:?}"
+        );
     }
     assert!(farm.versions("global").await.is_empty(), "nothing stored");
     let watch = client

@@ -144,6 +144,15 @@ async fn scale_up_and_down() {
         .await
         .expect_err("too many");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // `{}` is refused, not read as 0 (which would stop every node).
+    let err = farm
+        .farm()
+        .scale(ScaleRequest { nodes: None })
+        .await
+        .expect_err("no size");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("nodes is required"), "{err:?}");
+    assert_eq!(farm.discover("", 1000).await.len(), 40, "nothing stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
