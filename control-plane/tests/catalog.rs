@@ -58,6 +58,8 @@ const MALFORMED: &[&[u8]] = &[
     b"INDEX|\xff\xfe|\n",
     b"QUERY|caf\xe9|\n",
     b"REMOVE|zlib|\xc3\x28\n",
+    // A character that does not print (U+200B ZERO WIDTH SPACE).
+    "INDEX|zero\u{200b}width|\n".as_bytes(),
 ];
 
 /// A malformed line goes after every this many well-formed ones: one line

@@ -21,6 +21,8 @@ use std::{
     sync::Arc,
 };
 
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
 use super::DomainError;
 
 /// Longest name, in characters.
@@ -29,6 +31,20 @@ pub const MAX_NAME_CHARS: usize = 1024;
 pub const MAX_DEPENDENCIES: usize = 10_000;
 /// Most names a refusal lists; the rest are counted.
 const NAMES_SHOWN: usize = 10;
+
+/// Whether a name may hold `c`: a printable character (a letter, mark,
+/// number, punctuation or symbol, so no whitespace, control, format such as
+/// U+200B ZERO WIDTH SPACE, private-use or unassigned character) but `|`
+/// and `,`.
+fn allowed(c: char) -> bool {
+    if c.is_ascii() {
+        return c.is_ascii_graphic() && c != '|' && c != ',';
+    }
+    !matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Other | GeneralCategoryGroup::Separator
+    )
+}
 
 /// A valid catalog name: 1 to [`MAX_NAME_CHARS`] printable characters,
 /// none of them `|`, `,`, whitespace or a control character. Case
@@ -54,12 +70,10 @@ impl Name {
         if given.is_empty() {
             return Err(invalid("is empty".to_owned()));
         }
-        if let Some(c) = given
-            .chars()
-            .find(|&c| c == '|' || c == ',' || c.is_whitespace() || c.is_control())
-        {
+        if let Some(c) = given.chars().find(|&c| !allowed(c)) {
             return Err(invalid(format!(
-                "holds {c:?}; names may not hold `|`, `,`, whitespace or control characters"
+                "holds {c:?}; names may not hold `|`, `,`, whitespace, control or other \
+                 characters that do not print"
             )));
         }
         // At most 4 bytes a character: only a long one needs counting.
@@ -441,6 +455,9 @@ mod tests {
             "ñandú",
             "emacs☃elisp",
             "emacs=elisp",
+            "combining-e\u{301}",
+            "日本語",
+            "∑-math",
             "Case",
             &"x".repeat(MAX_NAME_CHARS),
             &"é".repeat(MAX_NAME_CHARS),
@@ -458,6 +475,15 @@ mod tests {
             "a\u{7}",
             "\u{a0}nbsp",
             "ideographic\u{3000}space",
+            "zero\u{200b}width",
+            "\u{feff}bom",
+            "right\u{202e}to-left",
+            "soft\u{ad}hyphen",
+            "private\u{e000}use",
+            "unassigned\u{378}",
+            "not\u{ffff}a-character",
+            "line\u{2028}separator",
+            "next\u{85}line",
             &"x".repeat(MAX_NAME_CHARS + 1),
         ] {
             check(invalid, false);

@@ -131,6 +131,8 @@ mod tests {
         check(b"INDEX|a|b c", Err(Index));
         check(b"INDEX|a|\r", Err(Index));
         check(b"INDEX|a|\x07", Err(Index));
+        check("QUERY|zero\u{200b}width|".as_bytes(), Err(Query));
+        check("INDEX|a|b\u{feff}".as_bytes(), Err(Index));
         check(b"INDEX|\xff|", Err(Index));
         check(b"INDEX|a|\xff", Err(Index));
         check(b"QUERY|a|\r", Err(Query));
