@@ -119,7 +119,13 @@ async fn a_thousand_nodes_register_heartbeat_and_leave() {
     );
     assert_eq!(report.errors(), 0, "{report:#?}");
     assert!(!report.interrupted);
-    assert!((report.duration_s - 2.0).abs() < 0.5, "{report:#?}");
+    // Measured for the 2 s asked: never less; more only by what a busy
+    // machine delays the end (once 0.5 s under the whole suite), and it
+    // stops by itself.
+    assert!(
+        report.duration_s >= 1.99 && report.duration_s < 10.0,
+        "{report:#?}"
+    );
     // 4 beats a second each for 2 s would be about 8000 sent, nearly all
     // acknowledged; a busy machine sends fewer and has more in flight at
     // the end (the rate is the benchmark's to measure, not this test's).
