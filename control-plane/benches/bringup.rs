@@ -4,13 +4,20 @@
 //! - idle RSS of a farm-node, and of the 50 together;
 //! - time from SIGKILL of a node to its absence from `Discover`.
 //!
-//! Five runs, medians last. Everything runs on 127.0.0.1 and stops itself.
-//! Run with `cargo build --release && cargo bench -p control-plane --bench bringup`.
+//! Five runs, medians last, with this workspace's release build; then, when
+//! `scripts/build-static` has built it, the same with the farm-node the
+//! farm runs (static, LTO: `--node-binary`). Everything runs on 127.0.0.1
+//! and stops itself. Run with
+//! `cargo build --release && scripts/build-static && cargo bench -p control-plane --bench bringup`.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use farm_testkit::{
-    ControlPlaneProcess, NodeGuard, binary, eventually_every, pid, process::rss_kib, ready_if,
+    ControlPlaneProcess, NodeGuard, binary, docker::static_node_binary_path, eventually_every, pid,
+    process::rss_kib, ready_if,
 };
 use nix::{sys::signal, unistd::Pid};
 
@@ -24,16 +31,20 @@ struct Run {
     kill_to_gone: Duration,
 }
 
-async fn one_run() -> Run {
+/// One farm of [`NODES`]; its nodes run `node` (the `farm-node` beside the
+/// control plane when `None`).
+async fn one_run(node: Option<&Path>) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     // A control plane killed by a failed assertion leaves its nodes running.
     let _cleanup = NodeGuard::new(dir.path());
 
     let started = Instant::now();
     // Errors only: the kill below is expected and logged as a warning.
-    let mut control_plane = ControlPlaneProcess::measured(dir.path(), NODES as u32)
-        .start()
-        .await;
+    let mut builder = ControlPlaneProcess::measured(dir.path(), NODES as u32);
+    if let Some(node) = node {
+        builder = builder.flags(&["--node-binary", node.to_str().expect("a UTF-8 path")]);
+    }
+    let mut control_plane = builder.start().await;
     let nodes = control_plane
         .wait_healthy_every(NODES, LIMIT, Duration::from_millis(2))
         .await;
@@ -83,13 +94,29 @@ async fn main() {
     binary("control-plane");
     binary("farm-node");
     println!("farm bring-up and failure detection, {NODES} process nodes, {RUNS} runs\n");
+    println!("farm-node: this workspace's release build (target/release)");
+    table(None).await;
+    let built = static_node_binary_path();
+    if let Ok(built) = built.canonicalize() {
+        println!(
+            "\nfarm-node: the one the farm runs, static (scripts/build-static, profile `node`: {})",
+            built.display()
+        );
+        table(Some(&built)).await;
+    } else {
+        println!("\n(no static farm-node: scripts/build-static builds the one the farm runs)");
+    }
+}
+
+/// [`RUNS`] runs with `node`, a line each, then their medians.
+async fn table(node: Option<&Path>) {
     println!(
         "{:>4}  {:>14}  {:>16}  {:>18}  {:>16}",
         "run", "bring-up (ms)", "node RSS med KiB", "50 nodes RSS MiB", "kill→gone (ms)"
     );
     let mut runs = Vec::new();
     for i in 1..=RUNS {
-        let run = one_run().await;
+        let run = one_run(node).await;
         let total: u64 = run.node_rss_kib.iter().sum();
         println!(
             "{:>4}  {:>14.1}  {:>16}  {:>18.1}  {:>16.2}",
