@@ -47,7 +47,7 @@ fn allowed(c: char) -> bool {
 }
 
 /// A valid catalog name: 1 to [`MAX_NAME_CHARS`] printable characters,
-/// none of them `|`, `,`, whitespace or a control character. Case
+/// none of them `|` or `,` (see [`allowed`]). Case
 /// matters; `gtk+`, `libsigc++` and non-ASCII names are valid. Cheap to
 /// clone.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
