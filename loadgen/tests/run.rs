@@ -474,6 +474,54 @@ async fn connections_and_streams_are_opened_again_after_a_node_restarts() {
     }
 }
 
+/// A farm-node's `Workload` behind an HTTP/2 server with tight limits: at
+/// most 3 streams at once, 16 KiB stream windows. Stops when the returned
+/// sender is dropped.
+async fn tight_server() -> (String, tokio::sync::oneshot::Sender<()>) {
+    use farm_api::v1::workload_server::WorkloadServer;
+    use farm_node::workload::{NodeStatus, WorkloadService};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let status = std::sync::Arc::new(NodeStatus::new(
+        "tight".into(),
+        "default".into(),
+        addr.to_string(),
+    ));
+    let service = WorkloadService::new(status, tokio_util::sync::CancellationToken::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(3))
+            .initial_stream_window_size(Some(16_384))
+            .initial_connection_window_size(Some(65_535))
+            .add_service(WorkloadServer::new(service))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    (format!("http://{addr}"), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_s_stream_limit_and_windows_are_respected() {
+    let (url, _stop) = tight_server().await;
+    // Twelve in flight on one connection the server allows three streams;
+    // requests and answers many times the windows and the frame size.
+    let mut config = RunConfig::closed(vec![url], 12, Duration::from_millis(800));
+    config.connections = 1;
+    config.payload = 100_000;
+    config.response_bytes = 300_000;
+    let report = loadgen::run(&config, std::future::pending())
+        .await
+        .expect("run");
+    assert_eq!(report.errors, 0, "{report:?}");
+    assert_eq!(report.connect_errors, 0, "{report:?}");
+    assert!(report.requests > 20, "{report:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn warmup_requests_are_not_counted() {
     let node = node().await;

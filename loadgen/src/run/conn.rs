@@ -20,7 +20,6 @@ use std::{
 
 use bytes::Bytes;
 use farm_api::v1::{WorkRequest, WorkResponse, workload_client::WorkloadClient};
-use h2::client::SendRequest;
 use tokio::{
     sync::{mpsc, oneshot},
     time::Instant,
@@ -30,7 +29,8 @@ use tonic::transport::Channel;
 
 use super::{
     Plan,
-    dial::{Dialer, io_reason, reason, status_reason},
+    dial::{Dialer, status_reason},
+    wire::{self, Failure, Outcome, Wire},
 };
 use crate::config::ConfigError;
 
@@ -125,21 +125,22 @@ impl LinkState {
 }
 
 /// A handle on a connection, and the state its handles share.
-pub(super) type Link = (SendRequest<Bytes>, Arc<LinkState>);
+pub(super) type Link = (Arc<Wire>, Arc<LinkState>);
 
-/// `Work` calls straight on one HTTP/2 connection (the `h2` crate's), with
-/// the request encoded once for the whole run. A tonic client would encode
-/// every request again and put a load-balancing buffer (a queue and a task
-/// hand-off) and a body-piping task in front of each: in a load generator
-/// that cost is taken from the target sharing the machine. The answer's
-/// status is read as gRPC defines it (`grpc-status` in the trailers, or in
-/// the headers of a trailers-only answer); its message is not decoded.
+/// `Work` calls straight on one HTTP/2 connection (loadgen's own client,
+/// [`wire`](super::wire), for why), with the request encoded once for the
+/// whole run. A tonic client would encode every request again and put a
+/// load-balancing buffer (a queue and a task hand-off) and a body-piping
+/// task in front of each: in a load generator that cost is taken from the
+/// target sharing the machine. The answer's status is read as gRPC defines
+/// it (`grpc-status` in the trailers, or in the headers of a trailers-only
+/// answer); its message is not decoded.
 #[derive(Debug)]
 pub(super) struct UnaryConn {
-    /// `http://host:port/farm.v1.Workload/Work`.
-    uri: http::Uri,
     /// `host:port` to connect to.
     authority: String,
+    /// Every request's HTTP/2 header block.
+    headers: Bytes,
     /// The connection in use. A `std` mutex: held to clone or swap it.
     current: Mutex<Option<Link>>,
     dialer: Arc<Dialer>,
@@ -160,18 +161,9 @@ pub(super) fn frame(request: &WorkRequest) -> Bytes {
     Bytes::from(frame)
 }
 
-/// The gRPC status an answer carries, from `headers` (trailers-only) or the
-/// trailers.
-fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The gRPC code of an HTTP status that is not 200 (gRPC's mapping).
-fn code_of_http(status: http::StatusCode) -> i32 {
-    match status.as_u16() {
+fn code_of_http(status: u16) -> i32 {
+    match status {
         400 => 13,
         401 => 16,
         403 => 7,
@@ -182,13 +174,27 @@ fn code_of_http(status: http::StatusCode) -> i32 {
 }
 
 /// The gRPC code of a stream reset (gRPC's mapping of HTTP/2 errors).
-fn code_of_reset(reason: Option<h2::Reason>) -> i32 {
+fn code_of_reset(reason: u32) -> i32 {
     match reason {
-        Some(h2::Reason::REFUSED_STREAM) => UNAVAILABLE,
-        Some(h2::Reason::CANCEL) => 1,
-        Some(h2::Reason::ENHANCE_YOUR_CALM) => 8,
-        Some(h2::Reason::INADEQUATE_SECURITY) => 7,
+        // REFUSED_STREAM
+        0x7 => UNAVAILABLE,
+        // CANCEL
+        0x8 => 1,
+        // ENHANCE_YOUR_CALM
+        0xb => 8,
+        // INADEQUATE_SECURITY
+        0xc => 7,
         _ => 13,
+    }
+}
+
+/// The gRPC code of an answer.
+fn code_of(outcome: Outcome) -> i32 {
+    match outcome {
+        Outcome::Http(status) => code_of_http(status),
+        // No status at all is a broken answer: gRPC calls it UNKNOWN.
+        Outcome::Grpc(code) => code.unwrap_or(2),
+        Outcome::Reset(reason) => code_of_reset(reason),
     }
 }
 
@@ -196,20 +202,21 @@ impl UnaryConn {
     pub(super) fn new(target: &str, dialer: Arc<Dialer>) -> Result<Self, ConfigError> {
         let bad = || ConfigError::BadTarget(target.to_owned());
         let base: http::Uri = target.parse().map_err(|_| bad())?;
+        if base
+            .scheme()
+            .is_some_and(|scheme| *scheme != http::uri::Scheme::HTTP)
+        {
+            return Err(bad());
+        }
         let authority = base.authority().ok_or_else(bad)?.clone();
-        let uri = http::Uri::builder()
-            .scheme(base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP))
-            .authority(authority.clone())
-            .path_and_query("/farm.v1.Workload/Work")
-            .build()
-            .map_err(|_| bad())?;
+        let headers = wire::request_headers(authority.as_str(), "/farm.v1.Workload/Work");
         let authority = match authority.port_u16() {
             Some(_) => authority.to_string(),
             None => format!("{authority}:80"),
         };
         Ok(Self {
-            uri,
             authority,
+            headers,
             current: Mutex::new(None),
             dialer,
         })
@@ -228,29 +235,18 @@ impl UnaryConn {
     /// One attempt: a TCP connection and the HTTP/2 handshake. A failure is
     /// the dialer's to count.
     async fn connect(&self) -> Option<Link> {
-        let (sender, connection) = self
+        let (wire, driver) = self
             .dialer
-            .attempt(async {
-                let stream = tokio::net::TcpStream::connect(&self.authority)
-                    .await
-                    .map_err(|err| io_reason(&err))?;
-                stream.set_nodelay(true).map_err(|err| io_reason(&err))?;
-                h2::client::handshake(stream)
-                    .await
-                    .map_err(|err| format!("HTTP/2 handshake failed: {}", reason(&err)))
-            })
+            .attempt(wire::connect(&self.authority, self.headers.clone()))
             .await?;
         let state = Arc::new(LinkState::default());
         let (ending, dialer) = (Arc::clone(&state), Arc::clone(&self.dialer));
         tokio::spawn(async move {
-            let reason = match connection.await {
-                Ok(()) => "closed by the target".to_owned(),
-                Err(err) => reason(&err),
-            };
+            let reason = driver.await;
             tracing::debug!(target = %dialer.target(), %reason, "connection ended");
             ending.lost(&dialer, || format!("{reason} before answering"));
         });
-        let link = (sender, state);
+        let link = (wire, state);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
         Some(link)
     }
@@ -264,7 +260,7 @@ impl UnaryConn {
         let cached = cache.take().filter(|(_, state)| state.is_open());
         // Waiting (bounded by the end of the run) only when there is no
         // connection: a timer per request would cost the open loop.
-        let (sender, state) = match cached.or_else(|| self.current()) {
+        let (wire, state) = match cached.or_else(|| self.current()) {
             Some(link) => link,
             None => {
                 let link = self
@@ -273,57 +269,27 @@ impl UnaryConn {
                 tokio::time::timeout_at(plan.end, link).await.ok()?
             }
         };
-        let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.uri.clone();
-        let headers = request.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         let at = Instant::now();
-        let frame = plan.frame(number());
-        let answered = async {
-            let mut sender = sender.ready().await?;
-            let (response, mut body) = sender.send_request(request, false)?;
-            *cache = Some((sender, Arc::clone(&state)));
-            body.send_data(frame, true)?;
-            let response = response.await?;
-            if response.status() != http::StatusCode::OK {
-                return Ok(code_of_http(response.status()));
-            }
-            if let Some(code) = grpc_status(response.headers()) {
-                return Ok(code);
-            }
-            let mut body = response.into_body();
-            while let Some(data) = body.data().await {
-                let data = data?;
-                let _ = body.flow_control().release_capacity(data.len());
-            }
-            let trailers = body.trailers().await?;
-            // No status at all is a broken answer: gRPC calls it UNKNOWN.
-            Ok::<_, h2::Error>(trailers.as_ref().and_then(grpc_status).unwrap_or(2))
-        };
-        match answered.await {
-            Ok(code) => {
+        let answer = wire.call(plan.frame(number())).await;
+        match answer {
+            Ok(outcome) => {
                 state.answered(&self.dialer);
-                Some(Sent { at, code })
-            }
-            // This request reset, the connection still fine: an answer.
-            Err(err) if err.is_reset() => {
-                state.answered(&self.dialer);
+                *cache = Some((wire, state));
                 Some(Sent {
                     at,
-                    code: code_of_reset(err.reason()),
+                    code: code_of(outcome),
                 })
             }
-            Err(err) => {
-                tracing::debug!(target = %self.authority, error = %err, "request lost");
+            // The connection takes no more streams: the next call finds
+            // another (the connection's task counts its end, if it failed).
+            Err(Failure::NotSent) => {
+                state.ended.store(true, Ordering::Release);
+                None
+            }
+            Err(Failure::Lost(why)) => {
+                tracing::debug!(target = %self.authority, %why, "request lost");
                 let worked = state.has_answered();
-                state.lost(&self.dialer, || {
-                    format!("{} before answering", reason(&err))
-                });
+                state.lost(&self.dialer, || format!("{why} before answering"));
                 // Lost in flight on a connection that worked: a failed
                 // request. On one that never did: never really sent.
                 worked.then_some(Sent {
