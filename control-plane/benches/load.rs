@@ -2,8 +2,10 @@
 //! rounds:
 //!
 //! - (a) `loadgen run --max` against `h2load` on one `farm-node`, same
-//!   connections and requests in flight, `Workload/Work`; plus a stream-mode
-//!   loadgen row for information;
+//!   connections and requests in flight, `Workload/Work`, one thread each
+//!   and each on its default threads; plus a stream-mode loadgen row for
+//!   information. h2load runs without `--log-file`, which costs it a
+//!   `write` per request, so its percentiles are not shown;
 //! - (b) the control plane's `Register` and `Discover` against the ceiling of
 //!   a bare tonic echo server (`Workload/Work` answering at once, served by a
 //!   child copy of this bench), all three driven by the same closed-loop
@@ -26,16 +28,21 @@
 //!   on loopback in a temporary folder with its defaults): etcd's `KV/Put`,
 //!   the control plane's `Register` and `PutConfig`, all three driven by
 //!   the (b) client at the same writes in flight, each write on disk before
-//!   its answer.
+//!   its answer;
+//! - (f) loadgen across a farm of 50 process nodes (`--control-plane`, 400
+//!   in flight), against one h2load per node run together (h2load drives
+//!   only the first URL's host, so one cannot spread over a farm); and
+//!   the shape h2load takes when given the 50 URLs, 50 connections × 8 on
+//!   the first node, against loadgen on that node.
 //!
 //! Everything runs on 127.0.0.1 and every process started here is stopped,
-//! on panic too. The default run takes about twelve minutes; environment
+//! on panic too. The default run takes about fourteen minutes; environment
 //! variables change it:
 //!
 //! - `FARM_BENCH_ROUNDS` (3): rounds of (a) and (b);
 //! - `FARM_BENCH_SHAPES` (`1x1,4x16,4x100`): connections × streams of (a);
 //! - `FARM_BENCH_SECS` (3): measured seconds per figure, after 1 s warm-up;
-//! - `FARM_BENCH_PARTS` (`abcde`): which parts to run;
+//! - `FARM_BENCH_PARTS` (`abcdef`): which parts to run;
 //! - `FARM_BENCH_WRITE_SHAPES` (`4x4,4x16,4x64`): connections × writes in
 //!   flight of (e);
 //! - `FARM_BENCH_SWARM` (`1000,5000,10000,20000,30000,40000,60000,100000`):
@@ -161,7 +168,7 @@ impl Settings {
                 .map(parse_shape)
                 .collect(),
             secs: Duration::from_secs(env_or("FARM_BENCH_SECS", 3u64).max(1)),
-            parts: env_or("FARM_BENCH_PARTS", "abcde".to_owned()),
+            parts: env_or("FARM_BENCH_PARTS", "abcdef".to_owned()),
             swarm_ladder: ladder
                 .split(',')
                 .map(|n| n.trim().parse().expect("FARM_BENCH_SWARM: numbers"))
@@ -349,20 +356,31 @@ fn ratio(a: &[Figures], b: &[Figures]) -> f64 {
 
 fn row(label: &str, tool: &str, runs: &[Figures], versus: Option<f64>) {
     if runs.is_empty() {
-        println!("  {label:<10} {tool:<30} {:>10}", "(no data)");
+        println!("  {label:<10} {tool:<36} {:>10}", "(no data)");
         return;
     }
     let m = medians(runs);
     let versus = versus.map_or_else(String::new, |r| format!("{r:>8.2}"));
+    // Not measured (h2load's percentiles): a dash.
+    let micros = |us: f64| {
+        if us.is_nan() {
+            "–".to_owned()
+        } else {
+            format!("{us:.0}")
+        }
+    };
     println!(
-        "  {label:<10} {tool:<30} {:>10.0} {:>8.0} {:>8.0} {:>7} {versus}",
-        m.rps, m.p50_us, m.p99_us, m.errors
+        "  {label:<10} {tool:<36} {:>10.0} {:>8} {:>8} {:>7} {versus}",
+        m.rps,
+        micros(m.p50_us),
+        micros(m.p99_us),
+        m.errors
     );
 }
 
 fn header(last: &str) {
     println!(
-        "  {:<10} {:<30} {:>10} {:>8} {:>8} {:>7} {last:>8}",
+        "  {:<10} {:<36} {:>10} {:>8} {:>8} {:>7} {last:>8}",
         "shape", "tool", "rps", "p50 µs", "p99 µs", "errors"
     );
 }
@@ -380,19 +398,18 @@ fn grpc_body(message: &impl Message) -> Vec<u8> {
     body
 }
 
-/// `h2load` on `url` with `connections × streams` in flight for `secs`
-/// after the warm-up; latency percentiles from its request log.
-async fn h2load(
-    url: &str,
+/// `h2load`'s arguments for `urls` (it connects to the first one's host
+/// and port only) with `connections × streams` in flight for `secs` after
+/// the warm-up, on one thread (its default). No `--log-file`: h2load
+/// writes its log with one `write` per request, a cost loadgen does not
+/// pay, so its percentiles are not shown.
+fn h2load_args(
+    urls: &[String],
     body: &Path,
     (connections, streams): (usize, usize),
     secs: Duration,
-    scratch: &Path,
-) -> Result<Figures, String> {
-    let log = scratch.join("h2load.log");
-    // The log file is appended to across runs.
-    let _ = std::fs::remove_file(&log);
-    let args: Vec<String> = [
+) -> Vec<String> {
+    let mut args: Vec<String> = [
         "-c",
         &connections.to_string(),
         "-m",
@@ -407,22 +424,30 @@ async fn h2load(
         "content-type: application/grpc",
         "-H",
         "te: trailers",
-        "--log-file",
-        &log.display().to_string(),
-        url,
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    let output = run_tool(Path::new("h2load"), &args, secs + WARMUP + READY_LIMIT).await?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    parse_h2load(&text, &std::fs::read_to_string(&log).unwrap_or_default())
-        .ok_or_else(|| format!("cannot read h2load's output:\n{text}"))
+    args.extend(urls.iter().cloned());
+    args
 }
 
-/// Requests per second and failures from h2load's summary; percentiles
-/// from its log (`start µs \t status \t duration µs` per request).
-fn parse_h2load(summary: &str, log: &str) -> Option<Figures> {
+/// `h2load` on `url` with `connections × streams` in flight for `secs`
+/// after the warm-up.
+async fn h2load(
+    url: &str,
+    body: &Path,
+    shape: (usize, usize),
+    secs: Duration,
+) -> Result<Figures, String> {
+    let args = h2load_args(&[url.to_owned()], body, shape, secs);
+    let output = run_tool(Path::new("h2load"), &args, secs + WARMUP + READY_LIMIT).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_h2load(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))
+}
+
+/// Requests per second and failures from h2load's summary.
+fn parse_h2load(summary: &str) -> Option<Figures> {
     // "finished in 3.00s, 10523.33 req/s, 1.23MB/s"
     let rps: f64 = summary
         .lines()
@@ -442,27 +467,10 @@ fn parse_h2load(summary: &str, log: &str) -> Option<Figures> {
             .unwrap_or(0)
     };
     let errors = count(" failed") + count(" errored") + count(" timeout");
-    let mut histogram = new_histogram();
-    for line in log.lines() {
-        let mut fields = line.split('\t');
-        let status: u16 = fields.nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let micros: u64 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if status == 200 {
-            histogram.saturating_record(micros.max(1));
-        }
-    }
-    let (p50_us, p99_us) = if histogram.is_empty() {
-        (f64::NAN, f64::NAN)
-    } else {
-        (
-            histogram.value_at_quantile(0.5) as f64,
-            histogram.value_at_quantile(0.99) as f64,
-        )
-    };
     Some(Figures {
         rps,
-        p50_us,
-        p99_us,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
         errors,
     })
 }
@@ -480,43 +488,51 @@ fn have(program: &str) -> bool {
 // ---------------------------------------------------------------------------
 // loadgen
 
-/// `loadgen run --max` on `addr`; `streams` per connection (stream mode) or
-/// requests in flight per connection (unary).
-async fn loadgen_run(
-    loadgen: &Path,
-    addr: SocketAddr,
+/// How a `loadgen run` of the bench is set up.
+struct LoadgenRun<'a> {
+    /// `--target ADDR` or `--control-plane URL`.
+    targets: [String; 2],
     stream_mode: bool,
-    (connections, streams): (usize, usize),
+    /// Connections per target × streams per connection (stream mode).
+    shape: (usize, usize),
+    /// Requests in flight in all (`--concurrency`).
+    in_flight: usize,
+    /// `--threads`; `None`: loadgen's default.
+    threads: Option<usize>,
     secs: Duration,
-    scratch: &Path,
-) -> Result<Figures, String> {
-    let json = scratch.join("loadgen.json");
+    scratch: &'a Path,
+}
+
+/// `loadgen run --max` as `how` says; `streams` per connection (stream
+/// mode) or requests in flight per connection (unary).
+async fn loadgen_run(loadgen: &Path, how: &LoadgenRun<'_>) -> Result<Figures, String> {
+    let json = how.scratch.join("loadgen.json");
     let _ = std::fs::remove_file(&json);
-    // One thread, as h2load runs by default.
-    let mut args: Vec<String> = vec![
-        "--threads".into(),
-        "1".into(),
-        "run".into(),
-        "--target".into(),
-        addr.to_string(),
+    let (connections, streams) = how.shape;
+    let mut args: Vec<String> = Vec::new();
+    if let Some(threads) = how.threads {
+        args.extend(["--threads".into(), threads.to_string()]);
+    }
+    args.push("run".into());
+    args.extend(how.targets.iter().cloned());
+    args.extend([
         "--max".into(),
         "--mode".into(),
-        (if stream_mode { "stream" } else { "unary" }).into(),
+        (if how.stream_mode { "stream" } else { "unary" }).into(),
         "--connections".into(),
         connections.to_string(),
-        "--concurrency".into(),
-        (connections * streams).to_string(),
         "--duration".into(),
-        format!("{}s", secs.as_secs()),
+        format!("{}s", how.secs.as_secs()),
         "--warmup".into(),
         format!("{}s", WARMUP.as_secs()),
         "--json".into(),
         json.display().to_string(),
-    ];
-    if stream_mode {
+    ]);
+    if how.stream_mode {
         args.extend(["--streams".into(), streams.to_string()]);
     }
-    run_tool(loadgen, &args, secs + WARMUP + READY_LIMIT).await?;
+    args.extend(["--concurrency".into(), how.in_flight.to_string()]);
+    run_tool(loadgen, &args, how.secs + WARMUP + READY_LIMIT).await?;
     let text = std::fs::read_to_string(&json).map_err(|e| format!("loadgen wrote no JSON: {e}"))?;
     let report: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("loadgen JSON: {e}"))?;
@@ -527,6 +543,35 @@ async fn loadgen_run(
         p99_us: number("/latency_us/p99").unwrap_or(f64::NAN),
         errors: number("/errors").unwrap_or(0.0) as u64,
     })
+}
+
+/// Runs `tools` (indexes into `figures`) one after another, in this order
+/// on even rounds and the reverse on odd ones; a round enters the medians
+/// only when every tool in it measured.
+async fn paired_round<F: Future<Output = Result<Figures, String>>>(
+    round: usize,
+    tools: &[usize],
+    figures: &mut [Vec<Figures>],
+    mut measure: impl FnMut(usize) -> F,
+) {
+    let mut order = tools.to_vec();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    let mut this_round: Vec<Option<Figures>> = vec![None; figures.len()];
+    for tool in order {
+        match measure(tool).await {
+            Ok(f) => this_round[tool] = Some(f),
+            Err(e) => println!("    round {}: {e}", round + 1),
+        }
+    }
+    if tools.iter().all(|tool| this_round[*tool].is_some()) {
+        for (tool, f) in this_round.into_iter().enumerate() {
+            if let Some(f) = f {
+                figures[tool].push(f);
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -544,15 +589,7 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
         "farm-node",
     );
     wait_work(node_addr).await;
-    let body = scratch.path().join("work.grpc");
-    std::fs::write(
-        &body,
-        grpc_body(&WorkRequest {
-            id: 1,
-            ..Default::default()
-        }),
-    )
-    .expect("body file");
+    let body = work_body(scratch.path());
     let url = format!("http://{node_addr}/farm.v1.Workload/Work");
 
     println!(
@@ -566,60 +603,218 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
         "    ÷h2load: median of the per-round ratios (each round's figures taken back to back)"
     );
     println!(
-        "    h2load: -c C -m M (one thread); loadgen --threads 1 run --max --connections C --concurrency C*M; \
-         loadgen stream: --mode stream --streams M (one message in flight per stream)"
+        "    h2load: -c C -m M (one thread, its default); loadgen --threads 1 run --max --connections C \
+         --concurrency C*M; loadgen stream: --mode stream --streams M (one message in flight per stream); \
+         default threads: loadgen without --threads ({})",
+        default_loadgen_threads()
     );
-    // Per shape: h2load, loadgen unary, loadgen stream.
-    let mut results: Vec<[Vec<Figures>; 3]> =
-        settings.shapes.iter().map(|_| Default::default()).collect();
+    // Per shape: h2load, loadgen unary, loadgen stream, loadgen unary on
+    // its default threads.
+    let tools: &[usize] = if h2load_ok { &[0, 1, 2, 3] } else { &[1, 2, 3] };
+    let mut results: Vec<Vec<Vec<Figures>>> = settings
+        .shapes
+        .iter()
+        .map(|_| vec![Vec::new(); 4])
+        .collect();
     for round in 0..settings.rounds {
         for (shape, figures) in settings.shapes.iter().zip(&mut results) {
-            let mut order = [0usize, 1, 2];
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            let mut this_round: [Option<Figures>; 3] = [None; 3];
-            for tool in order {
-                let result = match tool {
-                    0 if !h2load_ok => continue,
-                    0 => h2load(&url, &body, *shape, settings.secs, scratch.path()).await,
-                    _ => {
-                        loadgen_run(
-                            &bin.loadgen,
-                            node_addr,
-                            tool == 2,
-                            *shape,
-                            settings.secs,
-                            scratch.path(),
-                        )
-                        .await
+            paired_round(round, tools, figures, |tool| {
+                let (url, body, scratch) = (&url, &body, scratch.path());
+                async move {
+                    if tool == 0 {
+                        return h2load(url, body, *shape, settings.secs).await;
                     }
-                };
-                match result {
-                    Ok(f) => this_round[tool] = Some(f),
-                    Err(e) => println!("    round {}: {e}", round + 1),
+                    let how = LoadgenRun {
+                        targets: ["--target".into(), node_addr.to_string()],
+                        stream_mode: tool == 2,
+                        shape: *shape,
+                        in_flight: shape.0 * shape.1,
+                        threads: (tool != 3).then_some(1),
+                        secs: settings.secs,
+                        scratch,
+                    };
+                    loadgen_run(&bin.loadgen, &how).await
                 }
-            }
-            // Keep rounds paired: only complete rounds enter the medians.
-            if this_round[1].is_some() && (this_round[0].is_some() || !h2load_ok) {
-                for (tool, f) in this_round.into_iter().enumerate() {
-                    if let Some(f) = f {
-                        figures[tool].push(f);
-                    }
-                }
-            }
+            })
+            .await;
         }
     }
     println!();
     header("÷h2load");
-    for ((c, m), [h2, unary, stream]) in settings.shapes.iter().zip(&results) {
+    for ((c, m), figures) in settings.shapes.iter().zip(&results) {
         let shape = format!("{c}×{m}");
+        let h2 = &figures[0];
         let versus = |runs: &[Figures]| (!h2.is_empty()).then(|| ratio(runs, h2));
         row(&shape, "h2load", h2, (!h2.is_empty()).then_some(1.0));
-        row(&shape, "loadgen run --max (unary)", unary, versus(unary));
-        row(&shape, "loadgen run --max (stream)", stream, versus(stream));
+        for (tool, label) in [
+            (1, "loadgen run --max (unary)"),
+            (2, "loadgen run --max (stream)"),
+            (3, "loadgen (unary, default threads)"),
+        ] {
+            row(&shape, label, &figures[tool], versus(&figures[tool]));
+        }
     }
     println!();
+}
+
+/// The threads loadgen runs on by default here: half the CPUs, at least
+/// one (loadgen's rule, restated for the header).
+fn default_loadgen_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+/// `Work {id: 1}` as a gRPC body file in `scratch`, for h2load.
+fn work_body(scratch: &Path) -> PathBuf {
+    let body = scratch.join("work.grpc");
+    std::fs::write(
+        &body,
+        grpc_body(&WorkRequest {
+            id: 1,
+            ..Default::default()
+        }),
+    )
+    .expect("body file");
+    body
+}
+
+// ---------------------------------------------------------------------------
+// (f) loadgen across the farm
+
+/// Process nodes of (f).
+const FARM_NODES: u32 = 50;
+/// Requests in flight per node in (f).
+const FARM_PER_NODE: usize = 8;
+
+/// One `h2load -c 1 -m 8` per URL, all at once; their rates summed.
+async fn h2load_each(urls: &[String], body: &Path, secs: Duration) -> Result<Figures, String> {
+    let h2load = Path::new("h2load");
+    let mut running = Vec::with_capacity(urls.len());
+    for url in urls {
+        let args = h2load_args(std::slice::from_ref(url), body, (1, FARM_PER_NODE), secs);
+        running.push((start_tool(h2load, &args)?, args));
+    }
+    let mut total = Figures {
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        ..Figures::default()
+    };
+    for (child, args) in running {
+        let output = finish_tool(child, h2load, &args, secs + WARMUP + READY_LIMIT).await?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let one =
+            parse_h2load(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))?;
+        total.rps += one.rps;
+        total.errors += one.errors;
+    }
+    Ok(total)
+}
+
+async fn part_f(bin: &Bins, settings: &Settings, h2load_ok: bool) {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let farm = ControlPlaneProcess::measured(data.path(), FARM_NODES)
+        .start()
+        .await;
+    let nodes = farm
+        .wait_healthy(FARM_NODES as usize, Duration::from_secs(120))
+        .await;
+    let mut addresses: Vec<String> = nodes.iter().map(|n| n.address.clone()).collect();
+    addresses.sort();
+    let urls: Vec<String> = addresses
+        .iter()
+        .map(|address| format!("http://{address}/farm.v1.Workload/Work"))
+        .collect();
+    // The node h2load drives when given every URL.
+    let first = addresses[0].clone();
+    let body = work_body(scratch.path());
+    let in_flight = FARM_NODES as usize * FARM_PER_NODE;
+    println!(
+        "(f) Workload/Work across a farm of {FARM_NODES} process nodes, {in_flight} in flight, \
+         {} rounds of {} s after {} s warm-up, order alternating; medians",
+        settings.rounds,
+        settings.secs.as_secs(),
+        WARMUP.as_secs()
+    );
+    println!(
+        "    farm: loadgen --threads 1 run --control-plane URL --max --concurrency {in_flight} \
+         (a connection per node, {FARM_PER_NODE} in flight on each), against one \
+         h2load -c 1 -m {FARM_PER_NODE} per node, all at once, their rates summed \
+         (h2load drives only the first URL's host and port, so one h2load cannot spread over a farm)"
+    );
+    println!(
+        "    one node: h2load -c {FARM_NODES} -m {FARM_PER_NODE} given the {FARM_NODES} URLs (which \
+         drives the first node only), against loadgen --threads 1 --connections {FARM_NODES} on that node"
+    );
+    // Farm: h2load per node, loadgen; one node: h2load, loadgen.
+    let tools: &[usize] = if h2load_ok { &[0, 1, 2, 3] } else { &[1, 3] };
+    let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); 4];
+    for round in 0..settings.rounds {
+        paired_round(round, tools, &mut figures, |tool| {
+            let (urls, body, first, farm) = (&urls, &body, &first, &farm);
+            let scratch = scratch.path();
+            async move {
+                match tool {
+                    0 => h2load_each(urls, body, settings.secs).await,
+                    2 => h2load_on_first(urls, body, settings.secs).await,
+                    _ => {
+                        let (targets, connections) = if tool == 1 {
+                            (["--control-plane".into(), farm.url()], 1)
+                        } else {
+                            (["--target".into(), first.clone()], FARM_NODES as usize)
+                        };
+                        let how = LoadgenRun {
+                            targets,
+                            stream_mode: false,
+                            shape: (connections, 1),
+                            in_flight,
+                            threads: Some(1),
+                            secs: settings.secs,
+                            scratch,
+                        };
+                        loadgen_run(&bin.loadgen, &how).await
+                    }
+                }
+            }
+        })
+        .await;
+    }
+    println!();
+    header("÷h2load");
+    let versus = |a: &[Figures], b: &[Figures]| (!b.is_empty()).then(|| ratio(a, b));
+    row(
+        "farm",
+        "h2load per node, summed",
+        &figures[0],
+        (!figures[0].is_empty()).then_some(1.0),
+    );
+    row(
+        "farm",
+        "loadgen --control-plane",
+        &figures[1],
+        versus(&figures[1], &figures[0]),
+    );
+    row(
+        "one node",
+        "h2load -c 50 -m 8, 50 URLs",
+        &figures[2],
+        (!figures[2].is_empty()).then_some(1.0),
+    );
+    row(
+        "one node",
+        "loadgen --connections 50",
+        &figures[3],
+        versus(&figures[3], &figures[2]),
+    );
+    println!();
+}
+
+/// `h2load -c 50 -m 8` given every URL of the farm: it drives the first
+/// one's node only.
+async fn h2load_on_first(urls: &[String], body: &Path, secs: Duration) -> Result<Figures, String> {
+    let args = h2load_args(urls, body, (FARM_NODES as usize, FARM_PER_NODE), secs);
+    let output = run_tool(Path::new("h2load"), &args, secs + WARMUP + READY_LIMIT).await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse_h2load(&text).ok_or_else(|| format!("cannot read h2load's output:\n{text}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -980,17 +1175,8 @@ async fn part_b(settings: &Settings, h2load_ok: bool) {
         let mut this_round: [Option<Figures>; 5] = [None; 5];
         for which in order {
             let measured = match which {
-                0 => h2load(&echo_url, &work_body, DRIVER, settings.secs, scratch.path()).await,
-                1 => {
-                    h2load(
-                        &discover_url,
-                        &discover_body,
-                        DRIVER,
-                        settings.secs,
-                        scratch.path(),
-                    )
-                    .await
-                }
+                0 => h2load(&echo_url, &work_body, DRIVER, settings.secs).await,
+                1 => h2load(&discover_url, &discover_body, DRIVER, settings.secs).await,
                 _ => {
                     let (addr, call) = match which {
                         2 => (echo_addr, Call::Echo),
@@ -1636,6 +1822,9 @@ async fn main() {
     }
     if settings.parts.contains('e') {
         part_e(&settings).await;
+    }
+    if settings.parts.contains('f') {
+        part_f(&bin, &settings, h2load_ok).await;
     }
     println!("total {:.0} s", started.elapsed().as_secs_f64());
 }
