@@ -47,9 +47,10 @@ const ALL_EXIT_CODES: &str = concat!(
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Threads driving the load [default: half the CPUs, at least one,
-    /// leaving the rest to a farm on the same machine]. On one thread,
-    /// as `h2load` runs by default, no task ever changes threads.
+    /// Threads driving the load [default: for `run`, half the CPUs (at
+    /// least one), leaving the rest to a farm on the same machine; for
+    /// `swarm`, one per CPU]. On one thread, as `h2load` runs by default,
+    /// no task ever changes threads.
     #[arg(long, global = true)]
     pub threads: Option<usize>,
 }
