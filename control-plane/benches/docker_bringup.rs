@@ -1,20 +1,28 @@
-//! Fifty farm-node containers, side by side with plain `docker run`:
+//! Fifty farm-node containers (or `FARM_BENCH_NODES`), side by side with
+//! plain `docker run`:
 //!
 //! - the farm: `control-plane serve --runtime docker --nodes 50`, timed from
 //!   starting the control plane to 50 nodes registered and healthy (image
 //!   present; the farm's network is created within the time);
-//! - the baseline: 50 parallel `docker run -d` of the same image, with the
-//!   same limits, on a network made beforehand, timed from the first
-//!   `docker run` to 50 nodes registered and healthy with an idle control
-//!   plane (`--runtime none`) started beforehand;
-//! - first, a sweep of the farm's start parallelism.
+//! - the baseline: parallel `docker run -d` of the same image, with the
+//!   same limits, on a network made beforehand, at most 50 at once (each
+//!   `docker` client process holds about 30 MiB: 500 at once would hold
+//!   15 GiB), timed from the first `docker run` to every node registered
+//!   and healthy with an idle control plane (`--runtime none`) started
+//!   beforehand;
+//! - first, a sweep of the farm's start parallelism (`FARM_BENCH_SWEEP=0`
+//!   leaves it out).
+//!
+//! `FARM_BENCH_ROUNDS` (5) farm and baseline runs, alternating.
 //!
 //! Also prints the memory of the 50 containers (`docker stats`) and the
 //! image size. Needs a Docker engine (`scripts/docker-engine`) and the static
 //! farm-node (`scripts/build-static`). Everything it creates carries a label
 //! and is removed at the end, or when it fails.
 //!
-//! Run with `scripts/build-static && cargo bench -p control-plane --bench docker_bringup`.
+//! Run with `scripts/build-static && cargo bench -p control-plane --bench docker_bringup`;
+//! 500 nodes: `FARM_BENCH_NODES=500 FARM_BENCH_ROUNDS=3 FARM_BENCH_SWEEP=0`
+//! before `cargo bench` (about 15 minutes).
 
 use std::{
     net::SocketAddr,
@@ -27,13 +35,15 @@ use std::{
 use farm_testkit::{
     ControlPlaneProcess, binary,
     docker::{self, remove_labelled},
+    env_or,
 };
+use futures::StreamExt;
 
-const NODES: usize = 50;
-const ROUNDS: usize = 5;
 const SWEEP: [u16; 4] = [4, 8, 16, 32];
 const SWEEP_ROUNDS: usize = 3;
-const LIMIT: Duration = Duration::from_secs(180);
+const LIMIT: Duration = Duration::from_secs(600);
+/// `docker run` client processes at once in the baseline.
+const DOCKER_RUNS_AT_ONCE: usize = 50;
 
 /// Farm ids and labels created so far, removed on drop.
 struct Cleanup {
@@ -96,7 +106,12 @@ struct FarmRun {
     image: String,
 }
 
-async fn farm_run(node_binary: &Path, cleanup: &Cleanup, parallelism: Option<u16>) -> FarmRun {
+async fn farm_run(
+    nodes: usize,
+    node_binary: &Path,
+    cleanup: &Cleanup,
+    parallelism: Option<u16>,
+) -> FarmRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = format!(
         "{}f{}",
@@ -116,15 +131,16 @@ async fn farm_run(node_binary: &Path, cleanup: &Cleanup, parallelism: Option<u16
         flags.extend(["--start-parallelism", n]);
     }
     let started = Instant::now();
-    let mut farm = ControlPlaneProcess::measured(dir.path(), NODES as u32)
+    let size = u32::try_from(nodes).expect("a farm's size");
+    let mut farm = ControlPlaneProcess::measured(dir.path(), size)
         .flags(&flags)
         .start()
         .await;
-    let nodes = farm
-        .wait_healthy_every(NODES, LIMIT, Duration::from_millis(5))
+    let healthy = farm
+        .wait_healthy_every(nodes, LIMIT, Duration::from_millis(5))
         .await;
     let bring_up = started.elapsed();
-    let ids: Vec<String> = nodes.into_iter().map(|n| n.runtime_id).collect();
+    let ids: Vec<String> = healthy.into_iter().map(|n| n.runtime_id).collect();
     let mut stats = vec!["stats", "--no-stream", "--format", "{{.MemUsage}}"];
     stats.extend(ids.iter().map(String::as_str));
     let memory_mib = docker_ok(&stats)
@@ -141,7 +157,7 @@ async fn farm_run(node_binary: &Path, cleanup: &Cleanup, parallelism: Option<u16
     }
 }
 
-async fn baseline_run(image: &str, cleanup: &Cleanup, round: usize) -> Duration {
+async fn baseline_run(nodes: usize, image: &str, cleanup: &Cleanup, round: usize) -> Duration {
     let label = format!("farm.bench={}", cleanup.bench);
     let network = format!("farm-bench-{}-{round}", cleanup.bench);
     docker_ok(&["network", "create", "--label", &label, &network]);
@@ -154,41 +170,59 @@ async fn baseline_run(image: &str, cleanup: &Cleanup, round: usize) -> Duration 
     ]);
     let addr = free_port(&gateway);
     let dir = tempfile::tempdir().expect("tempdir");
+    // Listening beyond loopback, it wants tokens; the nodes get theirs.
+    let node_token = format!("node-{}", cleanup.bench);
+    let viewer_token = format!("viewer-{}", cleanup.bench);
+    let admin_token = format!("admin-{}", cleanup.bench);
     let mut idle = ControlPlaneProcess::measured(dir.path(), 0)
         .listen(addr)
+        .flags(&[
+            "--node-token",
+            &node_token,
+            "--viewer-token",
+            &viewer_token,
+            "--admin-token",
+            &admin_token,
+        ])
         .start()
         .await;
+    let node_env = format!("FARM_NODE_TOKEN={node_token}");
     let url = format!("http://{addr}");
     let started = Instant::now();
-    let runs: Vec<_> = (1..=NODES)
-        .map(|i| {
-            tokio::process::Command::new("docker")
-                .args([
-                    "run",
-                    "-d",
-                    "--network",
-                    &network,
-                    "--cpus",
-                    "0.5",
-                    "--memory",
-                    "128m",
-                ])
-                .args(["--label", &label, image, "--control-plane", &url])
-                .args([
-                    "--listen",
-                    "0.0.0.0:7000",
-                    "--name",
-                    &format!("bench-{i:03}"),
-                ])
-                .stdout(Stdio::null())
-                .status()
-        })
-        .collect();
-    for status in futures::future::join_all(runs).await {
+    let run = |i: usize| {
+        tokio::process::Command::new("docker")
+            .args([
+                "run",
+                "-d",
+                "--network",
+                &network,
+                "--cpus",
+                "0.5",
+                "--memory",
+                "128m",
+            ])
+            .args(["--env", &node_env, "--label", &label, image])
+            .args(["--control-plane", &url])
+            .args([
+                "--listen",
+                "0.0.0.0:7000",
+                "--name",
+                &format!("bench-{i:03}"),
+            ])
+            .stdout(Stdio::null())
+            .status()
+    };
+    let statuses: Vec<_> = futures::stream::iter(1..=nodes)
+        .map(run)
+        .buffer_unordered(DOCKER_RUNS_AT_ONCE)
+        .collect()
+        .await;
+    for status in statuses {
         assert!(status.expect("docker run").success(), "docker run failed");
     }
-    // Fifty nodes the idle control plane does not run.
-    idle.wait_healthy_every(NODES, LIMIT, Duration::from_millis(5))
+    // Nodes the idle control plane does not run.
+    idle.with_token(Some(&viewer_token))
+        .wait_healthy_every(nodes, LIMIT, Duration::from_millis(5))
         .await;
     let bring_up = started.elapsed();
     idle.terminate(LIMIT).await;
@@ -224,37 +258,46 @@ async fn main() {
         "--format",
         "{{.Server.Version}} (API {{.Server.APIVersion}})",
     ]);
-    println!("{NODES} farm-node containers, 0.5 CPU / 128 MiB each, Docker {engine}\n");
+    let nodes: usize = env_or("FARM_BENCH_NODES", 50usize).max(1);
+    let rounds: usize = env_or("FARM_BENCH_ROUNDS", 5usize).max(1);
+    let sweep: u8 = env_or("FARM_BENCH_SWEEP", 1u8);
+    println!("{nodes} farm-node containers, 0.5 CPU / 128 MiB each, Docker {engine}\n");
 
     // Builds the image if needed, outside any timing.
-    let warm = farm_run(&node_binary, &cleanup, None).await;
+    let warm = farm_run(nodes, &node_binary, &cleanup, None).await;
     let size = docker_ok(&["image", "inspect", "--format", "{{.Size}}", &warm.image]);
     let size_mb = size.parse::<f64>().unwrap_or(0.0) / 1e6;
 
-    println!("start parallelism sweep ({SWEEP_ROUNDS} runs each, median to {NODES} healthy)");
-    for degree in SWEEP {
-        let mut times = Vec::new();
-        for _ in 0..SWEEP_ROUNDS {
-            let run = farm_run(&node_binary, &cleanup, Some(degree)).await;
-            times.push(run.bring_up.as_secs_f64());
+    if sweep != 0 {
+        println!("start parallelism sweep ({SWEEP_ROUNDS} runs each, median to {nodes} healthy)");
+        for degree in SWEEP {
+            let mut times = Vec::new();
+            for _ in 0..SWEEP_ROUNDS {
+                let run = farm_run(nodes, &node_binary, &cleanup, Some(degree)).await;
+                times.push(run.bring_up.as_secs_f64());
+            }
+            println!("  {degree:>3} at once: {:>6.2} s", median(times));
         }
-        println!("  {degree:>3} at once: {:>6.2} s", median(times));
     }
 
     println!(
         "\n{:>5}  {:>12}  {:>16}  {:>8}  {:>18}",
-        "round", "farm (s)", "docker run (s)", "ratio", "50 nodes mem (MiB)"
+        "round",
+        "farm (s)",
+        "docker run (s)",
+        "ratio",
+        format!("{nodes} nodes mem (MiB)")
     );
     let (mut farm, mut plain, mut memory) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
+    for round in 1..=rounds {
         // Alternate which goes first, so drift hits both alike.
         let (f, b) = if round % 2 == 1 {
-            let f = farm_run(&node_binary, &cleanup, None).await;
-            let b = baseline_run(&warm.image, &cleanup, round).await;
+            let f = farm_run(nodes, &node_binary, &cleanup, None).await;
+            let b = baseline_run(nodes, &warm.image, &cleanup, round).await;
             (f, b)
         } else {
-            let b = baseline_run(&warm.image, &cleanup, round).await;
-            let f = farm_run(&node_binary, &cleanup, None).await;
+            let b = baseline_run(nodes, &warm.image, &cleanup, round).await;
+            let f = farm_run(nodes, &node_binary, &cleanup, None).await;
             (f, b)
         };
         let (fs, bs) = (f.bring_up.as_secs_f64(), b.as_secs_f64());
