@@ -393,9 +393,14 @@ pub(super) async fn connect(
         written: 0,
         reader: Reader::default(),
     };
-    // The server's preface is a SETTINGS frame; until it is read, nothing
-    // is known of its limits.
-    while driver.filled < FRAME_HEADER {
+    // The server's preface is a SETTINGS frame; until it is read whole,
+    // nothing is known of its limits.
+    // (A frame too large to be read is read_frames' error to report.)
+    let whole = |buffer: &[u8], filled: usize| {
+        filled >= FRAME_HEADER
+            && (frame_len(buffer) > MAX_FRAME || filled >= FRAME_HEADER + frame_len(buffer))
+    };
+    while !whole(&driver.buffer, driver.filled) {
         let read = driver
             .io
             .read(&mut driver.buffer[driver.filled..])
@@ -667,6 +672,11 @@ fn unpad(flags: u8, payload: &[u8]) -> Result<&[u8], ConnectionError> {
         .ok_or_else(|| "padding longer than the frame".to_owned())
 }
 
+/// The payload length a frame header (at the start of `head`) gives.
+fn frame_len(head: &[u8]) -> usize {
+    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2])
+}
+
 fn u32_at(bytes: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?))
 }
@@ -697,7 +707,7 @@ impl Driver {
         let mut at = 0;
         while self.filled - at >= FRAME_HEADER {
             let head = &self.buffer[at..at + FRAME_HEADER];
-            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let len = frame_len(head);
             if len > MAX_FRAME {
                 return Err(format!(
                     "a frame of {len} bytes, over the {MAX_FRAME} allowed"
