@@ -378,6 +378,16 @@ fn row(label: &str, tool: &str, runs: &[Figures], versus: Option<f64>) {
     );
 }
 
+/// Rows of `shape`: the peer's, then each of `others` with its ratio to
+/// the peer (when the peer measured).
+fn compare(shape: &str, (peer, against): (&str, &[Figures]), others: &[(&str, &[Figures])]) {
+    let measured = !against.is_empty();
+    row(shape, peer, against, measured.then_some(1.0));
+    for (tool, runs) in others {
+        row(shape, tool, runs, measured.then(|| ratio(runs, against)));
+    }
+}
+
 fn header(last: &str) {
     println!(
         "  {:<10} {:<36} {:>10} {:>8} {:>8} {:>7} {last:>8}",
@@ -642,17 +652,15 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
     println!();
     header("÷h2load");
     for ((c, m), figures) in settings.shapes.iter().zip(&results) {
-        let shape = format!("{c}×{m}");
-        let h2 = &figures[0];
-        let versus = |runs: &[Figures]| (!h2.is_empty()).then(|| ratio(runs, h2));
-        row(&shape, "h2load", h2, (!h2.is_empty()).then_some(1.0));
-        for (tool, label) in [
-            (1, "loadgen run --max (unary)"),
-            (2, "loadgen run --max (stream)"),
-            (3, "loadgen (unary, default threads)"),
-        ] {
-            row(&shape, label, &figures[tool], versus(&figures[tool]));
-        }
+        compare(
+            &format!("{c}×{m}"),
+            ("h2load", &figures[0]),
+            &[
+                ("loadgen run --max (unary)", &figures[1]),
+                ("loadgen run --max (stream)", &figures[2]),
+                ("loadgen (unary, default threads)", &figures[3]),
+            ],
+        );
     }
     println!();
 }
@@ -780,30 +788,15 @@ async fn part_f(bin: &Bins, settings: &Settings, h2load_ok: bool) {
     }
     println!();
     header("÷h2load");
-    let versus = |a: &[Figures], b: &[Figures]| (!b.is_empty()).then(|| ratio(a, b));
-    row(
+    compare(
         "farm",
-        "h2load per node, summed",
-        &figures[0],
-        (!figures[0].is_empty()).then_some(1.0),
+        ("h2load per node, summed", &figures[0]),
+        &[("loadgen --control-plane", &figures[1])],
     );
-    row(
-        "farm",
-        "loadgen --control-plane",
-        &figures[1],
-        versus(&figures[1], &figures[0]),
-    );
-    row(
+    compare(
         "one node",
-        "h2load -c 50 -m 8, 50 URLs",
-        &figures[2],
-        (!figures[2].is_empty()).then_some(1.0),
-    );
-    row(
-        "one node",
-        "loadgen --connections 50",
-        &figures[3],
-        versus(&figures[3], &figures[2]),
+        ("h2load -c 50 -m 8, 50 URLs", &figures[2]),
+        &[("loadgen --connections 50", &figures[3])],
     );
     println!();
 }
