@@ -175,15 +175,11 @@ fn code_of_http(status: u16) -> i32 {
 
 /// The gRPC code of a stream reset (gRPC's mapping of HTTP/2 errors).
 fn code_of_reset(reason: u32) -> i32 {
-    match reason {
-        // REFUSED_STREAM
-        0x7 => UNAVAILABLE,
-        // CANCEL
-        0x8 => 1,
-        // ENHANCE_YOUR_CALM
-        0xb => 8,
-        // INADEQUATE_SECURITY
-        0xc => 7,
+    match h2::Reason::from(reason) {
+        h2::Reason::REFUSED_STREAM => UNAVAILABLE,
+        h2::Reason::CANCEL => 1,
+        h2::Reason::ENHANCE_YOUR_CALM => 8,
+        h2::Reason::INADEQUATE_SECURITY => 7,
         _ => 13,
     }
 }
