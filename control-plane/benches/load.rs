@@ -502,9 +502,10 @@ fn have(program: &str) -> bool {
 struct LoadgenRun<'a> {
     /// `--target ADDR` or `--control-plane URL`.
     targets: [String; 2],
-    stream_mode: bool,
-    /// Connections per target × streams per connection (stream mode).
-    shape: (usize, usize),
+    /// Connections per target.
+    connections: usize,
+    /// Stream mode with this many streams per connection; `None`: unary.
+    streams: Option<usize>,
     /// Requests in flight in all (`--concurrency`).
     in_flight: usize,
     /// `--threads`; `None`: loadgen's default.
@@ -513,12 +514,10 @@ struct LoadgenRun<'a> {
     scratch: &'a Path,
 }
 
-/// `loadgen run --max` as `how` says; `streams` per connection (stream
-/// mode) or requests in flight per connection (unary).
+/// `loadgen run --max` as `how` says.
 async fn loadgen_run(loadgen: &Path, how: &LoadgenRun<'_>) -> Result<Figures, String> {
     let json = how.scratch.join("loadgen.json");
     let _ = std::fs::remove_file(&json);
-    let (connections, streams) = how.shape;
     let mut args: Vec<String> = Vec::new();
     if let Some(threads) = how.threads {
         args.extend(["--threads".into(), threads.to_string()]);
@@ -528,9 +527,14 @@ async fn loadgen_run(loadgen: &Path, how: &LoadgenRun<'_>) -> Result<Figures, St
     args.extend([
         "--max".into(),
         "--mode".into(),
-        (if how.stream_mode { "stream" } else { "unary" }).into(),
+        (if how.streams.is_some() {
+            "stream"
+        } else {
+            "unary"
+        })
+        .into(),
         "--connections".into(),
-        connections.to_string(),
+        how.connections.to_string(),
         "--duration".into(),
         format!("{}s", how.secs.as_secs()),
         "--warmup".into(),
@@ -538,7 +542,7 @@ async fn loadgen_run(loadgen: &Path, how: &LoadgenRun<'_>) -> Result<Figures, St
         "--json".into(),
         json.display().to_string(),
     ]);
-    if how.stream_mode {
+    if let Some(streams) = how.streams {
         args.extend(["--streams".into(), streams.to_string()]);
     }
     args.extend(["--concurrency".into(), how.in_flight.to_string()]);
@@ -616,7 +620,7 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
         "    h2load: -c C -m M (one thread, its default); loadgen --threads 1 run --max --connections C \
          --concurrency C*M; loadgen stream: --mode stream --streams M (one message in flight per stream); \
          default threads: loadgen without --threads ({})",
-        default_loadgen_threads()
+        loadgen::config::default_run_threads()
     );
     // Per shape: h2load, loadgen unary, loadgen stream, loadgen unary on
     // its default threads.
@@ -636,8 +640,8 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
                     }
                     let how = LoadgenRun {
                         targets: ["--target".into(), node_addr.to_string()],
-                        stream_mode: tool == 2,
-                        shape: *shape,
+                        connections: shape.0,
+                        streams: (tool == 2).then_some(shape.1),
                         in_flight: shape.0 * shape.1,
                         threads: (tool != 3).then_some(1),
                         secs: settings.secs,
@@ -663,12 +667,6 @@ async fn part_a(bin: &Bins, settings: &Settings, h2load_ok: bool) {
         );
     }
     println!();
-}
-
-/// The threads loadgen runs on by default here: half the CPUs, at least
-/// one (loadgen's rule, restated for the header).
-fn default_loadgen_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// `Work {id: 1}` as a gRPC body file in `scratch`, for h2load.
@@ -772,8 +770,8 @@ async fn part_f(bin: &Bins, settings: &Settings, h2load_ok: bool) {
                         };
                         let how = LoadgenRun {
                             targets,
-                            stream_mode: false,
-                            shape: (connections, 1),
+                            connections,
+                            streams: None,
                             in_flight,
                             threads: Some(1),
                             secs: settings.secs,

@@ -22,22 +22,6 @@ const FAILED: u8 = 1;
 /// Bad input, as opposed to a failure along the way.
 const USAGE: u8 = 2;
 
-/// Threads for `command` when `--threads` is not given. `run`: half the
-/// CPUs, at least one, the other half left to the farm, which usually
-/// shares the machine: on two CPUs, loadgen drove one `farm-node` at 0.72×
-/// of h2load's rate with two threads and at 1.0× with one, since a thread
-/// that competes with the target for a CPU takes from what it measures.
-/// `swarm`: one per CPU, since simulated nodes are many tasks with little
-/// work each, and on one thread 20,000 of them saw a heartbeat p99 of
-/// 126 ms against 6 ms on two.
-fn default_threads(command: &Command) -> usize {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    match command {
-        Command::Run(_) => (cpus / 2).max(1),
-        Command::Swarm(_) => cpus,
-    }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -53,7 +37,7 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
         Some(n) => n,
-        None => default_threads(&cli.command),
+        None => cli.command.default_threads(),
     };
     let runtime = match threads {
         1 => tokio::runtime::Builder::new_current_thread()

@@ -161,11 +161,11 @@ async fn worker(
     caller: Arc<Caller>,
     plan: Arc<Plan>,
     built: Arc<AtomicU64>,
-    shard: Shards,
+    shards: Shards,
     index: usize,
 ) {
     let mut link = None;
-    let shard = &shard[index % shard.len()];
+    let shard = &shards[index % shards.len()];
     let mut now = Instant::now();
     while now < plan.end {
         let number = || built.fetch_add(1, Ordering::Relaxed) + 1;
