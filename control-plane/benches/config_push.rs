@@ -9,7 +9,11 @@
 //!   50 nodes following every version, and with both.
 //!
 //! Everything runs on 127.0.0.1 and stops itself.
-//! Run with `cargo build --release && cargo bench -p control-plane --bench config_push`.
+//! Run with `cargo build --release && cargo bench -p control-plane --bench config_push`;
+//! `FARM_BENCH_PARTS=p` runs the propagation alone, `t` the throughput
+//! alone (default `pt`), for instance under a profiler;
+//! `FARM_BENCH_NODES` (50) and `FARM_BENCH_CHANGES` (100) size the
+//! propagation.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,7 +21,10 @@ use std::{
 };
 
 use farm_api::v1::{PutConfigRequest, WatchConfigRequest};
-use farm_testkit::{Api, ControlPlaneProcess, binary};
+use farm_testkit::{
+    Api, ControlPlaneProcess, binary,
+    process::{cpu_seconds, node_processes},
+};
 use prost_types::{Struct, Value, value::Kind};
 use tokio_stream::StreamExt;
 
@@ -37,6 +44,14 @@ async fn start_farm(dir: &tempfile::TempDir, nodes: usize) -> ControlPlaneProces
         .await;
     farm.wait_healthy(nodes, LIMIT).await;
     farm
+}
+
+/// `name` from the environment, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn delay(n: usize) -> Struct {
@@ -110,17 +125,39 @@ async fn throughput(api: &Api) -> f64 {
 #[tokio::main]
 async fn main() {
     binary("farm-node");
+    let parts = std::env::var("FARM_BENCH_PARTS").unwrap_or_else(|_| "pt".to_owned());
+    if parts.contains('p') {
+        propagation().await;
+    }
+    if parts.contains('t') {
+        throughput_table().await;
+    }
+}
 
-    // Propagation to 50 nodes.
+/// [`CHANGES`] changes, one after another, each timed from its
+/// acknowledgement to the first and to the last of the nodes applying it.
+async fn propagation() {
+    let nodes_wanted = env_or("FARM_BENCH_NODES", NODES);
+    let changes = env_or("FARM_BENCH_CHANGES", CHANGES);
     let dir = tempfile::tempdir().expect("tempdir");
-    let farm = start_farm(&dir, NODES).await;
+    let farm = start_farm(&dir, nodes_wanted).await;
     let mut config = farm.config();
     let mut watch = farm.watch().await;
     // Each node's reported version, from the snapshot then every event.
     let mut applied: HashMap<String, u64> = HashMap::new();
-    let mut ack_to_all = Vec::with_capacity(CHANGES);
-    let mut put_latency = Vec::with_capacity(CHANGES);
-    for n in 0..CHANGES {
+    // CPU of the control plane and of the nodes, over the changes.
+    let nodes = node_processes(dir.path());
+    let node_cpu = || -> f64 {
+        nodes
+            .iter()
+            .map(|pid| cpu_seconds(u32::try_from(*pid).expect("a pid")))
+            .sum()
+    };
+    let cpu_before = (cpu_seconds(farm.id()), node_cpu());
+    let mut ack_to_first = Vec::with_capacity(changes);
+    let mut ack_to_all = Vec::with_capacity(changes);
+    let mut put_latency = Vec::with_capacity(changes);
+    for n in 0..changes {
         let sent = Instant::now();
         let version = config
             .put_config(put(n))
@@ -130,23 +167,33 @@ async fn main() {
             .version;
         let acked = Instant::now();
         put_latency.push(acked - sent);
-        while applied.len() < NODES || applied.values().any(|v| *v < version) {
+        let mut first = None;
+        while applied.len() < nodes_wanted || applied.values().any(|v| *v < version) {
             let event = tokio::time::timeout(LIMIT, watch.next())
                 .await
                 .expect("nodes apply within the limit")
                 .expect("watch open")
                 .expect("event");
             if let Some(node) = event.node {
+                if node.config_version >= version && first.is_none() {
+                    first = Some(acked.elapsed());
+                }
                 applied.insert(node.id, node.config_version);
             }
         }
         ack_to_all.push(acked.elapsed());
+        ack_to_first.push(first.unwrap_or_default());
         // Changes one after another, not piled up.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = (
+        cpu_seconds(farm.id()) - cpu_before.0,
+        node_cpu() - cpu_before.1,
+    );
+    ack_to_first.sort();
     ack_to_all.sort();
     put_latency.sort();
-    println!("{CHANGES} changes of the global configuration, {NODES} process nodes\n");
+    println!("{changes} changes of the global configuration, {nodes_wanted} process nodes\n");
     println!("{:<44} {:>8} {:>8} {:>8}", "", "p50 ms", "p99 ms", "max ms");
     println!(
         "{:<44} {:>8.2} {:>8.2} {:>8.2}",
@@ -155,14 +202,30 @@ async fn main() {
         ms(percentile(&put_latency, 99.0)),
         ms(*put_latency.last().expect("samples")),
     );
+    for (what, samples) in [
+        ("acknowledged -> applied on the first node", &ack_to_first),
+        ("acknowledged -> applied on every node", &ack_to_all),
+    ] {
+        println!(
+            "{:<44} {:>8.2} {:>8.2} {:>8.2}",
+            what,
+            ms(percentile(samples, 50.0)),
+            ms(percentile(samples, 99.0)),
+            ms(*samples.last().expect("samples")),
+        );
+    }
     println!(
-        "{:<44} {:>8.2} {:>8.2} {:>8.2}",
-        "acknowledged -> applied on all 50 nodes",
-        ms(percentile(&ack_to_all, 50.0)),
-        ms(percentile(&ack_to_all, 99.0)),
-        ms(*ack_to_all.last().expect("samples")),
+        "CPU per change (ticks of 10 ms, summed over the {changes}): control plane {:.2} ms, the {} nodes {:.2} ms",
+        cpu.0 * 1e3 / changes as f64,
+        nodes.len(),
+        cpu.1 * 1e3 / changes as f64,
     );
+}
 
+/// `PutConfig` throughput in the four settings, as a table.
+async fn throughput_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = start_farm(&dir, NODES).await;
     // Throughput: on the 50-node farm (its nodes following every version),
     // then with 100 WatchConfig streams as well; then on a farm of no nodes,
     // alone and with the watchers.
