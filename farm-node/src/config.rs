@@ -64,6 +64,14 @@ pub struct NodeArgs {
     /// Bearer token sent to the control plane (its `node` role).
     #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+
+    /// Threads that run the node's work. One, the default, suits a farm:
+    /// its nodes share the machine, and on one thread a node spends less
+    /// CPU on each message (no hand-over between threads) and starts
+    /// fewer threads. More let a node on its own use more cores.
+    #[arg(long, env = "FARM_NODE_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
 }
 
 /// A flag value that cannot work.

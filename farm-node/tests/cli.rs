@@ -72,6 +72,10 @@ async fn bad_flags_exit_with_code_2_and_say_why() {
             ],
             "--listen",
         ),
+        (
+            &["--control-plane", "http://127.0.0.1:1", "--threads", "0"],
+            "--threads",
+        ),
     ] {
         let output = farm_node()
             .args(args)
@@ -99,6 +103,42 @@ async fn a_port_in_use_is_a_clear_error() {
         stderr.contains(&format!("cannot listen on {addr}")),
         "{stderr}"
     );
+}
+
+/// Threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn threads_runs_the_node_on_that_many_threads() {
+    let cp = Farm::builder().start().await;
+    let one = farm_node()
+        .args(["--control-plane", &cp.url(), "--name", "one-thread"])
+        .spawn()
+        .expect("spawn");
+    let four = farm_node()
+        .args(["--control-plane", &cp.url(), "--name", "four-threads"])
+        .env("FARM_NODE_THREADS", "4")
+        .spawn()
+        .expect("spawn");
+    eventually(
+        "both nodes to register",
+        Duration::from_secs(15),
+        || async {
+            let nodes = cp.nodes().await;
+            ready_if(nodes.len() == 2, ())
+        },
+    )
+    .await;
+    let (one, four) = (
+        threads(one.id().expect("running")),
+        threads(four.id().expect("running")),
+    );
+    // Four workers beside the main thread, which only waits; one thread
+    // runs everything by default (blocking file work may add one).
+    assert!(four >= 5, "--threads 4: {four} threads");
+    assert!(one < four, "default: {one} threads, --threads 4: {four}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
