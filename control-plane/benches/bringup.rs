@@ -8,7 +8,9 @@
 //! `scripts/build-static` has built it, the same with the farm-node the
 //! farm runs (static, LTO: `--node-binary`). Everything runs on 127.0.0.1
 //! and stops itself. Run with
-//! `cargo build --release && scripts/build-static && cargo bench -p control-plane --bench bringup`.
+//! `cargo build --release && scripts/build-static && cargo bench -p control-plane --bench bringup`;
+//! `FARM_BENCH_NODES` (50) sizes the farm, `FARM_BENCH_RUNS` (5) counts
+//! the runs, and the data folders go where `TMPDIR` says (`/tmp`).
 
 use std::{
     path::Path,
@@ -31,22 +33,39 @@ struct Run {
     kill_to_gone: Duration,
 }
 
-/// One farm of [`NODES`]; its nodes run `node` (the `farm-node` beside the
+/// `name` from the environment, or `default`.
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// One farm of `size` nodes; they run `node` (the `farm-node` beside the
 /// control plane when `None`).
-async fn one_run(node: Option<&Path>) -> Run {
+async fn one_run(size: usize, node: Option<&Path>) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     // A control plane killed by a failed assertion leaves its nodes running.
     let _cleanup = NodeGuard::new(dir.path());
 
     let started = Instant::now();
     // Errors only: the kill below is expected and logged as a warning.
-    let mut builder = ControlPlaneProcess::measured(dir.path(), NODES as u32);
+    let mut builder =
+        ControlPlaneProcess::measured(dir.path(), u32::try_from(size).expect("a farm's size"));
     if let Some(node) = node {
         builder = builder.flags(&["--node-binary", node.to_str().expect("a UTF-8 path")]);
     }
     let mut control_plane = builder.start().await;
     let nodes = control_plane
-        .wait_healthy_every(NODES, LIMIT, Duration::from_millis(2))
+        // Each poll lists every node: 2 ms apart for 50, proportionally
+        // further apart for more, so that the polls stay a small share of
+        // the work measured.
+        .wait_healthy_every(
+            size,
+            LIMIT,
+            Duration::from_millis(2) * size.div_ceil(NODES) as u32,
+        )
         .await;
     let bring_up = started.elapsed();
 
@@ -57,7 +76,7 @@ async fn one_run(node: Option<&Path>) -> Run {
         .filter_map(|n| u32::try_from(pid(n)).ok().and_then(rss_kib))
         .collect();
 
-    let victim = &nodes[NODES / 2];
+    let victim = &nodes[size / 2];
     let killed = Instant::now();
     signal::kill(Pid::from_raw(pid(victim)), signal::Signal::SIGKILL).expect("kill");
     // The dead process's address; a replacement comes back under the same
@@ -93,30 +112,33 @@ async fn main() {
     // Both binaries, or a message saying to build them.
     binary("control-plane");
     binary("farm-node");
-    println!("farm bring-up and failure detection, {NODES} process nodes, {RUNS} runs\n");
+    let size = env_or("FARM_BENCH_NODES", NODES);
+    let runs = env_or("FARM_BENCH_RUNS", RUNS);
+    println!("farm bring-up and failure detection, {size} process nodes, {runs} runs\n");
     println!("farm-node: this workspace's release build (target/release)");
-    table(None).await;
+    table(size, runs, None).await;
     let built = static_node_binary_path();
     if let Ok(built) = built.canonicalize() {
         println!(
             "\nfarm-node: the one the farm runs, static (scripts/build-static, profile `node`: {})",
             built.display()
         );
-        table(Some(&built)).await;
+        table(size, runs, Some(&built)).await;
     } else {
         println!("\n(no static farm-node: scripts/build-static builds the one the farm runs)");
     }
 }
 
-/// [`RUNS`] runs with `node`, a line each, then their medians.
-async fn table(node: Option<&Path>) {
+/// `runs` runs of `size` nodes with `node`, a line each, then their medians.
+async fn table(size: usize, runs: usize, node: Option<&Path>) {
     println!(
         "{:>4}  {:>14}  {:>16}  {:>18}  {:>16}",
-        "run", "bring-up (ms)", "node RSS med KiB", "50 nodes RSS MiB", "kill→gone (ms)"
+        "run", "bring-up (ms)", "node RSS med KiB", "all nodes RSS MiB", "kill→gone (ms)"
     );
+    let count = runs;
     let mut runs = Vec::new();
-    for i in 1..=RUNS {
-        let run = one_run(node).await;
+    for i in 1..=count {
+        let run = one_run(size, node).await;
         let total: u64 = run.node_rss_kib.iter().sum();
         println!(
             "{:>4}  {:>14.1}  {:>16}  {:>18.1}  {:>16.2}",
