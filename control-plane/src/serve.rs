@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     config::ServeConfig,
-    core::{DEFAULT_GROUP, NodeState},
+    core::DEFAULT_GROUP,
     indexer::LineServer,
     runtime::select::{self, SetupError},
     state::{FarmState, Members},
@@ -306,7 +306,7 @@ async fn report_bring_up(members: Members, supervisor: Supervisor, started: Inst
     let mut warned = false;
     loop {
         let desired = supervisor.desired() as usize;
-        let healthy = members.count_by_state(NodeState::Healthy);
+        let healthy = members.healthy_count();
         if desired > 0 && healthy >= desired {
             info!(
                 nodes = healthy,

