@@ -14,8 +14,8 @@ use farm_api::{
     },
 };
 use futures::Stream;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use tokio_stream::{StreamExt, wrappers::WatchStream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, instrument};
 
@@ -119,8 +119,11 @@ struct HeartbeatStream {
     configs: Configs,
     samples: Samples,
     telemetry: Arc<Telemetry>,
-    /// Cancelled at shutdown: the stream ends with UNAVAILABLE.
-    shutdown: CancellationToken,
+    /// Resolves at shutdown: the stream ends with UNAVAILABLE. Made once
+    /// and kept, like `Opened::changes`: a wait made afresh for every
+    /// heartbeat joined and left the token's list of waiters each time,
+    /// under its lock, for every node.
+    stopping: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Set once the first message proved the node's identity.
     open: Option<Opened>,
     /// Nothing more is sent once set.
@@ -134,7 +137,7 @@ struct Opened {
     epoch: u64,
     members: Members,
     pusher: Pusher,
-    changes: watch::Receiver<u64>,
+    changes: WatchStream<u64>,
     _counted: StreamGuard,
 }
 
@@ -154,7 +157,7 @@ impl HeartbeatStream {
         let Some(opened) = self.open.as_mut() else {
             let first = tokio::select! {
                 message = self.inbound.message() => message.ok().flatten(),
-                () = self.shutdown.cancelled() => None,
+                () = &mut self.stopping => None,
             };
             let Some(first) = first else {
                 self.ended = true;
@@ -178,8 +181,8 @@ impl HeartbeatStream {
                     self.ended = answer.is_err();
                     return Some(answer);
                 }
-                changed = opened.changes.changed() => {
-                    if changed.is_err() {
+                changed = opened.changes.next() => {
+                    if changed.is_none() {
                         self.ended = true;
                         return None;
                     }
@@ -193,7 +196,7 @@ impl HeartbeatStream {
                         }));
                     }
                 }
-                () = self.shutdown.cancelled() => {
+                () = &mut self.stopping => {
                     self.ended = true;
                     return Some(Err(ApiError::ShuttingDown.into()));
                 }
@@ -216,7 +219,7 @@ impl HeartbeatStream {
             epoch,
             members: self.members.clone(),
             pusher: Pusher::new(self.configs.effective(id).ok(), self.members.policy()),
-            changes: self.configs.changes(),
+            changes: WatchStream::from_changes(self.configs.changes()),
             _counted: self.telemetry.heartbeat_stream(),
         })
     }
@@ -315,11 +318,12 @@ impl Registry for RegistryService {
             configs: self.configs.clone(),
             samples: self.samples.clone(),
             telemetry: Arc::clone(&self.telemetry),
-            shutdown: self.shutdown.clone(),
+            stopping: Box::pin(self.shutdown.clone().cancelled_owned()),
             open: None,
             ended: false,
         };
-        let acks = futures::stream::unfold(stream, |mut stream| async move {
+        // Boxed: the state moves in and out of each step's future.
+        let acks = futures::stream::unfold(Box::new(stream), |mut stream| async move {
             let next = stream.next().await?;
             Some((next, stream))
         });
