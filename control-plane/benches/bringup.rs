@@ -18,8 +18,8 @@ use std::{
 };
 
 use farm_testkit::{
-    ControlPlaneProcess, NodeGuard, binary, docker::static_node_binary_path, eventually_every, pid,
-    process::rss_kib, ready_if,
+    ControlPlaneProcess, NodeGuard, binary, docker::static_node_binary_path, env_or,
+    eventually_every, pid, process::rss_kib, ready_if,
 };
 use nix::{sys::signal, unistd::Pid};
 
@@ -31,15 +31,6 @@ struct Run {
     bring_up: Duration,
     node_rss_kib: Vec<u64>,
     kill_to_gone: Duration,
-}
-
-/// `name` from the environment, or `default`.
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(default)
 }
 
 /// One farm of `size` nodes; they run `node` (the `farm-node` beside the
@@ -112,8 +103,8 @@ async fn main() {
     // Both binaries, or a message saying to build them.
     binary("control-plane");
     binary("farm-node");
-    let size = env_or("FARM_BENCH_NODES", NODES);
-    let runs = env_or("FARM_BENCH_RUNS", RUNS);
+    let size = env_or("FARM_BENCH_NODES", NODES).max(1);
+    let runs = env_or("FARM_BENCH_RUNS", RUNS).max(1);
     println!("farm bring-up and failure detection, {size} process nodes, {runs} runs\n");
     println!("farm-node: this workspace's release build (target/release)");
     table(size, runs, None).await;
@@ -135,9 +126,8 @@ async fn table(size: usize, runs: usize, node: Option<&Path>) {
         "{:>4}  {:>14}  {:>16}  {:>18}  {:>16}",
         "run", "bring-up (ms)", "node RSS med KiB", "all nodes RSS MiB", "kill→gone (ms)"
     );
-    let count = runs;
-    let mut runs = Vec::new();
-    for i in 1..=count {
+    let mut results = Vec::new();
+    for i in 1..=runs {
         let run = one_run(size, node).await;
         let total: u64 = run.node_rss_kib.iter().sum();
         println!(
@@ -148,19 +138,20 @@ async fn table(size: usize, runs: usize, node: Option<&Path>) {
             total as f64 / 1024.0,
             run.kill_to_gone.as_secs_f64() * 1e3,
         );
-        runs.push(run);
+        results.push(run);
     }
     let total = |r: &Run| r.node_rss_kib.iter().sum::<u64>();
     println!(
         "{:>4}  {:>14.1}  {:>16}  {:>18.1}  {:>16.2}",
         "med",
-        median(runs.iter().map(|r| r.bring_up).collect()).as_secs_f64() * 1e3,
+        median(results.iter().map(|r| r.bring_up).collect()).as_secs_f64() * 1e3,
         median(
-            runs.iter()
+            results
+                .iter()
                 .map(|r| median(r.node_rss_kib.clone()))
                 .collect()
         ),
-        median(runs.iter().map(total).collect()) as f64 / 1024.0,
-        median(runs.iter().map(|r| r.kill_to_gone).collect()).as_secs_f64() * 1e3,
+        median(results.iter().map(total).collect()) as f64 / 1024.0,
+        median(results.iter().map(|r| r.kill_to_gone).collect()).as_secs_f64() * 1e3,
     );
 }

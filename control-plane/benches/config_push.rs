@@ -22,7 +22,7 @@ use std::{
 
 use farm_api::v1::{PutConfigRequest, WatchConfigRequest};
 use farm_testkit::{
-    Api, ControlPlaneProcess, binary,
+    Api, ControlPlaneProcess, binary, env_or,
     process::{cpu_seconds, node_processes},
 };
 use prost_types::{Struct, Value, value::Kind};
@@ -44,14 +44,6 @@ async fn start_farm(dir: &tempfile::TempDir, nodes: usize) -> ControlPlaneProces
         .await;
     farm.wait_healthy(nodes, LIMIT).await;
     farm
-}
-
-/// `name` from the environment, or `default`.
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn delay(n: usize) -> Struct {
@@ -125,7 +117,7 @@ async fn throughput(api: &Api) -> f64 {
 #[tokio::main]
 async fn main() {
     binary("farm-node");
-    let parts = std::env::var("FARM_BENCH_PARTS").unwrap_or_else(|_| "pt".to_owned());
+    let parts: String = env_or("FARM_BENCH_PARTS", "pt".to_owned());
     if parts.contains('p') {
         propagation().await;
     }
@@ -137,8 +129,8 @@ async fn main() {
 /// [`CHANGES`] changes, one after another, each timed from its
 /// acknowledgement to the first and to the last of the nodes applying it.
 async fn propagation() {
-    let nodes_wanted = env_or("FARM_BENCH_NODES", NODES);
-    let changes = env_or("FARM_BENCH_CHANGES", CHANGES);
+    let nodes_wanted = env_or("FARM_BENCH_NODES", NODES).max(1);
+    let changes = env_or("FARM_BENCH_CHANGES", CHANGES).max(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let farm = start_farm(&dir, nodes_wanted).await;
     let mut config = farm.config();
