@@ -146,11 +146,11 @@ impl Api {
     async fn look_at_nodes(
         &self,
         holds: &impl Fn(&[NodeInfo]) -> bool,
-    ) -> Result<Vec<NodeInfo>, String> {
+    ) -> Result<Vec<NodeInfo>, Seen> {
         match self.try_nodes().await {
             Ok(nodes) if holds(&nodes) => Ok(nodes),
-            Ok(nodes) => Err(format!("{nodes:#?}")),
-            Err(status) => Err(format!("ListNodes failed: {status:?}")),
+            Ok(nodes) => Err(Seen::Nodes(nodes)),
+            Err(status) => Err(Seen::Failed(status)),
         }
     }
 
@@ -305,6 +305,23 @@ pub fn config_data(data: serde_json::Value) -> prost_types::Struct {
 }
 
 /// Whether there are exactly `n` nodes, all healthy.
+/// What a look at the nodes saw instead of what was waited for. Formatted
+/// only when the wait fails: a bench looking at 500 nodes every few
+/// milliseconds would otherwise spend a core writing lists nobody reads.
+enum Seen {
+    Nodes(Vec<NodeInfo>),
+    Failed(Status),
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Seen::Nodes(nodes) => nodes.fmt(f),
+            Seen::Failed(status) => write!(f, "ListNodes failed: {status:?}"),
+        }
+    }
+}
+
 fn all_healthy(nodes: &[NodeInfo], n: usize) -> bool {
     nodes.len() == n && nodes.iter().all(healthy)
 }
