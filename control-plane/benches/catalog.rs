@@ -74,7 +74,7 @@ use std::{
 use farm_testkit::{
     ControlPlaneProcess, binary,
     catalog::{LineClient, Package, Reply, graph},
-    env_or, eventually, free_addr,
+    env_or, eventually, free_addr, median,
     process::{ChildGuard, fsync_probe},
 };
 use hdrhistogram::Histogram;
@@ -865,15 +865,6 @@ async fn memory(server: &Server, idle: usize, lines: &Lines) -> Memory {
         idle_kib,
         per_connection_bytes: (open_kib as f64 - idle_kib as f64) * 1024.0 / idle.max(1) as f64,
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.retain(|v| !v.is_nan());
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn median_of(runs: &[Figures], field: fn(&Figures) -> f64) -> f64 {

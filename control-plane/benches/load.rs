@@ -82,7 +82,7 @@ use farm_api::v1::{
     workload_server::{Workload, WorkloadServer},
 };
 use farm_testkit::{
-    ControlPlaneProcess, binary, env_or, eventually, free_addr,
+    ControlPlaneProcess, binary, env_or, eventually, free_addr, median,
     process::{ChildGuard, cpu_seconds, fsync_probe, rss_kib},
     ready_if,
 };
@@ -329,14 +329,6 @@ struct Figures {
     p50_us: f64,
     p99_us: f64,
     errors: u64,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Medians, column by column, of a series of rounds.

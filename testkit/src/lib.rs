@@ -66,6 +66,20 @@ pub const TOKENS: &[&str] = &[
     VIEWER,
 ];
 
+/// The median of a benchmark's figures, NaN (a figure not measured) left
+/// out: the middle one, or the mean of the two middle ones of an even
+/// count; NaN when none is left.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[mid],
+        _ => (values[mid - 1] + values[mid]) / 2.0,
+    }
+}
+
 /// A benchmark's setting: the environment variable `name` parsed, or
 /// `default` when it is unset; panics naming a value that does not parse.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -75,5 +89,19 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
             .parse()
             .unwrap_or_else(|_| panic!("{name}={text:?} is not a valid value")),
         Err(_) => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_its_middle_two() {
+        assert_eq!(median(vec![1.11, 0.97, 0.88, 0.88]), 0.925);
+        assert_eq!(median(vec![3.0, f64::NAN, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![5.0]), 5.0);
+        assert!(median(vec![f64::NAN]).is_nan());
+        assert!(median(Vec::new()).is_nan());
     }
 }
