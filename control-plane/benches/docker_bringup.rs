@@ -9,11 +9,14 @@
 //!   `docker` client process holds about 30 MiB: 500 at once would hold
 //!   15 GiB), timed from the first `docker run` to every node registered
 //!   and healthy with an idle control plane (`--runtime none`) started
-//!   beforehand;
+//!   beforehand, and looked at as often as the farm is;
 //! - first, a sweep of the farm's start parallelism (`FARM_BENCH_SWEEP=0`
 //!   leaves it out).
 //!
-//! `FARM_BENCH_ROUNDS` (5) farm and baseline runs, alternating.
+//! `FARM_BENCH_ROUNDS` (5) farm and baseline runs, alternating which goes
+//! first; an even count puts each first equally often. The ratio is also
+//! given apart for each order, as the run that goes second tends to be
+//! slower.
 //!
 //! Also prints the memory of the 50 containers (`docker stats`) and the
 //! image size. Needs a Docker engine (`scripts/docker-engine`) and the static
@@ -21,8 +24,8 @@
 //! and is removed at the end, or when it fails.
 //!
 //! Run with `scripts/build-static && cargo bench -p control-plane --bench docker_bringup`;
-//! 500 nodes: `FARM_BENCH_NODES=500 FARM_BENCH_ROUNDS=3 FARM_BENCH_SWEEP=0`
-//! before `cargo bench` (about 15 minutes).
+//! 500 nodes: `FARM_BENCH_NODES=500 FARM_BENCH_ROUNDS=4 FARM_BENCH_SWEEP=0`
+//! before `cargo bench` (about 20 minutes).
 
 use std::{
     net::SocketAddr,
@@ -35,7 +38,7 @@ use std::{
 use farm_testkit::{
     ControlPlaneProcess, binary,
     docker::{self, remove_labelled},
-    env_or,
+    env_or, median,
 };
 use futures::StreamExt;
 
@@ -44,6 +47,15 @@ const SWEEP_ROUNDS: usize = 3;
 const LIMIT: Duration = Duration::from_secs(600);
 /// `docker run` client processes at once in the baseline.
 const DOCKER_RUNS_AT_ONCE: usize = 50;
+
+/// Pause between looks at the node list while waiting for `nodes` to be
+/// healthy: 5 ms for 50, proportionally longer for more. Each look lists
+/// every node: at 500 nodes, about 1 ms of the control plane's CPU and
+/// 0.7 ms of the bench's, which looks 5 ms apart would take from the
+/// engine being measured.
+fn poll(nodes: usize) -> Duration {
+    Duration::from_millis(5) * u32::try_from(nodes.div_ceil(50)).unwrap_or(u32::MAX)
+}
 
 /// Farm ids and labels created so far, removed on drop.
 struct Cleanup {
@@ -136,9 +148,7 @@ async fn farm_run(
         .flags(&flags)
         .start()
         .await;
-    let healthy = farm
-        .wait_healthy_every(nodes, LIMIT, Duration::from_millis(5))
-        .await;
+    let healthy = farm.wait_healthy_every(nodes, LIMIT, poll(nodes)).await;
     let bring_up = started.elapsed();
     let ids: Vec<String> = healthy.into_iter().map(|n| n.runtime_id).collect();
     let mut stats = vec!["stats", "--no-stream", "--format", "{{.MemUsage}}"];
@@ -212,27 +222,25 @@ async fn baseline_run(nodes: usize, image: &str, cleanup: &Cleanup, round: usize
             .stdout(Stdio::null())
             .status()
     };
-    let statuses: Vec<_> = futures::stream::iter(1..=nodes)
-        .map(run)
-        .buffer_unordered(DOCKER_RUNS_AT_ONCE)
-        .collect()
-        .await;
-    for status in statuses {
-        assert!(status.expect("docker run").success(), "docker run failed");
-    }
-    // Nodes the idle control plane does not run.
-    idle.with_token(Some(&viewer_token))
-        .wait_healthy_every(nodes, LIMIT, Duration::from_millis(5))
-        .await;
+    let runs = async {
+        let statuses: Vec<_> = futures::stream::iter(1..=nodes)
+            .map(run)
+            .buffer_unordered(DOCKER_RUNS_AT_ONCE)
+            .collect()
+            .await;
+        for status in statuses {
+            assert!(status.expect("docker run").success(), "docker run failed");
+        }
+    };
+    // Nodes the idle control plane does not run, looked at from the first
+    // `docker run` on, as the farm is from its start.
+    let viewer = idle.with_token(Some(&viewer_token));
+    let healthy = viewer.wait_healthy_every(nodes, LIMIT, poll(nodes));
+    tokio::join!(runs, healthy);
     let bring_up = started.elapsed();
     idle.terminate(LIMIT).await;
     cleanup.sweep();
     bring_up
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 #[tokio::main]
@@ -289,6 +297,9 @@ async fn main() {
         format!("{nodes} nodes mem (MiB)")
     );
     let (mut farm, mut plain, mut memory) = (Vec::new(), Vec::new(), Vec::new());
+    // Ratios by which went first: the second run of a round starts on an
+    // engine still busy with the first one's removal.
+    let (mut farm_first, mut farm_second) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         // Alternate which goes first, so drift hits both alike.
         let (f, b) = if round % 2 == 1 {
@@ -309,6 +320,11 @@ async fn main() {
         farm.push(fs);
         plain.push(bs);
         memory.push(f.memory_mib);
+        if round % 2 == 1 {
+            farm_first.push(fs / bs);
+        } else {
+            farm_second.push(fs / bs);
+        }
     }
     let (fm, bm) = (median(farm), median(plain));
     println!(
@@ -317,5 +333,14 @@ async fn main() {
         fm / bm,
         median(memory)
     );
+    if !farm_second.is_empty() {
+        println!(
+            "median ratio with the farm run first: {:.2} ({} rounds), second: {:.2} ({} rounds)",
+            median(farm_first.clone()),
+            farm_first.len(),
+            median(farm_second.clone()),
+            farm_second.len(),
+        );
+    }
     println!("\nnode image {}: {size_mb:.2} MB", warm.image);
 }
