@@ -24,7 +24,7 @@
 //!
 //! Run with `scripts/build-static && cargo bench -p control-plane --bench docker_bringup`;
 //! 500 nodes: `FARM_BENCH_NODES=500 FARM_BENCH_ROUNDS=4 FARM_BENCH_SWEEP=0`
-//! before `cargo bench` (about 20 minutes).
+//! before `cargo bench` (about 30 minutes).
 
 use std::{
     net::SocketAddr,
@@ -332,12 +332,11 @@ async fn main() {
         median(memory)
     );
     if !farm_second.is_empty() {
+        let (first, second) = (farm_first.len(), farm_second.len());
         println!(
-            "median ratio with the farm run first: {:.2} ({} rounds), second: {:.2} ({} rounds)",
-            median(farm_first.clone()),
-            farm_first.len(),
-            median(farm_second.clone()),
-            farm_second.len(),
+            "median ratio with the farm run first: {:.2} ({first} rounds), second: {:.2} ({second} rounds)",
+            median(farm_first),
+            median(farm_second),
         );
     }
     println!("\nnode image {}: {size_mb:.2} MB", warm.image);
