@@ -8,10 +8,17 @@
 //!   acknowledged) with no watcher, with 100 `WatchConfig` streams, with the
 //!   50 nodes following every version, and with both.
 //!
+//! - beside the propagation, the machine's floor for it: the same number of
+//!   processes, each a one-thread tokio program like a node, sent a
+//!   128-byte message over plain loopback TCP, each answering at once, timed
+//!   from the first send to the last answer; once with every answer
+//!   acknowledged in turn (as every heartbeat is), once without. No
+//!   gRPC, HTTP/2, disk or registry: what is left is waking the processes.
+//!
 //! Everything runs on 127.0.0.1 and stops itself.
 //! Run with `cargo build --release && cargo bench -p control-plane --bench config_push`;
-//! `FARM_BENCH_PARTS=p` runs the propagation alone, `t` the throughput
-//! alone (default `pt`), for instance under a profiler;
+//! `FARM_BENCH_PARTS=p` runs the propagation alone, `f` the floor alone, `t`
+//! the throughput alone (default `pft`), for instance under a profiler;
 //! `FARM_BENCH_NODES` (50) and `FARM_BENCH_CHANGES` (100) size the
 //! propagation.
 
@@ -114,23 +121,39 @@ async fn throughput(api: &Api) -> f64 {
     (per_writer * WRITERS) as f64 / started.elapsed().as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // A process of the floor's, started by this bench itself.
+    if let Ok(addr) = std::env::var(floor::CHILD) {
+        floor::child(&addr);
+        return;
+    }
+    tokio::runtime::Runtime::new()
+        .expect("a tokio runtime")
+        .block_on(bench());
+}
+
+async fn bench() {
     binary("farm-node");
-    let parts: String = env_or("FARM_BENCH_PARTS", "pt".to_owned());
-    if parts.contains('p') {
-        propagation().await;
+    let parts: String = env_or("FARM_BENCH_PARTS", "pft".to_owned());
+    let nodes = env_or("FARM_BENCH_NODES", NODES).max(1);
+    let changes = env_or("FARM_BENCH_CHANGES", CHANGES).max(1);
+    let farm = if parts.contains('p') {
+        Some(propagation(nodes, changes).await)
+    } else {
+        None
+    };
+    if parts.contains('f') {
+        floor::table(nodes, changes, farm).await;
     }
     if parts.contains('t') {
         throughput_table().await;
     }
 }
 
-/// [`CHANGES`] changes, one after another, each timed from its
-/// acknowledgement to the first and to the last of the nodes applying it.
-async fn propagation() {
-    let nodes_wanted = env_or("FARM_BENCH_NODES", NODES).max(1);
-    let changes = env_or("FARM_BENCH_CHANGES", CHANGES).max(1);
+/// `changes` changes on a farm of `nodes_wanted` nodes, one after another,
+/// each timed from its acknowledgement to the first and to the last of the
+/// nodes applying it; returns the median of the last.
+async fn propagation(nodes_wanted: usize, changes: usize) -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let farm = start_farm(&dir, nodes_wanted).await;
     let mut config = farm.config();
@@ -212,6 +235,7 @@ async fn propagation() {
         nodes.len(),
         cpu.1 * 1e3 / changes as f64,
     );
+    percentile(&ack_to_all, 50.0)
 }
 
 /// `PutConfig` throughput in the four settings, as a table.
@@ -293,4 +317,158 @@ async fn with_watchers(api: &Api) -> (f64, usize) {
         .map(|all| all.into_iter().map(|c| c.unwrap_or(0)).sum())
         .unwrap_or(0);
     (rate, delivered)
+}
+
+/// The floor of a push to every node: processes woken over loopback TCP,
+/// with nothing else in the way.
+mod floor {
+    use std::{
+        process::Stdio,
+        time::{Duration, Instant},
+    };
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        sync::{mpsc, watch},
+    };
+
+    use super::{LIMIT, ms, percentile};
+
+    /// Set to the parent's address in each process this bench starts.
+    pub const CHILD: &str = "FARM_BENCH_FLOOR_CHILD";
+    /// Every message is this long: a pushed configuration is about as long.
+    const LEN: usize = 128;
+    const PUSH: u8 = 1;
+    const ANSWER: u8 = 2;
+    const ACK: u8 = 3;
+
+    /// One process: answers each push at once, takes acknowledgements,
+    /// ends when the parent closes the connection. On one thread, as a
+    /// node runs.
+    pub fn child(addr: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async {
+            let Ok(mut stream) = TcpStream::connect(addr).await else {
+                return;
+            };
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            let mut message = [0u8; LEN];
+            while stream.read_exact(&mut message).await.is_ok() {
+                if message[0] == PUSH {
+                    message[0] = ANSWER;
+                    if stream.write_all(&message).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// `changes` pushes to `processes` processes, 20 ms apart, with and
+    /// without acknowledgements, as a table beside the farm's median.
+    pub async fn table(processes: usize, changes: usize, farm: Option<Duration>) {
+        println!(
+            "\nThe floor: {processes} processes over plain loopback TCP, {changes} pushes, timed from the first send to the last answer"
+        );
+        println!("{:<44} {:>8} {:>8} {:>8}", "", "p50 ms", "p99 ms", "max ms");
+        for acknowledged in [true, false] {
+            let mut samples = pushes(processes, changes, acknowledged).await;
+            samples.sort();
+            let what = if acknowledged {
+                "each answer acknowledged (as heartbeats are)"
+            } else {
+                "answers not acknowledged"
+            };
+            let p50 = percentile(&samples, 50.0);
+            println!(
+                "{what:<44} {:>8.2} {:>8.2} {:>8.2}",
+                ms(p50),
+                ms(percentile(&samples, 99.0)),
+                ms(*samples.last().expect("samples")),
+            );
+            if let Some(farm) = farm {
+                println!(
+                    "{:<44} {:>8.2}x",
+                    "  the farm's p50 against it",
+                    farm.as_secs_f64() / p50.as_secs_f64()
+                );
+            }
+        }
+    }
+
+    async fn pushes(processes: usize, changes: usize, acknowledged: bool) -> Vec<Duration> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        let exe = std::env::current_exe().expect("this bench's path");
+        // Killed when dropped, also when the bench fails.
+        let children: Vec<_> = (0..processes)
+            .map(|_| {
+                tokio::process::Command::new(&exe)
+                    .env(CHILD, &addr)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("start a process of the floor")
+            })
+            .collect();
+        let (push, pushed) = watch::channel(0u64);
+        let (answered, mut answers) = mpsc::unbounded_channel::<u64>();
+        let mut connections = Vec::with_capacity(processes);
+        for _ in 0..processes {
+            let (mut stream, _) = tokio::time::timeout(LIMIT, listener.accept())
+                .await
+                .expect("the processes connect within the limit")
+                .expect("accept");
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            let mut pushed = pushed.clone();
+            let answered = answered.clone();
+            connections.push(tokio::spawn(async move {
+                let mut message = [0u8; LEN];
+                while pushed.changed().await.is_ok() {
+                    let change = *pushed.borrow_and_update();
+                    message[0] = PUSH;
+                    message[1..9].copy_from_slice(&change.to_le_bytes());
+                    stream.write_all(&message).await.expect("push");
+                    stream.read_exact(&mut message).await.expect("answer");
+                    assert_eq!(message[0], ANSWER, "an answer");
+                    answered.send(change).expect("the bench waits");
+                    if acknowledged {
+                        message[0] = ACK;
+                        stream.write_all(&message).await.expect("ack");
+                    }
+                }
+            }));
+        }
+        let mut samples = Vec::with_capacity(changes);
+        for change in 1..=changes as u64 {
+            let sent = Instant::now();
+            push.send(change).expect("connections wait");
+            let mut seen = 0;
+            while seen < processes {
+                let answer = tokio::time::timeout(LIMIT, answers.recv())
+                    .await
+                    .expect("answers within the limit")
+                    .expect("connections open");
+                if answer == change {
+                    seen += 1;
+                }
+            }
+            samples.push(sent.elapsed());
+            // As the farm's changes: one after another, not piled up.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Closing the connections ends the processes.
+        drop(push);
+        for connection in connections {
+            connection.await.expect("connection");
+        }
+        for mut child in children {
+            child.wait().await.expect("a process of the floor ends");
+        }
+        samples
+    }
 }
