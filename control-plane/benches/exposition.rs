@@ -23,7 +23,8 @@ use std::{
 
 use control_plane::exposition::{
     self, BATCH_BUCKETS, BUCKETS, CatalogSnapshot, FarmAggregate, LINE_COMMANDS, LINE_RESULTS,
-    Latency, MethodStats, NodeId, NodeMetrics, NodeState, ProcessStats, Sample, TelemetrySnapshot,
+    Latency, MethodStats, NodeId, NodeMetrics, NodeState, PortSnapshot, ProcessStats, Sample,
+    TelemetrySnapshot,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -159,6 +160,12 @@ fn telemetry(rng: &mut StdRng) -> TelemetrySnapshot {
             batch_count: 50_000,
             batch_changes: 400_000,
             names: 3204,
+        },
+        port: PortSnapshot {
+            connections: NODES + 500,
+            open: NODES + 20,
+            closed: [0, 12, 40, 3],
+            accept_failures: 0,
         },
     }
 }

@@ -13,6 +13,7 @@ use farm_api::cli::duration;
 use thiserror::Error;
 
 pub use crate::indexer::Limits as IndexerLimits;
+pub use crate::transport::{Http2Settings, gate::ConnectionLimits};
 use crate::{
     core::{HealthPolicy, Limits},
     transport::{
@@ -222,6 +223,45 @@ pub struct ServeArgs {
     /// no tokens.
     #[arg(long, env = "FARM_INDEXER_ALLOW_REMOTE")]
     pub indexer_allow_remote: bool,
+
+    /// Most connections open at once on the port (gRPC, gRPC-Web, HTTP;
+    /// each node holds one). Default: three quarters of the process's file
+    /// limit, which is raised to its hard limit at start; the rest is kept
+    /// for the nodes' processes and logs, the database and the Docker
+    /// socket. At the limit, a new connection takes the place of the oldest
+    /// one that has not sent a request yet; when every connection has, the
+    /// new one is closed at once. Counted in /metrics
+    /// (farm_connections_closed_total).
+    #[arg(long, env = "FARM_MAX_CONNECTIONS")]
+    pub max_connections: Option<u32>,
+
+    /// A connection that sends nothing this long after it opened is closed.
+    #[arg(long, env = "FARM_IDLE_CONNECTION_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub idle_connection_timeout: Duration,
+
+    /// An HTTP/1.1 client (gRPC-Web, the dashboard, /metrics) that has not
+    /// sent its first request's headers this long after connecting is
+    /// closed (slowloris). At most 30s: later requests on a connection get
+    /// the HTTP library's own 30s.
+    #[arg(long, env = "FARM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most calls open at once on one HTTP/2 connection (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS). A client past it has its new
+    /// streams refused at once; gRPC clients wait for a free one instead.
+    /// `loadgen swarm` puts 100 nodes on a connection by default.
+    #[arg(long, env = "FARM_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
+    pub max_streams_per_connection: u32,
+
+    /// How often an HTTP/2 connection that is quiet is pinged.
+    #[arg(long, env = "FARM_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before its connection is closed:
+    /// a peer that vanished without closing (a frozen node, a cut cable)
+    /// is noticed within --keepalive-interval plus this.
+    #[arg(long, env = "FARM_KEEPALIVE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
 }
 
 /// Parses a size: a number with an optional unit (`k`, `m`, `g`, `KiB`,
@@ -325,6 +365,13 @@ anyone could change the catalog. Listen on loopback (127.0.0.1, ::1), or add --i
         allowed: &'static str,
         given: String,
     },
+    /// A limit of the port out of its range.
+    #[error("{flag} must be {allowed}, got {given}")]
+    PortLimit {
+        flag: &'static str,
+        allowed: &'static str,
+        given: String,
+    },
     /// An `--allowed-host` value is not a host name.
     #[error("--allowed-host {value:?} is not a host name: {problem} (e.g. farm.example)")]
     AllowedHost {
@@ -356,6 +403,10 @@ pub struct ServeConfig {
     pub browser: BrowserPolicy,
     /// The catalog's line protocol, if served.
     pub indexer: Option<IndexerConfig>,
+    /// Which connections the port admits, and for how long.
+    pub connections: ConnectionLimits,
+    /// What an HTTP/2 connection may do.
+    pub http2: Http2Settings,
 }
 
 /// Where and how the catalog's line protocol is served.
@@ -415,6 +466,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         let tokens = tokens(args)?;
         let browser = browser(args)?;
         let indexer = indexer(args)?;
+        let (connections, http2) = port(args)?;
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -444,9 +496,69 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             tokens,
             browser,
             indexer,
+            connections,
+            http2,
         })
     }
 }
+
+/// The port's limits, each in its range.
+fn port(args: &ServeArgs) -> Result<(ConnectionLimits, Http2Settings), ConfigError> {
+    let short = |flag, given: Duration| {
+        (given < Duration::from_millis(10)).then(|| ConfigError::PortLimit {
+            flag,
+            allowed: "at least 10ms",
+            given: format!("{given:?}"),
+        })
+    };
+    let durations = [
+        ("--idle-connection-timeout", args.idle_connection_timeout),
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--keepalive-interval", args.keepalive_interval),
+        ("--keepalive-timeout", args.keepalive_timeout),
+    ];
+    if let Some(err) = durations.into_iter().find_map(|(flag, d)| short(flag, d)) {
+        return Err(err);
+    }
+    if args.header_read_timeout > MAX_HEADER_READ_TIMEOUT {
+        return Err(ConfigError::PortLimit {
+            flag: "--header-read-timeout",
+            allowed: "at most 30s (the HTTP library's own limit)",
+            given: format!("{:?}", args.header_read_timeout),
+        });
+    }
+    for (flag, value) in [
+        ("--max-connections", args.max_connections.unwrap_or(1)),
+        (
+            "--max-streams-per-connection",
+            args.max_streams_per_connection,
+        ),
+    ] {
+        if value == 0 {
+            return Err(ConfigError::PortLimit {
+                flag,
+                allowed: "at least 1",
+                given: "0".to_owned(),
+            });
+        }
+    }
+    Ok((
+        ConnectionLimits {
+            max_connections: args.max_connections.map(|n| n as usize),
+            idle_timeout: args.idle_connection_timeout,
+            header_timeout: args.header_read_timeout,
+        },
+        Http2Settings {
+            max_streams: args.max_streams_per_connection,
+            keepalive_interval: args.keepalive_interval,
+            keepalive_timeout: args.keepalive_timeout,
+        },
+    ))
+}
+
+/// Longest `--header-read-timeout`: hyper closes a request whose head takes
+/// longer anyway.
+const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The line protocol's settings, if `--indexer-listen` is given: on
 /// loopback unless allowed beyond, each limit in its range.
@@ -655,6 +767,62 @@ mod tests {
                 .contains("--max-age")
         );
         assert!(parse(&["--heartbeat-interval", "250ms", "--heartbeat-timeout", "1s"]).is_ok());
+    }
+
+    #[test]
+    fn the_port_has_limits_by_default_and_refuses_ones_that_cannot_work() {
+        let config = parse(&[]).expect("defaults");
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                max_connections: None,
+                idle_timeout: Duration::from_secs(10),
+                header_timeout: Duration::from_secs(10),
+            }
+        );
+        assert_eq!(
+            config.http2,
+            Http2Settings {
+                max_streams: 1024,
+                keepalive_interval: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(5),
+            }
+        );
+        let limit =
+            |flag: &'static str, allowed: &'static str, given: &str| ConfigError::PortLimit {
+                flag,
+                allowed,
+                given: given.to_owned(),
+            };
+        refused(
+            &["--header-read-timeout", "31s"],
+            limit(
+                "--header-read-timeout",
+                "at most 30s (the HTTP library's own limit)",
+                "31s",
+            ),
+        );
+        refused(
+            &["--max-connections", "0"],
+            limit("--max-connections", "at least 1", "0"),
+        );
+        refused(
+            &["--max-streams-per-connection", "0"],
+            limit("--max-streams-per-connection", "at least 1", "0"),
+        );
+        refused(
+            &["--keepalive-timeout", "1ms"],
+            limit("--keepalive-timeout", "at least 10ms", "1ms"),
+        );
+        let chosen = parse(&[
+            "--max-connections",
+            "300",
+            "--idle-connection-timeout",
+            "2s",
+        ])
+        .expect("chosen limits");
+        assert_eq!(chosen.connections.max_connections, Some(300));
+        assert_eq!(chosen.connections.idle_timeout, Duration::from_secs(2));
     }
 
     #[track_caller]

@@ -50,7 +50,8 @@ pub use crate::{
     },
     process_stats::ProcessStats,
     telemetry::{
-        BATCH_BUCKETS, BUCKETS, CatalogSnapshot, LINE_COMMANDS, LINE_RESULTS, TelemetrySnapshot,
+        BATCH_BUCKETS, BUCKETS, CatalogSnapshot, GATE_CLOSES, LINE_COMMANDS, LINE_RESULTS,
+        PortSnapshot, TelemetrySnapshot,
     },
 };
 
@@ -70,7 +71,9 @@ pub fn render(
     encode(&mut text, Farm(farm))?;
     latency_summary(&mut text, &latency)?;
     let catalog = telemetry.catalog.clone();
+    let port = telemetry.port.clone();
     encode(&mut text, ControlPlane(telemetry))?;
+    encode(&mut text, Port(port))?;
     encode(&mut text, Catalog(catalog))?;
     encode(&mut text, Process(process))?;
     Ok(text)
@@ -521,6 +524,48 @@ impl Collector for ControlPlane {
     }
 }
 
+/// The port's connections: admitted, open, and closed before they were
+/// served, by why.
+#[derive(Debug)]
+struct Port(PortSnapshot);
+
+impl Collector for Port {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let port = &self.0;
+        scalar(
+            &mut encoder,
+            "farm_connections_total",
+            "Connections the port (gRPC, gRPC-Web, HTTP) admitted.",
+            Kind::Counter,
+            Value::Int(port.connections),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_connections_open",
+            "Connections open on the port.",
+            Kind::Gauge,
+            Value::Int(port.open),
+        )?;
+        family(
+            &mut encoder,
+            "farm_connections_closed_total",
+            "Connections the port closed before serving them: refused (at --max-connections, every connection busy), displaced (the oldest that had sent no request, to make room), idle (sent nothing within --idle-connection-timeout), slow_headers (no request headers within --header-read-timeout).",
+            Kind::Counter,
+            GATE_CLOSES
+                .iter()
+                .zip(port.closed)
+                .map(|(reason, count)| ([("reason", *reason)], Value::Int(count))),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_accept_failures_total",
+            "Connections the port could not accept (out of file descriptors, say); accepting pauses after each.",
+            Kind::Counter,
+            Value::Int(port.accept_failures),
+        )
+    }
+}
+
 /// The dependency catalog: its line protocol's connections and commands,
 /// its size, and how its writes were batched.
 #[derive(Debug)]
@@ -759,6 +804,12 @@ mod tests {
                 batch_changes: 3012,
                 names: 3000,
             },
+            port: PortSnapshot {
+                connections: 9,
+                open: 4,
+                closed: [0, 1, 3, 1],
+                accept_failures: 2,
+            },
         }
     }
 
@@ -915,6 +966,21 @@ farm_control_plane_config_pushes_total 3
 # HELP farm_control_plane_samples_total Metrics samples received from nodes.
 # TYPE farm_control_plane_samples_total counter
 farm_control_plane_samples_total 40
+# HELP farm_connections_total Connections the port (gRPC, gRPC-Web, HTTP) admitted.
+# TYPE farm_connections_total counter
+farm_connections_total 9
+# HELP farm_connections_open Connections open on the port.
+# TYPE farm_connections_open gauge
+farm_connections_open 4
+# HELP farm_connections_closed_total Connections the port closed before serving them: refused (at --max-connections, every connection busy), displaced (the oldest that had sent no request, to make room), idle (sent nothing within --idle-connection-timeout), slow_headers (no request headers within --header-read-timeout).
+# TYPE farm_connections_closed_total counter
+farm_connections_closed_total{reason="refused"} 0
+farm_connections_closed_total{reason="displaced"} 1
+farm_connections_closed_total{reason="idle"} 3
+farm_connections_closed_total{reason="slow_headers"} 1
+# HELP farm_accept_failures_total Connections the port could not accept (out of file descriptors, say); accepting pauses after each.
+# TYPE farm_accept_failures_total counter
+farm_accept_failures_total 2
 # HELP farm_catalog_names Names indexed in the dependency catalog.
 # TYPE farm_catalog_names gauge
 farm_catalog_names 3000

@@ -27,7 +27,11 @@ use crate::{
     state::{FarmState, Members},
     store::StoreError,
     supervisor::{Supervisor, SupervisorConfig},
-    transport::{self, Api, services},
+    transport::{
+        self, Api,
+        gate::{self, FileLimit, Gate, RESERVED_DESCRIPTORS},
+        services,
+    },
 };
 
 /// How often deadlines are checked.
@@ -111,6 +115,7 @@ pub async fn run(
     } = listeners.into();
     let started = Instant::now();
     let local = listener.local_addr().map_err(ServeError::Listener)?;
+    let files = gate::raise_file_limit();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -179,10 +184,17 @@ pub async fn run(
     };
     let routes = transport::routes(&api, health_service)?;
     let server_stop = CancellationToken::new();
-    // Both listeners serve the same routes behind the same checks.
+    let gate = Gate::new(
+        max_connections(&config, files),
+        config.connections,
+        Arc::clone(state.telemetry()),
+    );
+    // Both listeners serve the same routes behind the same checks, and
+    // share one connection limit.
     let serve_on = |listener| {
         tokio::spawn(transport::serve(
             listener,
+            (Arc::clone(&gate), config.http2),
             routes.clone(),
             config.tokens.clone(),
             config.browser.clone(),
@@ -265,6 +277,37 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The connections the port may hold: `--max-connections`, else three
+/// quarters of the file limit; says which, and warns when the limit leaves
+/// the farm few descriptors of its own.
+fn max_connections(config: &ServeConfig, files: FileLimit) -> usize {
+    let max = config
+        .connections
+        .max_connections
+        .unwrap_or_else(|| files.default_connections());
+    if files.now == u64::MAX {
+        // Unlimited, or unreadable.
+        info!(max_connections = max, "connection limit");
+    } else {
+        info!(
+            file_limit = files.now,
+            raised_from = files.before,
+            max_connections = max,
+            "connection limit: {max} of {} file descriptors",
+            files.now
+        );
+    }
+    if (max as u64).saturating_add(RESERVED_DESCRIPTORS) > files.now {
+        warn!(
+            max_connections = max,
+            file_limit = files.now,
+            "--max-connections leaves fewer than {RESERVED_DESCRIPTORS} of the process's file descriptors for the nodes, the database and the Docker socket; \
+raise the limit (ulimit -n) or lower --max-connections"
+        );
+    }
+    max
 }
 
 /// Sets the health of the server as a whole ("") and of every service it

@@ -52,7 +52,30 @@ pub struct Telemetry {
     batches: [AtomicU64; BATCH_BUCKETS.len()],
     batch_count: AtomicU64,
     batch_changes: AtomicU64,
+    port_connections: AtomicU64,
+    port_connections_open: AtomicI64,
+    /// By [`GateClose`].
+    port_closed: [AtomicU64; GATE_CLOSES.len()],
+    accept_failures: AtomicU64,
 }
+
+/// Why the port closed a connection before HTTP served it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateClose {
+    /// The connection limit was reached and every open connection had sent
+    /// a request: closed at once.
+    Refused,
+    /// Closed to make room for a new connection: the oldest that had sent
+    /// no request head.
+    Displaced,
+    /// Sent nothing in time.
+    Idle,
+    /// Did not send its first request head in time (slowloris).
+    SlowHead,
+}
+
+/// The label of each [`GateClose`], in its order.
+pub const GATE_CLOSES: [&str; 4] = ["refused", "displaced", "idle", "slow_headers"];
 
 /// The counters at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -71,6 +94,21 @@ pub struct TelemetrySnapshot {
     pub rpcs: BTreeMap<&'static str, MethodStats>,
     /// The catalog's line protocol and writes.
     pub catalog: CatalogSnapshot,
+    /// The port's connections.
+    pub port: PortSnapshot,
+}
+
+/// The port's connections at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PortSnapshot {
+    /// Connections admitted, ever.
+    pub connections: u64,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections closed before HTTP served them, by [`GATE_CLOSES`].
+    pub closed: [u64; GATE_CLOSES.len()],
+    /// `accept` calls that failed (out of file descriptors, say).
+    pub accept_failures: u64,
 }
 
 /// The catalog's counters at one moment.
@@ -202,6 +240,28 @@ impl Telemetry {
             + 1
     }
 
+    /// Counts a connection the port admitted.
+    pub fn gate_opened(&self) {
+        self.port_connections.fetch_add(1, Ordering::Relaxed);
+        self.port_connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an admitted connection gone.
+    pub fn gate_left(&self) {
+        self.port_connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection the port closed for `why`; returns how many
+    /// were, ever, for that reason.
+    pub fn gate_closed(&self, why: GateClose) -> u64 {
+        self.port_closed[why as usize].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a failed `accept`; returns how many failed, ever.
+    pub fn accept_failed(&self) -> u64 {
+        self.accept_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Counts an answered line.
     pub fn line_answered(&self, command: LineCommand, result: LineResult) {
         self.line_commands[command as usize][result as usize].fetch_add(1, Ordering::Relaxed);
@@ -242,6 +302,16 @@ impl Telemetry {
                 batch_count: self.batch_count.load(Ordering::Relaxed),
                 batch_changes: self.batch_changes.load(Ordering::Relaxed),
                 names: 0,
+            },
+            port: PortSnapshot {
+                connections: self.port_connections.load(Ordering::Relaxed),
+                open: u64::try_from(self.port_connections_open.load(Ordering::Relaxed))
+                    .unwrap_or(0),
+                closed: self
+                    .port_closed
+                    .each_ref()
+                    .map(|n| n.load(Ordering::Relaxed)),
+                accept_failures: self.accept_failures.load(Ordering::Relaxed),
             },
         }
     }
@@ -329,6 +399,7 @@ mod tests {
                 samples: 2,
                 rpcs: BTreeMap::new(),
                 catalog: CatalogSnapshot::default(),
+                port: PortSnapshot::default(),
             }
         );
         drop(second);

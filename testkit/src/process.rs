@@ -270,6 +270,8 @@ pub struct Child {
     quiet: bool,
     /// Another build of the control plane; this workspace's when `None`.
     program: Option<PathBuf>,
+    /// Its soft and hard limits on open files, if not this process's.
+    file_limit: Option<(u64, u64)>,
 }
 
 impl ProcessBuilder {
@@ -284,6 +286,13 @@ impl ProcessBuilder {
     /// builds) instead of this workspace's.
     pub fn program(mut self, path: &Path) -> Self {
         self.kind.program = Some(path.to_owned());
+        self
+    }
+
+    /// Starts it under these soft and hard limits on open files (through
+    /// util-linux's `prlimit`, which then runs it in its own place).
+    pub fn file_limit(mut self, soft: u64, hard: u64) -> Self {
+        self.kind.file_limit = Some((soft, hard));
         self
     }
 
@@ -306,7 +315,17 @@ impl ProcessBuilder {
             .program
             .clone()
             .unwrap_or_else(|| binary("control-plane"));
-        let mut command = tokio::process::Command::new(program);
+        let mut command = match self.kind.file_limit {
+            Some((soft, hard)) => {
+                let mut command = tokio::process::Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={soft}:{hard}"))
+                    .arg("--")
+                    .arg(program);
+                command
+            }
+            None => tokio::process::Command::new(program),
+        };
         command
             .arg("serve")
             .arg("--listen")
@@ -375,6 +394,7 @@ impl ControlPlaneProcess {
             addr: None,
             quiet: false,
             program: None,
+            file_limit: None,
         })
     }
 

@@ -5,10 +5,12 @@
 //! routes from it and `api/`'s handlers; [`browser`] keeps other web pages
 //! (and rebound DNS names) out; [`auth`] decides who may call what;
 //! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
-//! [`rpc_metrics`] counts the calls. [`serve`] stacks them in order.
+//! [`rpc_metrics`] counts the calls. [`gate`] admits the connections
+//! before any of them. [`serve`] stacks them in order.
 
 pub(crate) mod auth;
 pub(crate) mod browser;
+pub(crate) mod gate;
 mod grpc_web;
 mod routes;
 mod rpc_metrics;
@@ -18,10 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use http::{HeaderName, header};
 use tokio::net::TcpListener;
-use tonic::{
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{service::Routes, transport::Server};
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     validate_request::ValidateRequestHeaderLayer,
@@ -32,7 +31,21 @@ pub(crate) use routes::{Api, routes};
 
 use crate::telemetry::Telemetry;
 
+/// How the port treats HTTP/2 connections once admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Settings {
+    /// Most streams (calls) open at once on one connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): past it a client's new streams
+    /// are refused at once, and gRPC clients wait for a free one.
+    pub max_streams: u32,
+    /// How often an idle connection is pinged.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains.
+/// `gate` admits the connections; `http2` says what each may do.
 /// Browsers may call as `browser` allows; calls to `farm.v1` need one of
 /// `tokens` (when any is set).
 ///
@@ -40,6 +53,7 @@ use crate::telemetry::Telemetry;
 /// reason on its line.
 pub(crate) async fn serve(
     listener: TcpListener,
+    (gate, http2): (Arc<gate::Gate>, Http2Settings),
     mut routes: Routes,
     tokens: auth::Tokens,
     browser: browser::BrowserPolicy,
@@ -55,7 +69,7 @@ pub(crate) async fn serve(
             "--cors-origin '*': any web page opened in a browser that reaches this port may call the farm"
         );
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = gate.incoming(listener);
     let router = std::mem::take(routes.axum_router_mut());
     // Innermost, on the routes: counts only the calls every check let in.
     *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(telemetry));
@@ -63,8 +77,10 @@ pub(crate) async fn serve(
         // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
         .accept_http1(true)
         // Notice dead peers on idle connections (a node frozen mid-stream).
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .http2_keepalive_interval(Some(http2.keepalive_interval))
+        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        // A fast refusal past it, never an unbounded queue of calls.
+        .max_concurrent_streams(http2.max_streams)
         // Outermost: foreign hosts and untrusted origins stop before anything runs.
         .layer(ValidateRequestHeaderLayer::custom(
             browser::BrowserGate::new(browser),
