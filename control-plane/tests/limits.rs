@@ -201,3 +201,77 @@ async fn slowloris_connections_are_closed_and_do_not_slow_calls() {
     assert_eq!(closed, FLOOD as f64);
     stops_cleanly(farm).await;
 }
+
+#[tokio::test]
+async fn calls_past_the_stream_limit_wait_for_a_free_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = ControlPlaneProcess::builder(dir.path())
+        .flags(&["--max-streams-per-connection", "2"])
+        .start()
+        .await;
+    // Two streams that stay open take the connection's two.
+    let first = farm.watch().await;
+    let second = farm.watch().await;
+    // A third call on the same connection is held by the client, not
+    // answered beside them...
+    let mut third = Box::pin(farm.try_nodes());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut third)
+            .await
+            .is_err(),
+        "a third call ran beside two open streams"
+    );
+    // ...until a stream ends.
+    drop(first);
+    let nodes = tokio::time::timeout(LIMIT, third)
+        .await
+        .expect("answered once a stream is free");
+    assert!(nodes.is_ok(), "{nodes:?}");
+    drop(second);
+    stops_cleanly(farm).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = ControlPlaneProcess::builder(dir.path())
+        .flags(&["--keepalive-interval", "1s", "--keepalive-timeout", "1s"])
+        .start()
+        .await;
+    // An HTTP/2 client that says hello, then goes quiet without closing (a
+    // frozen process, a cut cable): it never answers a ping.
+    let mut quiet = TcpStream::connect(farm.addr).await.expect("connect");
+    quiet
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    quiet
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    let mut received = Vec::new();
+    // Read until the control plane closes it (cleanly or with a reset).
+    let _end = tokio::time::timeout(LIMIT, quiet.read_to_end(&mut received))
+        .await
+        .expect("closed by the control plane");
+    // It was pinged before it was closed: a PING frame (type 6) came.
+    assert!(
+        frames(&received).contains(&6),
+        "frame types received: {:?}",
+        frames(&received)
+    );
+    stops_cleanly(farm).await;
+}
+
+/// The types of the HTTP/2 frames in `bytes`, in order.
+fn frames(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
