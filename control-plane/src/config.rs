@@ -13,7 +13,7 @@ use farm_api::cli::duration;
 use thiserror::Error;
 
 pub use crate::indexer::Limits as IndexerLimits;
-pub use crate::transport::{Http2Settings, gate::ConnectionLimits};
+pub use crate::transport::{ServingSettings, gate::ConnectionLimits};
 use crate::{
     core::{HealthPolicy, Limits},
     transport::{
@@ -253,6 +253,14 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024)]
     pub max_streams_per_connection: u32,
 
+    /// Longest a gRPC call's handler may take: a unary call not answered by
+    /// then is answered DEADLINE_EXCEEDED; a stream must start by then, and
+    /// then runs as long as it is read. Broadcast and SimulateLoad are left
+    /// out: they bound each node's call on their own. A client's shorter
+    /// deadline (grpc-timeout) is kept.
+    #[arg(long, env = "FARM_RPC_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub rpc_timeout: Duration,
+
     /// How often an HTTP/2 connection that is quiet is pinged.
     #[arg(long, env = "FARM_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
     pub keepalive_interval: Duration,
@@ -405,8 +413,8 @@ pub struct ServeConfig {
     pub indexer: Option<IndexerConfig>,
     /// Which connections the port admits, and for how long.
     pub connections: ConnectionLimits,
-    /// What an HTTP/2 connection may do.
-    pub http2: Http2Settings,
+    /// How admitted connections and their calls are served.
+    pub serving: ServingSettings,
 }
 
 /// Where and how the catalog's line protocol is served.
@@ -466,7 +474,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         let tokens = tokens(args)?;
         let browser = browser(args)?;
         let indexer = indexer(args)?;
-        let (connections, http2) = port(args)?;
+        let (connections, serving) = port(args)?;
         Ok(Self {
             data_dir: args.data_dir.clone(),
             runtime: args.runtime,
@@ -497,13 +505,13 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             browser,
             indexer,
             connections,
-            http2,
+            serving,
         })
     }
 }
 
 /// The port's limits, each in its range.
-fn port(args: &ServeArgs) -> Result<(ConnectionLimits, Http2Settings), ConfigError> {
+fn port(args: &ServeArgs) -> Result<(ConnectionLimits, ServingSettings), ConfigError> {
     let short = |flag, given: Duration| {
         (given < Duration::from_millis(10)).then(|| ConfigError::PortLimit {
             flag,
@@ -516,6 +524,7 @@ fn port(args: &ServeArgs) -> Result<(ConnectionLimits, Http2Settings), ConfigErr
         ("--header-read-timeout", args.header_read_timeout),
         ("--keepalive-interval", args.keepalive_interval),
         ("--keepalive-timeout", args.keepalive_timeout),
+        ("--rpc-timeout", args.rpc_timeout),
     ];
     if let Some(err) = durations.into_iter().find_map(|(flag, d)| short(flag, d)) {
         return Err(err);
@@ -548,7 +557,8 @@ fn port(args: &ServeArgs) -> Result<(ConnectionLimits, Http2Settings), ConfigErr
             idle_timeout: args.idle_connection_timeout,
             header_timeout: args.header_read_timeout,
         },
-        Http2Settings {
+        ServingSettings {
+            rpc_timeout: args.rpc_timeout,
             max_streams: args.max_streams_per_connection,
             keepalive_interval: args.keepalive_interval,
             keepalive_timeout: args.keepalive_timeout,
@@ -781,8 +791,9 @@ mod tests {
             }
         );
         assert_eq!(
-            config.http2,
-            Http2Settings {
+            config.serving,
+            ServingSettings {
+                rpc_timeout: Duration::from_secs(30),
                 max_streams: 1024,
                 keepalive_interval: Duration::from_secs(10),
                 keepalive_timeout: Duration::from_secs(5),

@@ -194,7 +194,7 @@ pub async fn run(
     let serve_on = |listener| {
         tokio::spawn(transport::serve(
             listener,
-            (Arc::clone(&gate), config.http2),
+            (Arc::clone(&gate), config.serving),
             routes.clone(),
             config.tokens.clone(),
             config.browser.clone(),

@@ -6,6 +6,8 @@
 //! single `From<ApiError> for Status` below. Requests are read into domain
 //! types with `TryFrom`, whose failures are [`BadRequest`]s.
 
+use std::time::Duration;
+
 use thiserror::Error;
 use tonic::{Code, Status};
 
@@ -218,6 +220,14 @@ impl From<Refusal> for Status {
         };
         Status::new(code, refusal.to_string())
     }
+}
+
+/// The answer to a call whose handler did not answer within `limit`
+/// (`--rpc-timeout`).
+pub fn deadline_exceeded(path: &str, limit: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "{path} did not answer within {limit:?} (the control plane's --rpc-timeout)"
+    ))
 }
 
 /// The answer to a gRPC call of a path no service here serves.

@@ -5,11 +5,13 @@
 //! routes from it and `api/`'s handlers; [`browser`] keeps other web pages
 //! (and rebound DNS names) out; [`auth`] decides who may call what;
 //! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
-//! [`rpc_metrics`] counts the calls. [`gate`] admits the connections
-//! before any of them. [`serve`] stacks them in order.
+//! [`rpc_metrics`] counts the calls; [`deadline`] bounds their handlers.
+//! [`gate`] admits the connections before any of them. [`serve`] stacks
+//! them in order.
 
 pub(crate) mod auth;
 pub(crate) mod browser;
+mod deadline;
 pub(crate) mod gate;
 mod grpc_web;
 mod routes;
@@ -31,9 +33,12 @@ pub(crate) use routes::{Api, routes};
 
 use crate::telemetry::Telemetry;
 
-/// How the port treats HTTP/2 connections once admitted.
+/// How the port serves connections once admitted, and their calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Http2Settings {
+pub struct ServingSettings {
+    /// How long a gRPC call's handler may take to answer (a stream: to
+    /// start); see [`deadline`].
+    pub rpc_timeout: Duration,
     /// Most streams (calls) open at once on one connection
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): past it a client's new streams
     /// are refused at once, and gRPC clients wait for a free one.
@@ -45,7 +50,7 @@ pub struct Http2Settings {
 }
 
 /// Serves `routes` on `listener` until `shutdown` resolves, then drains.
-/// `gate` admits the connections; `http2` says what each may do.
+/// `gate` admits the connections; `serving` says how each and its calls are served.
 /// Browsers may call as `browser` allows; calls to `farm.v1` need one of
 /// `tokens` (when any is set).
 ///
@@ -53,7 +58,7 @@ pub struct Http2Settings {
 /// reason on its line.
 pub(crate) async fn serve(
     listener: TcpListener,
-    (gate, http2): (Arc<gate::Gate>, Http2Settings),
+    (gate, serving): (Arc<gate::Gate>, ServingSettings),
     mut routes: Routes,
     tokens: auth::Tokens,
     browser: browser::BrowserPolicy,
@@ -77,10 +82,10 @@ pub(crate) async fn serve(
         // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
         .accept_http1(true)
         // Notice dead peers on idle connections (a node frozen mid-stream).
-        .http2_keepalive_interval(Some(http2.keepalive_interval))
-        .http2_keepalive_timeout(Some(http2.keepalive_timeout))
+        .http2_keepalive_interval(Some(serving.keepalive_interval))
+        .http2_keepalive_timeout(Some(serving.keepalive_timeout))
         // A fast refusal past it, never an unbounded queue of calls.
-        .max_concurrent_streams(http2.max_streams)
+        .max_concurrent_streams(serving.max_streams)
         // Outermost: foreign hosts and untrusted origins stop before anything runs.
         .layer(ValidateRequestHeaderLayer::custom(
             browser::BrowserGate::new(browser),
@@ -93,6 +98,8 @@ pub(crate) async fn serve(
         .layer(ValidateRequestHeaderLayer::custom(auth::AuthGate::new(
             tokens,
         )))
+        // Inside the checks: only calls let in take a handler's time.
+        .layer(deadline::DeadlineLayer(serving.rpc_timeout))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
