@@ -261,6 +261,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_RPC_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub rpc_timeout: Duration,
 
+    /// Unknown tokens one address may present within a minute: past it,
+    /// every call from that address, the right token's too, is answered
+    /// RESOURCE_EXHAUSTED until the minute is over. 0: no limit.
+    #[arg(long, env = "FARM_AUTH_FAILURE_LIMIT", default_value_t = 100)]
+    pub auth_failure_limit: u32,
+
     /// How often an HTTP/2 connection that is quiet is pinged.
     #[arg(long, env = "FARM_KEEPALIVE_INTERVAL", default_value = "10s", value_parser = duration)]
     pub keepalive_interval: Duration,
@@ -559,6 +565,7 @@ fn port(args: &ServeArgs) -> Result<(ConnectionLimits, ServingSettings), ConfigE
         },
         ServingSettings {
             rpc_timeout: args.rpc_timeout,
+            auth_failure_limit: args.auth_failure_limit,
             max_streams: args.max_streams_per_connection,
             keepalive_interval: args.keepalive_interval,
             keepalive_timeout: args.keepalive_timeout,
@@ -794,6 +801,7 @@ mod tests {
             config.serving,
             ServingSettings {
                 rpc_timeout: Duration::from_secs(30),
+                auth_failure_limit: 100,
                 max_streams: 1024,
                 keepalive_interval: Duration::from_secs(10),
                 keepalive_timeout: Duration::from_secs(5),

@@ -827,3 +827,51 @@ fn bad_tokens_are_refused_without_being_shown() {
     assert!(help.contains("FARM_ADMIN_TOKEN"), "{help}");
     assert!(!help.contains("help-must-not-show-this"), "{help}");
 }
+
+/// Calls of `farm`'s port from `source`, a loopback address of their own,
+/// as the holder of `token`.
+fn from_address(farm: &Farm, source: &str, token: &str) -> Api {
+    let channel = tonic::transport::Endpoint::from_shared(farm.url())
+        .expect("the farm's URL")
+        .local_address(Some(source.parse().expect("an address")))
+        .connect_lazy();
+    Api::new(channel).with_token(Some(token))
+}
+
+#[tokio::test]
+async fn an_address_that_guesses_tokens_is_refused_for_a_while_and_others_are_not() {
+    let flags = [TOKENS, &["--auth-failure-limit", "5"]].concat();
+    let farm = Farm::start(0, &flags).await;
+    let guesser = from_address(&farm, "127.0.0.1", "guess-00000000000");
+    for guess in 1..=5 {
+        let refused = guesser.try_nodes().await.expect_err("an unknown token");
+        assert_eq!(refused.code(), Code::Unauthenticated, "guess {guess}");
+    }
+    // Past the limit, the guesser is refused without its token being
+    // looked at: the right one fares no better from that address.
+    let refused = guesser.try_nodes().await.expect_err("too many guesses");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("127.0.0.1"), "{refused:?}");
+    assert!(
+        refused.message().contains("--auth-failure-limit"),
+        "{refused:?}"
+    );
+    let same_address = from_address(&farm, "127.0.0.1", VIEWER);
+    let refused = same_address.try_nodes().await.expect_err("still refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    // Another address, with the right token, is served.
+    let other = from_address(&farm, "127.0.0.2", VIEWER);
+    assert!(other.try_nodes().await.is_ok());
+    // A wrong role is not a guess: the viewer calling Scale is refused as
+    // not permitted, as often as it likes, and still served after.
+    let viewer = from_address(&farm, "127.0.0.3", VIEWER);
+    for _ in 0..10 {
+        let refused = viewer
+            .farm()
+            .scale(ScaleRequest { nodes: Some(1) })
+            .await
+            .expect_err("viewers may not scale");
+        assert_eq!(refused.code(), Code::PermissionDenied);
+    }
+    assert!(viewer.try_nodes().await.is_ok());
+}

@@ -217,6 +217,7 @@ impl From<Refusal> for Status {
             | Refusal::NotBearer
             | Refusal::EmptyToken
             | Refusal::UnknownToken => Code::Unauthenticated,
+            Refusal::TooManyGuesses { .. } => Code::ResourceExhausted,
         };
         Status::new(code, refusal.to_string())
     }

@@ -16,15 +16,21 @@
 //! redacted, and the `authorization` header is taken off a request once it
 //! is checked, so no handler can print it.
 
-use std::{fmt, sync::Arc};
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use Role::{Admin, Node, Viewer};
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tonic::{Status, body::Body};
+use tonic::{Status, body::Body, transport::server::TcpConnectInfo};
 use tower_http::validate_request::ValidateRequest;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::services::{self, Access};
 
@@ -221,6 +227,13 @@ pub enum Refusal {
     /// A known token whose role may not call this method.
     #[error("the {} role may not call {method}", role.as_str())]
     NotAllowed { role: Role, method: String },
+    /// The caller's address presented too many unknown tokens lately:
+    /// every call from it is refused, the right token's too, for a while.
+    #[error(
+        "too many unknown tokens from {peer}: its calls are refused for another {}s (--auth-failure-limit)",
+        retry_after.as_secs().max(1)
+    )]
+    TooManyGuesses { peer: IpAddr, retry_after: Duration },
 }
 
 /// The token of an `authorization: Bearer <token>` header (the scheme in
@@ -249,14 +262,91 @@ fn bearer(value: &HeaderValue) -> Result<&[u8], Refusal> {
 #[derive(Debug, Clone)]
 pub struct AuthGate {
     tokens: Arc<Tokens>,
+    guesses: Arc<Guesses>,
 }
 
 impl AuthGate {
-    /// A gate enforcing `tokens` (none: everything passes).
-    pub fn new(tokens: Tokens) -> Self {
+    /// A gate enforcing `tokens` (none: everything passes), refusing every
+    /// call from an address that presented more than `guesses` unknown
+    /// tokens within a minute, until that minute is over (0: no limit).
+    pub fn new(tokens: Tokens, guesses: u32) -> Self {
         Self {
             tokens: Arc::new(tokens),
+            guesses: Arc::new(Guesses::new(guesses, GUESS_WINDOW)),
         }
+    }
+}
+
+/// The window unknown tokens are counted over, per address.
+const GUESS_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses followed at once; past it, those whose window is over are
+/// forgotten first.
+const GUESSERS: usize = 10_000;
+
+/// Unknown tokens per caller address, each in a fixed window from its
+/// first: past the limit, the address is refused until its window ends.
+/// Tokens are long and random, so this does not stop a guess from
+/// succeeding in the end; it stops a guesser from spending the control
+/// plane's CPU and filling its log.
+#[derive(Debug)]
+struct Guesses {
+    limit: u32,
+    window: Duration,
+    by_peer: Mutex<HashMap<IpAddr, Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    unknown: u32,
+}
+
+impl Guesses {
+    fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            by_peer: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `peer` is still refused, if it is.
+    fn refused(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        if self.limit == 0 {
+            return None;
+        }
+        let by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let window = by_peer.get(&peer)?;
+        let ends = window.started + self.window;
+        (window.unknown >= self.limit && now < ends).then(|| ends - now)
+    }
+
+    /// Counts an unknown token from `peer`; `true` when that reached the
+    /// limit.
+    fn unknown(&self, peer: IpAddr, now: Instant) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        if by_peer.len() >= GUESSERS && !by_peer.contains_key(&peer) {
+            let window = self.window;
+            by_peer.retain(|_, w| now < w.started + window);
+            if by_peer.len() >= GUESSERS {
+                return false;
+            }
+        }
+        let window = by_peer.entry(peer).or_insert(Window {
+            started: now,
+            unknown: 0,
+        });
+        if now >= window.started + self.window {
+            *window = Window {
+                started: now,
+                unknown: 0,
+            };
+        }
+        window.unknown += 1;
+        window.unknown == self.limit
     }
 }
 
@@ -264,6 +354,22 @@ impl<B> ValidateRequest<B> for AuthGate {
     type ResponseBody = Body;
 
     fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response<Body>> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let peer = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map(|addr| addr.ip().to_canonical());
+        let now = Instant::now();
+        if let Some(peer) = peer
+            && let Some(retry_after) = self.guesses.refused(peer, now)
+        {
+            let refusal = Refusal::TooManyGuesses { peer, retry_after };
+            debug!(path = request.uri().path(), %refusal, "call refused");
+            return Err(Status::from(refusal).into_http());
+        }
         match self
             .tokens
             .authorize(request.uri().path(), request.headers())
@@ -276,6 +382,11 @@ impl<B> ValidateRequest<B> for AuthGate {
             }
             Err(refusal) => {
                 debug!(path = request.uri().path(), %refusal, "call refused");
+                if let (Refusal::UnknownToken, Some(peer)) = (&refusal, peer)
+                    && self.guesses.unknown(peer, now)
+                {
+                    warn!(%peer, limit = self.guesses.limit, window = ?self.guesses.window, "too many unknown tokens from one address: refusing its calls until the window ends (--auth-failure-limit)");
+                }
                 Err(Status::from(refusal).into_http())
             }
         }
@@ -543,5 +654,30 @@ mod tests {
         assert!(Token::new("tab\there").problem().is_some());
         assert!(Token::new("caf\u{e9}").problem().is_some());
         assert_eq!(Token::new("Ab0-_.~+/=").problem(), None);
+    }
+
+    #[test]
+    fn guesses_are_counted_per_address_in_windows() {
+        let guesses = Guesses::new(3, Duration::from_secs(60));
+        let start = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        assert!(!guesses.unknown(a, start));
+        assert!(!guesses.unknown(a, start));
+        assert_eq!(guesses.refused(a, start), None, "two of three");
+        assert!(guesses.unknown(a, start), "the third reaches the limit");
+        let later = start + Duration::from_secs(20);
+        assert_eq!(guesses.refused(a, later), Some(Duration::from_secs(40)));
+        assert_eq!(guesses.refused(b, later), None, "another address");
+        // The window ends: refused no more, counted afresh.
+        let next = start + Duration::from_secs(60);
+        assert_eq!(guesses.refused(a, next), None);
+        assert!(!guesses.unknown(a, next));
+        assert_eq!(guesses.refused(a, next), None);
+        // No limit.
+        let open = Guesses::new(0, Duration::from_secs(60));
+        for _ in 0..10 {
+            assert!(!open.unknown(a, start));
+        }
+        assert_eq!(open.refused(a, start), None);
     }
 }

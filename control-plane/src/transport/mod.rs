@@ -43,6 +43,9 @@ pub struct ServingSettings {
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): past it a client's new streams
     /// are refused at once, and gRPC clients wait for a free one.
     pub max_streams: u32,
+    /// Unknown tokens one address may present within a minute before all
+    /// its calls are refused for the rest of it (0: no limit).
+    pub auth_failure_limit: u32,
     /// How often an idle connection is pinged.
     pub keepalive_interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
@@ -97,6 +100,7 @@ pub(crate) async fn serve(
         // Inside the translation, so gRPC-Web calls need their token too.
         .layer(ValidateRequestHeaderLayer::custom(auth::AuthGate::new(
             tokens,
+            serving.auth_failure_limit,
         )))
         // Inside the checks: only calls let in take a handler's time.
         .layer(deadline::DeadlineLayer(serving.rpc_timeout))
