@@ -166,6 +166,8 @@ fn telemetry(rng: &mut StdRng) -> TelemetrySnapshot {
             open: NODES + 20,
             closed: [0, 12, 40, 3],
             accept_failures: 0,
+            loop_lag_seconds: 0.002,
+            shed: 0,
         },
     }
 }

@@ -261,6 +261,15 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_RPC_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub rpc_timeout: Duration,
 
+    /// When the control plane's event loop runs this late (a smoothed
+    /// measure of how long ready work waits for a thread), farm-wide reads
+    /// (ListNodes, metrics and history, catalog and configuration-history
+    /// reads, GetStatus) are answered UNAVAILABLE at once, so that nodes'
+    /// heartbeats and registrations, and writes, keep their time. 0: never
+    /// shed. farm_control_plane_event_loop_lag_seconds in /metrics shows it.
+    #[arg(long, env = "FARM_SHED_LAG", default_value = "50ms", value_parser = duration)]
+    pub shed_lag: Duration,
+
     /// Unknown tokens one address may present within a minute: past it,
     /// every call from that address, the right token's too, is answered
     /// RESOURCE_EXHAUSTED until the minute is over. 0: no limit.
@@ -565,6 +574,7 @@ fn port(args: &ServeArgs) -> Result<(ConnectionLimits, ServingSettings), ConfigE
         },
         ServingSettings {
             rpc_timeout: args.rpc_timeout,
+            shed_lag: args.shed_lag,
             auth_failure_limit: args.auth_failure_limit,
             max_streams: args.max_streams_per_connection,
             keepalive_interval: args.keepalive_interval,
@@ -801,6 +811,7 @@ mod tests {
             config.serving,
             ServingSettings {
                 rpc_timeout: Duration::from_secs(30),
+                shed_lag: Duration::from_millis(50),
                 auth_failure_limit: 100,
                 max_streams: 1024,
                 keepalive_interval: Duration::from_secs(10),

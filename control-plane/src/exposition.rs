@@ -562,6 +562,20 @@ impl Collector for Port {
             "Connections the port could not accept (out of file descriptors, say); accepting pauses after each.",
             Kind::Counter,
             Value::Int(port.accept_failures),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_control_plane_event_loop_lag_seconds",
+            "How late the control plane's event loop runs, smoothed: ready work waiting for a thread. Past --shed-lag, farm-wide reads are shed.",
+            Kind::Gauge,
+            Value::Real(port.loop_lag_seconds),
+        )?;
+        scalar(
+            &mut encoder,
+            "farm_calls_shed_total",
+            "Farm-wide reads (ListNodes, metrics, history, catalog reads, GetStatus) answered UNAVAILABLE while the control plane was saturated.",
+            Kind::Counter,
+            Value::Int(port.shed),
         )
     }
 }
@@ -809,6 +823,8 @@ mod tests {
                 open: 4,
                 closed: [0, 1, 3, 1],
                 accept_failures: 2,
+                loop_lag_seconds: 0.0015,
+                shed: 7,
             },
         }
     }
@@ -981,6 +997,12 @@ farm_connections_closed_total{reason="slow_headers"} 1
 # HELP farm_accept_failures_total Connections the port could not accept (out of file descriptors, say); accepting pauses after each.
 # TYPE farm_accept_failures_total counter
 farm_accept_failures_total 2
+# HELP farm_control_plane_event_loop_lag_seconds How late the control plane's event loop runs, smoothed: ready work waiting for a thread. Past --shed-lag, farm-wide reads are shed.
+# TYPE farm_control_plane_event_loop_lag_seconds gauge
+farm_control_plane_event_loop_lag_seconds 0.0015
+# HELP farm_calls_shed_total Farm-wide reads (ListNodes, metrics, history, catalog reads, GetStatus) answered UNAVAILABLE while the control plane was saturated.
+# TYPE farm_calls_shed_total counter
+farm_calls_shed_total 7
 # HELP farm_catalog_names Names indexed in the dependency catalog.
 # TYPE farm_catalog_names gauge
 farm_catalog_names 3000

@@ -30,7 +30,7 @@ use crate::{
     transport::{
         self, Api,
         gate::{self, FileLimit, Gate, RESERVED_DESCRIPTORS},
-        services,
+        services, shed,
     },
 };
 
@@ -122,6 +122,7 @@ pub async fn run(
     })?;
     let state = FarmState::open(config.data_dir.clone(), config.policy, config.limits).await?;
     let ticker = state.spawn_ticker(TICK);
+    let lag = tokio::spawn(shed::measure_lag(Arc::downgrade(state.telemetry())));
 
     let runtime = select::build(&config).await?;
     // Nodes on a network of their own reach the control plane on that
@@ -216,6 +217,7 @@ pub async fn run(
         result = &mut server => {
             // The server ended on its own: only an error does that.
             ticker.abort();
+            lag.abort();
             return match result {
                 Ok(result) => result.map_err(ServeError::from),
                 Err(err) => Err(ServeError::Task(err.to_string())),
@@ -259,6 +261,7 @@ pub async fn run(
     // Then the connections drain.
     server_stop.cancel();
     ticker.abort();
+    lag.abort();
     if let Some(node_server) = node_server
         && tokio::time::timeout(DRAIN, node_server).await.is_err()
     {

@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
+    time::Duration,
 };
 
 /// Upper bounds of the RPC duration buckets, in seconds.
@@ -57,6 +58,9 @@ pub struct Telemetry {
     /// By [`GateClose`].
     port_closed: [AtomicU64; GATE_CLOSES.len()],
     accept_failures: AtomicU64,
+    /// Microseconds, smoothed (`transport::shed`).
+    loop_lag_us: AtomicU64,
+    calls_shed: AtomicU64,
 }
 
 /// Why the port closed a connection before HTTP served it.
@@ -109,6 +113,10 @@ pub struct PortSnapshot {
     pub closed: [u64; GATE_CLOSES.len()],
     /// `accept` calls that failed (out of file descriptors, say).
     pub accept_failures: u64,
+    /// How late the event loop runs, smoothed, in seconds.
+    pub loop_lag_seconds: f64,
+    /// Farm-wide reads refused while saturated.
+    pub shed: u64,
 }
 
 /// The catalog's counters at one moment.
@@ -262,6 +270,22 @@ impl Telemetry {
         self.accept_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Records how late the event loop runs.
+    pub fn set_loop_lag(&self, lag: Duration) {
+        let micros = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.loop_lag_us.store(micros, Ordering::Relaxed);
+    }
+
+    /// How late the event loop runs, as last recorded.
+    pub fn loop_lag(&self) -> Duration {
+        Duration::from_micros(self.loop_lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Counts a call shed; returns how many were, ever.
+    pub fn call_shed(&self) -> u64 {
+        self.calls_shed.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Counts an answered line.
     pub fn line_answered(&self, command: LineCommand, result: LineResult) {
         self.line_commands[command as usize][result as usize].fetch_add(1, Ordering::Relaxed);
@@ -312,6 +336,8 @@ impl Telemetry {
                     .each_ref()
                     .map(|n| n.load(Ordering::Relaxed)),
                 accept_failures: self.accept_failures.load(Ordering::Relaxed),
+                loop_lag_seconds: self.loop_lag().as_secs_f64(),
+                shed: self.calls_shed.load(Ordering::Relaxed),
             },
         }
     }

@@ -10,12 +10,19 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use farm_api::v1::RegisterRequest;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use farm_api::v1::{HeartbeatRequest, ListNodesRequest, RegisterRequest};
 use farm_testkit::{ControlPlaneProcess, eventually, http, process::cpu_seconds};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tonic::Code;
 
 /// More connections than the low file limits below leave room for.
 const FLOOD: usize = 1000;
@@ -274,4 +281,114 @@ fn frames(mut bytes: &[u8]) -> Vec<u8> {
         bytes = &bytes[(9 + length).min(bytes.len())..];
     }
     types
+}
+
+#[tokio::test]
+async fn a_saturated_control_plane_sheds_farm_wide_reads_and_keeps_heartbeats() {
+    const NODES: usize = 3000;
+    const READERS: usize = 32;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = ControlPlaneProcess::builder(dir.path())
+        .flags(&["--shed-lag", "5ms"])
+        .start()
+        .await;
+    // A farm large enough that listing it costs: registered directly.
+    let registering: Vec<_> = (0..16)
+        .map(|worker| {
+            let mut registry = farm.registry();
+            tokio::spawn(async move {
+                for i in (worker..NODES).step_by(16) {
+                    registry
+                        .register(node(&format!("listed-{i}")))
+                        .await
+                        .expect("Register");
+                }
+            })
+        })
+        .collect();
+    for worker in registering {
+        worker.await.expect("registering");
+    }
+    // One node heartbeats every 50 ms throughout.
+    let beating = farm
+        .registry()
+        .register(node("beating"))
+        .await
+        .expect("Register")
+        .into_inner();
+    let (beats, rx) = tokio::sync::mpsc::channel(16);
+    let mut acks = farm
+        .registry()
+        .heartbeat(ReceiverStream::new(rx))
+        .await
+        .expect("Heartbeat")
+        .into_inner();
+    let sent = Arc::new(AtomicU64::new(0));
+    let heart = {
+        let sent = Arc::clone(&sent);
+        tokio::spawn(async move {
+            for seq in 1..=80u64 {
+                let beat = HeartbeatRequest {
+                    node_id: beating.node_id.clone(),
+                    secret: beating.secret.clone(),
+                    seq,
+                    serving: true,
+                    ..Default::default()
+                };
+                if beats.send(beat).await.is_err() {
+                    return;
+                }
+                sent.store(seq, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Meanwhile, readers list the whole farm as fast as they are answered.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let readers: Vec<_> = (0..READERS)
+        .map(|_| {
+            let mut farm_client = farm.farm();
+            tokio::spawn(async move {
+                let (mut served, mut shed) = (0u64, 0u64);
+                while tokio::time::Instant::now() < until {
+                    match farm_client.list_nodes(ListNodesRequest::default()).await {
+                        Ok(_) => served += 1,
+                        Err(status) if status.code() == Code::Unavailable => {
+                            assert!(status.message().contains("saturated"), "{status:?}");
+                            shed += 1;
+                        }
+                        Err(status) => panic!("ListNodes: {status:?}"),
+                    }
+                }
+                (served, shed)
+            })
+        })
+        .collect();
+    let (mut served, mut shed) = (0, 0);
+    for reader in readers {
+        let (s, d) = reader.await.expect("reader");
+        served += s;
+        shed += d;
+    }
+    heart.await.expect("heartbeats");
+    // Every heartbeat was acknowledged, in order, none refused.
+    let mut acknowledged = 0;
+    while acknowledged < sent.load(Ordering::Relaxed) {
+        let ack = tokio::time::timeout(LIMIT, acks.next())
+            .await
+            .expect("acknowledged within the limit")
+            .expect("the stream stays open")
+            .expect("an acknowledgement");
+        acknowledged += 1;
+        assert_eq!(ack.ack_seq, acknowledged);
+    }
+    println!(
+        "{served} ListNodes of {NODES} nodes served, {shed} shed, {acknowledged} heartbeats acknowledged"
+    );
+    assert!(shed > 0, "no read was shed ({served} served)");
+    assert!(served > 0, "every read was shed");
+    assert!(metric(farm.addr, "farm_calls_shed_total").await >= shed as f64);
+    // Once the readers are gone, reads are served again.
+    eventually("ListNodes served again", LIMIT, || farm.try_nodes()).await;
+    stops_cleanly(farm).await;
 }

@@ -231,6 +231,14 @@ pub fn deadline_exceeded(path: &str, limit: Duration) -> Status {
     ))
 }
 
+/// The answer to a farm-wide read shed while the control plane is
+/// saturated (its event loop `lag` late).
+pub fn overloaded(path: &str, lag: Duration) -> Status {
+    Status::unavailable(format!(
+        "the control plane is saturated (its event loop runs {lag:.0?} late): {path} is shed so that nodes keep their time; retry shortly (--shed-lag)"
+    ))
+}
+
 /// The answer to a gRPC call of a path no service here serves.
 pub fn unimplemented(path: &str) -> Status {
     Status::unimplemented(format!("{path} is not served here"))

@@ -22,7 +22,9 @@ pub use catalog::CatalogService;
 pub use config::ConfigService;
 pub use control_plane::ControlPlaneService;
 pub use discovery::DiscoveryService;
-pub use error::{ApiError, BadRequest, NodeCallError, deadline_exceeded, unimplemented};
+pub use error::{
+    ApiError, BadRequest, NodeCallError, deadline_exceeded, overloaded, unimplemented,
+};
 pub use farm::FarmService;
 pub use loadtest::LoadTestService;
 pub use metrics::{FarmHistory, MetricsService};

@@ -5,7 +5,8 @@
 //! routes from it and `api/`'s handlers; [`browser`] keeps other web pages
 //! (and rebound DNS names) out; [`auth`] decides who may call what;
 //! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
-//! [`rpc_metrics`] counts the calls; [`deadline`] bounds their handlers.
+//! [`rpc_metrics`] counts the calls; [`shed`] refuses farm-wide reads
+//! while saturated; [`deadline`] bounds the handlers.
 //! [`gate`] admits the connections before any of them. [`serve`] stacks
 //! them in order.
 
@@ -13,6 +14,7 @@ pub(crate) mod auth;
 pub(crate) mod browser;
 mod deadline;
 pub(crate) mod gate;
+pub(crate) mod shed;
 mod grpc_web;
 mod routes;
 mod rpc_metrics;
@@ -43,6 +45,9 @@ pub struct ServingSettings {
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): past it a client's new streams
     /// are refused at once, and gRPC clients wait for a free one.
     pub max_streams: u32,
+    /// How late the event loop may run before farm-wide reads are shed
+    /// (zero: never); see [`shed`].
+    pub shed_lag: Duration,
     /// Unknown tokens one address may present within a minute before all
     /// its calls are refused for the rest of it (0: no limit).
     pub auth_failure_limit: u32,
@@ -80,7 +85,7 @@ pub(crate) async fn serve(
     let incoming = gate.incoming(listener);
     let router = std::mem::take(routes.axum_router_mut());
     // Innermost, on the routes: counts only the calls every check let in.
-    *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(telemetry));
+    *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(Arc::clone(&telemetry)));
     Server::builder()
         // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
         .accept_http1(true)
@@ -102,7 +107,11 @@ pub(crate) async fn serve(
             tokens,
             serving.auth_failure_limit,
         )))
-        // Inside the checks: only calls let in take a handler's time.
+        // Inside the checks: only calls let in are shed or take a handler's time.
+        .layer(shed::ShedLayer {
+            threshold: serving.shed_lag,
+            telemetry,
+        })
         .layer(deadline::DeadlineLayer(serving.rpc_timeout))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
