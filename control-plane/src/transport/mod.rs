@@ -14,11 +14,11 @@ pub(crate) mod auth;
 pub(crate) mod browser;
 mod deadline;
 pub(crate) mod gate;
-pub(crate) mod shed;
 mod grpc_web;
 mod routes;
 mod rpc_metrics;
 pub(crate) mod services;
+pub(crate) mod shed;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -85,7 +85,8 @@ pub(crate) async fn serve(
     let incoming = gate.incoming(listener);
     let router = std::mem::take(routes.axum_router_mut());
     // Innermost, on the routes: counts only the calls every check let in.
-    *routes.axum_router_mut() = router.layer(rpc_metrics::RpcMetricsLayer::new(Arc::clone(&telemetry)));
+    *routes.axum_router_mut() =
+        router.layer(rpc_metrics::RpcMetricsLayer::new(Arc::clone(&telemetry)));
     Server::builder()
         // HTTP/1.1 for gRPC-Web and the plain HTTP endpoints.
         .accept_http1(true)
