@@ -288,8 +288,9 @@ async fn a_saturated_control_plane_sheds_farm_wide_reads_and_keeps_heartbeats() 
     const NODES: usize = 3000;
     const READERS: usize = 32;
     let dir = tempfile::tempdir().expect("tempdir");
+    // The product's timing, with shedding past 5 ms of lag.
     let farm = ControlPlaneProcess::builder(dir.path())
-        .flags(&["--shed-lag", "5ms"])
+        .timing(&["--shed-lag", "5ms"])
         .start()
         .await;
     // A farm large enough that listing it costs: registered directly.

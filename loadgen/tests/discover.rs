@@ -42,7 +42,12 @@ async fn loadgen(args: Vec<String>, token: Option<&str>) -> (Option<i32>, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn targets_come_from_the_control_plane_by_group() {
-    let cp = Farm::builder().timing(&[]).flags(TOKENS).start().await;
+    // The product's timing; no reads shed, as the farm is read to check.
+    let cp = Farm::builder()
+        .timing(&["--shed-lag", "0s"])
+        .flags(TOKENS)
+        .start()
+        .await;
     let viewer = cp.with_token(Some(VIEWER));
     let (blue_a, _a) = node(&cp, "blue-a", "blue").await;
     let (blue_b, _b) = node(&cp, "blue-b", "blue").await;

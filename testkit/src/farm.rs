@@ -23,8 +23,13 @@ use crate::{
 };
 
 /// Timing flags for tests: heartbeats every 200 ms, a node unhealthy after
-/// 600 ms of silence at any age, three seconds for a node to stop.
+/// 600 ms of silence at any age, three seconds for a node to stop, and no
+/// reads shed for lateness: a test's own work shares the machine (or, in
+/// process, the control plane's event loop), and a test of something else
+/// must not see its reads refused. The tests of shedding set `--shed-lag`.
 pub const FAST: &[&str] = &[
+    "--shed-lag",
+    "0s",
     "--heartbeat-interval",
     "200ms",
     "--heartbeat-timeout",
