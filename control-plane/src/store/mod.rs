@@ -62,6 +62,16 @@ fn to_i64(value: u64) -> i64 {
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 3;
 
+/// `PRAGMA application_id` of the farm's database: "FARM" in ASCII. Older
+/// farm databases hold 0, and only the farm's tables.
+const APPLICATION_ID: i32 = 0x4641_524D;
+
+/// The tables of the farm's database, and SQLite's own.
+const TABLES: [&str; 3] = ["nodes", "config_versions", "catalog"];
+
+/// The first bytes of every SQLite database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
+
 /// A store failure.
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -71,6 +81,13 @@ pub enum StoreError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    /// `farm.db` is not the farm's database: another file, another
+    /// program's database, or a damaged one. It is left as it is.
+    #[error(
+        "{path} is not a database this control plane can use: {reason}. It was left untouched; \
+move it away (or point --data-dir elsewhere) to start afresh, or restore it from a copy"
+    )]
+    Foreign { path: PathBuf, reason: String },
     /// The database was written by a newer version of the control plane.
     #[error(
         "the store at {path} has schema version {found}; this control plane knows {SCHEMA_VERSION}"
@@ -122,17 +139,92 @@ impl std::ops::DerefMut for Conn<'_> {
     }
 }
 
+/// Whether the file at `path`, if any, starts as a SQLite database does.
+/// A missing or empty file is a new database.
+fn check_header(path: &Path) -> Result<(), String> {
+    let mut header = [0u8; 16];
+    let read = match std::fs::File::open(path) {
+        Ok(mut file) => std::io::Read::read(&mut file, &mut header),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(format!("it cannot be read ({err})")),
+    };
+    match read {
+        Ok(0) => Ok(()),
+        Ok(n) if n == header.len() && &header == SQLITE_HEADER => Ok(()),
+        Ok(_) => Err("it is not a SQLite database (it does not start with SQLite's header)".into()),
+        Err(err) => Err(format!("it cannot be read ({err})")),
+    }
+}
+
+/// Whether an open SQLite database is the farm's (or new) and whole:
+/// its application id, its tables, and SQLite's own quick check. Reads
+/// only.
+fn check_contents(conn: &Connection) -> Result<(), String> {
+    let query = |err: rusqlite::Error| match err.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            format!("it is damaged: SQLite says {err}")
+        }
+        _ => format!("SQLite cannot read it ({err})"),
+    };
+    let id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .map_err(query)?;
+    if id != 0 && id != APPLICATION_ID {
+        return Err(format!(
+            "it belongs to another program (its application id is {id:#x}, the farm's {APPLICATION_ID:#x})"
+        ));
+    }
+    let mut statement = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .map_err(query)?;
+    let others: Vec<String> = statement
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(query)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(query)?
+        .into_iter()
+        .filter(|name| !TABLES.contains(&name.as_str()))
+        .collect();
+    if !others.is_empty() {
+        return Err(format!(
+            "it holds tables the farm does not use ({}): another program's database",
+            others.join(", ")
+        ));
+    }
+    let problems: Vec<String> = conn
+        .prepare("PRAGMA quick_check(5)")
+        .and_then(|mut check| {
+            check
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(query)?;
+    if problems != ["ok"] {
+        return Err(format!("it is damaged: SQLite's check says {}", problems.join("; ")));
+    }
+    Ok(())
+}
+
 impl Store {
-    /// Opens (or creates) `farm.db` in `dir`.
+    /// Opens (or creates) `farm.db` in `dir`. A file there that is not the
+    /// farm's database (not SQLite, another program's tables or
+    /// application id) or that fails SQLite's check is refused before
+    /// anything is written to it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("farm.db");
         let open_err = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
+        let foreign = |reason: String| StoreError::Foreign {
+            path: path.clone(),
+            reason,
+        };
+        check_header(&path).map_err(foreign)?;
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
+        check_contents(&conn).map_err(foreign)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -172,6 +264,8 @@ impl Store {
         )
         .map_err(open_err)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(Some(conn)),
