@@ -200,7 +200,10 @@ fn check_contents(conn: &Connection) -> Result<(), String> {
         })
         .map_err(query)?;
     if problems != ["ok"] {
-        return Err(format!("it is damaged: SQLite's check says {}", problems.join("; ")));
+        return Err(format!(
+            "it is damaged: SQLite's check says {}",
+            problems.join("; ")
+        ));
     }
     Ok(())
 }
