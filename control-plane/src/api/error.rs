@@ -141,7 +141,7 @@ fn code(err: &ApiError) -> Code {
     match err {
         ApiError::BadRequest(_) | ApiError::NoNodeSelected => Code::InvalidArgument,
         ApiError::Domain(err) => domain(err),
-        ApiError::Store(_) => STORE_FAILED,
+        ApiError::Store(err) => store(err),
         ApiError::Farm(err) => farm(err),
         ApiError::ShuttingDown => Code::Unavailable,
         ApiError::LoadTestRunning => Code::ResourceExhausted,
@@ -154,8 +154,16 @@ fn code(err: &ApiError) -> Code {
     }
 }
 
-/// A store failure: the write was not acknowledged; the client may retry.
-const STORE_FAILED: Code = Code::Unavailable;
+/// A store failure: the write was not acknowledged. A full disk is
+/// `RESOURCE_EXHAUSTED` (it lasts until someone makes room); anything
+/// else `UNAVAILABLE`, and the client may retry.
+fn store(err: &StoreError) -> Code {
+    if err.is_disk_full() {
+        Code::ResourceExhausted
+    } else {
+        Code::Unavailable
+    }
+}
 
 fn domain(err: &DomainError) -> Code {
     use DomainError as E;
@@ -199,7 +207,7 @@ fn domain(err: &DomainError) -> Code {
 fn farm(err: &FarmError) -> Code {
     match err {
         FarmError::Domain(err) | FarmError::State(StateError::Domain(err)) => domain(err),
-        FarmError::State(StateError::Store(_)) => STORE_FAILED,
+        FarmError::State(StateError::Store(err)) => store(err),
         FarmError::TooMany { .. } => Code::InvalidArgument,
         FarmError::NoRuntime | FarmError::NotManaged(_) | FarmError::NotRunning { .. } => {
             Code::FailedPrecondition

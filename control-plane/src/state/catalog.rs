@@ -21,7 +21,7 @@ use crate::{
         DomainError,
         catalog::{Change, Described, Effect, Graph, Name, Page},
     },
-    store::{GroupCommit, Queued, Store, StoreError},
+    store::{BatchFailure, GroupCommit, Queued, Store, StoreError},
     telemetry::Telemetry,
 };
 
@@ -46,7 +46,7 @@ enum Decided {
 }
 
 /// A decision, or why the batch holding it could not be written.
-type Answer = Result<Result<Decided, DomainError>, String>;
+type Answer = Result<Result<Decided, DomainError>, BatchFailure>;
 
 /// Handle on the catalog; cheap to clone.
 #[derive(Debug, Clone)]
@@ -151,7 +151,7 @@ impl Catalog {
         async move {
             match answer.await {
                 Ok(Ok(decided)) => Ok(decided?),
-                Ok(Err(message)) => Err(StoreError::Batch(message).into()),
+                Ok(Err(failure)) => Err(failure.into_error(StoreError::Batch).into()),
                 Err(_) => Err(StoreError::Closed.into()),
             }
         }
@@ -223,9 +223,9 @@ fn commit(
         Err(err) => {
             error!(cause = %err, changes = batch.len(), "writing the catalog failed; nothing of this batch was acknowledged");
             *head = readers.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let message = err.to_string();
+            let failure = BatchFailure::from(&err);
             for queued in batch {
-                queued.answer(Err(message.clone()));
+                queued.answer(Err(failure.clone()));
             }
         }
     }

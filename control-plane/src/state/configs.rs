@@ -32,7 +32,7 @@ use crate::{
             Change, ConfigBook, ConfigEntry, Effective, HISTORY_PER_SCOPE, Scope, Write, diff,
         },
     },
-    store::{GroupCommit, Queued, Store, StoreError},
+    store::{BatchFailure, GroupCommit, Queued, Store, StoreError},
 };
 
 /// Most configuration versions written in one transaction.
@@ -232,7 +232,7 @@ fn write_batch(
         }
         Err(err) => {
             error!(cause = %err, versions = entries.len(), "writing configuration versions failed; none of them was acknowledged");
-            let message = err.to_string();
+            let failure = BatchFailure::from(&err);
             decisions
                 .into_iter()
                 .map(|decision| match decision {
@@ -240,7 +240,7 @@ fn write_batch(
                         error,
                         tentative: false,
                     } => Err(error.into()),
-                    _ => Err(StoreError::ConfigBatch(message.clone()).into()),
+                    _ => Err(failure.clone().into_error(StoreError::ConfigBatch).into()),
                 })
                 .collect()
         }

@@ -106,12 +106,58 @@ move it away (or point --data-dir elsewhere) to start afresh, or restore it from
     /// them was stored.
     #[error("writing configuration versions failed: {0}")]
     ConfigBatch(String),
+    /// The disk holding the store is full: the write was not stored, and
+    /// reads go on. Writes succeed again once there is room.
+    #[error("the disk holding the store is full, so the write was not stored ({0})")]
+    DiskFull(String),
     /// The store was closed (the control plane is shutting down).
     #[error("the store is closed")]
     Closed,
     /// A blocking task running store calls failed.
     #[error("a store task failed: {0}")]
     Task(String),
+}
+
+impl StoreError {
+    /// Whether SQLite found no room on the disk.
+    pub fn is_disk_full(&self) -> bool {
+        let sqlite = match self {
+            Self::Open { source, .. } | Self::Query(source) => source,
+            Self::DiskFull(_) => return true,
+            _ => return false,
+        };
+        sqlite.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+}
+
+/// Why a batch of writes was not stored, as each of its writers is told:
+/// the batch's one error, which is not `Clone`, said in words, and whether
+/// it was a full disk.
+#[derive(Debug, Clone)]
+pub struct BatchFailure {
+    message: String,
+    disk_full: bool,
+}
+
+impl From<&StoreError> for BatchFailure {
+    fn from(err: &StoreError) -> Self {
+        Self {
+            message: err.to_string(),
+            disk_full: err.is_disk_full(),
+        }
+    }
+}
+
+impl BatchFailure {
+    /// The error a writer of the batch gets: [`StoreError::DiskFull`], or
+    /// what `other` makes of the message.
+    pub fn into_error(self, other: fn(String) -> StoreError) -> StoreError {
+        if self.disk_full {
+            StoreError::DiskFull(self.message)
+        } else {
+            other(self.message)
+        }
+    }
 }
 
 /// Handle to the database. Calls are short and synchronous; a
@@ -570,7 +616,7 @@ enum Change {
 /// each caller waits until its change is on disk; registrations and
 /// deregistrations scale with the callers in flight.
 #[derive(Debug)]
-pub struct NodeWriter(GroupCommit<Change, Result<(), String>>);
+pub struct NodeWriter(GroupCommit<Change, Result<(), BatchFailure>>);
 
 impl NodeWriter {
     /// Starts the writer's thread; it ends when the writer is closed or
@@ -582,7 +628,7 @@ impl NodeWriter {
             move |batch: Vec<Queued<Change, _>>| {
                 let written = store
                     .apply(batch.iter().map(|q| &q.change))
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| BatchFailure::from(&e));
                 for queued in batch {
                     queued.answer(written.clone());
                 }
@@ -616,7 +662,7 @@ impl NodeWriter {
         async move {
             match written.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(message)) => Err(StoreError::Batch(message)),
+                Ok(Err(failure)) => Err(failure.into_error(StoreError::Batch)),
                 Err(Stopped) => Err(StoreError::Batch("the writer has stopped".to_owned())),
             }
         }
