@@ -63,6 +63,13 @@ pub struct Telemetry {
     calls_shed: AtomicU64,
 }
 
+/// Whether the `count`th time something happens is worth a line in the
+/// log: the first, then the 1,024th, 2,048th, 4,096th...; the counters
+/// count every one.
+pub fn worth_saying(count: u64) -> bool {
+    count == 1 || (count >= 1024 && count.is_power_of_two())
+}
+
 /// Why the port closed a connection before HTTP served it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GateClose {

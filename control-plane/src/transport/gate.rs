@@ -44,7 +44,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{debug, warn};
 
-use crate::telemetry::{GateClose, Telemetry};
+use crate::telemetry::{GateClose, Telemetry, worth_saying};
 
 /// The limits on the port's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,13 +300,6 @@ impl Gate {
         book.open -= 1;
         book.unproven.remove(&id);
     }
-}
-
-/// Whether the `count`th time something happens is worth a line in the
-/// log: the first, then the 1,024th, 2,048th, 4,096th...; /metrics counts
-/// every one.
-fn worth_saying(count: u64) -> bool {
-    count == 1 || (count >= 1024 && count.is_power_of_two())
 }
 
 /// How far a connection is.

@@ -5,14 +5,14 @@
 //! routes from it and `api/`'s handlers; [`browser`] keeps other web pages
 //! (and rebound DNS names) out; [`auth`] decides who may call what;
 //! [`grpc_web`] lets gRPC-Web and plain HTTP share HTTP/1.1;
-//! [`rpc_metrics`] counts the calls; [`shed`] refuses farm-wide reads
-//! while saturated; [`deadline`] bounds the handlers.
+//! [`rpc_metrics`] counts the calls; [`calls`] sheds farm-wide reads while
+//! saturated ([`shed`] measures it) and bounds the handlers.
 //! [`gate`] admits the connections before any of them. [`serve`] stacks
 //! them in order.
 
 pub(crate) mod auth;
 pub(crate) mod browser;
-mod deadline;
+mod calls;
 pub(crate) mod gate;
 mod grpc_web;
 mod routes;
@@ -39,7 +39,7 @@ use crate::telemetry::Telemetry;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServingSettings {
     /// How long a gRPC call's handler may take to answer (a stream: to
-    /// start); see [`deadline`].
+    /// start); see [`calls`].
     pub rpc_timeout: Duration,
     /// Most streams (calls) open at once on one connection
     /// (`SETTINGS_MAX_CONCURRENT_STREAMS`): past it a client's new streams
@@ -109,11 +109,10 @@ pub(crate) async fn serve(
             serving.auth_failure_limit,
         )))
         // Inside the checks: only calls let in are shed or take a handler's time.
-        .layer(shed::ShedLayer {
-            threshold: serving.shed_lag,
-            telemetry,
+        .layer(calls::CallsLayer {
+            shedder: shed::Shedder::new(serving.shed_lag, telemetry),
+            deadline: serving.rpc_timeout,
         })
-        .layer(deadline::DeadlineLayer(serving.rpc_timeout))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

@@ -5,24 +5,23 @@
 //! Saturation is measured where it hurts: how late the event loop runs.
 //! [`measure_lag`] asks to be woken every 10 ms and records how much later
 //! it was, smoothed; ready work that waits for a thread makes it late,
-//! whatever the work is. Past `--shed-lag`, [`ShedLayer`] refuses the
+//! whatever the work is. Past `--shed-lag`, [`Shedder`] refuses the
 //! methods of [`SHEDDABLE`] before their handlers run. Nothing else is ever
 //! shed: a node's heartbeat stream, its registration, its configuration
 //! reads, discovery, writes, health and plain HTTP.
 
 use std::{
     sync::{Arc, Weak},
-    task::{Context, Poll},
     time::Duration,
 };
 
-use futures::future::{BoxFuture, FutureExt};
-use http::{Request, Response};
-use tonic::body::Body;
-use tower::{Layer, Service};
+use tonic::Status;
 use tracing::warn;
 
-use crate::{api, telemetry::Telemetry};
+use crate::{
+    api,
+    telemetry::{Telemetry, worth_saying},
+};
 
 /// The reads shed first: farm-wide views, each costing the more the larger
 /// the farm, made by dashboards and people rather than nodes.
@@ -63,66 +62,55 @@ pub(crate) async fn measure_lag(telemetry: Weak<Telemetry>) {
     }
 }
 
-/// Puts [`Shed`] around a service: past `threshold` of lag (zero: never),
+/// Decides whether a call is shed: past `threshold` of lag (zero: never),
 /// the methods of [`SHEDDABLE`] are refused.
 #[derive(Debug, Clone)]
-pub(crate) struct ShedLayer {
-    pub(crate) threshold: Duration,
-    pub(crate) telemetry: Arc<Telemetry>,
-}
-
-impl<S> Layer<S> for ShedLayer {
-    type Service = Shed<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Shed {
-            inner,
-            threshold: self.threshold,
-            telemetry: Arc::clone(&self.telemetry),
-        }
-    }
-}
-
-/// Refuses sheddable reads while the event loop runs late.
-#[derive(Debug, Clone)]
-pub(crate) struct Shed<S> {
-    inner: S,
+pub(crate) struct Shedder {
     threshold: Duration,
-    telemetry: Arc<Telemetry>,
+    /// Where the lag is read and the calls shed are counted; `None` never
+    /// sheds.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
-impl<S> Service<Request<Body>> for Shed<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+impl Shedder {
+    /// Sheds past `threshold` of the lag `telemetry` holds (zero: never).
+    pub(crate) fn new(threshold: Duration, telemetry: Arc<Telemetry>) -> Self {
+        Self {
+            threshold,
+            telemetry: (!threshold.is_zero()).then_some(telemetry),
+        }
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        if !self.threshold.is_zero() && SHEDDABLE.contains(&request.uri().path()) {
-            let lag = self.telemetry.loop_lag();
-            if lag > self.threshold {
-                let shed = self.telemetry.call_shed();
-                if shed == 1 || (shed >= 1024 && shed.is_power_of_two()) {
-                    warn!(
-                        ?lag,
-                        threshold = ?self.threshold,
-                        shed,
-                        "saturated: answering farm-wide reads UNAVAILABLE so that nodes keep their time (--shed-lag)"
-                    );
-                }
-                let status = api::overloaded(request.uri().path(), lag);
-                return std::future::ready(Ok(status.into_http())).boxed();
-            }
+    /// Sheds nothing.
+    #[cfg(test)]
+    pub(crate) fn never() -> Self {
+        Self {
+            threshold: Duration::ZERO,
+            telemetry: None,
         }
-        self.inner.call(request).boxed()
+    }
+
+    /// The answer to a call of `path` if it is shed now: counted, and said
+    /// in the log the first time and now and then after.
+    pub(crate) fn refusal(&self, path: &str) -> Option<Status> {
+        let telemetry = self.telemetry.as_ref()?;
+        if !SHEDDABLE.contains(&path) {
+            return None;
+        }
+        let lag = telemetry.loop_lag();
+        if lag <= self.threshold {
+            return None;
+        }
+        let shed = telemetry.call_shed();
+        if worth_saying(shed) {
+            warn!(
+                ?lag,
+                threshold = ?self.threshold,
+                shed,
+                "saturated: answering farm-wide reads UNAVAILABLE so that nodes keep their time (--shed-lag)"
+            );
+        }
+        Some(api::overloaded(path, lag))
     }
 }
 

@@ -1,11 +1,14 @@
-//! A deadline on every gRPC call's handler: a unary call is answered
-//! within `--rpc-timeout`, `DEADLINE_EXCEEDED` past it; a stream must start
-//! within it, and then runs for as long as it is read. A client's own
-//! `grpc-timeout`, when shorter, is kept by tonic.
+//! What a call let in by the port's checks goes through before its
+//! handler, in one layer: it is shed while the control plane is saturated
+//! ([`Shedder`]), and otherwise bounded by a deadline.
 //!
-//! `Broadcast` and `SimulateLoad` are left out: they call every node they
-//! name, 32 at a time, each call bounded on its own, so a large farm
-//! legitimately takes longer than any one deadline.
+//! The deadline: a gRPC call's handler must answer within
+//! `--rpc-timeout`, `DEADLINE_EXCEEDED` past it; a stream must start
+//! within it, and then runs for as long as it is read. A client's own
+//! `grpc-timeout`, when shorter, is kept by tonic. `Broadcast` and
+//! `SimulateLoad` are left out: they call every node they name, 32 at a
+//! time, each call bounded on its own, so a large farm legitimately takes
+//! longer than any one deadline.
 //!
 //! The handler's future is dropped at the deadline. Handlers only send
 //! commands to the tasks that own state (the supervisor, the store's
@@ -17,43 +20,47 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use http::{Request, Response, header};
 use tonic::body::Body;
 use tower::{Layer, Service};
 
+use super::shed::Shedder;
 use crate::api;
 
 /// Calls that fan out to the nodes, each bounded on its own.
 const FAN_OUT: [&str; 2] = ["/farm.v1.Farm/Broadcast", "/farm.v1.Farm/SimulateLoad"];
 
-/// Puts [`Deadline`] around a service.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct DeadlineLayer(pub(crate) Duration);
+/// Puts [`Calls`] around a service.
+#[derive(Debug, Clone)]
+pub(crate) struct CallsLayer {
+    pub(crate) shedder: Shedder,
+    pub(crate) deadline: Duration,
+}
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
+impl<S> Layer<S> for CallsLayer {
+    type Service = Calls<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Deadline {
+        Calls {
             inner,
-            limit: self.0,
+            layer: self.clone(),
         }
     }
 }
 
-/// Answers `DEADLINE_EXCEEDED` for a gRPC call whose handler has not
-/// answered within `limit`.
+/// Sheds a call, or bounds its handler by the deadline.
 #[derive(Debug, Clone)]
-pub(crate) struct Deadline<S> {
+pub(crate) struct Calls<S> {
     inner: S,
-    limit: Duration,
+    layer: CallsLayer,
 }
 
-impl<S> Service<Request<Body>> for Deadline<S>
+impl<S> Service<Request<Body>> for Calls<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -64,19 +71,24 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let path = request.uri().path().to_owned();
-        let bounded = is_grpc(&request) && !FAN_OUT.contains(&path.as_str());
-        let answer = self.inner.call(request);
-        if !bounded {
-            return Box::pin(answer);
+        let path = request.uri().path();
+        if let Some(refusal) = self.layer.shedder.refusal(path) {
+            return std::future::ready(Ok(refusal.into_http())).boxed();
         }
-        let limit = self.limit;
-        Box::pin(async move {
+        let bounded = is_grpc(&request) && !FAN_OUT.contains(&path);
+        let path = bounded.then(|| path.to_owned());
+        let answer = self.inner.call(request);
+        let Some(path) = path else {
+            return answer.boxed();
+        };
+        let limit = self.layer.deadline;
+        async move {
             match tokio::time::timeout(limit, answer).await {
                 Ok(answer) => answer,
                 Err(_) => Ok(api::deadline_exceeded(&path, limit).into_http()),
             }
-        })
+        }
+        .boxed()
     }
 }
 
@@ -97,6 +109,14 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+
+    /// The deadline alone: nothing is shed.
+    fn deadline(limit: Duration) -> CallsLayer {
+        CallsLayer {
+            shedder: Shedder::never(),
+            deadline: limit,
+        }
+    }
 
     /// A handler that answers after `delay`.
     fn slow(
@@ -123,7 +143,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_past_its_deadline_is_answered_deadline_exceeded() {
-        let service = DeadlineLayer(Duration::from_secs(1)).layer(slow(Duration::from_secs(60)));
+        let service = deadline(Duration::from_secs(1)).layer(slow(Duration::from_secs(60)));
         let response = service
             .oneshot(call("/farm.v1.Farm/NodeAction", "application/grpc"))
             .await
@@ -137,7 +157,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn calls_within_the_deadline_and_those_left_out_are_untouched() {
         let limit = Duration::from_secs(1);
-        let within = DeadlineLayer(limit)
+        let within = deadline(limit)
             .layer(slow(Duration::from_millis(900)))
             .oneshot(call("/farm.v1.Farm/ListNodes", "application/grpc+proto"))
             .await
@@ -148,7 +168,7 @@ mod tests {
             ("/farm.v1.Farm/SimulateLoad", "application/grpc"),
             ("/metrics", "text/plain"),
         ] {
-            let response = DeadlineLayer(limit)
+            let response = deadline(limit)
                 .layer(slow(Duration::from_secs(60)))
                 .oneshot(call(path, content_type))
                 .await
