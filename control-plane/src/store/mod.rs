@@ -66,7 +66,7 @@ const SCHEMA_VERSION: i64 = 3;
 /// farm databases hold 0, and only the farm's tables.
 const APPLICATION_ID: i32 = 0x4641_524D;
 
-/// The tables of the farm's database, and SQLite's own.
+/// The tables of the farm's database (SQLite's own, `sqlite_*`, aside).
 const TABLES: [&str; 3] = ["nodes", "config_versions", "catalog"];
 
 /// The first bytes of every SQLite database file.
