@@ -82,10 +82,12 @@ pub fn validate_address(address: &str) -> Result<(), DomainError> {
         return Err(bad("is too long"));
     }
     let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
+    // Decimal digits alone: `u16::from_str` takes a leading `+` too.
+    let digits = port.bytes().all(|b| b.is_ascii_digit());
     match port.parse::<u16>() {
         Ok(0) => return Err(bad("has port 0")),
-        Ok(_) => {}
-        Err(_) => return Err(bad("has no valid port")),
+        Ok(_) if digits => {}
+        _ => return Err(bad("has no valid port")),
     }
     if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         return inner
@@ -155,6 +157,8 @@ mod tests {
         check_address("127.0.0.1:0", false);
         check_address(":80", false);
         check_address("host:99999", false);
+        check_address("0:+80", false);
+        check_address("[::1]:+8080", false);
         check_address("[::1:80", false);
         check_address("a b:80", false);
         check_address(&format!("{}:1", "a".repeat(300)), false);
