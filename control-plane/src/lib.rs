@@ -22,6 +22,11 @@ pub mod exposition;
 #[cfg(not(feature = "bench"))]
 mod exposition;
 
+/// Entry points for the fuzz targets in `fuzz/` (cargo feature `fuzzing`),
+/// and their short property tests, which run with the unit tests.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
+
 mod api;
 mod core;
 mod indexer;

@@ -13,7 +13,7 @@ pub mod config;
 mod error;
 mod health;
 pub mod metrics;
-mod names;
+pub(crate) mod names;
 mod registry;
 
 pub use error::DomainError;

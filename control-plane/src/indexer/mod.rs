@@ -19,7 +19,7 @@
 //! At shutdown the listener stops accepting, each connection answers the
 //! lines it has received and closes, all within the drain time.
 
-mod protocol;
+pub(crate) mod protocol;
 
 use std::{
     collections::{HashSet, VecDeque},

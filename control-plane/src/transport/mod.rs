@@ -14,7 +14,7 @@ pub(crate) mod auth;
 pub(crate) mod browser;
 mod calls;
 pub(crate) mod gate;
-mod grpc_web;
+pub(crate) mod grpc_web;
 mod routes;
 mod rpc_metrics;
 pub(crate) mod services;
