@@ -15,7 +15,7 @@ use thiserror::Error;
 pub use crate::indexer::Limits as IndexerLimits;
 pub use crate::transport::{ServingSettings, gate::ConnectionLimits};
 use crate::{
-    core::{HealthPolicy, Limits},
+    core::{FlapDamping, HealthPolicy, Limits},
     transport::{
         auth::{Token, Tokens, parse_token},
         browser::BrowserPolicy,
@@ -106,6 +106,22 @@ pub struct ServeArgs {
     /// How long an empty group lives before it is purged.
     #[arg(long, env = "FARM_GROUP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub group_idle_timeout: Duration,
+
+    /// Flap damping: a node that turned unhealthy `--flap-threshold` times
+    /// within `--flap-window` is flapping; when healthy again it stays out
+    /// of `Discover` (shown unhealthy, the reason saying so) until it has
+    /// been healthy this long. `0s` turns damping off.
+    #[arg(long, env = "FARM_FLAP_DAMPING", default_value = "10s", value_parser = duration)]
+    pub flap_damping: Duration,
+
+    /// Drops from healthy within `--flap-window` that make a node flapping
+    /// (0: never).
+    #[arg(long, env = "FARM_FLAP_THRESHOLD", default_value_t = 3)]
+    pub flap_threshold: u32,
+
+    /// The window `--flap-threshold` counts drops in.
+    #[arg(long, env = "FARM_FLAP_WINDOW", default_value = "60s", value_parser = duration)]
+    pub flap_window: Duration,
 
     /// How long a stopping node may take before it is killed.
     #[arg(long, env = "FARM_STOP_GRACE", default_value = "5s", value_parser = duration)]
@@ -502,6 +518,11 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 min_age: args.min_age,
                 max_age: args.max_age,
                 group_idle_timeout: args.group_idle_timeout,
+                flap: FlapDamping {
+                    threshold: args.flap_threshold,
+                    window: args.flap_window,
+                    hold: args.flap_damping,
+                },
             },
             limits: Limits {
                 group_capacity: args.group_capacity,

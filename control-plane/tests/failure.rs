@@ -1,6 +1,6 @@
 //! Failures from outside: a node killed with SIGKILL leaves Discover at once
 //! and is replaced; a frozen node turns unhealthy after its deadline and
-//! healthy again when it resumes.
+//! healthy again when it resumes; a node that keeps doing so is damped.
 
 use std::time::{Duration, Instant};
 
@@ -100,4 +100,85 @@ async fn a_node_that_keeps_crashing_is_restarted_with_backoff() {
     // First restart immediate, then 0.5 s, 1 s, 2 s: the last gap is longer.
     assert!(gaps[3] >= Duration::from_millis(1500), "gaps {gaps:?}");
     assert!(gaps[0] < gaps[3], "gaps {gaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_node_stays_out_of_discover_until_healthy_for_the_hold() {
+    let hold = Duration::from_secs(3);
+    let farm = Farm::start(2, &["--flap-damping", "3s", "--flap-threshold", "3"]).await;
+    let nodes = farm.wait_healthy(2, Duration::from_secs(20)).await;
+    let flapper = by_name(&nodes, "node-001").clone();
+    let process = Pid::from_raw(pid(&flapper));
+    // Every change of the node, as a dashboard or a client library sees it.
+    let mut watch = farm.watch().await;
+
+    // Two drops: the node comes back at once each time.
+    for _ in 0..2 {
+        signal::kill(process, signal::Signal::SIGSTOP).expect("stop");
+        farm.wait_nodes("frozen node unhealthy", Duration::from_secs(10), |nodes| {
+            by_name(nodes, "node-001").state == NodeState::Unhealthy as i32
+        })
+        .await;
+        signal::kill(process, signal::Signal::SIGCONT).expect("continue");
+        farm.wait_healthy(2, Duration::from_secs(10)).await;
+    }
+
+    // The third: heartbeating again, it is held out of Discover.
+    signal::kill(process, signal::Signal::SIGSTOP).expect("stop");
+    farm.wait_nodes("frozen node unhealthy", Duration::from_secs(10), |nodes| {
+        by_name(nodes, "node-001").state == NodeState::Unhealthy as i32
+    })
+    .await;
+    let resumed = Instant::now();
+    signal::kill(process, signal::Signal::SIGCONT).expect("continue");
+    let held = farm
+        .wait_nodes(
+            "the node held as flapping",
+            Duration::from_secs(10),
+            |nodes| {
+                by_name(nodes, "node-001")
+                    .state_reason
+                    .starts_with("flapping")
+            },
+        )
+        .await;
+    let held = by_name(&held, "node-001");
+    assert_eq!(held.state, NodeState::Unhealthy as i32);
+    assert!(
+        !farm.discover("", 10).await.contains(&flapper.id),
+        "held out of Discover"
+    );
+    let back = farm.wait_healthy(2, Duration::from_secs(20)).await;
+    assert!(
+        resumed.elapsed() >= hold,
+        "back after {:?}, before the {hold:?} hold",
+        resumed.elapsed()
+    );
+    assert_eq!(by_name(&back, "node-001").state_reason, "");
+    assert!(farm.discover("", 10).await.contains(&flapper.id));
+
+    // The Watch stream said so: held, then healthy.
+    let mut said = Vec::new();
+    while said
+        .last()
+        .is_none_or(|(state, _)| *state != NodeState::Healthy as i32)
+        || said
+            .iter()
+            .all(|(_, reason): &(i32, String)| !reason.starts_with("flapping"))
+    {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.message())
+            .await
+            .expect("a watch event in time")
+            .expect("watch")
+            .expect("the stream goes on");
+        if let Some(node) = event.node.filter(|node| node.id == flapper.id) {
+            said.push((node.state, node.state_reason));
+        }
+    }
+    assert!(
+        said.iter()
+            .any(|(state, reason)| *state == NodeState::Unhealthy as i32
+                && reason.starts_with("flapping: unhealthy 3 times")),
+        "{said:?}"
+    );
 }

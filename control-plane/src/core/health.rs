@@ -17,6 +17,32 @@ pub struct HealthPolicy {
     pub max_age: Duration,
     /// How long an empty group lives before it is purged.
     pub group_idle_timeout: Duration,
+    /// Flap damping: what makes a node flapping, and how long it must stay
+    /// healthy before it is put back into `Discover`.
+    pub flap: FlapDamping,
+}
+
+/// A node that turned unhealthy `threshold` times within `window` is
+/// flapping: when it is healthy again it stays out of `Discover` (shown
+/// unhealthy, the reason saying why) until it has been healthy for `hold`.
+/// A single failure, a restart or a pause, returns at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlapDamping {
+    /// Drops from healthy within `window` that make a node flapping; 0
+    /// turns damping off.
+    pub threshold: u32,
+    pub window: Duration,
+    pub hold: Duration,
+}
+
+impl Default for FlapDamping {
+    fn default() -> Self {
+        Self {
+            threshold: 3,
+            window: Duration::from_secs(60),
+            hold: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Default for HealthPolicy {
@@ -27,6 +53,7 @@ impl Default for HealthPolicy {
             min_age: Duration::from_secs(2),
             max_age: Duration::from_secs(60),
             group_idle_timeout: Duration::from_secs(60),
+            flap: FlapDamping::default(),
         }
     }
 }

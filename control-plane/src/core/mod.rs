@@ -17,7 +17,7 @@ pub(crate) mod names;
 mod registry;
 
 pub use error::DomainError;
-pub use health::HealthPolicy;
+pub use health::{FlapDamping, HealthPolicy};
 pub use names::{NodeId, validate_group};
 pub use registry::{
     DEFAULT_GROUP, Discovered, Event, EventKind, GroupView, Limits, NewIdentity, NodeView, Now,

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     DomainError, HealthPolicy, NodeId, NodeState,
+    health::FlapDamping,
     names::{truncate, validate_address, validate_group, validate_labels, validate_name},
 };
 
@@ -217,6 +218,67 @@ struct NodeRecord {
     /// Bucket of [`Registry::checks`] where this node's next deadline check
     /// waits (none: no deadline applies to it now).
     check_at: Option<u64>,
+    /// When the node last turned unhealthy from healthy: the latest few,
+    /// as many as make it flapping.
+    drops: VecDeque<Instant>,
+    /// A flapping node healthy again is held out of `Discover` until then.
+    held_until: Option<Instant>,
+}
+
+impl NodeRecord {
+    fn new(stored: StoredNode, reason: &str, now: Instant) -> Self {
+        Self {
+            stored,
+            attached_at: now,
+            last_heartbeat: None,
+            last_heard: now,
+            health: NodeState::Starting,
+            reason: reason.to_owned(),
+            stream: None,
+            config_version: 0,
+            check_at: None,
+            drops: VecDeque::new(),
+            held_until: None,
+        }
+    }
+
+    /// Turns the node unhealthy, counting a drop from healthy towards
+    /// flapping, and ends any hold.
+    fn turn_unhealthy(&mut self, reason: String, now: Instant, flap: FlapDamping) {
+        if self.health == NodeState::Healthy && flap.threshold > 0 {
+            if self.drops.len() == flap.threshold as usize {
+                self.drops.pop_front();
+            }
+            self.drops.push_back(now);
+        }
+        self.health = NodeState::Unhealthy;
+        self.reason = reason;
+        self.held_until = None;
+    }
+
+    /// Turns the node healthy; a flapping node is held out of `Discover`
+    /// for the hold time, its reason saying so.
+    fn turn_healthy(&mut self, now: Instant, flap: FlapDamping) {
+        let was = self.health;
+        self.health = NodeState::Healthy;
+        self.reason.clear();
+        if was == NodeState::Healthy || flap.threshold == 0 || flap.hold.is_zero() {
+            return;
+        }
+        let recent = self
+            .drops
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) <= flap.window)
+            .count();
+        if recent >= flap.threshold as usize {
+            self.held_until = Some(now + flap.hold);
+            self.reason = format!(
+                "flapping: unhealthy {recent} times in {}s; out of Discover until healthy for {}s",
+                flap.window.as_secs_f64(),
+                flap.hold.as_secs_f64()
+            );
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -343,17 +405,7 @@ impl Registry {
             self.by_name.insert(node.name.clone(), id);
             self.nodes.insert(
                 id,
-                NodeRecord {
-                    stored: node,
-                    attached_at: now.mono,
-                    last_heartbeat: None,
-                    last_heard: now.mono,
-                    health: NodeState::Starting,
-                    reason: "restored; awaiting re-attachment".to_owned(),
-                    stream: None,
-                    config_version: 0,
-                    check_at: None,
-                },
+                NodeRecord::new(node, "restored; awaiting re-attachment", now.mono),
             );
             self.schedule_check(id);
             let capacity = self.limits.group_capacity;
@@ -446,17 +498,7 @@ impl Registry {
                 self.by_name.insert(request.name, id);
                 self.nodes.insert(
                     id,
-                    NodeRecord {
-                        stored: stored.clone(),
-                        attached_at: now.mono,
-                        last_heartbeat: None,
-                        last_heard: now.mono,
-                        health: NodeState::Starting,
-                        reason: "registered; awaiting heartbeat".to_owned(),
-                        stream: None,
-                        config_version: 0,
-                        check_at: None,
-                    },
+                    NodeRecord::new(stored.clone(), "registered; awaiting heartbeat", now.mono),
                 );
                 self.schedule_check(id);
                 let group = self.groups.get_mut(&group).expect("admitted group exists");
@@ -515,10 +557,10 @@ impl Registry {
         }
         record.last_heartbeat = Some((now.mono, now.wall));
         record.last_heard = now.mono;
-        let (health, reason) = if serving {
-            (NodeState::Healthy, "")
+        let health = if serving {
+            NodeState::Healthy
         } else {
-            (NodeState::Unhealthy, "node reports it is not serving")
+            NodeState::Unhealthy
         };
         // The hot path: a healthy node staying healthy changes nothing a
         // watcher sees.
@@ -526,9 +568,15 @@ impl Registry {
             return Ok(());
         }
         let before = self.view(id);
+        let flap = self.policy.flap;
         let record = self.record_mut(id)?;
-        record.health = health;
-        reason.clone_into(&mut record.reason);
+        if record.health != health {
+            if serving {
+                record.turn_healthy(now.mono, flap);
+            } else {
+                record.turn_unhealthy("node reports it is not serving".to_owned(), now.mono, flap);
+            }
+        }
         record.config_version = config_version;
         self.after_change(id, before, &[]);
         Ok(())
@@ -536,7 +584,7 @@ impl Registry {
 
     /// Marks the end of heartbeat stream `epoch`: the node turns unhealthy at
     /// once, unless a newer stream took over or the node is gone.
-    pub fn close_stream(&mut self, id: NodeId, epoch: u64) {
+    pub fn close_stream(&mut self, id: NodeId, epoch: u64, now: Now) {
         let Some(record) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -548,9 +596,9 @@ impl Registry {
             return;
         }
         let before = self.view(id);
+        let flap = self.policy.flap;
         if let Some(record) = self.nodes.get_mut(&id) {
-            record.health = NodeState::Unhealthy;
-            record.reason = "heartbeat stream closed".to_owned();
+            record.turn_unhealthy("heartbeat stream closed".to_owned(), now.mono, flap);
         }
         self.after_change(id, before, &[]);
     }
@@ -617,6 +665,7 @@ impl Registry {
         let mut overdue = Vec::new();
         let mut dropped = Vec::new();
         let mut waiting = Vec::new();
+        let mut released = Vec::new();
         let due = self.bucket_floor(now.mono);
         while let Some(bucket) = self.checks.first_entry()
             && *bucket.key() <= due
@@ -638,6 +687,8 @@ impl Registry {
                     && now.mono.saturating_duration_since(record.attached_at) >= policy.min_age
                 {
                     overdue.push((id, silence));
+                } else if record.held_until.is_some_and(|until| until <= now.mono) {
+                    released.push(id);
                 } else {
                     waiting.push(id);
                 }
@@ -649,8 +700,7 @@ impl Registry {
         for (id, silence) in overdue {
             let before = self.view(id);
             if let Some(record) = self.nodes.get_mut(&id) {
-                record.health = NodeState::Unhealthy;
-                record.reason = if record.last_heartbeat.is_some() {
+                let reason = if record.last_heartbeat.is_some() {
                     format!("no heartbeat for {:.1}s", silence.as_secs_f64())
                 } else {
                     format!(
@@ -658,8 +708,17 @@ impl Registry {
                         silence.as_secs_f64()
                     )
                 };
+                record.turn_unhealthy(reason, now.mono, policy.flap);
             }
             // Re-armed there, for its maximum age.
+            self.after_change(id, before, &[]);
+        }
+        for id in released {
+            let before = self.view(id);
+            if let Some(record) = self.nodes.get_mut(&id) {
+                record.held_until = None;
+                record.reason.clear();
+            }
             self.after_change(id, before, &[]);
         }
         for id in &dropped {
@@ -926,6 +985,7 @@ impl Registry {
         let record = &self.nodes[&id];
         match self.runtime.get(&record.stored.name).map(|v| &v.status) {
             Some(RuntimeStatus::Stopped { .. }) => NodeState::Stopped,
+            _ if record.held_until.is_some() => NodeState::Unhealthy,
             _ => record.health,
         }
     }
@@ -1016,10 +1076,10 @@ impl Registry {
         });
         let age = (!self.runtime.contains_key(&record.stored.name))
             .then(|| record.last_heard + policy.max_age);
-        match (timeout, age) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [timeout, age, record.held_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The bucket `at` falls in, rounded down.

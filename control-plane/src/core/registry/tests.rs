@@ -11,6 +11,11 @@ fn policy() -> HealthPolicy {
         min_age: Duration::from_millis(500),
         max_age: Duration::from_secs(10),
         group_idle_timeout: Duration::from_secs(5),
+        flap: FlapDamping {
+            threshold: 3,
+            window: Duration::from_secs(10),
+            hold: Duration::from_secs(1),
+        },
     }
 }
 
@@ -67,6 +72,30 @@ impl Fixture {
 
     fn state(&self, id: NodeId) -> NodeState {
         self.registry.node(id).expect("node").state
+    }
+
+    fn discoverable(&mut self, id: NodeId) -> bool {
+        self.registry
+            .discover("", 0, &BTreeMap::new(), None, &mut self.rng)
+            .expect("discover")
+            .peers
+            .iter()
+            .any(|peer| peer.id == id)
+    }
+
+    /// One drop and return: the heartbeat stream ends, a new one opens and
+    /// heartbeats that the node serves. Returns the new stream's epoch.
+    #[track_caller]
+    fn bounce(&mut self, id: NodeId, epoch: u64) -> u64 {
+        self.registry.close_stream(id, epoch, self.now);
+        assert_eq!(self.state(id), NodeState::Unhealthy);
+        self.advance(100);
+        let epoch = self.registry.open_stream(id).expect("stream");
+        self.registry
+            .heartbeat(id, epoch, 0, true, self.now)
+            .expect("heartbeat");
+        self.advance(100);
+        epoch
     }
 }
 
@@ -176,7 +205,7 @@ fn stream_close_makes_unhealthy_at_once_and_undiscoverable() {
         .discover("", 10, &labels, None, &mut f.rng)
         .expect("discover");
     assert_eq!(found.peers.len(), 1);
-    f.registry.close_stream(id, epoch);
+    f.registry.close_stream(id, epoch, f.now);
     assert_eq!(f.state(id), NodeState::Unhealthy);
     let found = f
         .registry
@@ -191,9 +220,9 @@ fn a_superseded_stream_neither_heartbeats_nor_closes() {
     let (id, old) = f.healthy("node-1", "");
     let new = f.registry.open_stream(id).expect("stream");
     assert!(f.registry.heartbeat(id, old, 0, true, f.now).is_err());
-    f.registry.close_stream(id, old);
+    f.registry.close_stream(id, old, f.now);
     assert_eq!(f.state(id), NodeState::Healthy);
-    f.registry.close_stream(id, new);
+    f.registry.close_stream(id, new, f.now);
     assert_eq!(f.state(id), NodeState::Unhealthy);
 }
 
@@ -275,7 +304,7 @@ fn leader_is_lowest_healthy_id_and_moves_on_failure() {
     };
     assert_eq!(leader(&f), Some(a));
     f.registry.take_events();
-    f.registry.close_stream(a, a_epoch);
+    f.registry.close_stream(a, a_epoch, f.now);
     assert_eq!(leader(&f), Some(b));
     assert!(f.registry.node(b).expect("node").leader);
     let changed: Vec<_> = f
@@ -452,7 +481,7 @@ fn deadline_checks_match_a_full_scan_within_one_grain() {
                 }
                 50..53 => {
                     if let Some((&id, &epoch)) = streams.iter().next() {
-                        f.registry.close_stream(id, epoch);
+                        f.registry.close_stream(id, epoch, f.now);
                         streams.remove(&id);
                     }
                 }
@@ -539,7 +568,7 @@ fn the_healthy_count_follows_every_way_in_and_out_of_health() {
     );
     assert_eq!(f.state(b), NodeState::Stopped);
     assert_eq!(f.registry.healthy_count(), 1);
-    f.registry.close_stream(a, a_epoch);
+    f.registry.close_stream(a, a_epoch, f.now);
     assert_eq!(f.registry.healthy_count(), 0);
     let epoch = f.registry.open_stream(c).expect("stream");
     f.registry
@@ -556,4 +585,115 @@ fn the_healthy_count_follows_every_way_in_and_out_of_health() {
     assert_eq!(f.registry.healthy_count(), 1);
     f.registry.forget(d, f.now);
     assert_eq!(f.registry.healthy_count(), 0);
+}
+
+#[test]
+fn a_node_that_drops_now_and_then_returns_to_discover_at_once() {
+    let mut f = Fixture::new();
+    let (id, mut epoch) = f.healthy("node-1", "");
+    for _ in 0..2 {
+        epoch = f.bounce(id, epoch);
+        assert_eq!(f.state(id), NodeState::Healthy);
+        assert!(f.discoverable(id));
+    }
+    // Drops older than the window are forgotten: a third one much later
+    // returns at once too.
+    f.advance(11_000);
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    f.bounce(id, epoch);
+    assert_eq!(f.state(id), NodeState::Healthy);
+    assert!(f.discoverable(id));
+}
+
+#[test]
+fn a_flapping_node_stays_out_of_discover_until_healthy_for_the_hold() {
+    let mut f = Fixture::new();
+    let (id, mut epoch) = f.healthy("node-1", "");
+    for _ in 0..2 {
+        epoch = f.bounce(id, epoch);
+    }
+    f.registry.take_events();
+    // The third drop within the window: healthy again, but held out.
+    epoch = f.bounce(id, epoch);
+    let view = f.registry.node(id).expect("node");
+    assert_eq!(view.state, NodeState::Unhealthy);
+    assert!(view.reason.starts_with("flapping"), "{}", view.reason);
+    assert!(!f.discoverable(id));
+    let said: Vec<_> = f
+        .registry
+        .take_events()
+        .into_iter()
+        .map(|e| (e.node.state, e.node.reason))
+        .collect();
+    assert!(
+        said.iter().any(|(state, reason)| *state == NodeState::Unhealthy
+            && reason.starts_with("flapping")),
+        "{said:?}"
+    );
+
+    // Heartbeats go on; before the hold has passed it is still held.
+    for _ in 0..4 {
+        f.advance(200);
+        f.registry
+            .heartbeat(id, epoch, 0, true, f.now)
+            .expect("heartbeat");
+        f.registry.tick(f.now);
+    }
+    assert_eq!(f.state(id), NodeState::Unhealthy);
+    assert!(!f.discoverable(id));
+    f.advance(200);
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    f.advance(20);
+    f.registry.tick(f.now);
+    let view = f.registry.node(id).expect("node");
+    assert_eq!(view.state, NodeState::Healthy);
+    assert_eq!(view.reason, "");
+    assert!(f.discoverable(id));
+    let last = f.registry.take_events().pop().expect("an event");
+    assert_eq!(last.node.state, NodeState::Healthy);
+}
+
+#[test]
+fn a_drop_during_the_hold_starts_it_again() {
+    let mut f = Fixture::new();
+    let (id, mut epoch) = f.healthy("node-1", "");
+    for _ in 0..3 {
+        epoch = f.bounce(id, epoch);
+    }
+    assert!(!f.discoverable(id));
+    f.advance(600);
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    // Dropped and back 0.8 s into a 1 s hold: a fresh hold from now.
+    epoch = f.bounce(id, epoch);
+    f.advance(500);
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    f.registry.tick(f.now);
+    assert!(!f.discoverable(id), "the hold restarted with the drop");
+    f.advance(500);
+    f.registry
+        .heartbeat(id, epoch, 0, true, f.now)
+        .expect("heartbeat");
+    f.registry.tick(f.now);
+    assert!(f.discoverable(id));
+}
+
+#[test]
+fn damping_with_a_zero_threshold_is_off() {
+    let mut f = Fixture::new();
+    let mut policy = policy();
+    policy.flap.threshold = 0;
+    f.registry = Registry::new(policy, Limits::default(), 1000, f.now);
+    let (id, mut epoch) = f.healthy("node-1", "");
+    for _ in 0..10 {
+        epoch = f.bounce(id, epoch);
+        assert!(f.discoverable(id));
+    }
 }
