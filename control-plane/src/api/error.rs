@@ -178,6 +178,7 @@ fn domain(err: &DomainError) -> Code {
         | E::MalformedScope(_)
         | E::ConfigNotObject
         | E::ConfigTooLarge { .. }
+        | E::ConfigTooDeep { .. }
         | E::UnusableConfig { .. }
         | E::MissingSecret(_)
         | E::InvalidPackageName { .. }

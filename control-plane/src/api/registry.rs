@@ -156,12 +156,21 @@ impl HeartbeatStream {
         }
         let Some(opened) = self.open.as_mut() else {
             let first = tokio::select! {
-                message = self.inbound.message() => message.ok().flatten(),
-                () = &mut self.stopping => None,
+                message = self.inbound.message() => message,
+                () = &mut self.stopping => Ok(None),
             };
-            let Some(first) = first else {
-                self.ended = true;
-                return None;
+            let first = match first {
+                Ok(Some(first)) => first,
+                Ok(None) => {
+                    self.ended = true;
+                    return None;
+                }
+                // A message that does not decode, or is over the size
+                // limit: the stream ends with that status.
+                Err(status) => {
+                    self.ended = true;
+                    return Some(Err(status));
+                }
             };
             let answer = self.open(&first).and_then(|opened| {
                 let opened = self.open.insert(opened);
@@ -173,9 +182,16 @@ impl HeartbeatStream {
         loop {
             tokio::select! {
                 next = self.inbound.message() => {
-                    let Ok(Some(message)) = next else {
-                        self.ended = true;
-                        return None;
+                    let message = match next {
+                        Ok(Some(message)) => message,
+                        Ok(None) => {
+                            self.ended = true;
+                            return None;
+                        }
+                        Err(status) => {
+                            self.ended = true;
+                            return Some(Err(status));
+                        }
                     };
                     let answer = beat(opened, &self.samples, &self.telemetry, message);
                     self.ended = answer.is_err();

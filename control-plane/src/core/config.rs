@@ -19,6 +19,11 @@ use super::{DomainError, NodeId, names::truncate, validate_group};
 
 /// Largest configuration of one scope, as compact JSON.
 pub const MAX_CONFIG_BYTES: usize = 64 * 1024;
+/// Deepest configuration, in objects and arrays (`{}` is 1 deep). Deeper
+/// data can decode in a `PutConfig` and still not in the answers that carry
+/// it a level further down (`History`, a node's heartbeat): protobuf
+/// decoders stop at 100 levels, and an object costs three.
+pub const MAX_CONFIG_DEPTH: usize = 32;
 /// Versions kept per scope; older ones are dropped from the history.
 pub const HISTORY_PER_SCOPE: usize = 1000;
 
@@ -122,9 +127,10 @@ impl Write {
 }
 
 /// Checks that `data` can be stored: an object, at most
-/// [`MAX_CONFIG_BYTES`] as JSON, whose known keys hold values a node can
-/// apply — judged by the node's own parser (`farm_api::node`), so the
-/// control plane and the nodes never disagree. `rollback_of` (0 for a
+/// [`MAX_CONFIG_BYTES`] as JSON, at most [`MAX_CONFIG_DEPTH`] deep, whose
+/// known keys hold values a node can apply — judged by the node's own
+/// parser (`farm_api::node`), so the control plane and the nodes never
+/// disagree. `rollback_of` (0 for a
 /// write) names the version a rollback would restore.
 pub fn validate_data(data: &Value, rollback_of: u64) -> Result<(), DomainError> {
     let Some(object) = data.as_object() else {
@@ -138,11 +144,28 @@ pub fn validate_data(data: &Value, rollback_of: u64) -> Result<(), DomainError> 
             max: MAX_CONFIG_BYTES,
         });
     }
+    let depth = depth(data);
+    if depth > MAX_CONFIG_DEPTH {
+        return Err(DomainError::ConfigTooDeep {
+            depth,
+            max: MAX_CONFIG_DEPTH,
+        });
+    }
     farm_api::node::check(object).map_err(|problems| DomainError::UnusableConfig {
         rollback_of,
         problems,
     })?;
     Ok(())
+}
+
+/// How many objects and arrays deep `value` nests (a scalar: 0).
+fn depth(value: &Value) -> usize {
+    let deepest = |items: &mut dyn Iterator<Item = &Value>| items.map(depth).max().unwrap_or(0);
+    match value {
+        Value::Object(map) => 1 + deepest(&mut map.values()),
+        Value::Array(items) => 1 + deepest(&mut items.iter()),
+        _ => 0,
+    }
 }
 
 /// Merges `overlay` into `base`: objects key by key (recursively), any
@@ -625,6 +648,16 @@ mod tests {
         assert_eq!(validate_data(&blob, 0), Ok(()), "the patch alone fits");
         let err = write(&mut book, Write::Merge(blob), 0).expect_err("too big once merged");
         assert!(matches!(err, DomainError::ConfigTooLarge { .. }), "{err}");
+        let deep = (1..=MAX_CONFIG_DEPTH).fold(json!(1), |inner, _| json!({ "a": inner }));
+        assert_eq!(validate_data(&deep, 0), Ok(()), "{MAX_CONFIG_DEPTH} deep");
+        let err = write(&mut book, Write::Merge(json!({ "b": [deep] })), 0).expect_err("too deep");
+        assert_eq!(
+            err,
+            DomainError::ConfigTooDeep {
+                depth: MAX_CONFIG_DEPTH + 2,
+                max: MAX_CONFIG_DEPTH
+            }
+        );
         let bad = json!({"workload": {"delay_ms": -5}});
         let err = write(&mut book, Write::Merge(bad), 0).expect_err("unusable");
         assert!(matches!(err, DomainError::UnusableConfig { .. }), "{err}");

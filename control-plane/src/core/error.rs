@@ -58,6 +58,9 @@ pub enum DomainError {
     /// Configuration data above the size limit.
     #[error("configuration data is {size} bytes as JSON; the limit is {max}")]
     ConfigTooLarge { size: usize, max: usize },
+    /// Configuration data nested deeper than the limit.
+    #[error("configuration data is nested {depth} levels deep; the limit is {max}")]
+    ConfigTooDeep { depth: usize, max: usize },
     /// Configuration data holding a known key with a value a node could
     /// not apply (checked with the node's own parser).
     #[error("{}{problems}", restoring(*.rollback_of))]
