@@ -63,14 +63,20 @@ impl ControlPlaneService {
         self.supervisor.as_ref().map_or(0, Supervisor::desired)
     }
 
-    /// Ready while serving, and while the catalog's listener (if any)
-    /// accepts; says how much of the farm is healthy, and where the catalog
-    /// listens.
+    /// Ready while serving, while the runtime's engine (if any) answers,
+    /// and while the catalog's listener (if any) accepts; says how much of
+    /// the farm is healthy, and where the catalog listens.
     pub fn readiness(&self) -> Readiness {
         if self.shutdown.is_cancelled() {
             return Readiness {
                 ready: false,
                 text: "shutting down\n".to_owned(),
+            };
+        }
+        if let Some(reason) = self.supervisor.as_ref().and_then(Supervisor::unavailable) {
+            return Readiness {
+                ready: false,
+                text: format!("not ready: {reason}\n"),
             };
         }
         let healthy = self.state.members().healthy_count();

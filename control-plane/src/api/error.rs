@@ -214,7 +214,8 @@ fn farm(err: &FarmError) -> Code {
             Code::FailedPrecondition
         }
         FarmError::Runtime(_) => Code::Internal,
-        FarmError::ShuttingDown => Code::Unavailable,
+        // The engine may come back: the same call succeeds then.
+        FarmError::ShuttingDown | FarmError::RuntimeUnavailable(_) => Code::Unavailable,
     }
 }
 

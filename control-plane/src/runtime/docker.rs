@@ -14,6 +14,9 @@
 //! - Exits are learned from the engine's event stream (`die`, `oom`), not by
 //!   polling; if that stream breaks, it is reopened and the containers are
 //!   listed to catch what was missed.
+//! - An engine that stops answering (stopped, restarting, hung) is reported
+//!   as gone, and as back once it answers again and the exits it took with
+//!   it are reported; the supervisor waits for it meanwhile.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -59,8 +62,14 @@ const NETWORK_REMOVAL_TRIES: u32 = 100;
 const CACHE_MOUNT: &str = "/cache";
 /// How long any one engine request may take (builds and stops included).
 const REQUEST_TIMEOUT_S: u64 = 120;
-/// Pause before reopening a broken event stream.
+/// Pause before reopening a broken event stream of an engine that answers.
 const EVENTS_RETRY: Duration = Duration::from_secs(1);
+/// Pause between two pings of an engine that does not answer.
+const ENGINE_PROBE: Duration = Duration::from_millis(500);
+/// How often an engine whose event stream is quiet is pinged.
+const ENGINE_CHECK: Duration = Duration::from_secs(5);
+/// How long a ping may take before the engine counts as not answering.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Settings of the Docker runtime.
 #[derive(Debug, Clone)]
@@ -230,6 +239,7 @@ impl DockerRuntime {
         let known: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let events = tokio::spawn(watch_events(
             docker.clone(),
+            config.host.clone(),
             config.farm_id.clone(),
             Arc::clone(&known),
             exits,
@@ -457,9 +467,28 @@ async fn ensure_network(docker: &Docker, farm_id: &str) -> Result<(String, IpAdd
     Ok((name, gateway))
 }
 
-/// Reports every `die` of this farm's known containers, with the reason.
+/// Whether the engine answers a ping in time; why not otherwise.
+async fn ping(docker: &Docker) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {PING_TIMEOUT:?}")),
+    }
+}
+
+/// Reports every `die` of this farm's known containers, with the reason,
+/// and the engine going away and coming back.
+///
+/// The engine counts as gone when its event stream ends and a ping finds
+/// nothing answering, or when a ping of a quiet stream goes unanswered (an
+/// engine that hangs keeps its stream open). It is then pinged every
+/// [`ENGINE_PROBE`]; once it answers, the stream is reopened, the exits
+/// missed meanwhile are reported (an engine that stopped took its
+/// containers with it, unless live-restore is on), and only then is the
+/// engine reported back.
 async fn watch_events(
     docker: Docker,
+    host: String,
     farm_id: String,
     known: Arc<Mutex<HashMap<String, String>>>,
     exits: mpsc::UnboundedSender<InstanceEvent>,
@@ -473,9 +502,28 @@ async fn watch_events(
             }));
         }
     };
+    // Why the engine is gone, as reported; `None` while it answers.
+    let mut gone: Option<String> = None;
+    let went = |gone: &mut Option<String>, cause: String| {
+        if gone.is_none() {
+            let reason = format!("the Docker engine at {host} does not answer: {cause}");
+            warn!(host = %host, cause = %cause, "the Docker engine does not answer; waiting for it");
+            let _ = exits.send(InstanceEvent::Engine {
+                unavailable: Some(reason.clone()),
+            });
+            *gone = Some(reason);
+        }
+    };
     let mut oom_killed = HashSet::new();
     let mut first = true;
     loop {
+        if gone.is_some()
+            && let Err(cause) = ping(&docker).await
+        {
+            debug!(cause = %cause, "the Docker engine still does not answer");
+            tokio::time::sleep(ENGINE_PROBE).await;
+            continue;
+        }
         let filters = HashMap::from([
             ("type", vec!["container".to_owned()]),
             ("label", vec![format!("{FARM_LABEL}={farm_id}")]),
@@ -492,24 +540,47 @@ async fn watch_events(
         let mut events = docker.events(Some(EventsOptionsBuilder::new().filters(&filters).build()));
         if !first {
             // Whatever died while the stream was down.
-            let running = running_containers(&docker, &farm_id).await;
-            let ids: Vec<String> = lock(&known).keys().cloned().collect();
-            for id in ids {
-                if running.as_ref().is_some_and(|r| !r.contains(&id)) {
-                    report(
-                        &id,
-                        "exited while the engine's events were not watched".into(),
-                    );
+            let running = match running_containers(&docker, &farm_id).await {
+                Ok(running) => running,
+                Err(cause) => {
+                    went(&mut gone, cause);
+                    tokio::time::sleep(ENGINE_PROBE).await;
+                    continue;
                 }
+            };
+            let ids: Vec<String> = lock(&known).keys().cloned().collect();
+            for id in ids.iter().filter(|id| !running.contains(*id)) {
+                report(
+                    id,
+                    "exited while the engine's events were not watched".into(),
+                );
             }
         }
         first = false;
-        while let Some(event) = events.next().await {
+        if gone.take().is_some() {
+            info!(host = %host, "the Docker engine answers again");
+            let _ = exits.send(InstanceEvent::Engine { unavailable: None });
+        }
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + ENGINE_CHECK, ENGINE_CHECK);
+        // Why the engine seems gone, if the stream's end says so.
+        let broke = loop {
+            let event = tokio::select! {
+                event = events.next() => event,
+                _ = check.tick() => match ping(&docker).await {
+                    Ok(()) => continue,
+                    Err(cause) => break Some(cause),
+                },
+            };
             let event = match event {
-                Ok(event) => event,
-                Err(err) => {
-                    warn!(cause = %err, "the engine's event stream broke; reopening it");
-                    break;
+                Some(Ok(event)) => event,
+                Some(Err(err)) => {
+                    warn!(cause = %err, "the engine's event stream broke");
+                    break None;
+                }
+                None => {
+                    debug!("the engine's event stream ended");
+                    break None;
                 }
             };
             let Some(actor) = event.actor else { continue };
@@ -546,14 +617,18 @@ async fn watch_events(
                 }
                 _ => {}
             }
+        };
+        // The stream ended: the engine went away, or only the stream did.
+        match broke.or(ping(&docker).await.err()) {
+            Some(cause) => went(&mut gone, cause),
+            None => tokio::time::sleep(EVENTS_RETRY).await,
         }
-        tokio::time::sleep(EVENTS_RETRY).await;
     }
 }
 
-/// Ids of this farm's running (or paused) containers; `None` if the engine
-/// cannot be asked.
-async fn running_containers(docker: &Docker, farm_id: &str) -> Option<HashSet<String>> {
+/// Ids of this farm's running (or paused) containers; why not, if the
+/// engine cannot be asked.
+async fn running_containers(docker: &Docker, farm_id: &str) -> Result<HashSet<String>, String> {
     let filters = HashMap::from([("label", vec![format!("{FARM_LABEL}={farm_id}")])]);
     let containers = docker
         .list_containers(Some(
@@ -563,19 +638,17 @@ async fn running_containers(docker: &Docker, farm_id: &str) -> Option<HashSet<St
                 .build(),
         ))
         .await
-        .ok()?;
-    Some(
-        containers
-            .into_iter()
-            .filter(|c| {
-                matches!(
-                    c.state,
-                    Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED)
-                )
-            })
-            .filter_map(|c| c.id)
-            .collect(),
-    )
+        .map_err(|e| e.to_string())?;
+    Ok(containers
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c.state,
+                Some(ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED)
+            )
+        })
+        .filter_map(|c| c.id)
+        .collect())
 }
 
 #[async_trait]

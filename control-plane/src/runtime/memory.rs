@@ -7,7 +7,8 @@
 //! slot's starts or stops take a while (on tokio's clock, so a paused clock
 //! advances through them), make an instance die while its start is still
 //! returning, and report a crash of a slot's instance on the events channel,
-//! as a real runtime does when a process exits on its own. Stopping or
+//! as a real runtime does when a process exits on its own, or its engine
+//! going away and coming back. Stopping or
 //! killing an instance also reports its exit, as real runtimes do.
 
 use std::{
@@ -149,6 +150,14 @@ impl MemoryRuntime {
         let instance = self.alive(slot)?;
         self.end(&instance, "exited with code 1");
         Some(instance)
+    }
+
+    /// Reports the engine gone, saying why (`Some`), or back (`None`), as
+    /// the Docker runtime does when its engine stops answering.
+    pub fn engine(&self, unavailable: Option<&str>) {
+        let _ = self.exits.send(InstanceEvent::Engine {
+            unavailable: unavailable.map(str::to_owned),
+        });
     }
 
     /// Forgets a live instance and reports its exit; an instance already

@@ -45,7 +45,8 @@ pub struct InstanceExit {
     pub reason: String,
 }
 
-/// What a runtime reports about an instance on its own.
+/// What a runtime reports on its own: about an instance, or about the
+/// engine the instances run on.
 #[derive(Debug, Clone)]
 pub enum InstanceEvent {
     /// It ended, for whatever reason.
@@ -56,6 +57,10 @@ pub enum InstanceEvent {
         id: String,
         paused: bool,
     },
+    /// The engine stopped answering (`Some`, saying why), or answers again
+    /// (`None`). When it answers again, the exits of instances that ended
+    /// meanwhile have been reported before this.
+    Engine { unavailable: Option<String> },
 }
 
 /// A signal-like action on a running instance.
@@ -89,8 +94,8 @@ pub enum RuntimeError {
 }
 
 /// Starts and controls nodes. Implementations report every instance's end
-/// (and, where they can see it, every pause) on the channel they were built
-/// with.
+/// (and, where they can see it, every pause, and their engine going away
+/// and coming back) on the channel they were built with.
 #[async_trait]
 pub trait Runtime: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs: `process`, `docker`.

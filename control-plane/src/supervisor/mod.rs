@@ -13,6 +13,12 @@
 //! soon as one ends), retires slots beyond the desired size, and tells the
 //! registry what the runtime sees, so `ListNodes` shows it. A node that
 //! keeps crashing is restarted with exponential backoff.
+//!
+//! While the runtime's engine does not answer, nothing is started or
+//! stopped, and `Scale` and node actions are refused at once
+//! ([`FarmError::RuntimeUnavailable`]) rather than left to hang on it; once
+//! it answers again, every slot whose node it lost starts at once, its
+//! backoff forgotten.
 
 mod slot;
 mod task;
@@ -28,7 +34,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use self::task::Task;
 use crate::{
@@ -96,6 +102,9 @@ pub enum FarmError {
     /// The supervisor has shut down.
     #[error("the farm is shutting down")]
     ShuttingDown,
+    /// The runtime's engine does not answer; the reason names it.
+    #[error("{0}; retry once it is back")]
+    RuntimeUnavailable(String),
 }
 
 /// What the handle asks of the task.
@@ -120,6 +129,8 @@ enum Command {
 pub struct Supervisor {
     commands: mpsc::Sender<Command>,
     desired: Arc<AtomicU32>,
+    /// Why the runtime's engine does not answer, while it does not.
+    unavailable: watch::Receiver<Option<String>>,
 }
 
 impl Supervisor {
@@ -133,14 +144,27 @@ impl Supervisor {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (commands, rx) = mpsc::channel(64);
         let desired = Arc::new(AtomicU32::new(config.desired));
-        let task = Task::new(runtime, state, config, Arc::clone(&desired));
+        let (unavailable_tx, unavailable) = watch::channel(None);
+        let task = Task::new(runtime, state, config, Arc::clone(&desired), unavailable_tx);
         let handle = tokio::spawn(task.run(rx, exits));
-        (Self { commands, desired }, handle)
+        (
+            Self {
+                commands,
+                desired,
+                unavailable,
+            },
+            handle,
+        )
     }
 
     /// The size the farm is kept at.
     pub fn desired(&self) -> u32 {
         self.desired.load(Ordering::Relaxed)
+    }
+
+    /// Why the runtime's engine does not answer, while it does not.
+    pub fn unavailable(&self) -> Option<String> {
+        self.unavailable.borrow().clone()
     }
 
     async fn call<T>(

@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::{Id, JoinError, JoinSet},
     time::Instant,
 };
@@ -80,6 +80,10 @@ pub(super) struct Task {
     adopting: bool,
     deferred: Vec<Pending>,
     draining: Option<Draining>,
+    /// Why the runtime's engine does not answer, while it does not: nothing
+    /// starts or stops, and commands are refused. Shared with the handle,
+    /// for readiness.
+    unavailable: watch::Sender<Option<String>>,
 }
 
 impl Task {
@@ -88,6 +92,7 @@ impl Task {
         state: Members,
         config: SupervisorConfig,
         desired: Arc<AtomicU32>,
+        unavailable: watch::Sender<Option<String>>,
     ) -> Self {
         Self {
             runtime,
@@ -100,6 +105,7 @@ impl Task {
             adopting: true,
             deferred: Vec::new(),
             draining: None,
+            unavailable,
         }
     }
 
@@ -123,6 +129,7 @@ impl Task {
                 Some(event) = exits.recv() => match event {
                     InstanceEvent::Exited(exit) => self.on_exit(exit),
                     InstanceEvent::Paused { slot, id, paused } => self.on_pause(&slot, &id, paused),
+                    InstanceEvent::Engine { unavailable } => self.on_engine(unavailable),
                 },
                 Some(joined) = self.ops.join_next_with_id() => self.on_joined(joined),
                 () = sleep_until(wake) => {}
@@ -137,6 +144,31 @@ impl Task {
 
     fn desired(&self) -> u32 {
         self.desired.load(Ordering::Relaxed)
+    }
+
+    /// Why the runtime's engine does not answer, while it does not.
+    fn engine_gone(&self) -> Option<String> {
+        self.unavailable.borrow().clone()
+    }
+
+    /// The runtime's engine went away (`Some`) or came back (`None`). Back,
+    /// the exits of what it lost are in already: those slots start now,
+    /// whatever backoff failed starts meanwhile had built up.
+    fn on_engine(&mut self, unavailable: Option<String>) {
+        match &unavailable {
+            Some(reason) => {
+                warn!(cause = %reason, "the runtime's engine is gone: holding starts, refusing commands")
+            }
+            None => {
+                info!("the runtime's engine is back: starting what it lost");
+                for slot in self.slots.values_mut() {
+                    if slot.busy.is_none() && slot.running.is_none() && !slot.held {
+                        slot.reset_backoff();
+                    }
+                }
+            }
+        }
+        self.unavailable.send_replace(unavailable);
     }
 
     fn publish(&self, index: u32) {
@@ -169,6 +201,9 @@ impl Task {
         if self.draining.is_some() {
             return Err(FarmError::ShuttingDown);
         }
+        if let Some(reason) = self.engine_gone() {
+            return Err(FarmError::RuntimeUnavailable(reason));
+        }
         if nodes > self.config.max_nodes {
             return Err(FarmError::TooMany {
                 asked: nodes,
@@ -185,7 +220,7 @@ impl Task {
     /// slot already due waits for a start to end instead, which wakes the
     /// loop anyway.
     fn next_wake(&self) -> Option<Instant> {
-        if self.adopting || self.draining.is_some() {
+        if self.adopting || self.draining.is_some() || self.unavailable.borrow().is_some() {
             return None;
         }
         let now = Instant::now();
@@ -196,9 +231,10 @@ impl Task {
             .min()
     }
 
-    /// Brings the slots to the desired size and starts what should run.
+    /// Brings the slots to the desired size and starts what should run;
+    /// nothing while the runtime's engine is gone.
     fn reconcile(&mut self) {
-        if self.adopting || self.draining.is_some() {
+        if self.adopting || self.draining.is_some() || self.unavailable.borrow().is_some() {
             return;
         }
         let desired = self.desired();
@@ -292,6 +328,9 @@ impl Task {
         }
         if self.adopting {
             return self.deferred.push(pending);
+        }
+        if let Some(reason) = self.engine_gone() {
+            return answer(pending.reply, Err(FarmError::RuntimeUnavailable(reason)));
         }
         let id = pending.id;
         let node = match self.state.node(id) {
@@ -629,6 +668,15 @@ impl Task {
         }
         if index > self.desired() {
             return; // reconciling retires it and answers what waits
+        }
+        if let Some(reason) = self.engine_gone() {
+            if let Some(slot) = self.slots.get_mut(&index) {
+                for pending in slot.queued.drain(..) {
+                    let err = FarmError::RuntimeUnavailable(reason.clone());
+                    answer(pending.reply, Err(err));
+                }
+            }
+            return;
         }
         while let Some(pending) = self
             .slots

@@ -202,6 +202,75 @@ async fn a_crashing_node_is_restarted_at_once_then_after_a_growing_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn while_the_engine_is_gone_nothing_starts_and_commands_are_refused_at_once() {
+    let farm = Farm::start(config(3, 4), |_| {}).await;
+    // Two quick crashes each: the next would wait out a backoff of 1 s.
+    for slot in ["node-001", "node-002"] {
+        for wait in [ms(0), ms(500)] {
+            let before = farm.starts(slot);
+            farm.runtime.crash(slot).expect("running");
+            settle().await;
+            pass(wait).await;
+            until("restarted", || farm.starts(slot) == before + 1).await;
+        }
+    }
+    assert_eq!(farm.supervisor.unavailable(), None);
+
+    let gone = "the Docker engine at unix:///x.sock does not answer: no such socket";
+    farm.runtime.engine(Some(gone));
+    settle().await;
+    assert_eq!(farm.supervisor.unavailable().as_deref(), Some(gone));
+    // What the engine took with it is reported; nothing starts meanwhile,
+    // not even past the backoff.
+    let lost = farm.runtime.crash("node-001").expect("running");
+    settle().await;
+    let starts = farm.starts("node-001");
+    pass(Duration::from_secs(5)).await;
+
+    // Commands are refused without waiting on the engine, saying why.
+    let refused = tokio::time::timeout(ms(1), farm.supervisor.scale(4))
+        .await
+        .expect("answered at once");
+    assert!(
+        matches!(&refused, Err(FarmError::RuntimeUnavailable(why)) if why == gone),
+        "{refused:?}"
+    );
+    assert_eq!(farm.supervisor.desired(), 3, "the size is kept");
+    let refused = tokio::time::timeout(ms(1), farm.act("node-003", NodeAction::Restart))
+        .await
+        .expect("answered at once")
+        .expect("join");
+    assert!(
+        matches!(refused, Err(FarmError::RuntimeUnavailable(_))),
+        "{refused:?}"
+    );
+    assert!(farm.stops_of("node-003").is_empty());
+    settle().await;
+    assert_eq!(farm.starts("node-001"), starts, "no start while it is gone");
+    assert_eq!(farm.view("node-001").state, NodeState::Stopped);
+
+    // Back: what it lost starts at once, a backoff of 1 s forgotten; the
+    // node it kept is left alone.
+    farm.runtime.crash("node-002").expect("running");
+    settle().await;
+    let starts_2 = farm.starts("node-002");
+    farm.runtime.engine(None);
+    until("restarted once the engine is back", || {
+        farm.starts("node-001") == starts + 1 && farm.starts("node-002") == starts_2 + 1
+    })
+    .await;
+    assert_eq!(farm.supervisor.unavailable(), None);
+    let back = farm.runtime.alive("node-001").expect("running");
+    assert_ne!(back.id, lost.id);
+    assert_eq!(farm.starts("node-003"), 1);
+    farm.supervisor
+        .scale(4)
+        .await
+        .expect("scale once it is back");
+    until("scaled", || farm.starts("node-004") == 1).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_start_is_retried_after_backoff_without_holding_up_others() {
     let farm = Farm::start(config(2, 4), |rt| rt.fail_starts("node-001", 2)).await;
     assert_eq!(farm.starts("node-001"), 1);
