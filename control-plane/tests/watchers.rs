@@ -2,15 +2,16 @@
 //! reading while the membership changes thousands of times is told
 //! (`RESET`) and given a fresh snapshot, and a `WatchConfig` client that
 //! stops reading while thousands of versions are written still sees every
-//! one of them, in order. Neither holds more than a bounded queue in the
-//! control plane meanwhile.
+//! one of them, in order, and a `WatchMetrics` client that stops reading
+//! gets the newest snapshot when it reads again, not a backlog. None holds
+//! more than a bounded queue in the control plane meanwhile.
 
 use std::{
     collections::{BTreeMap, HashSet},
     time::Duration,
 };
 
-use farm_api::v1::{EventKind, RegisterRequest, WatchConfigRequest};
+use farm_api::v1::{EventKind, RegisterRequest, WatchConfigRequest, WatchMetricsRequest};
 use farm_testkit::{Api, ControlPlaneProcess};
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
@@ -138,4 +139,63 @@ async fn a_slow_config_watcher_still_sees_every_version_in_order() {
     }
     assert_eq!(seen.len() as u64, VERSIONS);
     assert!(seen.values().all(Option::is_some));
+}
+
+#[tokio::test]
+async fn a_metrics_watcher_that_stops_reading_gets_the_newest_snapshot_not_a_backlog() {
+    const PAUSE: Duration = Duration::from_secs(3);
+    const WINDOW: u32 = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let farm = ControlPlaneProcess::builder(dir.path()).start().await;
+    // A window of 64 bytes: a few snapshots (an empty farm's are small),
+    // no more, can be on their way while the client reads nothing.
+    let channel = Endpoint::from_shared(format!("http://{}", farm.addr))
+        .expect("the farm's URL")
+        .initial_stream_window_size(WINDOW)
+        .initial_connection_window_size(65_535)
+        .connect_lazy();
+    let mut stream = Api::new(channel)
+        .metrics()
+        .watch_metrics(WatchMetricsRequest {
+            interval_ms: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchMetrics")
+        .into_inner();
+    let at = |snapshot: &farm_api::v1::FarmMetrics| {
+        std::time::SystemTime::try_from(snapshot.at.expect("a time")).expect("a valid time")
+    };
+    let first = stream.next().await.expect("open").expect("a snapshot");
+    let size = prost::Message::encoded_len(&first);
+
+    // Thirty snapshots' time without reading.
+    let paused = std::time::SystemTime::now();
+    tokio::time::sleep(PAUSE).await;
+    let mut stale = 0;
+    let fresh = loop {
+        let snapshot = tokio::time::timeout(LIMIT, stream.next())
+            .await
+            .expect("a snapshot within the limit")
+            .expect("the stream stays open")
+            .expect("a snapshot");
+        if at(&snapshot) >= paused + PAUSE - Duration::from_millis(500) {
+            break snapshot;
+        }
+        stale += 1;
+    };
+    eprintln!(
+        "after {PAUSE:?} unread at 100 ms: {stale} snapshots of {size} bytes from before, \
+         then one {:?} old",
+        std::time::SystemTime::now()
+            .duration_since(at(&fresh))
+            .unwrap_or_default()
+    );
+    // What the window held, and the one the control plane had taken to
+    // send: never the thirty a queue would have kept.
+    assert!(
+        stale <= WINDOW as usize / size + 2,
+        "{stale} stale snapshots of {size} bytes"
+    );
+    drop(stream);
 }
