@@ -107,14 +107,16 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_GROUP_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub group_idle_timeout: Duration,
 
-    /// Flap damping: a node that turned unhealthy `--flap-threshold` times
-    /// within `--flap-window` is flapping; when healthy again it stays out
-    /// of `Discover` (shown unhealthy, the reason saying so) until it has
-    /// been healthy this long. `0s` turns damping off.
+    /// Flap damping: a node that went from healthy to unhealthy while
+    /// connected (a missed heartbeat deadline, or not serving)
+    /// `--flap-threshold` times within `--flap-window` is flapping; when
+    /// healthy again it stays out of `Discover` (shown unhealthy, the
+    /// reason saying so) until it has been healthy this long. Stops,
+    /// restarts and crashes do not count. `0s` turns damping off.
     #[arg(long, env = "FARM_FLAP_DAMPING", default_value = "10s", value_parser = duration)]
     pub flap_damping: Duration,
 
-    /// Drops from healthy within `--flap-window` that make a node flapping
+    /// Lapses from healthy within `--flap-window` that make a node flapping
     /// (0: never).
     #[arg(long, env = "FARM_FLAP_THRESHOLD", default_value_t = 3)]
     pub flap_threshold: u32,

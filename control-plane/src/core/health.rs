@@ -22,13 +22,16 @@ pub struct HealthPolicy {
     pub flap: FlapDamping,
 }
 
-/// A node that turned unhealthy `threshold` times within `window` is
-/// flapping: when it is healthy again it stays out of `Discover` (shown
-/// unhealthy, the reason saying why) until it has been healthy for `hold`.
-/// A single failure, a restart or a pause, returns at once.
+/// A node that went from healthy to unhealthy while connected (silent past
+/// its deadline, or reporting it does not serve) `threshold` times within
+/// `window` is flapping: when it is healthy again it stays out of
+/// `Discover` (shown unhealthy, the reason saying why) until it has been
+/// healthy for `hold`. A single lapse returns at once, and a node whose
+/// stream closed (stopped, restarted, crashed) does not count: the
+/// supervisor's backoff answers those.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlapDamping {
-    /// Drops from healthy within `window` that make a node flapping; 0
+    /// Lapses from healthy within `window` that make a node flapping; 0
     /// turns damping off.
     pub threshold: u32,
     pub window: Duration,

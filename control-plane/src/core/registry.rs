@@ -218,8 +218,9 @@ struct NodeRecord {
     /// Bucket of [`Registry::checks`] where this node's next deadline check
     /// waits (none: no deadline applies to it now).
     check_at: Option<u64>,
-    /// When the node last turned unhealthy from healthy: the latest few,
-    /// as many as make it flapping.
+    /// When the node last went from healthy to unhealthy while connected
+    /// (silent past its deadline, or not serving): the latest few, as many
+    /// as make it flapping.
     drops: VecDeque<Instant>,
     /// A flapping node healthy again is held out of `Discover` until then.
     held_until: Option<Instant>,
@@ -242,7 +243,8 @@ impl NodeRecord {
         }
     }
 
-    /// Turns the node unhealthy, counting a drop from healthy towards
+    /// Turns the node unhealthy while its heartbeat stream may still be
+    /// open (silence, or not serving), counting a drop from healthy towards
     /// flapping, and ends any hold.
     fn turn_unhealthy(&mut self, reason: String, now: Instant, flap: FlapDamping) {
         if self.health == NodeState::Healthy && flap.threshold > 0 {
@@ -251,6 +253,13 @@ impl NodeRecord {
             }
             self.drops.push_back(now);
         }
+        self.lose(reason);
+    }
+
+    /// Turns the node unhealthy without counting towards flapping (its
+    /// stream closed: a stop, restart or crash, which the supervisor's
+    /// backoff answers), and ends any hold.
+    fn lose(&mut self, reason: String) {
         self.health = NodeState::Unhealthy;
         self.reason = reason;
         self.held_until = None;
@@ -584,7 +593,7 @@ impl Registry {
 
     /// Marks the end of heartbeat stream `epoch`: the node turns unhealthy at
     /// once, unless a newer stream took over or the node is gone.
-    pub fn close_stream(&mut self, id: NodeId, epoch: u64, now: Now) {
+    pub fn close_stream(&mut self, id: NodeId, epoch: u64) {
         let Some(record) = self.nodes.get_mut(&id) else {
             return;
         };
@@ -596,9 +605,8 @@ impl Registry {
             return;
         }
         let before = self.view(id);
-        let flap = self.policy.flap;
         if let Some(record) = self.nodes.get_mut(&id) {
-            record.turn_unhealthy("heartbeat stream closed".to_owned(), now.mono, flap);
+            record.lose("heartbeat stream closed".to_owned());
         }
         self.after_change(id, before, &[]);
     }

@@ -101,7 +101,7 @@ impl Members {
     /// Records the end of a heartbeat stream.
     pub fn close_stream(&self, id: NodeId, epoch: u64) {
         let mut registry = self.shared.registry();
-        registry.close_stream(id, epoch, Now::read());
+        registry.close_stream(id, epoch);
         self.shared.publish(&mut registry);
     }
 

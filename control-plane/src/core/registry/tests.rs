@@ -83,19 +83,16 @@ impl Fixture {
             .any(|peer| peer.id == id)
     }
 
-    /// One drop and return: the heartbeat stream ends, a new one opens and
-    /// heartbeats that the node serves. Returns the new stream's epoch.
+    /// One drop and return: silent past its deadline (and its minimum
+    /// age), then heard from again on the same stream.
     #[track_caller]
-    fn bounce(&mut self, id: NodeId, epoch: u64) -> u64 {
-        self.registry.close_stream(id, epoch, self.now);
+    fn bounce(&mut self, id: NodeId, epoch: u64) {
+        self.advance(600);
+        self.registry.tick(self.now);
         assert_eq!(self.state(id), NodeState::Unhealthy);
-        self.advance(100);
-        let epoch = self.registry.open_stream(id).expect("stream");
         self.registry
             .heartbeat(id, epoch, 0, true, self.now)
             .expect("heartbeat");
-        self.advance(100);
-        epoch
     }
 }
 
@@ -205,7 +202,7 @@ fn stream_close_makes_unhealthy_at_once_and_undiscoverable() {
         .discover("", 10, &labels, None, &mut f.rng)
         .expect("discover");
     assert_eq!(found.peers.len(), 1);
-    f.registry.close_stream(id, epoch, f.now);
+    f.registry.close_stream(id, epoch);
     assert_eq!(f.state(id), NodeState::Unhealthy);
     let found = f
         .registry
@@ -220,9 +217,9 @@ fn a_superseded_stream_neither_heartbeats_nor_closes() {
     let (id, old) = f.healthy("node-1", "");
     let new = f.registry.open_stream(id).expect("stream");
     assert!(f.registry.heartbeat(id, old, 0, true, f.now).is_err());
-    f.registry.close_stream(id, old, f.now);
+    f.registry.close_stream(id, old);
     assert_eq!(f.state(id), NodeState::Healthy);
-    f.registry.close_stream(id, new, f.now);
+    f.registry.close_stream(id, new);
     assert_eq!(f.state(id), NodeState::Unhealthy);
 }
 
@@ -304,7 +301,7 @@ fn leader_is_lowest_healthy_id_and_moves_on_failure() {
     };
     assert_eq!(leader(&f), Some(a));
     f.registry.take_events();
-    f.registry.close_stream(a, a_epoch, f.now);
+    f.registry.close_stream(a, a_epoch);
     assert_eq!(leader(&f), Some(b));
     assert!(f.registry.node(b).expect("node").leader);
     let changed: Vec<_> = f
@@ -481,7 +478,7 @@ fn deadline_checks_match_a_full_scan_within_one_grain() {
                 }
                 50..53 => {
                     if let Some((&id, &epoch)) = streams.iter().next() {
-                        f.registry.close_stream(id, epoch, f.now);
+                        f.registry.close_stream(id, epoch);
                         streams.remove(&id);
                     }
                 }
@@ -568,7 +565,7 @@ fn the_healthy_count_follows_every_way_in_and_out_of_health() {
     );
     assert_eq!(f.state(b), NodeState::Stopped);
     assert_eq!(f.registry.healthy_count(), 1);
-    f.registry.close_stream(a, a_epoch, f.now);
+    f.registry.close_stream(a, a_epoch);
     assert_eq!(f.registry.healthy_count(), 0);
     let epoch = f.registry.open_stream(c).expect("stream");
     f.registry
@@ -590,9 +587,9 @@ fn the_healthy_count_follows_every_way_in_and_out_of_health() {
 #[test]
 fn a_node_that_drops_now_and_then_returns_to_discover_at_once() {
     let mut f = Fixture::new();
-    let (id, mut epoch) = f.healthy("node-1", "");
+    let (id, epoch) = f.healthy("node-1", "");
     for _ in 0..2 {
-        epoch = f.bounce(id, epoch);
+        f.bounce(id, epoch);
         assert_eq!(f.state(id), NodeState::Healthy);
         assert!(f.discoverable(id));
     }
@@ -610,13 +607,13 @@ fn a_node_that_drops_now_and_then_returns_to_discover_at_once() {
 #[test]
 fn a_flapping_node_stays_out_of_discover_until_healthy_for_the_hold() {
     let mut f = Fixture::new();
-    let (id, mut epoch) = f.healthy("node-1", "");
+    let (id, epoch) = f.healthy("node-1", "");
     for _ in 0..2 {
-        epoch = f.bounce(id, epoch);
+        f.bounce(id, epoch);
     }
     f.registry.take_events();
     // The third drop within the window: healthy again, but held out.
-    epoch = f.bounce(id, epoch);
+    f.bounce(id, epoch);
     let view = f.registry.node(id).expect("node");
     assert_eq!(view.state, NodeState::Unhealthy);
     assert!(view.reason.starts_with("flapping"), "{}", view.reason);
@@ -660,17 +657,17 @@ fn a_flapping_node_stays_out_of_discover_until_healthy_for_the_hold() {
 #[test]
 fn a_drop_during_the_hold_starts_it_again() {
     let mut f = Fixture::new();
-    let (id, mut epoch) = f.healthy("node-1", "");
+    let (id, epoch) = f.healthy("node-1", "");
     for _ in 0..3 {
-        epoch = f.bounce(id, epoch);
+        f.bounce(id, epoch);
     }
     assert!(!f.discoverable(id));
-    f.advance(600);
+    f.advance(200);
     f.registry
         .heartbeat(id, epoch, 0, true, f.now)
         .expect("heartbeat");
-    // Dropped and back 0.8 s into a 1 s hold: a fresh hold from now.
-    epoch = f.bounce(id, epoch);
+    // Silent again during the 1 s hold, and back: a fresh hold from now.
+    f.bounce(id, epoch);
     f.advance(500);
     f.registry
         .heartbeat(id, epoch, 0, true, f.now)
@@ -691,9 +688,26 @@ fn damping_with_a_zero_threshold_is_off() {
     let mut policy = policy();
     policy.flap.threshold = 0;
     f.registry = Registry::new(policy, Limits::default(), 1000, f.now);
-    let (id, mut epoch) = f.healthy("node-1", "");
+    let (id, epoch) = f.healthy("node-1", "");
     for _ in 0..10 {
-        epoch = f.bounce(id, epoch);
+        f.bounce(id, epoch);
+        assert!(f.discoverable(id));
+    }
+}
+
+#[test]
+fn stops_restarts_and_crashes_are_not_flapping() {
+    let mut f = Fixture::new();
+    let (id, mut epoch) = f.healthy("node-1", "");
+    for _ in 0..5 {
+        // The stream closes (the process ended) and a new one opens.
+        f.registry.close_stream(id, epoch);
+        assert_eq!(f.state(id), NodeState::Unhealthy);
+        f.advance(100);
+        epoch = f.registry.open_stream(id).expect("stream");
+        f.registry
+            .heartbeat(id, epoch, 0, true, f.now)
+            .expect("heartbeat");
         assert!(f.discoverable(id));
     }
 }
