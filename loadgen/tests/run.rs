@@ -52,6 +52,44 @@ async fn closed_loop_counts_add_up_in_both_modes() {
     }
 }
 
+/// Descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finished_run_leaves_no_connection_open() {
+    // In a long-lived process (the control plane runs load tests for its
+    // users), every run's connections must end with it.
+    let node = node().await;
+    let before = open_fds();
+    for mode in [Mode::Unary, Mode::Stream] {
+        for _ in 0..3 {
+            let mut config = RunConfig::closed(vec![node.url()], 4, Duration::from_millis(200));
+            config.mode = mode;
+            config.connections = 4;
+            loadgen::run(&config, std::future::pending())
+                .await
+                .expect("run");
+        }
+    }
+    // Both ends are in this process: each connection left open would be
+    // two descriptors.
+    farm_testkit::eventually(
+        "the runs' connections to close",
+        Duration::from_secs(10),
+        || async {
+            let now = open_fds();
+            if now <= before + 2 {
+                Ok(())
+            } else {
+                Err(format!("{before} descriptors before, {now} now"))
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn open_loop_holds_the_rate() {
     let node = node().await;

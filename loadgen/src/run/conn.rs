@@ -22,6 +22,7 @@ use bytes::Bytes;
 use farm_api::v1::{WorkRequest, WorkResponse, workload_client::WorkloadClient};
 use tokio::{
     sync::{mpsc, oneshot},
+    task::AbortHandle,
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -144,6 +145,24 @@ pub(super) struct UnaryConn {
     /// The connection in use. A `std` mutex: held to clone or swap it.
     current: Mutex<Option<Link>>,
     dialer: Arc<Dialer>,
+    /// The tasks driving its connections, ended with it: a connection
+    /// otherwise lives on until the target closes it, which inside a
+    /// long-lived process (the control plane's `LoadTest.Run`) leaks a
+    /// socket and a task per target and run.
+    drivers: Mutex<Vec<AbortHandle>>,
+}
+
+impl Drop for UnaryConn {
+    fn drop(&mut self) {
+        for driver in self
+            .drivers
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            driver.abort();
+        }
+    }
 }
 
 /// A request as a gRPC message frame: uncompressed flag, big-endian length,
@@ -215,6 +234,7 @@ impl UnaryConn {
             headers,
             current: Mutex::new(None),
             dialer,
+            drivers: Mutex::default(),
         })
     }
 
@@ -237,11 +257,15 @@ impl UnaryConn {
             .await?;
         let state = Arc::new(LinkState::default());
         let (ending, dialer) = (Arc::clone(&state), Arc::clone(&self.dialer));
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let reason = driver.await;
             tracing::debug!(target = %dialer.target(), %reason, "connection ended");
             ending.lost(&dialer, || format!("{reason} before answering"));
         });
+        let mut drivers = self.drivers.lock().unwrap_or_else(PoisonError::into_inner);
+        drivers.retain(|driver| !driver.is_finished());
+        drivers.push(task.abort_handle());
+        drop(drivers);
         let link = (wire, state);
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
         Some(link)
