@@ -707,6 +707,12 @@ impl Collector for Process {
                 Kind::Gauge,
                 stats.threads.map(Value::Int),
             ),
+            (
+                "farm_control_plane_tasks",
+                "Tasks alive on the control plane's tokio runtime.",
+                Kind::Gauge,
+                stats.tasks.map(Value::Int),
+            ),
         ];
         for (name, help, kind, value) in figures {
             if let Some(value) = value {
@@ -836,6 +842,7 @@ mod tests {
             cpu_seconds: Some(1.25),
             resident_bytes: Some(10 << 20),
             open_fds: Some(27),
+            tasks: Some(42),
             ..ProcessStats::default()
         }
     }
@@ -1053,6 +1060,9 @@ process_resident_memory_bytes 10485760
 # HELP process_open_fds Open file descriptors.
 # TYPE process_open_fds gauge
 process_open_fds 27
+# HELP farm_control_plane_tasks Tasks alive on the control plane's tokio runtime.
+# TYPE farm_control_plane_tasks gauge
+farm_control_plane_tasks 42
 "#;
         if text != expected {
             for (n, (got, want)) in text.lines().zip(expected.lines()).enumerate() {

@@ -1,6 +1,7 @@
 //! What `/proc/self` tells about this process: CPU time, memory, start
 //! time, open and allowed file descriptors, threads. `/metrics` exposes them
-//! under the conventional `process_*` names.
+//! under the conventional `process_*` names, and beside them the tokio
+//! runtime's live tasks (`farm_control_plane_tasks`), which no file tells.
 //!
 //! [`ProcessStats::read`] does the I/O; [`ProcessStats::parse`] turns the
 //! files' text into figures and is tested on fixed text. A figure whose file
@@ -28,11 +29,15 @@ pub struct ProcessStats {
     pub max_fds: Option<u64>,
     /// Threads.
     pub threads: Option<u64>,
+    /// Tasks alive on the tokio runtime it was read from (`None` outside
+    /// one): a task leak shows here before it shows in memory.
+    pub tasks: Option<u64>,
 }
 
 impl ProcessStats {
     /// Reads `/proc/self/stat`, `/proc/self/status`, `/proc/self/limits`,
-    /// `/proc/self/fd` and the boot time from `/proc/stat`.
+    /// `/proc/self/fd` and the boot time from `/proc/stat`, and the
+    /// current tokio runtime's count of live tasks.
     pub fn read() -> Self {
         let read = |path: &str| std::fs::read_to_string(path).ok();
         let stat = read("/proc/self/stat");
@@ -45,6 +50,9 @@ impl ProcessStats {
         stats.open_fds = std::fs::read_dir("/proc/self/fd")
             .ok()
             .map(|entries| entries.count() as u64);
+        stats.tasks = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|runtime| runtime.metrics().num_alive_tasks() as u64);
         stats
     }
 
@@ -88,6 +96,7 @@ impl ProcessStats {
             open_fds: None,
             max_fds,
             threads: field(20),
+            tasks: None,
         }
     }
 }
@@ -114,5 +123,19 @@ mod tests {
         assert!(live.resident_bytes.is_some_and(|b| b > 0), "{live:?}");
         assert!(live.open_fds.is_some_and(|n| n > 0), "{live:?}");
         assert!(live.cpu_seconds.is_some(), "{live:?}");
+        assert_eq!(live.tasks, None, "no runtime, no tasks");
+    }
+
+    #[tokio::test]
+    async fn process_stats_count_the_runtimes_live_tasks() {
+        let before = ProcessStats::read().tasks.expect("read on a runtime");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stopped.await;
+        });
+        assert_eq!(ProcessStats::read().tasks, Some(before + 1));
+        let _ = stop.send(());
+        task.await.expect("the task");
+        assert_eq!(ProcessStats::read().tasks, Some(before));
     }
 }
