@@ -148,6 +148,26 @@ impl Drop for Opened {
     }
 }
 
+/// A message read from the node, or what the stream ends with (marking it
+/// ended): nothing when the node closed it, the status when a message did
+/// not decode or was over the size limit.
+fn received(
+    ended: &mut bool,
+    next: Result<Option<HeartbeatRequest>, Status>,
+) -> Result<HeartbeatRequest, Option<Result<HeartbeatResponse, Status>>> {
+    match next {
+        Ok(Some(message)) => Ok(message),
+        Ok(None) => {
+            *ended = true;
+            Err(None)
+        }
+        Err(status) => {
+            *ended = true;
+            Err(Some(Err(status)))
+        }
+    }
+}
+
 impl HeartbeatStream {
     /// The next message to send the node; `None` ends the stream.
     async fn next(&mut self) -> Option<Result<HeartbeatResponse, Status>> {
@@ -159,18 +179,9 @@ impl HeartbeatStream {
                 message = self.inbound.message() => message,
                 () = &mut self.stopping => Ok(None),
             };
-            let first = match first {
-                Ok(Some(first)) => first,
-                Ok(None) => {
-                    self.ended = true;
-                    return None;
-                }
-                // A message that does not decode, or is over the size
-                // limit: the stream ends with that status.
-                Err(status) => {
-                    self.ended = true;
-                    return Some(Err(status));
-                }
+            let first = match received(&mut self.ended, first) {
+                Ok(first) => first,
+                Err(end) => return end,
             };
             let answer = self.open(&first).and_then(|opened| {
                 let opened = self.open.insert(opened);
@@ -182,16 +193,9 @@ impl HeartbeatStream {
         loop {
             tokio::select! {
                 next = self.inbound.message() => {
-                    let message = match next {
-                        Ok(Some(message)) => message,
-                        Ok(None) => {
-                            self.ended = true;
-                            return None;
-                        }
-                        Err(status) => {
-                            self.ended = true;
-                            return Some(Err(status));
-                        }
+                    let message = match received(&mut self.ended, next) {
+                        Ok(message) => message,
+                        Err(end) => return end,
                     };
                     let answer = beat(opened, &self.samples, &self.telemetry, message);
                     self.ended = answer.is_err();
