@@ -105,7 +105,16 @@ async fn a_node_that_keeps_crashing_is_restarted_with_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flapping_node_stays_out_of_discover_until_healthy_for_the_hold() {
     let hold = Duration::from_secs(3);
-    let farm = Farm::start(2, &["--flap-damping", "3s", "--flap-threshold", "3"]).await;
+    // The tests' timing, with damping: three lapses within a minute hold
+    // a node for 3 s.
+    let timing: Vec<&str> = farm_testkit::farm::FAST
+        .chunks(2)
+        .filter(|pair| pair[0] != "--flap-threshold")
+        .flatten()
+        .copied()
+        .chain(["--flap-threshold", "3", "--flap-damping", "3s"])
+        .collect();
+    let farm = Farm::builder().nodes(2).timing(&timing).start().await;
     let nodes = farm.wait_healthy(2, Duration::from_secs(20)).await;
     let flapper = by_name(&nodes, "node-001").clone();
     let process = Pid::from_raw(pid(&flapper));

@@ -23,13 +23,18 @@ use crate::{
 };
 
 /// Timing flags for tests: heartbeats every 200 ms, a node unhealthy after
-/// 600 ms of silence at any age, three seconds for a node to stop, and no
-/// reads shed for lateness: a test's own work shares the machine (or, in
-/// process, the control plane's event loop), and a test of something else
-/// must not see its reads refused. The tests of shedding set `--shed-lag`.
+/// 600 ms of silence at any age, three seconds for a node to stop, no
+/// reads shed for lateness and no flap damping: a test's own work shares
+/// the machine (or, in process, the control plane's event loop), so a node
+/// may miss a 600 ms deadline now and then, and a test of something else
+/// must neither see its reads refused nor wait out a flapping node's hold.
+/// The tests of shedding set `--shed-lag`, those of damping
+/// `--flap-threshold`.
 pub const FAST: &[&str] = &[
     "--shed-lag",
     "0s",
+    "--flap-threshold",
+    "0",
     "--heartbeat-interval",
     "200ms",
     "--heartbeat-timeout",
