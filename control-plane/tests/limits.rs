@@ -33,9 +33,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// `/metrics`.
 async fn metric(addr: SocketAddr, series: &str) -> f64 {
     let text = http::get(addr, "/metrics").await.text();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} in /metrics:\n{text}"))
+    http::series(&text, series).unwrap_or_else(|| panic!("{series} in /metrics:\n{text}"))
 }
 
 /// `count` connections to `addr` that send nothing.

@@ -210,3 +210,16 @@ impl Streaming {
         }
     }
 }
+
+/// The value of one series (its name and labels as written, e.g.
+/// `farm_calls_shed_total` or `farm_connections_closed_total{reason="idle"}`)
+/// in a `/metrics` text; `None` when it is not there.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

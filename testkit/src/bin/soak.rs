@@ -106,15 +106,6 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
-        Kind::Config,
-        Kind::LoadTest,
-        Kind::CatalogGrpc,
-        Kind::CatalogLine,
-        Kind::Watch,
-        Kind::ListNodes,
-        Kind::Farm,
-    ];
     /// Those whose latency is measured.
     const TIMED: [Kind; 6] = [
         Kind::Config,
@@ -172,7 +163,10 @@ struct Recorder {
 
 impl Recorder {
     fn new() -> Self {
-        let stats = Kind::ALL.map(|k| (k, KindStats::new())).into_iter();
+        let stats = Kind::TIMED
+            .into_iter()
+            .chain([Kind::Farm])
+            .map(|k| (k, KindStats::new()));
         Self {
             started: Instant::now(),
             stats: Arc::new(Mutex::new(stats.collect())),
@@ -563,12 +557,9 @@ struct Sample {
     kinds: BTreeMap<Kind, (u64, u64)>,
 }
 
-/// A gauge of the text format, unlabelled.
+/// A gauge of `/metrics`, unlabelled.
 fn gauge(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
-        value.trim().parse::<f64>().ok().map(|v| v as u64)
-    })
+    farm_testkit::http::series(text, name).map(|v| v as u64)
 }
 
 async fn sample(ctx: &Ctx, pid: u32) -> Sample {
