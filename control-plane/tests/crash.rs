@@ -19,7 +19,9 @@ use farm_api::v1::{
     DeregisterRequest, GetConfigRequest, HistoryRequest, NodeInfo, PutConfigRequest,
     RegisterRequest, WatchConfigRequest,
 };
-use farm_testkit::{ControlPlaneProcess, NodeGuard, api::config_data, free_addr, healthy};
+use farm_testkit::{
+    ControlPlaneProcess, NodeGuard, api::config_data, free_addr, healthy, ids_by_name,
+};
 use rand::Rng;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -400,7 +402,7 @@ async fn check_scope(api: &farm_testkit::Api, scope: &str, state: &Mutex<Scope>,
     assert_eq!(current.version, last, "round {round}, {scope}");
 }
 
-async fn check_registrations(nodes: &[NodeInfo], state: &Mutex<Registrations>, round: usize) {
+fn check_registrations(nodes: &[NodeInfo], state: &Mutex<Registrations>, round: usize) {
     let listed: BTreeMap<&str, &NodeInfo> = nodes
         .iter()
         .filter(|n| n.name.starts_with("ext-"))
@@ -493,12 +495,10 @@ async fn check_catalog(addr: SocketAddr, state: &Mutex<Catalog>, round: usize) {
     }
 }
 
-fn ids_by_name(nodes: &[NodeInfo]) -> BTreeMap<String, String> {
-    nodes
-        .iter()
-        .filter(|n| n.managed)
-        .map(|n| (n.name.clone(), n.id.clone()))
-        .collect()
+/// The farm's own nodes' ids by name (the registered test nodes aside).
+fn managed_ids(nodes: &[NodeInfo]) -> BTreeMap<String, String> {
+    let managed: Vec<NodeInfo> = nodes.iter().filter(|n| n.managed).cloned().collect();
+    ids_by_name(&managed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,7 +510,7 @@ async fn twenty_kills_lose_no_acknowledged_write() {
     let first = control_plane
         .wait_healthy(NODES, Duration::from_secs(30))
         .await;
-    let identities = ids_by_name(&first);
+    let identities = managed_ids(&first);
     assert_eq!(identities.len(), NODES);
 
     let scopes: Vec<Arc<Mutex<Scope>>> = SCOPES.iter().map(|_| Arc::default()).collect();
@@ -572,14 +572,14 @@ async fn twenty_kills_lose_no_acknowledged_write() {
             .await;
         recoveries.push(killed.elapsed());
         assert_eq!(
-            ids_by_name(&nodes),
+            managed_ids(&nodes),
             identities,
             "round {round}: the farm's nodes re-attach under their ids"
         );
         for (scope, state) in SCOPES.iter().zip(&scopes) {
             check_scope(&control_plane, scope, state, round).await;
         }
-        check_registrations(&nodes, &registrations, round).await;
+        check_registrations(&nodes, &registrations, round);
         check_catalog(control_plane.indexer_addr(), &catalog, round).await;
         eprintln!(
             "round {round}: killed {moment:?} in, whole again after {:?}",

@@ -17,11 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use farm_api::v1::{NodeActionKind, NodeInfo, NodeState, ScaleRequest};
+use farm_api::v1::{NodeActionKind, NodeState, ScaleRequest};
 use farm_testkit::{
     Farm, by_name,
     docker::{self, DockerCleanup, containers_labelled},
-    eventually, healthy, http, ready_if,
+    eventually, healthy, http, ids_by_name,
+    process::run_within,
+    ready_if,
     skip::{installed, skip},
 };
 use nix::{
@@ -46,37 +48,17 @@ fn docker_flags<'a>(binary: &'a str, host: Option<&'a str>) -> Vec<&'a str> {
     flags
 }
 
-fn ids_by_name(nodes: &[NodeInfo]) -> Vec<(String, String)> {
-    let mut ids: Vec<(String, String)> = nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.id.clone()))
-        .collect();
-    ids.sort();
-    ids
-}
-
 /// Runs a command that must succeed; returns its standard output.
 fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    run_within(Command::new(program).args(args), ENGINE_LIMIT)
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
+        .expect_ok(&format!("{program} {args:?}"))
 }
 
 /// Runs a command whose failure does not matter (clean-up).
 fn try_run(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    run_within(Command::new(program).args(args), ENGINE_LIMIT)
+        .map(|ran| ran.stdout)
         .unwrap_or_default()
 }
 

@@ -5,16 +5,9 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use farm_testkit::{
-    ControlPlaneProcess, Farm, NodeGuard, pid,
+    ControlPlaneProcess, Farm, NodeGuard, ids_by_name, pid,
     process::{alive, node_processes},
 };
-
-fn ids_by_name(nodes: &[farm_api::v1::NodeInfo]) -> BTreeMap<String, String> {
-    nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.id.clone()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_restart_keeps_identities() {

@@ -4,7 +4,7 @@
 //! clients use) or none; and the questions tests ask of the node list,
 //! with the waits on it.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use farm_api::{
     Bearer,
@@ -337,6 +337,14 @@ pub fn pid(node: &NodeInfo) -> i32 {
         .strip_prefix("pid:")
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("node {} has no pid: {:?}", node.name, node.runtime_id))
+}
+
+/// Each node's id by its name: what must survive a restart.
+pub fn ids_by_name(nodes: &[NodeInfo]) -> BTreeMap<String, String> {
+    nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.id.clone()))
+        .collect()
 }
 
 /// The node named `name`.

@@ -43,7 +43,7 @@ pub mod raw;
 pub mod skip;
 pub mod wait;
 
-pub use api::{Api, Authed, by_name, healthy, pid};
+pub use api::{Api, Authed, by_name, healthy, ids_by_name, pid};
 pub use farm::{Farm, FarmBuilder};
 pub use node::Node;
 pub use process::{ControlPlaneProcess, NodeGuard, binary, free_addr};
