@@ -46,6 +46,10 @@ pub enum RuntimeKind {
     Auto,
     /// Nodes are containers of a Docker engine.
     Docker,
+    /// Nodes are the tasks of one replicated Docker Swarm service, placed
+    /// and restarted by Swarm over the swarm's hosts. The engine at
+    /// --docker-host must be a swarm manager.
+    Swarm,
     /// Nodes are `farm-node` child processes.
     Process,
     /// Run no nodes: serve the registry for nodes started elsewhere.
@@ -142,12 +146,13 @@ pub struct ServeArgs {
     pub start_parallelism: Option<u16>,
 
     /// Leave the nodes running at shutdown instead of stopping them; the
-    /// next control plane on the same `--data-dir` adopts them. Both
-    /// runtimes: `farm-node` processes (found again by the pid recorded
-    /// under `<data-dir>/nodes/`) and containers (found by the farm id in
-    /// `<data-dir>/farm-id`; the farm's network is kept too). Meanwhile the
-    /// nodes go on serving and retrying the control plane. Adopted nodes
-    /// beyond `--nodes` are stopped.
+    /// next control plane on the same `--data-dir` adopts them. Every
+    /// runtime: `farm-node` processes (found again by the pid recorded
+    /// under `<data-dir>/nodes/`), containers (found by the farm id in
+    /// `<data-dir>/farm-id`; the farm's network is kept too), and the Swarm
+    /// service (found by the same farm id, with its network and secret).
+    /// Meanwhile the nodes go on serving and retrying the control plane.
+    /// Adopted nodes beyond `--nodes` are stopped.
     #[arg(long, env = "FARM_KEEP_NODES")]
     pub keep_nodes: bool,
 
@@ -164,6 +169,58 @@ pub struct ServeArgs {
     /// outputs of `scripts/build-static`).
     #[arg(long, env = "FARM_NODE_IMAGE_BINARY")]
     pub node_image_binary: Option<PathBuf>,
+
+    /// `--runtime swarm`: the URL the nodes reach this control plane at,
+    /// e.g. `http://10.0.0.5:50051`. Needed when the swarm has several
+    /// hosts: it must be an address every host can route to, and this
+    /// control plane checks at start that it answers there. Default: the
+    /// swarm's gateway bridge on this host (`docker_gwbridge`), which only
+    /// this host's tasks can reach.
+    #[arg(long, value_name = "URL", env = "FARM_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
+    /// `--runtime swarm`: the node image, e.g. one pushed to your own
+    /// registry (`registry.example:5000/farm-node:1`), which every host of
+    /// the swarm must be able to pull. It must exist on this engine or
+    /// resolve in its registry: this is checked before the service is
+    /// created. Default: the image built here from the static farm-node,
+    /// which only this host has (fine for a one-host swarm).
+    #[arg(long, value_name = "IMAGE", env = "FARM_NODE_IMAGE")]
+    pub node_image: Option<String>,
+
+    /// `--runtime swarm`: a Swarm placement constraint on the nodes' tasks,
+    /// e.g. `node.role==worker` or `node.labels.zone!=eu-1`. Repeatable, or
+    /// comma-separated.
+    #[arg(
+        long = "placement-constraint",
+        value_name = "EXPR",
+        env = "FARM_PLACEMENT_CONSTRAINT",
+        value_delimiter = ','
+    )]
+    pub placement_constraints: Vec<String>,
+
+    /// `--runtime swarm`: spread the nodes' tasks evenly over the values of
+    /// this Swarm node attribute or label, e.g. `node.labels.zone`.
+    /// The default, `node.id`, puts fifty nodes on five hosts ten per host.
+    /// `none`: Swarm's own placement only.
+    #[arg(
+        long,
+        value_name = "DESCRIPTOR",
+        env = "FARM_PLACEMENT_SPREAD",
+        default_value = "node.id"
+    )]
+    pub placement_spread: String,
+
+    /// `--runtime swarm`: CPUs Swarm reserves for each node when placing it
+    /// (a host is only given nodes whose reservations fit). Small by
+    /// default, so a farm of 200 nodes fits 2 cores; 0: none.
+    #[arg(long, env = "FARM_NODE_CPU_RESERVATION", default_value_t = 0.01)]
+    pub node_cpu_reservation: f64,
+
+    /// `--runtime swarm`: memory Swarm reserves for each node when placing
+    /// it (`16MiB`, `64m`, bytes; 0: none). At most --node-memory.
+    #[arg(long, env = "FARM_NODE_MEMORY_RESERVATION", default_value = "16MiB", value_parser = bytes)]
+    pub node_memory_reservation: u64,
 
     /// Bearer token of the `admin` role: every call, mutations included
     /// (configuration, Scale, NodeAction). Once any token is set, every
@@ -358,6 +415,30 @@ pub enum ConfigError {
     Cpus(f64),
     #[error("--node-memory must be at least 6MiB (the engine's minimum), got {0} bytes")]
     Memory(u64),
+    /// A Swarm reservation out of its range.
+    #[error("{flag} must be {allowed}, got {given}")]
+    Reservation {
+        flag: &'static str,
+        allowed: &'static str,
+        given: String,
+    },
+    /// A flag of `--runtime swarm` given with another runtime.
+    #[error("{0} applies to --runtime swarm only")]
+    SwarmOnly(&'static str),
+    /// `--advertise-url` is not a URL nodes can use.
+    #[error(
+        "--advertise-url {value:?} is not a URL nodes can reach: {problem} (e.g. http://10.0.0.5:50051)"
+    )]
+    AdvertiseUrl {
+        value: String,
+        problem: &'static str,
+    },
+    /// A `--placement-constraint` is not `ATTRIBUTE==VALUE` or
+    /// `ATTRIBUTE!=VALUE`.
+    #[error(
+        "--placement-constraint {0:?} is not ATTRIBUTE==VALUE or ATTRIBUTE!=VALUE (e.g. node.role==worker)"
+    )]
+    Constraint(String),
     /// A token flag holds something that cannot be a token (the token
     /// itself is never shown).
     #[error("{flag} {problem}")]
@@ -433,6 +514,7 @@ pub struct ServeConfig {
     pub limits: Limits,
     pub stop_grace: Duration,
     pub docker: DockerSettings,
+    pub swarm: SwarmSettings,
     /// Nodes started at once, if not the runtime's default.
     pub start_parallelism: Option<usize>,
     /// Leave nodes running at shutdown.
@@ -470,6 +552,23 @@ pub struct DockerSettings {
     pub image_binary: Option<PathBuf>,
 }
 
+/// Settings of the Swarm runtime.
+#[derive(Debug, Clone)]
+pub struct SwarmSettings {
+    /// Where nodes reach the control plane, if not the gateway bridge.
+    pub advertise_url: Option<String>,
+    /// The node image, if not the one built here.
+    pub node_image: Option<String>,
+    /// Placement constraints, as Swarm reads them.
+    pub constraints: Vec<String>,
+    /// The spread preference's descriptor, if any.
+    pub spread: Option<String>,
+    /// CPUs reserved per node (0: none).
+    pub cpu_reservation: f64,
+    /// Bytes reserved per node (0: none).
+    pub memory_reservation: u64,
+}
+
 impl TryFrom<&ServeArgs> for ServeConfig {
     type Error = ConfigError;
 
@@ -504,6 +603,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
         if args.node_memory < 6 << 20 {
             return Err(ConfigError::Memory(args.node_memory));
         }
+        let swarm = swarm(args)?;
         let tokens = tokens(args)?;
         let browser = browser(args)?;
         let indexer = indexer(args)?;
@@ -537,6 +637,7 @@ impl TryFrom<&ServeArgs> for ServeConfig {
                 memory: args.node_memory,
                 image_binary: args.node_image_binary.clone(),
             },
+            swarm,
             start_parallelism: args.start_parallelism.map(usize::from),
             keep_nodes: args.keep_nodes,
             tokens,
@@ -546,6 +647,106 @@ impl TryFrom<&ServeArgs> for ServeConfig {
             serving,
         })
     }
+}
+
+/// The Swarm runtime's flags, each checked; given with another runtime,
+/// they are refused rather than ignored.
+fn swarm(args: &ServeArgs) -> Result<SwarmSettings, ConfigError> {
+    if args.runtime != RuntimeKind::Swarm {
+        let given = [
+            ("--advertise-url", args.advertise_url.is_some()),
+            ("--node-image", args.node_image.is_some()),
+            (
+                "--placement-constraint",
+                !args.placement_constraints.is_empty(),
+            ),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::SwarmOnly(flag));
+        }
+    }
+    if !(0.0..=args.node_cpus).contains(&args.node_cpu_reservation) {
+        return Err(ConfigError::Reservation {
+            flag: "--node-cpu-reservation",
+            allowed: "between 0 and --node-cpus",
+            given: args.node_cpu_reservation.to_string(),
+        });
+    }
+    if args.node_memory_reservation > args.node_memory {
+        return Err(ConfigError::Reservation {
+            flag: "--node-memory-reservation",
+            allowed: "at most --node-memory",
+            given: format!("{} bytes", args.node_memory_reservation),
+        });
+    }
+    let advertise_url = args
+        .advertise_url
+        .as_deref()
+        .map(advertise_url)
+        .transpose()?;
+    let constraints = args
+        .placement_constraints
+        .iter()
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            let well_formed = ["==", "!="].iter().any(|op| {
+                c.split_once(op)
+                    .is_some_and(|(k, v)| !k.trim().is_empty() && !v.trim().is_empty())
+            });
+            if well_formed {
+                Ok(c)
+            } else {
+                Err(ConfigError::Constraint(c))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let spread = match args.placement_spread.trim() {
+        "" | "none" => None,
+        descriptor => Some(descriptor.to_owned()),
+    };
+    Ok(SwarmSettings {
+        advertise_url,
+        node_image: args.node_image.clone().filter(|i| !i.trim().is_empty()),
+        constraints,
+        spread,
+        cpu_reservation: args.node_cpu_reservation,
+        memory_reservation: args.node_memory_reservation,
+    })
+}
+
+/// `http://host:port` (or `https://`), with nothing after it: what nodes
+/// are given as their control plane's address.
+fn advertise_url(value: &str) -> Result<String, ConfigError> {
+    let err = |problem| ConfigError::AdvertiseUrl {
+        value: value.to_owned(),
+        problem,
+    };
+    let uri: http::Uri = value.parse().map_err(|_| err("not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(err("the scheme must be http or https"));
+    }
+    let authority = uri.authority().ok_or_else(|| err("it names no host"))?;
+    if authority.host().is_empty() {
+        return Err(err("it names no host"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(err("it may not carry credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(err("it may not have a path or a query"));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(err("0.0.0.0 and :: are not addresses to reach"));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// The port's limits, each in its range.

@@ -23,7 +23,11 @@ use crate::{
     config::ServeConfig,
     core::DEFAULT_GROUP,
     indexer::LineServer,
-    runtime::select::{self, SetupError},
+    runtime::{
+        Runtime,
+        select::{self, Nodes, SetupError},
+        swarm::SwarmError,
+    },
     state::{FarmState, Members},
     store::StoreError,
     supervisor::{Supervisor, SupervisorConfig},
@@ -79,6 +83,15 @@ pub enum ServeError {
     /// The server task panicked or was cancelled.
     #[error("the server task failed: {0}")]
     Task(String),
+    /// `--advertise-url` does not lead to this control plane.
+    #[error(
+        "--advertise-url {url} does not reach this control plane: {cause}. \
+Give an address of this host that every host of the swarm can route to, on the port of --listen (listen on 0.0.0.0 or that address)"
+    )]
+    Advertise { url: String, cause: String },
+    /// The farm's Swarm service could not be set up.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
 }
 
 /// The sockets the control plane serves, bound by the caller.
@@ -136,29 +149,54 @@ pub async fn run(
         node_url = format!("http://{addr}");
         node_listener = Some(listener);
     }
-    let farm_runtime = runtime.as_ref().map(|r| Arc::clone(&r.runtime));
-    let runtime_name = runtime.as_ref().map_or("none", |r| r.runtime.name());
-    let supervisor = runtime.map(|parts| {
-        info!(
-            runtime = parts.runtime.name(),
-            nodes = config.nodes,
-            "starting the farm"
-        );
-        Supervisor::spawn(
-            parts.runtime,
-            state.members(),
-            SupervisorConfig {
-                desired: config.nodes,
-                max_nodes: config.max_nodes,
-                group: DEFAULT_GROUP.to_owned(),
-                control_plane: node_url,
-                stop_grace: config.stop_grace,
-                start_parallelism: config.start_parallelism.unwrap_or(parts.start_parallelism),
-                keep_on_shutdown: config.keep_nodes,
-            },
-            parts.exits,
-        )
-    });
+    if let Some(url) = &config.swarm.advertise_url {
+        let listeners: Vec<&TcpListener> =
+            std::iter::once(&listener).chain(&node_listener).collect();
+        check_advertise(url, &listeners).await?;
+        info!(url = %url, "nodes reach this control plane at --advertise-url");
+        node_url.clone_from(url);
+    }
+    let runtime_name = runtime.as_ref().map_or("none", |r| r.name());
+    let supervisor_config = |start_parallelism| SupervisorConfig {
+        desired: config.nodes,
+        max_nodes: config.max_nodes,
+        group: DEFAULT_GROUP.to_owned(),
+        control_plane: node_url.clone(),
+        stop_grace: config.stop_grace,
+        start_parallelism: config.start_parallelism.unwrap_or(start_parallelism),
+        keep_on_shutdown: config.keep_nodes,
+    };
+    let mut farm_runtime: Option<Arc<dyn Runtime>> = None;
+    let supervisor = match runtime.map(|parts| parts.nodes) {
+        None => None,
+        Some(Nodes::Slots {
+            runtime,
+            exits,
+            start_parallelism,
+        }) => {
+            info!(
+                runtime = runtime.name(),
+                nodes = config.nodes,
+                "starting the farm"
+            );
+            farm_runtime = Some(Arc::clone(&runtime));
+            Some(Supervisor::spawn(
+                runtime,
+                state.members(),
+                supervisor_config(start_parallelism),
+                exits,
+            ))
+        }
+        Some(Nodes::Swarm(swarm)) => {
+            info!(runtime = "swarm", nodes = config.nodes, "starting the farm");
+            swarm.deploy(&node_url, DEFAULT_GROUP, config.nodes).await?;
+            Some(Supervisor::spawn_swarm(
+                swarm,
+                state.members(),
+                supervisor_config(1),
+            ))
+        }
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let mut api = Api::new(
@@ -329,6 +367,53 @@ async fn bind_node_side(gateway: IpAddr, port: u16) -> Result<TcpListener, Serve
         Err(_) => TcpListener::bind(SocketAddr::new(gateway, 0))
             .await
             .map_err(|source| ServeError::NodeListener { gateway, source }),
+    }
+}
+
+/// Checks that `url` leads to one of `listeners`: connects to it, and waits
+/// for that very connection (told by its address) to arrive. The listeners
+/// are bound but not served yet, so the kernel holds the connection for
+/// them; other connections accepted meanwhile (nodes retrying) are closed,
+/// and they dial again.
+async fn check_advertise(url: &str, listeners: &[&TcpListener]) -> Result<(), ServeError> {
+    let fail = |cause: String| ServeError::Advertise {
+        url: url.to_owned(),
+        cause,
+    };
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let default_port = if url.starts_with("https://") { 443 } else { 80 };
+    let target = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let wait = Duration::from_secs(5);
+    let stream = tokio::time::timeout(wait, tokio::net::TcpStream::connect(&target))
+        .await
+        .map_err(|_| fail(format!("no connection to {target} within {wait:?}")))?
+        .map_err(|e| fail(format!("cannot connect to {target}: {e}")))?;
+    let ours = stream.local_addr().map_err(|e| fail(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+        let accepted =
+            tokio::time::timeout_at(deadline, futures::future::select_all(accepts)).await;
+        match accepted {
+            Err(_) => {
+                return Err(fail(format!(
+                    "{target} accepts connections, but they do not arrive at this control plane"
+                )));
+            }
+            Ok((Ok((_, peer)), _, _)) if peer == ours => return Ok(()),
+            Ok(_) => {} // someone else, or a failed accept: dropped
+        }
     }
 }
 

@@ -65,6 +65,16 @@ pub struct NodeArgs {
     #[arg(long, env = "FARM_NODE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
+    /// A file holding the bearer token instead (its trailing newline
+    /// ignored), such as a Docker secret: `/run/secrets/NAME`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FARM_NODE_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+
     /// Threads that run the node's work. One, the default, suits a farm:
     /// its nodes share the machine, and on one thread a node spends less
     /// CPU on each message (no hand-over between threads) and starts
@@ -103,6 +113,9 @@ pub enum ConfigError {
     /// `--token` holds characters that cannot travel in a header.
     #[error("--token must be printable ASCII")]
     Token,
+    /// `--token-file` cannot be read.
+    #[error("cannot read --token-file {path}: {cause}")]
+    TokenFile { path: PathBuf, cause: String },
 }
 
 /// Validated settings of a node.
@@ -218,6 +231,22 @@ fn valid_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl NodeArgs {
+    /// Reads `--token-file` into the token, the one flag that needs I/O
+    /// before the rest is validated.
+    pub fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.token_file.take() else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::TokenFile {
+            path: path.clone(),
+            cause: e.to_string(),
+        })?;
+        self.token = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+        Ok(())
+    }
 }
 
 impl TryFrom<NodeArgs> for NodeConfig {
@@ -366,6 +395,49 @@ mod tests {
         assert_eq!(
             parse(&["--label", "empty="]).expect("valid").labels,
             BTreeMap::from([("empty".to_owned(), String::new())])
+        );
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-a-file\n").expect("write");
+        let path = path.to_str().expect("utf-8");
+        let mut args = NodeArgs::try_parse_from([
+            "farm-node",
+            "--control-plane",
+            "http://cp:1",
+            "--token-file",
+            path,
+        ])
+        .expect("flags");
+        args.read_token_file().expect("read");
+        let config = NodeConfig::try_from(args).expect("valid");
+        assert_eq!(config.token.as_deref(), Some("from-a-file"));
+
+        let mut missing = NodeArgs::try_parse_from([
+            "farm-node",
+            "--control-plane",
+            "http://cp:1",
+            "--token-file",
+            "/nonexistent/token",
+        ])
+        .expect("flags");
+        let err = missing.read_token_file().expect_err("no such file");
+        assert!(err.to_string().contains("/nonexistent/token"), "{err}");
+        assert!(
+            NodeArgs::try_parse_from([
+                "farm-node",
+                "--control-plane",
+                "http://cp:1",
+                "--token",
+                "t",
+                "--token-file",
+                path
+            ])
+            .is_err(),
+            "one or the other"
         );
     }
 

@@ -53,7 +53,11 @@ async fn run(args: NodeArgs) -> ExitCode {
         Ok(std::mem::replace(&mut *current, text.to_owned()))
     });
     let listen = args.listen;
-    let config = match NodeConfig::try_from(args) {
+    let mut args = args;
+    let config = match args
+        .read_token_file()
+        .and_then(|()| NodeConfig::try_from(args))
+    {
         Ok(mut config) => {
             config.log_filter = Some(set_filter);
             config

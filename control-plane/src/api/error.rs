@@ -210,9 +210,10 @@ fn farm(err: &FarmError) -> Code {
         FarmError::Domain(err) | FarmError::State(StateError::Domain(err)) => domain(err),
         FarmError::State(StateError::Store(err)) => store(err),
         FarmError::TooMany { .. } => Code::InvalidArgument,
-        FarmError::NoRuntime | FarmError::NotManaged(_) | FarmError::NotRunning { .. } => {
-            Code::FailedPrecondition
-        }
+        FarmError::NoRuntime
+        | FarmError::NotManaged(_)
+        | FarmError::NotRunning { .. }
+        | FarmError::Unsupported(_) => Code::FailedPrecondition,
         FarmError::Runtime(_) => Code::Internal,
         // The engine may come back: the same call succeeds then.
         FarmError::ShuttingDown | FarmError::RuntimeUnavailable(_) => Code::Unavailable,

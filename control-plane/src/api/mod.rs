@@ -77,6 +77,7 @@ fn node_info(view: NodeView) -> v1::NodeInfo {
         runtime_id: view.runtime_id,
         starts: view.starts,
         leader: view.leader,
+        host: view.host,
     }
 }
 

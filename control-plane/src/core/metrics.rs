@@ -738,6 +738,7 @@ mod tests {
             runtime_id: String::new(),
             starts: 0,
             leader: false,
+            host: String::new(),
         }
     }
 

@@ -136,6 +136,9 @@ pub struct RuntimeView {
     pub runtime_id: String,
     /// How many times the slot has been started.
     pub starts: u32,
+    /// The host it runs on, when the farm spans hosts (a Swarm node's
+    /// host name); empty otherwise.
+    pub host: String,
 }
 
 /// A node as clients see it.
@@ -155,6 +158,8 @@ pub struct NodeView {
     pub runtime_id: String,
     pub starts: u32,
     pub leader: bool,
+    /// The host a managed node runs on, when the farm spans hosts.
+    pub host: String,
 }
 
 /// A group as clients see it.
@@ -1024,6 +1029,7 @@ impl Registry {
             managed: runtime.is_some(),
             runtime_id: runtime.map(|v| v.runtime_id.clone()).unwrap_or_default(),
             starts: runtime.map_or(0, |v| v.starts),
+            host: runtime.map(|v| v.host.clone()).unwrap_or_default(),
             leader: self
                 .groups
                 .get(&record.stored.group)

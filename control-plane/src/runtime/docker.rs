@@ -194,13 +194,13 @@ impl Drop for DockerRuntime {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single map operation: nothing to poison.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The engine answered 404.
-fn is_not_found(err: &BollardError) -> bool {
+pub(crate) fn is_not_found(err: &BollardError) -> bool {
     matches!(
         err,
         BollardError::DockerResponseServerError {
@@ -211,7 +211,7 @@ fn is_not_found(err: &BollardError) -> bool {
 }
 
 /// The engine answered 409 (a name in use) or 304 (nothing to do).
-fn status_of(err: &BollardError) -> Option<u16> {
+pub(crate) fn status_of(err: &BollardError) -> Option<u16> {
     match err {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -355,7 +355,7 @@ impl DockerRuntime {
 }
 
 /// Digest-tagged image holding `binary` as `/farm-node`; built if missing.
-async fn ensure_image(docker: &Docker, binary: &Path) -> Result<String, DockerError> {
+pub(crate) async fn ensure_image(docker: &Docker, binary: &Path) -> Result<String, DockerError> {
     let read_err = |cause: String| DockerError::Binary {
         path: binary.to_owned(),
         cause,
@@ -468,7 +468,7 @@ async fn ensure_network(docker: &Docker, farm_id: &str) -> Result<(String, IpAdd
 }
 
 /// Whether the engine answers a ping in time; why not otherwise.
-async fn ping(docker: &Docker) -> Result<(), String> {
+pub(crate) async fn ping(docker: &Docker) -> Result<(), String> {
     match tokio::time::timeout(PING_TIMEOUT, docker.ping()).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(err.to_string()),

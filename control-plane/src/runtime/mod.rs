@@ -8,6 +8,7 @@ pub mod docker;
 pub(crate) mod memory;
 mod process;
 pub(crate) mod select;
+pub mod swarm;
 
 use std::{path::Path, time::Duration};
 

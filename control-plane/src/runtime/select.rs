@@ -1,6 +1,6 @@
 //! Choosing and building the runtime the farm's nodes run on: Docker when
 //! an engine answers (and a static `farm-node` is at hand for the image),
-//! child processes otherwise, or none at all.
+//! child processes otherwise, a Swarm service when asked, or none at all.
 
 use std::{net::IpAddr, path::PathBuf, sync::Arc};
 
@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use super::{
     DockerError, DockerRuntime, DockerRuntimeConfig, InstanceEvent, ProcessRuntime,
     ProcessRuntimeConfig, Runtime, docker,
+    swarm::{NodeImage, SwarmError, SwarmRuntime, SwarmRuntimeConfig},
 };
 use crate::config::{RuntimeKind, ServeConfig};
 
@@ -31,6 +32,9 @@ pub enum SetupError {
     /// The Docker engine refused the farm's set-up.
     #[error(transparent)]
     Docker(#[from] DockerError),
+    /// The swarm refused the farm's set-up.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
     /// `--node-image-binary` names a program that is not statically linked.
     #[error(
         "the node image needs a statically linked farm-node; {0} is not one (build one with scripts/build-static)"
@@ -51,13 +55,33 @@ pub enum SetupError {
 
 /// The runtime the farm runs on.
 pub(crate) struct RuntimeParts {
-    pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) exits: mpsc::UnboundedReceiver<InstanceEvent>,
+    pub(crate) nodes: Nodes,
     /// Where nodes reach the control plane when not through the listener's
     /// own address: the gateway of the farm's network.
     pub(crate) node_side: Option<IpAddr>,
-    /// Starts in flight at once.
-    pub(crate) start_parallelism: usize,
+}
+
+/// Who runs the nodes.
+pub(crate) enum Nodes {
+    /// The supervisor, one slot at a time, through a runtime.
+    Slots {
+        runtime: Arc<dyn Runtime>,
+        exits: mpsc::UnboundedReceiver<InstanceEvent>,
+        /// Starts in flight at once.
+        start_parallelism: usize,
+    },
+    /// Swarm, as the tasks of one service.
+    Swarm(Arc<SwarmRuntime>),
+}
+
+impl RuntimeParts {
+    /// Short name for logs and `GetStatus`: `process`, `docker`, `swarm`.
+    pub(crate) fn name(&self) -> &'static str {
+        match &self.nodes {
+            Nodes::Slots { runtime, .. } => runtime.name(),
+            Nodes::Swarm(_) => "swarm",
+        }
+    }
 }
 
 /// The runtime `config` asks for; `None` with `--runtime none`.
@@ -69,6 +93,7 @@ pub(crate) async fn build(config: &ServeConfig) -> Result<Option<RuntimeParts>, 
             let binary = image_binary(config)?;
             docker_runtime(config, binary).await.map(Some)
         }
+        RuntimeKind::Swarm => swarm_runtime(config).await.map(Some),
         RuntimeKind::Auto => {
             if let Err(err) = docker::connect(&config.docker.host).await {
                 info!(cause = %err, "no Docker engine: nodes run as processes");
@@ -103,10 +128,12 @@ fn process_runtime(config: &ServeConfig) -> Result<RuntimeParts, SetupError> {
         tx,
     );
     Ok(RuntimeParts {
-        runtime: Arc::new(runtime),
-        exits: rx,
+        nodes: Nodes::Slots {
+            runtime: Arc::new(runtime),
+            exits: rx,
+            start_parallelism: PROCESS_START_PARALLELISM,
+        },
         node_side: None,
-        start_parallelism: PROCESS_START_PARALLELISM,
     })
 }
 
@@ -130,10 +157,44 @@ async fn docker_runtime(
     .await?;
     let gateway = runtime.gateway();
     Ok(RuntimeParts {
-        runtime: Arc::new(runtime),
-        exits: rx,
+        nodes: Nodes::Slots {
+            runtime: Arc::new(runtime),
+            exits: rx,
+            start_parallelism: DOCKER_START_PARALLELISM,
+        },
         node_side: Some(gateway),
-        start_parallelism: DOCKER_START_PARALLELISM,
+    })
+}
+
+async fn swarm_runtime(config: &ServeConfig) -> Result<RuntimeParts, SetupError> {
+    let image = match &config.swarm.node_image {
+        Some(image) => NodeImage::Named(image.clone()),
+        None => NodeImage::Build(image_binary(config)?),
+    };
+    let runtime = SwarmRuntime::start(SwarmRuntimeConfig {
+        host: config.docker.host.clone(),
+        farm_id: farm_id(&config.data_dir)?,
+        image,
+        cpus: config.docker.cpus,
+        memory: config.docker.memory,
+        cpu_reservation: config.swarm.cpu_reservation,
+        memory_reservation: config.swarm.memory_reservation,
+        constraints: config.swarm.constraints.clone(),
+        spread: config.swarm.spread.clone(),
+        node_token: config.tokens.node.clone(),
+        stop_grace: config.stop_grace,
+    })
+    .await?;
+    // With --advertise-url, nodes dial that; else this host's gateway
+    // bridge.
+    let node_side = config
+        .swarm
+        .advertise_url
+        .is_none()
+        .then(|| runtime.gateway());
+    Ok(RuntimeParts {
+        nodes: Nodes::Swarm(Arc::new(runtime)),
+        node_side,
     })
 }
 

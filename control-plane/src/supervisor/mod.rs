@@ -21,6 +21,7 @@
 //! backoff forgotten.
 
 mod slot;
+mod swarm;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::task::Task;
 use crate::{
     core::{DomainError, NodeId},
-    runtime::{InstanceEvent, Runtime, RuntimeError},
+    runtime::{InstanceEvent, Runtime, RuntimeError, swarm::SwarmRuntime},
     state::{Members, StateError},
 };
 
@@ -105,6 +106,9 @@ pub enum FarmError {
     /// The runtime's engine does not answer; the reason names it.
     #[error("{0}; retry once it is back")]
     RuntimeUnavailable(String),
+    /// The runtime cannot do this to this node; the reason says why.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What the handle asks of the task.
@@ -147,6 +151,30 @@ impl Supervisor {
         let (unavailable_tx, unavailable) = watch::channel(None);
         let task = Task::new(runtime, state, config, Arc::clone(&desired), unavailable_tx);
         let handle = tokio::spawn(task.run(rx, exits));
+        (
+            Self {
+                commands,
+                desired,
+                unavailable,
+            },
+            handle,
+        )
+    }
+
+    /// Starts the supervisor task of a Swarm farm, whose service
+    /// [`SwarmRuntime::deploy`] has set up: Swarm runs the nodes, the task
+    /// keeps the service at size and tells the registry about its tasks.
+    pub fn spawn_swarm(
+        swarm: Arc<SwarmRuntime>,
+        state: Members,
+        config: SupervisorConfig,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (commands, rx) = mpsc::channel(64);
+        let desired = Arc::new(AtomicU32::new(config.desired));
+        let (unavailable_tx, unavailable) = watch::channel(None);
+        let task =
+            swarm::SwarmTask::new(swarm, state, config, Arc::clone(&desired), unavailable_tx);
+        let handle = tokio::spawn(task.run(rx));
         (
             Self {
                 commands,

@@ -164,6 +164,7 @@ impl Slot {
             status,
             runtime_id,
             starts: self.starts,
+            host: String::new(),
         }
     }
 }

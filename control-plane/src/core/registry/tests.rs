@@ -257,6 +257,7 @@ fn unmanaged_nodes_are_dropped_after_max_age_managed_ones_are_not() {
             status: RuntimeStatus::Running,
             runtime_id: "pid:1".into(),
             starts: 1,
+            host: String::new(),
         }),
     );
     f.advance(10_001);
@@ -380,6 +381,7 @@ fn runtime_stop_overrides_health_and_is_visible() {
             },
             runtime_id: String::new(),
             starts: 1,
+            host: String::new(),
         }),
     );
     let view = f.registry.node(id).expect("node");
@@ -488,6 +490,7 @@ fn deadline_checks_match_a_full_scan_within_one_grain() {
                         status: RuntimeStatus::Running,
                         runtime_id: "pid:1".into(),
                         starts: 1,
+                        host: String::new(),
                     });
                     f.registry.set_runtime(&name, view);
                 }
@@ -561,6 +564,7 @@ fn the_healthy_count_follows_every_way_in_and_out_of_health() {
             },
             runtime_id: "pid:2".into(),
             starts: 1,
+            host: String::new(),
         }),
     );
     assert_eq!(f.state(b), NodeState::Stopped);
