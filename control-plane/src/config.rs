@@ -213,14 +213,16 @@ pub struct ServeArgs {
 
     /// `--runtime swarm`: CPUs Swarm reserves for each node when placing it
     /// (a host is only given nodes whose reservations fit). Small by
-    /// default, so a farm of 200 nodes fits 2 cores; 0: none.
-    #[arg(long, env = "FARM_NODE_CPU_RESERVATION", default_value_t = 0.01)]
-    pub node_cpu_reservation: f64,
+    /// default (0.01, or --node-cpus when smaller), so a farm of 200 nodes
+    /// fits 2 cores; 0: none.
+    #[arg(long, env = "FARM_NODE_CPU_RESERVATION")]
+    pub node_cpu_reservation: Option<f64>,
 
     /// `--runtime swarm`: memory Swarm reserves for each node when placing
-    /// it (`16MiB`, `64m`, bytes; 0: none). At most --node-memory.
-    #[arg(long, env = "FARM_NODE_MEMORY_RESERVATION", default_value = "16MiB", value_parser = bytes)]
-    pub node_memory_reservation: u64,
+    /// it (`16MiB`, `64m`, bytes; 0: none). At most --node-memory; by
+    /// default 16MiB, or --node-memory when smaller.
+    #[arg(long, env = "FARM_NODE_MEMORY_RESERVATION", value_parser = bytes)]
+    pub node_memory_reservation: Option<u64>,
 
     /// Bearer token of the `admin` role: every call, mutations included
     /// (configuration, Scale, NodeAction). Once any token is set, every
@@ -649,6 +651,13 @@ impl TryFrom<&ServeArgs> for ServeConfig {
     }
 }
 
+/// CPUs Swarm reserves per node unless told otherwise: enough to spread
+/// nodes by what hosts have left, small enough for 200 nodes on 2 cores.
+const DEFAULT_CPU_RESERVATION: f64 = 0.01;
+/// Memory Swarm reserves per node unless told otherwise: about what an idle
+/// `farm-node` uses.
+const DEFAULT_MEMORY_RESERVATION: u64 = 16 << 20;
+
 /// The Swarm runtime's flags, each checked; given with another runtime,
 /// they are refused rather than ignored.
 fn swarm(args: &ServeArgs) -> Result<SwarmSettings, ConfigError> {
@@ -660,23 +669,37 @@ fn swarm(args: &ServeArgs) -> Result<SwarmSettings, ConfigError> {
                 "--placement-constraint",
                 !args.placement_constraints.is_empty(),
             ),
+            (
+                "--node-cpu-reservation",
+                args.node_cpu_reservation.is_some(),
+            ),
+            (
+                "--node-memory-reservation",
+                args.node_memory_reservation.is_some(),
+            ),
         ];
         if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
             return Err(ConfigError::SwarmOnly(flag));
         }
     }
-    if !(0.0..=args.node_cpus).contains(&args.node_cpu_reservation) {
+    let cpu_reservation = args
+        .node_cpu_reservation
+        .unwrap_or(DEFAULT_CPU_RESERVATION.min(args.node_cpus));
+    if !(0.0..=args.node_cpus).contains(&cpu_reservation) {
         return Err(ConfigError::Reservation {
             flag: "--node-cpu-reservation",
             allowed: "between 0 and --node-cpus",
-            given: args.node_cpu_reservation.to_string(),
+            given: cpu_reservation.to_string(),
         });
     }
-    if args.node_memory_reservation > args.node_memory {
+    let memory_reservation = args
+        .node_memory_reservation
+        .unwrap_or(DEFAULT_MEMORY_RESERVATION.min(args.node_memory));
+    if memory_reservation > args.node_memory {
         return Err(ConfigError::Reservation {
             flag: "--node-memory-reservation",
             allowed: "at most --node-memory",
-            given: format!("{} bytes", args.node_memory_reservation),
+            given: format!("{memory_reservation} bytes"),
         });
     }
     let advertise_url = args
@@ -710,8 +733,8 @@ fn swarm(args: &ServeArgs) -> Result<SwarmSettings, ConfigError> {
         node_image: args.node_image.clone().filter(|i| !i.trim().is_empty()),
         constraints,
         spread,
-        cpu_reservation: args.node_cpu_reservation,
-        memory_reservation: args.node_memory_reservation,
+        cpu_reservation,
+        memory_reservation,
     })
 }
 
@@ -992,6 +1015,43 @@ mod tests {
             parse(&["--node-cpus", "0"])
                 .unwrap_err()
                 .contains("--node-cpus")
+        );
+    }
+
+    #[test]
+    fn swarm_reservations_fit_the_limits_and_swarm_flags_stay_with_swarm() {
+        let swarm = parse(&["--runtime", "swarm"]).expect("defaults").swarm;
+        assert_eq!(swarm.cpu_reservation, 0.01);
+        assert_eq!(swarm.memory_reservation, 16 << 20);
+        assert_eq!(swarm.spread.as_deref(), Some("node.id"));
+        // Small nodes get reservations no larger than their limits.
+        let small = parse(&["--runtime", "swarm", "--node-memory", "8MiB"]).expect("8MiB");
+        assert_eq!(small.swarm.memory_reservation, 8 << 20);
+        // Other runtimes neither need nor check reservations.
+        assert!(parse(&["--runtime", "docker", "--node-memory", "8MiB"]).is_ok());
+        assert!(
+            parse(&["--runtime", "swarm", "--node-memory-reservation", "1GiB"])
+                .unwrap_err()
+                .contains("at most --node-memory")
+        );
+        assert!(
+            parse(&["--runtime", "swarm", "--node-cpu-reservation", "2"])
+                .unwrap_err()
+                .contains("--node-cpu-reservation")
+        );
+        for flag in [
+            ["--node-cpu-reservation", "0.1"],
+            ["--node-memory-reservation", "32MiB"],
+            ["--node-image", "farm-node:1"],
+            ["--placement-constraint", "node.role==worker"],
+        ] {
+            let error = parse(&["--runtime", "docker", flag[0], flag[1]]).unwrap_err();
+            assert!(error.contains("--runtime swarm only"), "{error}");
+        }
+        assert!(
+            parse(&["--runtime", "swarm", "--placement-constraint", "node.role"])
+                .unwrap_err()
+                .contains("node.role")
         );
     }
 
