@@ -23,6 +23,8 @@
 //!   backoff, and panics with what it waited for and what it saw last.
 //! - [`browser`]: Debian's chromium driven through playwright-core, for
 //!   the dashboard's tests: pages to click, fill, wait on and screenshot.
+//! - [`swarm`]: a one-node Docker Swarm the swarm tests take in turn, made
+//!   and left by them when the engine is in none.
 //! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
 //!   wrote (grpcurl, Python's grpcio-tools), skipped with a message when
 //!   missing unless the suite requires them ([`skip`]).
@@ -33,6 +35,7 @@ pub mod api;
 pub mod browser;
 pub mod catalog;
 pub mod docker;
+pub mod engines;
 pub mod farm;
 pub mod grpc_web;
 pub mod http;
@@ -41,6 +44,7 @@ pub mod node;
 pub mod process;
 pub mod raw;
 pub mod skip;
+pub mod swarm;
 pub mod wait;
 
 pub use api::{Api, Authed, by_name, healthy, ids_by_name, pid};

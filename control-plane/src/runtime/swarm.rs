@@ -197,10 +197,11 @@ impl Drop for SwarmRuntime {
 }
 
 impl SwarmRuntime {
-    /// Connects, checks that the engine is a swarm manager and that the
-    /// image resolves, and makes sure the farm's network exists. The service
-    /// is set up by [`SwarmRuntime::deploy`], once the control plane's
-    /// address is known.
+    /// Connects, and checks that the engine is a swarm manager and that the
+    /// image resolves (building it if it is the farm's own), and finds the
+    /// gateway bridge's address. Nothing of the farm's is created until
+    /// [`SwarmRuntime::deploy`], once the control plane's address is known
+    /// and checked.
     pub async fn start(config: SwarmRuntimeConfig) -> Result<Self, SwarmError> {
         let docker = docker::connect(&config.host).await?;
         let info = docker
@@ -237,7 +238,6 @@ impl SwarmRuntime {
                 image.clone()
             }
         };
-        ensure_network(&docker, &config.farm_id).await?;
         let gateway = gateway_bridge(&docker).await?;
         let changed = Arc::new(Notify::new());
         let events = tokio::spawn(watch_containers(
@@ -292,15 +292,17 @@ impl SwarmRuntime {
         )])
     }
 
-    /// Creates the farm's service with `replicas` tasks, or adopts the one
-    /// an earlier control plane left (found by its farm id) and brings its
-    /// spec and replica count to this one's. Returns whether it adopted.
+    /// Creates the farm's network, secret and service with `replicas`
+    /// tasks, or adopts the ones an earlier control plane left (found by
+    /// its farm id) and brings the service's spec and replica count to this
+    /// one's. Returns whether it adopted.
     pub async fn deploy(
         &self,
         control_plane: &str,
         group: &str,
         replicas: u32,
     ) -> Result<bool, SwarmError> {
+        ensure_network(&self.docker, &self.config.farm_id).await?;
         let secret = match &self.config.node_token {
             Some(token) => Some(self.ensure_secret(token).await?),
             None => None,
@@ -896,7 +898,11 @@ async fn ensure_network(docker: &Docker, farm_id: &str) -> Result<(), SwarmError
 }
 
 /// The gateway address of this host's `docker_gwbridge`, where its tasks
-/// reach the host.
+/// reach the host. Swarm creates that bridge when the first task starts
+/// here; as the address is needed before (the control plane listens on
+/// it), it is created here when missing, with the options the engine's
+/// documentation gives for it. It is the engine's, not the farm's: it is
+/// not labelled and never removed.
 async fn gateway_bridge(docker: &Docker) -> Result<IpAddr, SwarmError> {
     let err = |cause: String| {
         SwarmError::Docker(DockerError::Network {
@@ -904,14 +910,39 @@ async fn gateway_bridge(docker: &Docker) -> Result<IpAddr, SwarmError> {
             cause,
         })
     };
-    let network = docker
-        .inspect_network(GATEWAY_BRIDGE, None)
-        .await
-        .map_err(|e| {
-            err(format!(
-                "{e} (Swarm creates it when the engine joins a swarm)"
-            ))
-        })?;
+    let network = match docker.inspect_network(GATEWAY_BRIDGE, None).await {
+        Ok(network) => network,
+        Err(e) if status_of(&e) == Some(404) => {
+            info!(
+                network = GATEWAY_BRIDGE,
+                "creating the engine's gateway bridge (Swarm would on its first task)"
+            );
+            let request = NetworkCreateRequest {
+                name: GATEWAY_BRIDGE.to_owned(),
+                driver: Some("bridge".into()),
+                options: Some(HashMap::from(
+                    [
+                        ("com.docker.network.bridge.name", GATEWAY_BRIDGE),
+                        ("com.docker.network.bridge.enable_icc", "false"),
+                        ("com.docker.network.bridge.enable_ip_masquerade", "true"),
+                    ]
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+                )),
+                ..Default::default()
+            };
+            match docker.create_network(request).await {
+                Ok(_) => {}
+                // Swarm made it meanwhile.
+                Err(e) if status_of(&e) == Some(409) => {}
+                Err(e) => return Err(err(e.to_string())),
+            }
+            docker
+                .inspect_network(GATEWAY_BRIDGE, None)
+                .await
+                .map_err(|e| err(e.to_string()))?
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
     network
         .ipam
         .and_then(|ipam| ipam.config)

@@ -1,0 +1,227 @@
+//! A one-node Docker Swarm for the tests of `--runtime swarm`, and its
+//! clean-up.
+//!
+//! Tests take the machine's engine one at a time ([`SwarmLock`], a file
+//! lock, since the test runner runs each test in a process of its own).
+//! Holding it, a test that finds the engine outside any swarm makes it the
+//! manager of a one-node swarm ([`SwarmLock::ensure_swarm`]) and leaves that
+//! swarm when it is done, also when it fails; a swarm it did not create is
+//! used as it is and never left. The swarm the tests create marks its node
+//! with the label `farm.test.swarm=1`, so a test that was killed before
+//! leaving (SIGKILL, a cancelled run) is recognised as the creator by the
+//! next one, which leaves it in its place.
+//!
+//! Whatever a test's farm creates (the service, its network, secret and
+//! volumes) carries the farm id the test chose, and is removed by that
+//! label when the [`SwarmFarm`] guard drops; nothing else in the swarm is
+//! touched.
+
+use std::{
+    fs::{File, OpenOptions},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::{
+    docker::{self, DockerCleanup},
+    process::run_within,
+};
+
+/// Where the tests' lock lives: one per machine.
+const LOCK_PATH: &str = "/tmp/farm-swarm-tests.lock";
+/// The node label that marks a swarm the tests created.
+const CREATED_LABEL: &str = "farm.test.swarm";
+/// How long one `docker` command may take.
+const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `docker args`, bounded in time; its output, or why it failed.
+pub fn try_docker(args: &[&str]) -> Result<String, String> {
+    let ran = run_within(Command::new("docker").args(args), COMMAND_LIMIT)
+        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    match ran.status {
+        Some(status) if status.success() => Ok(ran.stdout),
+        Some(status) => Err(format!("docker {args:?}: {status}: {}", ran.stderr.trim())),
+        None => Err(format!("docker {args:?}: no end within {COMMAND_LIMIT:?}")),
+    }
+}
+
+/// The engine's swarm state: `inactive`, `active`, ... and whether it is a
+/// manager.
+pub fn swarm_state() -> (String, bool) {
+    let out = try_docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+    ])
+    .unwrap_or_default();
+    let mut words = out.split_whitespace();
+    let state = words.next().unwrap_or("unknown").to_owned();
+    (state, words.next() == Some("true"))
+}
+
+/// The machine's engine, held by this test alone among the swarm tests.
+#[derive(Debug)]
+pub struct SwarmLock {
+    _lock: Flock<File>,
+    /// This test made the swarm, and leaves it when dropped.
+    created: bool,
+}
+
+impl SwarmLock {
+    /// Waits for the other swarm tests to finish with the engine. `None`
+    /// when no engine answers (the test is skipped, or fails under
+    /// `FARM_REQUIRE_DOCKER=1`).
+    pub fn acquire(test: &str) -> Option<Self> {
+        if !docker::available(test) {
+            return None;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_PATH)
+            .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .unwrap_or_else(|(_, e)| panic!("lock {LOCK_PATH}: {e}"));
+        let mut held = Self {
+            _lock: lock,
+            created: false,
+        };
+        // A swarm an earlier test made and could not leave is this one's to
+        // leave.
+        let (state, manager) = swarm_state();
+        if state == "active" && manager && Self::marked() {
+            held.created = true;
+        }
+        Some(held)
+    }
+
+    fn marked() -> bool {
+        try_docker(&[
+            "node",
+            "inspect",
+            "self",
+            "--format",
+            &format!("{{{{index .Spec.Labels \"{CREATED_LABEL}\"}}}}"),
+        ])
+        .is_ok_and(|label| label.trim() == "1")
+    }
+
+    /// Whether the engine is outside any swarm now.
+    pub fn outside_swarm(&self) -> bool {
+        swarm_state().0 == "inactive"
+    }
+
+    /// Makes sure the engine manages a swarm: a one-node swarm on
+    /// 127.0.0.1 when it is in none. Panics when the engine is a worker of
+    /// a swarm (a test cannot run a farm from there).
+    pub fn ensure_swarm(&mut self) {
+        let (state, manager) = swarm_state();
+        match (state.as_str(), manager) {
+            ("active", true) => {}
+            ("inactive", _) => {
+                try_docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])
+                    .unwrap_or_else(|e| panic!("make a one-node swarm: {e}"));
+                self.created = true;
+                let node = try_docker(&["info", "--format", "{{.Swarm.NodeID}}"])
+                    .unwrap_or_else(|e| panic!("the swarm node's id: {e}"));
+                try_docker(&[
+                    "node",
+                    "update",
+                    "--label-add",
+                    &format!("{CREATED_LABEL}=1"),
+                    node.trim(),
+                ])
+                .unwrap_or_else(|e| panic!("mark the test's swarm: {e}"));
+            }
+            (state, _) => panic!(
+                "the engine's swarm state is {state} and it is not a manager: the swarm tests need a manager or no swarm"
+            ),
+        }
+    }
+}
+
+impl Drop for SwarmLock {
+    fn drop(&mut self) {
+        if self.created {
+            // The gateway bridge outlives the swarm: removed too, to leave
+            // the engine as it was found.
+            let _ = try_docker(&["swarm", "leave", "--force"]);
+            let _ = try_docker(&["network", "rm", "docker_gwbridge"]);
+        }
+    }
+}
+
+/// A farm id chosen by the test, whose service, network, secrets, volumes
+/// and containers are removed by that id's label when dropped.
+#[derive(Debug)]
+pub struct SwarmFarm {
+    pub cleanup: DockerCleanup,
+}
+
+impl SwarmFarm {
+    /// Writes a fresh farm id into `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            cleanup: DockerCleanup::new(data_dir),
+        }
+    }
+
+    /// The farm's id.
+    pub fn id(&self) -> &str {
+        &self.cleanup.id
+    }
+
+    /// The farm's service (and network) name.
+    pub fn service(&self) -> String {
+        format!("farm-{}", self.cleanup.id)
+    }
+
+    /// `docker service inspect` of the farm's service with `format`.
+    pub fn inspect(&self, format: &str) -> String {
+        try_docker(&["service", "inspect", "--format", format, &self.service()])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .trim()
+            .to_owned()
+    }
+
+    /// Names of what carries this farm's label, of one kind (`service`,
+    /// `network`, `secret`, `volume`, `container`).
+    pub fn labelled(&self, kind: &str) -> Vec<String> {
+        let filter = format!("label={}", self.cleanup.label());
+        let args: Vec<&str> = match kind {
+            "container" => vec!["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+            kind => vec![kind, "ls", "--filter", &filter, "--format", "{{.Name}}"],
+        };
+        try_docker(&args)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for SwarmFarm {
+    fn drop(&mut self) {
+        // The service first: its tasks' containers then go, and the
+        // network, secrets and volumes can follow.
+        for service in self.labelled("service") {
+            let _ = try_docker(&["service", "rm", &service]);
+        }
+        for _ in 0..120 {
+            if self.labelled("container").is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for kind in ["secret", "network", "volume"] {
+            for name in self.labelled(kind) {
+                let _ = try_docker(&[kind, "rm", &name]);
+            }
+        }
+        // DockerCleanup's own drop removes what is left of the containers.
+    }
+}
