@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 
 use farm_api::Bearer;
 use farm_api::v1::{
-    HeartbeatRequest, NodeSample, RegisterRequest, RegisterResponse,
+    HeartbeatRequest, NodeExit, NodeSample, RegisterRequest, RegisterResponse,
     registry_client::RegistryClient,
 };
 use rand::Rng;
@@ -123,6 +123,8 @@ pub struct Agent {
     /// the cache writer saves what it holds.
     applied: watch::Sender<NodeConfigData>,
     shutdown: CancellationToken,
+    /// Set when the control plane asks the node to end its process.
+    asked: watch::Sender<Option<NodeExit>>,
 }
 
 impl Agent {
@@ -132,6 +134,7 @@ impl Agent {
         config: NodeConfig,
         status: Arc<NodeStatus>,
         shutdown: CancellationToken,
+        asked: watch::Sender<Option<NodeExit>>,
     ) -> Result<Self, AgentError> {
         let url_err = |source| AgentError::Url {
             url: config.control_plane.clone(),
@@ -157,6 +160,7 @@ impl Agent {
             configs,
             applied: watch::Sender::new(NodeConfigData::default()),
             shutdown,
+            asked,
         })
     }
 
@@ -392,6 +396,11 @@ impl Agent {
                 ack = acks.message() => match ack {
                     Ok(Some(ack)) => {
                         last_ack = Instant::now();
+                        if let Some(exit) = ack.exit {
+                            warn!(node.id = %identity.node_id, immediate = exit.immediate, reason = %exit.reason, "the control plane asks this node to end its process");
+                            self.asked.send_replace(Some(exit));
+                            return StreamEnd::Shutdown;
+                        }
                         if !self.status.connected() {
                             self.status.set_connected(true);
                             backoff.reset();

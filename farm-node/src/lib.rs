@@ -40,6 +40,30 @@ const MAX_MESSAGE: usize = MAX_RESPONSE_BYTES as usize + 64 * 1024;
 /// How long open connections may take to finish once shutdown starts.
 const DRAIN: Duration = Duration::from_secs(5);
 
+/// How a node's run ended, other than with an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The shutdown future resolved (a signal).
+    Shutdown,
+    /// The control plane asked the node to end its process (a node action
+    /// on a host the control plane cannot act on itself).
+    Asked {
+        /// End as if killed, without draining connections.
+        immediate: bool,
+    },
+}
+
+impl Ended {
+    /// The process's exit status: 137 (as after SIGKILL) for an immediate
+    /// end, 0 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            Ended::Asked { immediate: true } => 137,
+            _ => 0,
+        }
+    }
+}
+
 /// Why a node stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -76,13 +100,15 @@ async fn route_to(authority: &str) -> Option<std::net::IpAddr> {
 }
 
 /// Serves the node on `listener` and runs its agent until `shutdown`
-/// resolves; then stops heartbeating (without deregistering: the identity is
-/// kept for the next start), ends open streams and drains connections.
+/// resolves or the control plane asks the node to end; then stops
+/// heartbeating (without deregistering: the identity is kept for the next
+/// start), ends open streams and drains connections (not when asked to end
+/// at once).
 pub async fn run(
     config: NodeConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), NodeError> {
+) -> Result<Ended, NodeError> {
     let bound = listener.local_addr().map_err(NodeError::Listener)?;
     let route = if bound.ip().is_unspecified() && config.advertise.is_none() {
         route_to(config.control_plane_authority()).await
@@ -108,7 +134,8 @@ pub async fn run(
         }
     }
     let log_filter = config.log_filter.clone();
-    let mut agent = Agent::new(config, status.clone(), cancel.clone())?;
+    let (asked_tx, mut asked) = tokio::sync::watch::channel(None);
+    let mut agent = Agent::new(config, status.clone(), cancel.clone(), asked_tx)?;
     // Before the port opens: the first request already gets the settings.
     agent.apply_cached_config();
 
@@ -143,10 +170,20 @@ pub async fn run(
     info!(listen = %bound, address = %address, "serving Workload, health and HTTP");
     let agent = tokio::spawn(agent.run());
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        result = &mut server => Some(result),
+    let (ended, failed) = tokio::select! {
+        () = shutdown => (Ended::Shutdown, None),
+        result = &mut server => (Ended::Shutdown, Some(result)),
+        Ok(exit) = asked.wait_for(Option::is_some) => {
+            let immediate = exit.as_ref().is_some_and(|e| e.immediate);
+            (Ended::Asked { immediate }, None)
+        }
     };
+    if ended == (Ended::Asked { immediate: true }) {
+        info!("ending at once, as the control plane asked");
+        cancel.cancel();
+        server.abort();
+        return Ok(ended);
+    }
     info!("shutting down");
     cancel.cancel();
     health
@@ -164,16 +201,16 @@ pub async fn run(
                 Err(_) => {
                     warn!(after = ?DRAIN, "connections still open; closing them");
                     server.abort();
-                    return Ok(());
+                    return Ok(ended);
                 }
             }
         }
     };
     match result {
-        Ok(served) => served.map_err(NodeError::from),
+        Ok(served) => served.map(|()| ended).map_err(NodeError::from),
         Err(err) => {
             warn!(cause = %err, "the server task failed");
-            Ok(())
+            Ok(ended)
         }
     }
 }

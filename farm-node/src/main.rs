@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
-use farm_node::{NodeArgs, NodeConfig};
+use farm_node::{Ended, NodeArgs, NodeConfig};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use farm_node::workload::SetLogFilter;
@@ -68,7 +68,7 @@ async fn run(args: NodeArgs) -> ExitCode {
         }
     };
     match serve(listen, config).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(ended) => ExitCode::from(ended.exit_status()),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
@@ -76,12 +76,11 @@ async fn run(args: NodeArgs) -> ExitCode {
     }
 }
 
-async fn serve(listen: std::net::SocketAddr, config: NodeConfig) -> anyhow::Result<()> {
+async fn serve(listen: std::net::SocketAddr, config: NodeConfig) -> anyhow::Result<Ended> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    farm_node::run(config, listener, shutdown_signal()).await?;
-    Ok(())
+    Ok(farm_node::run(config, listener, shutdown_signal()).await?)
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

@@ -68,7 +68,7 @@ impl Registry for Recording {
                 let ack = HeartbeatResponse {
                     ack_seq: beat.seq,
                     heartbeat_interval_ms: 100,
-                    config: None,
+                    ..Default::default()
                 };
                 if tx.send(Ok(ack)).await.is_err() {
                     return;

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use farm_api::v1::{InfoRequest, workload_client::WorkloadClient};
-use farm_node::{NodeConfig, NodeError};
+use farm_node::{Ended, NodeConfig, NodeError};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 
@@ -23,7 +23,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(10);
 pub struct Node {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), NodeError>>>,
+    task: Option<JoinHandle<Result<Ended, NodeError>>>,
 }
 
 impl Node {
@@ -67,10 +67,16 @@ impl Node {
     }
 
     /// Stops like SIGTERM would; returns what `run` returned (within 10 s).
-    pub async fn stop(mut self) -> Result<(), NodeError> {
+    pub async fn stop(mut self) -> Result<Ended, NodeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        self.ended().await
+    }
+
+    /// Waits (10 s at most) for the node to end by itself; what `run`
+    /// returned.
+    pub async fn ended(mut self) -> Result<Ended, NodeError> {
         let task = self.task.take().expect("running");
         tokio::time::timeout(STOP_LIMIT, task)
             .await

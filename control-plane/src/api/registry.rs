@@ -10,10 +10,11 @@ use farm_api::{
     node::Settings,
     v1::{
         DeregisterRequest, DeregisterResponse, EffectiveConfig, HeartbeatRequest,
-        HeartbeatResponse, RegisterRequest, RegisterResponse, registry_server::Registry,
+        HeartbeatResponse, NodeExit, RegisterRequest, RegisterResponse, registry_server::Registry,
     },
 };
 use futures::Stream;
+use tokio::sync::mpsc;
 use tokio_stream::{StreamExt, wrappers::WatchStream};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::{Request, Response, Status, Streaming};
@@ -24,7 +25,7 @@ use super::{
 };
 use crate::{
     core::{HealthPolicy, NodeId, RegistrationRequest, config::Effective},
-    state::{Configs, FarmState, Members, Samples},
+    state::{Configs, ExitAsk, FarmState, Members, Samples},
     telemetry::{StreamGuard, Telemetry},
 };
 
@@ -138,6 +139,8 @@ struct Opened {
     members: Members,
     pusher: Pusher,
     changes: WatchStream<u64>,
+    /// Requests to end the node's process.
+    exits: mpsc::Receiver<ExitAsk>,
     _counted: StreamGuard,
 }
 
@@ -213,8 +216,21 @@ impl HeartbeatStream {
                             ack_seq: 0,
                             heartbeat_interval_ms: opened.pusher.interval_ms,
                             config: Some(config),
+                            exit: None,
                         }));
                     }
+                }
+                Some(ask) = opened.exits.recv() => {
+                    info!(node.id = %opened.id, immediate = ask.immediate, reason = %ask.reason, "asking the node to end its process");
+                    return Some(Ok(HeartbeatResponse {
+                        ack_seq: 0,
+                        heartbeat_interval_ms: opened.pusher.interval_ms,
+                        config: None,
+                        exit: Some(NodeExit {
+                            immediate: ask.immediate,
+                            reason: ask.reason,
+                        }),
+                    }));
                 }
                 () = &mut self.stopping => {
                     self.ended = true;
@@ -240,6 +256,7 @@ impl HeartbeatStream {
             members: self.members.clone(),
             pusher: Pusher::new(self.configs.effective(id).ok(), self.members.policy()),
             changes: WatchStream::from_changes(self.configs.changes()),
+            exits: self.members.exit_asks(id, epoch),
             _counted: self.telemetry.heartbeat_stream(),
         })
     }
@@ -267,6 +284,7 @@ fn beat(
         ack_seq: message.seq,
         heartbeat_interval_ms: opened.pusher.interval_ms,
         config: opened.pusher.due(),
+        exit: None,
     };
     if ack.config.is_some() {
         telemetry.config_pushed();
@@ -364,5 +382,76 @@ impl Registry for RegistryService {
             .await?;
         info!(node.id = %id, "node deregistered");
         Ok(Response::new(DeregisterResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use farm_api::v1::registry_server::RegistryServer;
+    use farm_node::{Ended, NodeConfig};
+    use farm_testkit::{Node, eventually, ready_if};
+    use tokio::net::TcpListener;
+    use tonic::transport::{Server, server::TcpIncoming};
+
+    use super::*;
+    use crate::core::{HealthPolicy, Limits, NodeState};
+
+    /// The path a node action takes to a node whose host the control plane
+    /// cannot act on: a real node, asked over its heartbeat stream, ends its
+    /// run as asked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_asked_to_exit_over_its_stream_ends_as_asked() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let state = FarmState::open(
+            dir.path().to_owned(),
+            HealthPolicy::default(),
+            Limits::default(),
+        )
+        .await
+        .expect("state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let service = RegistryServer::new(RegistryService::new(&state, CancellationToken::new()));
+        let server = tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpIncoming::from(listener)),
+        );
+        let members = state.members();
+        for (name, immediate) in [("killed", true), ("stopped", false)] {
+            let node = Node::start(NodeConfig::new(&url, name)).await;
+            let id = eventually(
+                format!("{name} to heartbeat"),
+                Duration::from_secs(15),
+                || async {
+                    let id = members.id_of(name);
+                    let healthy = id
+                        .and_then(|id| members.node(id).ok())
+                        .is_some_and(|n| n.state == NodeState::Healthy);
+                    ready_if(healthy, id).map(|id| id.expect("registered"))
+                },
+            )
+            .await;
+            let ask = ExitAsk {
+                immediate,
+                reason: "test".into(),
+            };
+            assert!(members.ask_to_exit(id, ask.clone()), "{name} has a stream");
+            assert_eq!(
+                node.ended().await.expect("the node's run"),
+                Ended::Asked { immediate },
+                "{name}"
+            );
+            // Its stream closed with it: nothing hears a second request.
+            eventually(
+                format!("{name}'s stream to close"),
+                Duration::from_secs(15),
+                || async { ready_if(!members.ask_to_exit(id, ask.clone()), ()) },
+            )
+            .await;
+        }
+        server.abort();
     }
 }

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use futures::future::join_all;
 use rand::{RngCore, rng};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{info, warn};
 
 use super::{Shared, StateError};
@@ -26,6 +26,17 @@ pub enum WatchStart {
     Replay(u64, Vec<Event>),
     /// The current nodes, at this revision.
     Snapshot(u64, Vec<NodeView>),
+}
+
+/// A request to a node to end its process, sent over its heartbeat stream:
+/// how a node action reaches a node whose host the control plane cannot act
+/// on (a Swarm task on another host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitAsk {
+    /// End at once (a kill), rather than shut down gracefully (a stop).
+    pub immediate: bool,
+    /// Why, for the node's log.
+    pub reason: String,
 }
 
 /// Handle on the farm's membership.
@@ -84,6 +95,23 @@ impl Members {
         Ok((id, epoch))
     }
 
+    /// Where requests to end `id`'s process reach its heartbeat stream of
+    /// `epoch` ([`Members::ask_to_exit`]); replaces an older stream's.
+    pub fn exit_asks(&self, id: NodeId, epoch: u64) -> mpsc::Receiver<ExitAsk> {
+        let (tx, rx) = mpsc::channel(1);
+        self.shared.exits().insert(id, (epoch, tx));
+        rx
+    }
+
+    /// Asks the node `id` to end its process, over its open heartbeat
+    /// stream. False when it has none open to hear it.
+    pub fn ask_to_exit(&self, id: NodeId, ask: ExitAsk) -> bool {
+        let exits = self.shared.exits();
+        exits
+            .get(&id)
+            .is_some_and(|(_, asks)| asks.try_send(ask).is_ok())
+    }
+
     /// Records a heartbeat.
     pub fn heartbeat(
         &self,
@@ -100,9 +128,15 @@ impl Members {
 
     /// Records the end of a heartbeat stream.
     pub fn close_stream(&self, id: NodeId, epoch: u64) {
-        let mut registry = self.shared.registry();
-        registry.close_stream(id, epoch);
-        self.shared.publish(&mut registry);
+        {
+            let mut registry = self.shared.registry();
+            registry.close_stream(id, epoch);
+            self.shared.publish(&mut registry);
+        }
+        let mut exits = self.shared.exits();
+        if exits.get(&id).is_some_and(|(open, _)| *open == epoch) {
+            exits.remove(&id);
+        }
     }
 
     /// Removes a node that proved its identity.

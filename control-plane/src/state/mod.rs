@@ -22,23 +22,24 @@ mod members;
 mod samples;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use thiserror::Error;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tracing::info;
 
 pub use catalog::Catalog;
 pub use configs::Configs;
 use configs::{ConfigState, ConfigWriter};
-pub use members::{Members, WatchStart};
+pub use members::{ExitAsk, Members, WatchStart};
 pub use samples::Samples;
 
 use crate::{
     core::{
-        DomainError, Event, HealthPolicy, Limits, Now, Registry, config::ConfigBook,
+        DomainError, Event, HealthPolicy, Limits, NodeId, Now, Registry, config::ConfigBook,
         metrics::MetricsBook,
     },
     store::{NodeWriter, Store, StoreError, wall_micros},
@@ -88,6 +89,9 @@ struct Shared {
     telemetry: Arc<Telemetry>,
     /// The dependency catalog, with its own writer.
     catalog: Catalog,
+    /// Where each open heartbeat stream takes requests to end its node's
+    /// process, with the stream's epoch. Never held with another lock.
+    exits: Mutex<HashMap<NodeId, (u64, mpsc::Sender<ExitAsk>)>>,
 }
 
 impl Shared {
@@ -95,6 +99,10 @@ impl Shared {
         // Registry methods leave it consistent at every return; a panic in
         // one would be a bug, and refusing all further work would not help.
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn exits(&self) -> MutexGuard<'_, HashMap<NodeId, (u64, mpsc::Sender<ExitAsk>)>> {
+        self.exits.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn book(&self) -> MutexGuard<'_, ConfigBook> {
@@ -178,6 +186,7 @@ impl FarmState {
                 metrics: Mutex::new(MetricsBook::new()),
                 telemetry,
                 catalog,
+                exits: Mutex::default(),
             }),
         })
     }

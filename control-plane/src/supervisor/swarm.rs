@@ -11,9 +11,12 @@
 //!
 //! Node actions on a task placed on this engine's host act on its
 //! container; Swarm then replaces the task if it ended. A task on another
-//! host is out of this engine's reach: `kill`, `stop` and `restart` ask
-//! the node itself to exit over its heartbeat stream, so its task ends and
-//! Swarm replaces it, and `pause` is refused.
+//! host is out of this engine's reach (Swarm has no call that ends one
+//! task): `kill`, `stop` and `restart` ask the node itself to end its
+//! process over its heartbeat stream ([`Members::ask_to_exit`]), so its
+//! task ends and Swarm replaces it; `pause` and `unpause` are refused
+//! (`FAILED_PRECONDITION`), as nothing but that host's engine can freeze a
+//! container.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -40,7 +43,7 @@ use crate::{
         RuntimeError,
         swarm::{SwarmRuntime, TaskView, current_tasks},
     },
-    state::Members,
+    state::{ExitAsk, Members},
 };
 
 /// How often the service's tasks are read.
@@ -340,10 +343,7 @@ impl SwarmTask {
             NodeAction::Pause | NodeAction::Unpause => {
                 let pause = action == NodeAction::Pause;
                 let Some(container) = container.filter(|_| running) else {
-                    return answer(
-                        reply,
-                        Err(not_here(&self.swarm, &name, &task, action, running)),
-                    );
+                    return answer(reply, Err(not_here(&name, &task, action, running)));
                 };
                 if pause {
                     self.paused.insert(container.clone());
@@ -374,12 +374,35 @@ impl SwarmTask {
                     slot.published = None;
                 }
             }
-            NodeAction::Kill | NodeAction::Stop | NodeAction::Restart => {
-                let Some(container) = container.filter(|_| running) else {
+            NodeAction::Kill | NodeAction::Stop | NodeAction::Restart if running && !local => {
+                // Out of this engine's reach: the node ends its own process,
+                // and Swarm replaces the task.
+                let ask = ExitAsk {
+                    immediate: action == NodeAction::Kill,
+                    reason: format!("NodeAction {} of its task {}", verb(action), task.id),
+                };
+                if !self.state.ask_to_exit(id, ask) {
                     return answer(
                         reply,
-                        Err(not_here(&self.swarm, &name, &task, action, running)),
+                        Err(FarmError::Unsupported(format!(
+                            "{name} runs on another host of the swarm (task {}) and has no heartbeat stream open \
+to be asked to {}: the control plane cannot reach that host's engine",
+                            task.id,
+                            verb(action)
+                        ))),
                     );
+                }
+                tokio::spawn(async move {
+                    let result = match action {
+                        NodeAction::Restart => replaced(&swarm, index, &task.id).await,
+                        _ => Ok(()),
+                    };
+                    answer(reply, result);
+                });
+            }
+            NodeAction::Kill | NodeAction::Stop | NodeAction::Restart => {
+                let Some(container) = container.filter(|_| running) else {
+                    return answer(reply, Err(not_here(&name, &task, action, running)));
                 };
                 self.paused.remove(&container);
                 tokio::spawn(async move {
@@ -502,13 +525,7 @@ fn verb(action: NodeAction) -> &'static str {
 }
 
 /// Why an action cannot reach a slot's container from here.
-fn not_here(
-    swarm: &SwarmRuntime,
-    name: &str,
-    task: &TaskView,
-    action: NodeAction,
-    running: bool,
-) -> FarmError {
+fn not_here(name: &str, task: &TaskView, action: NodeAction, running: bool) -> FarmError {
     if !running {
         return FarmError::Unsupported(format!(
             "{name} has no running task (Swarm task {}): nothing to {}",
@@ -516,10 +533,9 @@ fn not_here(
             verb(action)
         ));
     }
-    let _ = swarm;
     FarmError::Unsupported(format!(
-        "{name} runs on another host of the swarm (task {}), whose engine the control plane cannot reach: \
-Swarm cannot {} a task there",
+        "{name} runs on another host of the swarm (task {}): only that host's engine can {} its container, \
+and the control plane talks to its own engine only",
         task.id,
         verb(action)
     ))
