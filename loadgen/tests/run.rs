@@ -242,12 +242,14 @@ async fn a_stall_shows_in_the_corrected_p99_and_hides_from_the_uncorrected() {
         .expect("run");
     let (c, u) = (&report.latency_us, &report.uncorrected_latency_us);
     assert!(c.p99 >= 500_000, "corrected {c:?}");
-    assert!(u.p99 < 50_000, "uncorrected {u:?}");
+    // Half the stall: a busy machine delays a few requests by tens of
+    // milliseconds, never by the stall's length.
+    assert!(u.p99 < 250_000, "uncorrected {u:?}");
     assert!(u.max >= 500_000, "the stalled request itself: {u:?}");
     // Every request due is sent or reported missed; on a busy machine the
     // catch-up after the stall may not send them all within the run.
     assert!(report.requests + report.missed >= 990, "{report:?}");
-    assert!(report.requests >= 900, "{report:?}");
+    assert!(report.requests >= 800, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
