@@ -110,6 +110,11 @@ async fn fifty_swarm_tasks_come_up_scale_and_are_replaced_under_their_ids() {
         "10000000 16777216",
         "0.01 CPU and 16 MiB reserved"
     );
+    let image = swarm.inspect(&format!("{{{{{template}.ContainerSpec.Image}}}}"));
+    assert!(
+        image.starts_with("sha256:"),
+        "the farm's own image is named by id, which Swarm never pulls: {image}"
+    );
     assert_eq!(
         swarm.inspect(r#"{{index .Spec.Labels "farm.managed"}} {{index .Spec.Labels "farm.id"}}"#),
         format!("true {}", swarm.id())

@@ -24,7 +24,9 @@
 //! - [`browser`]: Debian's chromium driven through playwright-core, for
 //!   the dashboard's tests: pages to click, fill, wait on and screenshot.
 //! - [`swarm`]: a one-node Docker Swarm the swarm tests take in turn, made
-//!   and left by them when the engine is in none.
+//!   and left by them when the engine is in none; [`engines`]: more Docker
+//!   engines, each in a network namespace of its own, to join it as other
+//!   hosts.
 //! - [`docker`] and [`interop`]: the Docker engine and the tools nobody here
 //!   wrote (grpcurl, Python's grpcio-tools), skipped with a message when
 //!   missing unless the suite requires them ([`skip`]).

@@ -122,25 +122,46 @@ impl SwarmLock {
         let (state, manager) = swarm_state();
         match (state.as_str(), manager) {
             ("active", true) => {}
-            ("inactive", _) => {
-                try_docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"])
-                    .unwrap_or_else(|e| panic!("make a one-node swarm: {e}"));
-                self.created = true;
-                let node = try_docker(&["info", "--format", "{{.Swarm.NodeID}}"])
-                    .unwrap_or_else(|e| panic!("the swarm node's id: {e}"));
-                try_docker(&[
-                    "node",
-                    "update",
-                    "--label-add",
-                    &format!("{CREATED_LABEL}=1"),
-                    node.trim(),
-                ])
-                .unwrap_or_else(|e| panic!("mark the test's swarm: {e}"));
-            }
+            ("inactive", _) => self.init(&["--advertise-addr", "127.0.0.1"]),
             (state, _) => panic!(
                 "the engine's swarm state is {state} and it is not a manager: the swarm tests need a manager or no swarm"
             ),
         }
+    }
+
+    /// Makes the engine the manager of a swarm of this test's own, made
+    /// with `init_flags` (an address other engines reach, a heartbeat of its
+    /// own): a swarm the tests made before is left first. False, touching
+    /// nothing, when the engine is in a swarm the tests did not make.
+    pub fn own_swarm(&mut self, init_flags: &[&str]) -> bool {
+        match swarm_state().0.as_str() {
+            "inactive" => {}
+            "active" if self.created => {
+                try_docker(&["swarm", "leave", "--force"])
+                    .unwrap_or_else(|e| panic!("leave the tests' earlier swarm: {e}"));
+            }
+            _ => return false,
+        }
+        self.init(init_flags);
+        true
+    }
+
+    /// `docker swarm init init_flags`, marking the swarm as the tests'.
+    fn init(&mut self, init_flags: &[&str]) {
+        let mut args = vec!["swarm", "init"];
+        args.extend(init_flags);
+        try_docker(&args).unwrap_or_else(|e| panic!("make a swarm: {e}"));
+        self.created = true;
+        let node = try_docker(&["info", "--format", "{{.Swarm.NodeID}}"])
+            .unwrap_or_else(|e| panic!("the swarm node's id: {e}"));
+        try_docker(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("{CREATED_LABEL}=1"),
+            node.trim(),
+        ])
+        .unwrap_or_else(|e| panic!("mark the test's swarm: {e}"));
     }
 }
 

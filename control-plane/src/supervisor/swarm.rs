@@ -72,6 +72,8 @@ struct SwarmSlot {
     lost_at: Option<Instant>,
     /// What the registry was told last.
     published: Option<RuntimeView>,
+    /// The Swarm node its tasks were last placed on.
+    placed_on: String,
 }
 
 pub(super) struct SwarmTask {
@@ -198,12 +200,19 @@ impl SwarmTask {
                 starts: 0,
                 lost_at: None,
                 published: None,
+                placed_on: String::new(),
             });
             if slot.starts == 0 || slot.task.id != task.id {
                 if slot.starts > 0 && task.live {
                     info!(slot = %slot.name, task = %task.id, host = %host, "Swarm replaced the slot's task");
                 }
                 slot.starts += 1;
+            }
+            if !task.node_id.is_empty() && task.node_id != slot.placed_on {
+                if !slot.placed_on.is_empty() {
+                    moved(&self.state, &slot.name, &host);
+                }
+                slot.placed_on = task.node_id.clone();
             }
             slot.task = task.clone();
             slot.lost_at = match (task.live, slot.lost_at) {
@@ -486,6 +495,23 @@ to be asked to {}: the control plane cannot reach that host's engine",
             }
         }
     }
+}
+
+/// A slot's task placed on another host than before: its identity cache
+/// (a volume on the former host) stays behind, so the task there registers
+/// anew under the slot's name, which the former identity must give up.
+fn moved(state: &Members, name: &str, host: &str) {
+    let Some(id) = state.id_of(name) else {
+        return;
+    };
+    info!(slot = %name, node.id = %id, host = %host, "Swarm moved the slot to another host: its node registers anew there");
+    let state = state.clone();
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        if let Err(err) = state.forget(id).await {
+            warn!(slot = %name, cause = %err, "could not forget the identity of a moved slot");
+        }
+    });
 }
 
 /// What the registry is told of a slot's task.
