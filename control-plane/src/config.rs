@@ -241,6 +241,35 @@ pub struct ServeArgs {
     #[arg(long, env = "FARM_VIEWER_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub viewer_token: Option<Token>,
 
+    /// A file holding the `admin` token, in place of --admin-token: a
+    /// Docker or Swarm secret (`/run/secrets/…`), kept out of the
+    /// environment. One trailing newline is ignored.
+    #[arg(
+        long,
+        env = "FARM_ADMIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// A file holding the `node` token, in place of --node-token.
+    #[arg(
+        long,
+        env = "FARM_NODE_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "node_token"
+    )]
+    pub node_token_file: Option<PathBuf>,
+
+    /// A file holding the `viewer` token, in place of --viewer-token.
+    #[arg(
+        long,
+        env = "FARM_VIEWER_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "viewer_token"
+    )]
+    pub viewer_token_file: Option<PathBuf>,
+
     /// A web origin (`scheme://host[:port]`, e.g. `http://localhost:5173`)
     /// whose pages may call the API from a browser. Pages served by the
     /// control plane itself (the same origin) always may; no other origin
@@ -452,6 +481,13 @@ pub enum ConfigError {
     /// calls.
     #[error("{0} and {1} are the same token: each role needs its own")]
     SameToken(&'static str, &'static str),
+    /// A token file could not be read.
+    #[error("{flag} {path}: cannot read it: {cause}")]
+    TokenFile {
+        flag: &'static str,
+        path: PathBuf,
+        cause: String,
+    },
     /// `--listen` reaches beyond this machine and no token is set.
     #[error(
         "--listen {0} is reachable from other machines, and no token is set: anyone could change the farm. \
@@ -906,12 +942,40 @@ fn browser(args: &ServeArgs) -> Result<BrowserPolicy, ConfigError> {
     Ok(policy)
 }
 
+/// A role's token: given, or read from its file.
+fn token_of(
+    given: &Option<Token>,
+    file: &Option<PathBuf>,
+    flag: &'static str,
+) -> Result<Option<Token>, ConfigError> {
+    let Some(path) = file else {
+        return Ok(given.clone());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+        flag,
+        path: path.clone(),
+        cause: e.to_string(),
+    })?;
+    Ok(Some(Token::new(text.strip_suffix('\n').unwrap_or(&text))))
+}
+
 /// The tokens of `args`, each usable and distinct; none only on loopback.
 fn tokens(args: &ServeArgs) -> Result<Tokens, ConfigError> {
+    let admin = token_of(
+        &args.admin_token,
+        &args.admin_token_file,
+        "--admin-token-file",
+    )?;
+    let node = token_of(&args.node_token, &args.node_token_file, "--node-token-file")?;
+    let viewer = token_of(
+        &args.viewer_token,
+        &args.viewer_token_file,
+        "--viewer-token-file",
+    )?;
     let flags = [
-        ("--admin-token", &args.admin_token),
-        ("--node-token", &args.node_token),
-        ("--viewer-token", &args.viewer_token),
+        ("--admin-token", &admin),
+        ("--node-token", &node),
+        ("--viewer-token", &viewer),
     ];
     for (flag, token) in flags {
         if let Some(problem) = token.as_ref().and_then(Token::problem) {
@@ -928,9 +992,9 @@ fn tokens(args: &ServeArgs) -> Result<Tokens, ConfigError> {
         }
     }
     let tokens = Tokens {
-        admin: args.admin_token.clone(),
-        node: args.node_token.clone(),
-        viewer: args.viewer_token.clone(),
+        admin: admin.clone(),
+        node: node.clone(),
+        viewer: viewer.clone(),
     };
     if tokens.is_empty() && !is_loopback(args.listen.ip()) {
         return Err(ConfigError::OpenBeyondLoopback(args.listen));
@@ -1255,6 +1319,52 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn tokens_come_from_files_as_secrets_give_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path.to_str().expect("utf-8").to_owned()
+        };
+        let admin = file("admin", "admin-from-file\n");
+        let node = file("node", "node-from-file");
+        let config = parse(&[
+            "--admin-token-file",
+            &admin,
+            "--node-token-file",
+            &node,
+            "--viewer-token",
+            "viewer-given",
+        ])
+        .expect("tokens from files");
+        let tokens = &config.tokens;
+        assert!(
+            tokens
+                .admin
+                .as_ref()
+                .is_some_and(|t| t.same_as(&Token::new("admin-from-file"))),
+            "one trailing newline is not the token's"
+        );
+        assert!(
+            tokens
+                .node
+                .as_ref()
+                .is_some_and(|t| t.same_as(&Token::new("node-from-file")))
+        );
+        let missing = parse(&["--admin-token-file", "/nonexistent/admin"]).expect_err("missing");
+        assert!(
+            missing.contains("--admin-token-file /nonexistent/admin: cannot read it"),
+            "{missing}"
+        );
+        let both = parse(&["--admin-token", "a", "--admin-token-file", &admin]).expect_err("both");
+        assert!(both.contains("cannot be used with"), "{both}");
+        let empty = file("empty", "\n");
+        let refused =
+            parse(&["--viewer-token-file", &empty, "--node-token", "n"]).expect_err("empty");
+        assert!(refused.contains("--viewer-token"), "{refused}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::{
 
 use farm_api::v1::{NodeInfo, ScaleRequest, WorkRequest, workload_client::WorkloadClient};
 use farm_testkit::{
-    ADMIN, Api, ControlPlaneProcess, Farm, NODE, TOKENS, binary, docker, free_addr, ids_by_name,
+    ADMIN, Api, ControlPlaneProcess, Farm, NODE, TOKENS, VIEWER, binary, docker, free_addr,
+    ids_by_name,
     process::{run_within, without_farm_env},
     swarm::{SwarmFarm, SwarmLock, swarm_state, try_docker},
 };
@@ -365,4 +366,164 @@ async fn the_swarm_runtime_refuses_what_cannot_work_before_creating_anything() {
         stderr.contains("the node image 127.0.0.1:1/farm-node:missing does not resolve"),
         "{stderr}"
     );
+}
+
+/// Removes a stack, and what its services leave behind, when dropped.
+struct StackGuard {
+    name: String,
+}
+
+impl StackGuard {
+    fn label(&self) -> String {
+        format!("label=com.docker.stack.namespace={}", self.name)
+    }
+
+    fn left(&self, kind: &str) -> Vec<String> {
+        let label = self.label();
+        let args: Vec<&str> = match kind {
+            "container" => vec!["ps", "-aq", "--filter", &label],
+            kind => vec![kind, "ls", "-q", "--filter", &label],
+        };
+        try_docker(&args)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for StackGuard {
+    fn drop(&mut self) {
+        let _ = try_docker(&["stack", "rm", &self.name]);
+        for _ in 0..120 {
+            if self.left("container").is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for kind in ["volume", "network", "secret"] {
+            for id in self.left(kind) {
+                let _ = try_docker(&[kind, "rm", &id]);
+            }
+        }
+    }
+}
+
+/// An image's id (`sha256:…`).
+fn image_id(image: &str) -> String {
+    try_docker(&["image", "inspect", "--format", "{{.Id}}", image])
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
+    let test = "the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens";
+    let Some(mut lock) = SwarmLock::acquire(test) else {
+        return;
+    };
+    lock.ensure_swarm();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
+    run_within(
+        &mut Command::new(root.join("compose/build-images")),
+        Duration::from_secs(20 * 60),
+    )
+    .expect("run compose/build-images")
+    .expect_ok("compose/build-images");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    for (role, token) in [("admin", ADMIN), ("node", NODE), ("viewer", VIEWER)] {
+        std::fs::write(secrets.path().join(format!("{role}-token")), token)
+            .expect("write a token file");
+    }
+    let guard = StackGuard {
+        name: format!("farmt{}", std::process::id()),
+    };
+    let addr = free_addr();
+    let started = Instant::now();
+    let mut deploy = Command::new("docker");
+    deploy
+        .args(["stack", "deploy", "--resolve-image", "never", "-c"])
+        .arg(root.join("compose/stack.yaml"))
+        .arg(&guard.name)
+        .env("FARM_NODES", "5")
+        .env("FARM_PORT", addr.port().to_string())
+        .env("FARM_SECRETS", secrets.path())
+        // By id: no engine tries to pull them by tag.
+        .env("FARM_NODE_IMAGE", image_id("farm-node:dev"))
+        .env(
+            "FARM_CONTROL_PLANE_IMAGE",
+            image_id("farm-control-plane:dev"),
+        );
+    run_within(&mut deploy, Duration::from_secs(120))
+        .expect("run docker stack deploy")
+        .expect_ok("docker stack deploy");
+
+    let api = Api::at(addr).with_token(Some(VIEWER));
+    let nodes = api.wait_healthy(5, Duration::from_secs(180)).await;
+    eprintln!(
+        "{test}: 5 nodes healthy {:.1?} after deploy",
+        started.elapsed()
+    );
+    assert!(
+        nodes.iter().all(|n| !n.managed),
+        "Swarm runs them, not the control plane"
+    );
+    let refused = Api::at(addr)
+        .farm()
+        .list_nodes(farm_api::v1::ListNodesRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let node_service = format!("{}_node", guard.name);
+    let inspect = |format: &str| {
+        try_docker(&["service", "inspect", "--format", format, &node_service])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .trim()
+            .to_owned()
+    };
+    let template = ".Spec.TaskTemplate";
+    assert_eq!(inspect("{{.Spec.Mode.Replicated.Replicas}}"), "5");
+    assert_eq!(
+        inspect(&format!(
+            "{{{{{template}.Resources.Limits.NanoCPUs}}}} {{{{{template}.Resources.Limits.MemoryBytes}}}}"
+        )),
+        "500000000 134217728",
+        "0.5 CPU and 128 MiB, as compose.yaml"
+    );
+    assert_eq!(
+        inspect(r#"{{index .Spec.Labels "farm.managed"}} {{index .Spec.Labels "farm.compose"}}"#),
+        "true true"
+    );
+    let spec = inspect("{{json .Spec}}");
+    for token in [ADMIN, NODE, VIEWER] {
+        assert!(!spec.contains(token), "no token in the node service's spec");
+    }
+    let control_plane = try_docker(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{json .Spec}}",
+        &format!("{}_control-plane", guard.name),
+    ])
+    .expect("the control plane's service");
+    for token in [ADMIN, NODE, VIEWER] {
+        assert!(
+            !control_plane.contains(token),
+            "no token in the control plane's spec"
+        );
+    }
+    assert!(
+        inspect(&format!(
+            "{{{{range {template}.ContainerSpec.Secrets}}}}{{{{.SecretName}}}}{{{{end}}}}"
+        ))
+        .contains("farm-node-token"),
+        "the node token reaches the nodes as a secret"
+    );
+
+    drop(guard);
 }
