@@ -171,7 +171,17 @@ impl Drop for SwarmLock {
             // The gateway bridge outlives the swarm: removed too, to leave
             // the engine as it was found.
             let _ = try_docker(&["swarm", "leave", "--force"]);
-            let _ = try_docker(&["network", "rm", "docker_gwbridge"]);
+            // Its last endpoints may take a moment to go after leaving
+            // (and the engine sometimes keeps a stale one until it
+            // restarts: the bridge then stays, harmless, and is reused).
+            for _ in 0..6 {
+                let gone = try_docker(&["network", "rm", "docker_gwbridge"]).is_ok()
+                    || try_docker(&["network", "inspect", "docker_gwbridge"]).is_err();
+                if gone {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
     }
 }
