@@ -6,8 +6,10 @@
 //!
 //! - [`duration`]: `500ms`, `2s`, `1m30s`, read by humantime (a crate made
 //!   for the job), its errors worded here once.
+//! - [`read_token_file`]: a bearer token kept in a file (`--token-file`,
+//!   `--admin-token-file`, ...), such as a Docker or Swarm secret.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use humantime::DurationError;
 use thiserror::Error;
@@ -34,6 +36,13 @@ pub fn duration(text: &str) -> Result<Duration, InvalidDuration> {
     humantime::parse_duration(text).map_err(|err| InvalidDuration {
         problem: describe(text, &err),
     })
+}
+
+/// The token held in the file at `path`, its trailing line ends not part
+/// of it (a secret written by `echo` ends in one).
+pub fn read_token_file(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// humantime's error in the words of this workspace: what part of `text`

@@ -9,7 +9,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 // Every duration flag of the workspace reads alike.
-use farm_api::cli::duration;
+use farm_api::cli::{duration, read_token_file};
 use thiserror::Error;
 
 pub use crate::indexer::Limits as IndexerLimits;
@@ -243,7 +243,7 @@ pub struct ServeArgs {
 
     /// A file holding the `admin` token, in place of --admin-token: a
     /// Docker or Swarm secret (`/run/secrets/…`), kept out of the
-    /// environment. One trailing newline is ignored.
+    /// environment. Trailing line ends are not part of the token.
     #[arg(
         long,
         env = "FARM_ADMIN_TOKEN_FILE",
@@ -951,12 +951,12 @@ fn token_of(
     let Some(path) = file else {
         return Ok(given.clone());
     };
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+    let token = read_token_file(path).map_err(|e| ConfigError::TokenFile {
         flag,
         path: path.clone(),
         cause: e.to_string(),
     })?;
-    Ok(Some(Token::new(text.strip_suffix('\n').unwrap_or(&text))))
+    Ok(Some(Token::new(&token)))
 }
 
 /// The tokens of `args`, each usable and distinct; none only on loopback.

@@ -240,11 +240,11 @@ impl NodeArgs {
         let Some(path) = self.token_file.take() else {
             return Ok(());
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::TokenFile {
+        let token = farm_api::cli::read_token_file(&path).map_err(|e| ConfigError::TokenFile {
             path: path.clone(),
             cause: e.to_string(),
         })?;
-        self.token = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+        self.token = Some(token);
         Ok(())
     }
 }
