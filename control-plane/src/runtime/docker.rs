@@ -234,7 +234,7 @@ impl DockerRuntime {
             .and_then(|v| v.version)
             .unwrap_or_else(|| "unknown".into());
         info!(host = %config.host, engine = %version, api = %docker.client_version(), "connected to the Docker engine");
-        let image = ensure_image(&docker, &config.node_binary).await?;
+        let image = ensure_image(&docker, &config.node_binary).await?.tag;
         let (network, gateway) = ensure_network(&docker, &config.farm_id).await?;
         let known: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let events = tokio::spawn(watch_events(
@@ -354,8 +354,20 @@ impl DockerRuntime {
     }
 }
 
+/// The node image, as [`ensure_image`] found or built it.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeImageRef {
+    /// `farm-node:<digest of the binary>`.
+    pub tag: String,
+    /// The engine's id of it (`sha256:…`).
+    pub id: String,
+}
+
 /// Digest-tagged image holding `binary` as `/farm-node`; built if missing.
-pub(crate) async fn ensure_image(docker: &Docker, binary: &Path) -> Result<String, DockerError> {
+pub(crate) async fn ensure_image(
+    docker: &Docker,
+    binary: &Path,
+) -> Result<NodeImageRef, DockerError> {
     let read_err = |cause: String| DockerError::Binary {
         path: binary.to_owned(),
         cause,
@@ -366,14 +378,22 @@ pub(crate) async fn ensure_image(docker: &Docker, binary: &Path) -> Result<Strin
         .map_err(|e| read_err(e.to_string()))?;
     let digest = hex::encode(Sha256::digest(&bytes));
     let tag = format!("farm-node:{}", &digest[..16]);
-    if docker.inspect_image(&tag).await.is_ok() {
-        debug!(image = %tag, "node image present");
-        return Ok(tag);
-    }
     let build_err = |cause: String| DockerError::Build {
         tag: tag.clone(),
         cause,
     };
+    let found = |id: Option<String>| {
+        id.filter(|id| id.starts_with("sha256:"))
+            .map(|id| NodeImageRef {
+                tag: tag.clone(),
+                id,
+            })
+            .ok_or_else(|| build_err("the engine gives it no id".into()))
+    };
+    if let Ok(image) = docker.inspect_image(&tag).await {
+        debug!(image = %tag, "node image present");
+        return found(image.id);
+    }
     info!(image = %tag, binary = %binary.display(), "building the node image from scratch");
     let dockerfile = "FROM scratch\n\
                       COPY farm-node /farm-node\n\
@@ -399,12 +419,12 @@ pub(crate) async fn ensure_image(docker: &Docker, binary: &Path) -> Result<Strin
             return Err(build_err(detail.message.unwrap_or_default()));
         }
     }
-    docker
+    let image = docker
         .inspect_image(&tag)
         .await
         .map_err(|e| build_err(format!("the build finished but the image is missing: {e}")))?;
     info!(image = %tag, "node image built");
-    Ok(tag)
+    found(image.id)
 }
 
 /// A tar archive of `(name, contents, mode)` entries.

@@ -232,10 +232,12 @@ impl SwarmRuntime {
             "connected to a swarm manager"
         );
         let image = match &config.image {
-            NodeImage::Build(binary) => {
-                let tag = docker::ensure_image(&docker, binary).await?;
-                image_id(&docker, &tag).await?
-            }
+            // Named by id: Swarm's executor tries to pull an image named by
+            // tag before every task, even one it has, but never one named
+            // by id. So no engine of the swarm asks a registry for it;
+            // `docker save` and `docker load` keep the id, so an image
+            // copied to other hosts that way is found there too.
+            NodeImage::Build(binary) => docker::ensure_image(&docker, binary).await?.id,
             NodeImage::Named(image) => {
                 resolve_image(&docker, image).await?;
                 image.clone()
@@ -823,28 +825,6 @@ impl SwarmRuntime {
             Err(err) => warn!(cause = %err, "cannot list the farm's volumes"),
         }
     }
-}
-
-/// The id (`sha256:…`) of the farm's own image, which the service names it
-/// by: Swarm's executor tries to pull an image named by tag before every
-/// task, even one it has, but never one named by id. So no engine of the
-/// swarm asks a registry for it; `docker save` and `docker load` keep the
-/// id, so an image copied to other hosts that way is found there too.
-async fn image_id(docker: &Docker, tag: &str) -> Result<String, SwarmError> {
-    let err = |cause: String| {
-        SwarmError::Docker(DockerError::Build {
-            tag: tag.to_owned(),
-            cause,
-        })
-    };
-    let image = docker
-        .inspect_image(tag)
-        .await
-        .map_err(|e| err(format!("cannot read its id: {e}")))?;
-    image
-        .id
-        .filter(|id| id.starts_with("sha256:"))
-        .ok_or_else(|| err("the engine gives it no id".into()))
 }
 
 /// Checks that `image` is on this engine, or else that its registry knows
