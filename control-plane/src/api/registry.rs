@@ -396,7 +396,7 @@ mod tests {
     use tonic::transport::{Server, server::TcpIncoming};
 
     use super::*;
-    use crate::core::{HealthPolicy, Limits, NodeState};
+    use crate::core::NodeState;
 
     /// The path a node action takes to a node whose host the control plane
     /// cannot act on: a real node, asked over its heartbeat stream, ends its
@@ -404,13 +404,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_asked_to_exit_over_its_stream_ends_as_asked() {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let state = FarmState::open(
-            dir.path().to_owned(),
-            HealthPolicy::default(),
-            Limits::default(),
-        )
-        .await
-        .expect("state");
+        let state = FarmState::open_default(dir.path()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let service = RegistryServer::new(RegistryService::new(&state, CancellationToken::new()));

@@ -495,10 +495,7 @@ mod tests {
     use tokio::sync::broadcast::error::TryRecvError;
 
     use super::*;
-    use crate::{
-        core::{HealthPolicy, Limits},
-        state::FarmState,
-    };
+    use crate::state::FarmState;
 
     fn open(dir: &std::path::Path) -> (Arc<Store>, Arc<ConfigState>) {
         let store = Store::open(dir).expect("store");
@@ -785,13 +782,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn racing_compare_and_sets_win_once_per_version() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = FarmState::open(
-            dir.path().to_owned(),
-            HealthPolicy::default(),
-            Limits::default(),
-        )
-        .await
-        .expect("state");
+        let state = FarmState::open_default(dir.path()).await;
         let configs = state.configs();
         let mut announced = configs.subscribe();
         let first = configs

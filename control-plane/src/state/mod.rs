@@ -124,6 +124,17 @@ impl Shared {
     }
 }
 
+#[cfg(test)]
+impl FarmState {
+    /// [`FarmState::open`] in `dir` with the default health policy and
+    /// limits, for unit tests.
+    pub(crate) async fn open_default(dir: &std::path::Path) -> Self {
+        Self::open(dir.to_owned(), HealthPolicy::default(), Limits::default())
+            .await
+            .expect("state")
+    }
+}
+
 impl FarmState {
     /// Opens the store in `dir`, loads the stored identities and
     /// configuration, and starts the writers and the task that paces

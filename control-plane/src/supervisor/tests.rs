@@ -20,7 +20,7 @@ use tokio::{
 
 use super::{FarmError, NodeAction, Supervisor, SupervisorConfig};
 use crate::{
-    core::{HealthPolicy, Limits, NodeId, NodeState, NodeView, RegistrationRequest},
+    core::{NodeId, NodeState, NodeView, RegistrationRequest},
     runtime::{
         Signal,
         memory::{Call, MemoryRuntime},
@@ -55,14 +55,7 @@ impl Farm {
     /// the runtime prepared by `prepare` before the loop starts.
     async fn start(config: SupervisorConfig, prepare: impl FnOnce(&MemoryRuntime)) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
-        let state = FarmState::open(
-            dir.path().to_owned(),
-            HealthPolicy::default(),
-            Limits::default(),
-        )
-        .await
-        .expect("state")
-        .members();
+        let state = FarmState::open_default(dir.path()).await.members();
         // Registered before the loop runs: the store's writer answers from a
         // thread, and waiting on it may let the paused clock auto-advance.
         for index in 1..=5 {
