@@ -248,14 +248,7 @@ async fn main() {
         std::process::exit(2);
     }
     binary("control-plane");
-    let node_binary = docker::static_node_binary_path();
-    if !node_binary.is_file() {
-        eprintln!(
-            "{} is missing: run scripts/build-static",
-            node_binary.display()
-        );
-        std::process::exit(2);
-    }
+    let node_binary = docker::static_node_binary_or_exit();
     let cleanup = Cleanup {
         bench: format!("b{:06x}", rand::random::<u32>() & 0xff_ffff),
         farms: Mutex::new(Vec::new()),

@@ -27,7 +27,7 @@ use std::{
 use bollard::{Docker, models::TaskState, query_parameters::ListTasksOptionsBuilder};
 use farm_testkit::{
     ControlPlaneProcess, binary, docker, env_or, median,
-    swarm::{SwarmLock, try_docker},
+    swarm::{SwarmLock, inspect_service, remove_labelled, try_docker, wait_until_no_containers},
 };
 
 const LIMIT: Duration = Duration::from_secs(600);
@@ -47,35 +47,9 @@ struct Cleanup {
     label: String,
 }
 
-impl Cleanup {
-    fn sweep(&self) {
-        let filter = format!("label={}", self.label);
-        for kind in ["service", "network", "volume", "secret"] {
-            let names = try_docker(&[kind, "ls", "-q", "--filter", &filter]).unwrap_or_default();
-            for name in names.split_whitespace() {
-                if kind == "network" || kind == "volume" {
-                    wait_for_containers(&filter);
-                }
-                let _ = try_docker(&[kind, "rm", name]);
-            }
-        }
-    }
-}
-
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        self.sweep();
-    }
-}
-
-/// Waits (a minute at most) until no container matching `filter` is left.
-fn wait_for_containers(filter: &str) {
-    for _ in 0..120 {
-        let left = try_docker(&["ps", "-aq", "--filter", filter]).unwrap_or_default();
-        if left.trim().is_empty() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(500));
+        remove_labelled(&self.label);
     }
 }
 
@@ -97,15 +71,10 @@ async fn farm_run(nodes: usize, node_binary: &str, cleanup: &Cleanup, round: usi
         .await;
     farm.wait_healthy_every(nodes, LIMIT, POLL).await;
     let bring_up = started.elapsed();
-    let image = docker_ok(&[
-        "service",
-        "inspect",
-        "--format",
-        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-        &service,
-    ]);
+    let image = inspect_service(&service, "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+        .unwrap_or_else(|e| panic!("{e}"));
     farm.terminate(LIMIT).await;
-    wait_for_containers(&format!("label=farm.id={id}"));
+    wait_until_no_containers(&format!("farm.id={id}"));
     FarmRun { bring_up, image }
 }
 
@@ -194,7 +163,7 @@ async fn baseline_run(
     }
     let bring_up = started.elapsed();
     docker_ok(&["service", "rm", &name]);
-    wait_for_containers(&format!("label={}", cleanup.label));
+    wait_until_no_containers(&cleanup.label);
     docker_ok(&["network", "rm", &network]);
     bring_up
 }
@@ -206,14 +175,7 @@ async fn main() {
     };
     lock.ensure_swarm();
     binary("control-plane");
-    let node_binary = docker::static_node_binary_path();
-    if !node_binary.is_file() {
-        eprintln!(
-            "{} is missing: run scripts/build-static",
-            node_binary.display()
-        );
-        std::process::exit(2);
-    }
+    let node_binary = docker::static_node_binary_or_exit();
     let node_binary = node_binary.to_str().expect("a UTF-8 path").to_owned();
     let engine = Docker::connect_with_local_defaults().expect("the engine");
     let cleanup = Cleanup {

@@ -11,12 +11,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tempfile::TempDir;
+
 use farm_api::v1::{NodeInfo, ScaleRequest, WorkRequest, workload_client::WorkloadClient};
 use farm_testkit::{
     ADMIN, Api, ControlPlaneProcess, Farm, NODE, TOKENS, VIEWER, binary, docker, free_addr,
     ids_by_name,
     process::{run_within, without_farm_env},
-    swarm::{SwarmFarm, SwarmLock, swarm_state, try_docker},
+    swarm::{SwarmFarm, SwarmLock, inspect_service, remove_labelled, swarm_state, try_docker},
 };
 
 fn swarm_flags(binary: &str) -> Vec<&str> {
@@ -51,33 +53,49 @@ fn running_tasks(farm: &SwarmFarm) -> Vec<String> {
     .collect()
 }
 
-/// Asserts that nothing carrying the farm's label is left.
-fn assert_removed(farm: &SwarmFarm) {
-    for kind in ["service", "container", "network", "secret", "volume"] {
-        let left = farm.labelled(kind);
-        assert!(left.is_empty(), "shutdown leaves no {kind}: {left:?}");
-    }
+/// What a farm test starts from: the engine held as a swarm manager, the
+/// static farm-node, and a data folder whose farm id is the test's own.
+/// `None` (the test skipped) when no engine answers. Dropped in the order
+/// of its fields: the farm's service first, the swarm last.
+struct Setup {
+    swarm: SwarmFarm,
+    dir: TempDir,
+    binary: String,
+    _lock: SwarmLock,
+}
+
+fn set_up(test: &str) -> Option<Setup> {
+    let mut lock = SwarmLock::acquire(test)?;
+    lock.ensure_swarm();
+    let binary = docker::static_node_binary()
+        .to_str()
+        .expect("utf-8 path")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let swarm = SwarmFarm::new(dir.path());
+    Some(Setup {
+        swarm,
+        dir,
+        binary,
+        _lock: lock,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_swarm_tasks_come_up_scale_and_are_replaced_under_their_ids() {
     let test = "fifty_swarm_tasks_come_up_scale_and_are_replaced_under_their_ids";
-    let Some(mut lock) = SwarmLock::acquire(test) else {
+    let Some(setup) = set_up(test) else {
         return;
     };
-    lock.ensure_swarm();
-    let binary = docker::static_node_binary();
-    let binary = binary.to_str().expect("utf-8 path");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let swarm = SwarmFarm::new(dir.path());
+    let swarm = &setup.swarm;
     let started = Instant::now();
-    let farm = Farm::start_in(dir, 50, &swarm_flags(binary)).await;
+    let farm = Farm::start_in(setup.dir, 50, &swarm_flags(&setup.binary)).await;
     let nodes = farm.wait_healthy(50, Duration::from_secs(300)).await;
     eprintln!("{test}: 50 tasks healthy in {:.1?}", started.elapsed());
 
     // Every node is a task of the farm's service, named after its slot,
     // and placed on a host ListNodes names.
-    let tasks = running_tasks(&swarm);
+    let tasks = running_tasks(swarm);
     assert_eq!(tasks.len(), 50, "one task per node");
     let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     names.sort_unstable();
@@ -190,7 +208,7 @@ async fn fifty_swarm_tasks_come_up_scale_and_are_replaced_under_their_ids() {
     let nodes = farm.wait_healthy(40, Duration::from_secs(180)).await;
     eprintln!("{test}: 40 nodes left {:.1?} after Scale", scaled.elapsed());
     assert_eq!(swarm.inspect("{{.Spec.Mode.Replicated.Replicas}}"), "40");
-    assert_eq!(running_tasks(&swarm).len(), 40);
+    assert_eq!(running_tasks(swarm).len(), 40);
     let left = ids_by_name(&nodes);
     for (name, id) in &left {
         assert_eq!(
@@ -239,24 +257,20 @@ async fn fifty_swarm_tasks_come_up_scale_and_are_replaced_under_their_ids() {
     let stopping = Instant::now();
     farm.stop().await;
     eprintln!("{test}: removed in {:.1?}", stopping.elapsed());
-    assert_removed(&swarm);
+    swarm.assert_removed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_plane_adopts_its_swarm_service_after_kill_9() {
     let test = "a_restarted_control_plane_adopts_its_swarm_service_after_kill_9";
-    let Some(mut lock) = SwarmLock::acquire(test) else {
+    let Some(setup) = set_up(test) else {
         return;
     };
-    lock.ensure_swarm();
-    let binary = docker::static_node_binary();
-    let binary = binary.to_str().expect("utf-8 path");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let swarm = SwarmFarm::new(dir.path());
+    let swarm = &setup.swarm;
     let addr = free_addr();
-    let mut flags = swarm_flags(binary);
+    let mut flags = swarm_flags(&setup.binary);
     flags.extend(TOKENS);
-    let mut first = ControlPlaneProcess::start_with(dir.path(), 4, addr, &flags).await;
+    let mut first = ControlPlaneProcess::start_with(setup.dir.path(), 4, addr, &flags).await;
     let api = Api::at(addr).with_token(Some(ADMIN));
     let before = api.wait_healthy(4, Duration::from_secs(120)).await;
 
@@ -277,11 +291,11 @@ async fn a_restarted_control_plane_adopts_its_swarm_service_after_kill_9() {
 
     first.kill().await;
     assert_eq!(
-        running_tasks(&swarm).len(),
+        running_tasks(swarm).len(),
         4,
         "the service outlives a crashed control plane"
     );
-    let mut second = ControlPlaneProcess::start_with(dir.path(), 4, addr, &flags).await;
+    let mut second = ControlPlaneProcess::start_with(setup.dir.path(), 4, addr, &flags).await;
     let after = api.wait_healthy(4, Duration::from_secs(120)).await;
     assert_eq!(
         identities(&before),
@@ -292,7 +306,7 @@ async fn a_restarted_control_plane_adopts_its_swarm_service_after_kill_9() {
 
     let status = second.terminate(Duration::from_secs(90)).await;
     assert!(status.success(), "{status:?}");
-    assert_removed(&swarm);
+    swarm.assert_removed();
 }
 
 /// Runs `control-plane serve` with `args` on a fresh data folder, which
@@ -373,39 +387,10 @@ struct StackGuard {
     name: String,
 }
 
-impl StackGuard {
-    fn label(&self) -> String {
-        format!("label=com.docker.stack.namespace={}", self.name)
-    }
-
-    fn left(&self, kind: &str) -> Vec<String> {
-        let label = self.label();
-        let args: Vec<&str> = match kind {
-            "container" => vec!["ps", "-aq", "--filter", &label],
-            kind => vec![kind, "ls", "-q", "--filter", &label],
-        };
-        try_docker(&args)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
 impl Drop for StackGuard {
     fn drop(&mut self) {
         let _ = try_docker(&["stack", "rm", &self.name]);
-        for _ in 0..120 {
-            if self.left("container").is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        for kind in ["volume", "network", "secret"] {
-            for id in self.left(kind) {
-                let _ = try_docker(&[kind, "rm", &id]);
-            }
-        }
+        remove_labelled(&format!("com.docker.stack.namespace={}", self.name));
     }
 }
 
@@ -480,12 +465,8 @@ async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 
     let node_service = format!("{}_node", guard.name);
-    let inspect = |format: &str| {
-        try_docker(&["service", "inspect", "--format", format, &node_service])
-            .unwrap_or_else(|e| panic!("{e}"))
-            .trim()
-            .to_owned()
-    };
+    let inspect =
+        |format: &str| inspect_service(&node_service, format).unwrap_or_else(|e| panic!("{e}"));
     let template = ".Spec.TaskTemplate";
     assert_eq!(inspect("{{.Spec.Mode.Replicated.Replicas}}"), "5");
     assert_eq!(
@@ -503,14 +484,8 @@ async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
     for token in [ADMIN, NODE, VIEWER] {
         assert!(!spec.contains(token), "no token in the node service's spec");
     }
-    let control_plane = try_docker(&[
-        "service",
-        "inspect",
-        "--format",
-        "{{json .Spec}}",
-        &format!("{}_control-plane", guard.name),
-    ])
-    .expect("the control plane's service");
+    let control_plane = inspect_service(&format!("{}_control-plane", guard.name), "{{json .Spec}}")
+        .expect("the control plane's service");
     for token in [ADMIN, NODE, VIEWER] {
         assert!(
             !control_plane.contains(token),

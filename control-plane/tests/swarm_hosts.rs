@@ -25,7 +25,7 @@ use farm_api::v1::{NodeActionKind, NodeInfo, NodeState, ScaleRequest};
 use farm_testkit::{
     ADMIN, Api, Farm, TOKENS, docker,
     engines::{Engine, Hosts, SWARM_PORT},
-    swarm::{SwarmFarm, SwarmLock, try_docker},
+    swarm::{SwarmFarm, SwarmLock, inspect_service, try_docker},
 };
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -138,23 +138,19 @@ async fn thirty_nodes_spread_over_three_hosts_leave_a_cut_host_and_it_comes_back
         "the farm's service created",
         Duration::from_secs(120),
         || async {
-            try_docker(&[
-                "service",
-                "inspect",
-                "--format",
-                "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            inspect_service(
                 &swarm.service(),
-            ])
+                "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            )
         },
     )
     .await;
-    let image = image.trim();
     let tag = try_docker(&[
         "image",
         "inspect",
         "--format",
         "{{index .RepoTags 0}}",
-        image,
+        &image,
     ])
     .expect("the image's tag");
     let copying = Instant::now();
@@ -341,13 +337,7 @@ async fn thirty_nodes_spread_over_three_hosts_leave_a_cut_host_and_it_comes_back
     assert!(all_healthy.iter().all(farm_testkit::healthy));
 
     farm.stop().await;
-    for kind in ["service", "container", "network", "secret", "volume"] {
-        let left = swarm.labelled(kind);
-        assert!(
-            left.is_empty(),
-            "shutdown leaves no {kind} on the manager: {left:?}"
-        );
-    }
+    swarm.assert_removed();
     drop(lock);
     drop(hosts);
 }

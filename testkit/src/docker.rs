@@ -47,6 +47,17 @@ pub fn static_node_binary() -> PathBuf {
     path
 }
 
+/// For a benchmark: the static farm-node, or the process ends (status 2)
+/// saying how to build it.
+pub fn static_node_binary_or_exit() -> PathBuf {
+    let path = static_node_binary_path();
+    if !path.is_file() {
+        eprintln!("{} is missing: run scripts/build-static", path.display());
+        std::process::exit(2);
+    }
+    path
+}
+
 /// Runs the docker CLI, which must succeed; returns its standard output.
 pub fn docker(args: &[&str]) -> String {
     let output = Command::new("docker")

@@ -39,7 +39,7 @@
 
 use std::{
     fmt::Write as _,
-    fs::{self, File, OpenOptions},
+    fs::{self, File},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -48,15 +48,15 @@ use std::{
 };
 
 use nix::{
-    fcntl::{Flock, FlockArg},
     sys::signal::{self, Signal},
     unistd::Pid,
 };
 
 use crate::{
     docker,
-    process::{alive, run_within},
+    process::{alive, machine_lock, run_within},
     skip::{installed, skip},
+    swarm::try_docker_on,
 };
 
 /// Where each [`Hosts`] keeps its engines' folders, under its id.
@@ -136,7 +136,8 @@ impl Hosts {
             (1..=200).contains(&count),
             "between 1 and 200 engines, not {count}"
         );
-        let lock = lock();
+        // The machine's lock on names and subnets.
+        let lock = machine_lock(LOCK_PATH);
         sweep_leftovers();
         let id = loop {
             let id = format!("{:04x}", rand::random::<u16>());
@@ -367,22 +368,7 @@ impl Engine {
     /// Runs `docker -H <this engine> args`, bounded in time; its output, or
     /// why it failed.
     pub fn try_docker(&self, args: &[&str]) -> Result<String, String> {
-        let mut command = Command::new("docker");
-        command.arg("-H").arg(self.host()).args(args);
-        let ran = run_within(&mut command, DOCKER_LIMIT)
-            .map_err(|e| format!("docker {args:?} on {}: {e}", self.name))?;
-        match ran.status {
-            Some(status) if status.success() => Ok(ran.stdout),
-            Some(status) => Err(format!(
-                "docker {args:?} on {}: {status}: {}",
-                self.name,
-                ran.stderr.trim()
-            )),
-            None => Err(format!(
-                "docker {args:?} on {}: no end within {DOCKER_LIMIT:?}",
-                self.name
-            )),
-        }
+        try_docker_on(Some(&self.host()), args).map_err(|e| format!("{}: {e}", self.name))
     }
 
     /// [`Engine::try_docker`], which must succeed; its output, trimmed.
@@ -494,18 +480,6 @@ pub fn wait_until<T>(
             Err(_) => thread::sleep(every),
         }
     }
-}
-
-/// The machine's lock on names and subnets.
-fn lock() -> Flock<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_PATH)
-        .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
-    Flock::lock(file, FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("lock {LOCK_PATH}: {e}"))
 }
 
 fn is_root() -> bool {

@@ -14,7 +14,7 @@
 //! line names the data folder (one started but not yet recorded).
 
 use std::{
-    fs,
+    fs::{self, File, OpenOptions},
     io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -24,6 +24,7 @@ use std::{
 };
 
 use nix::{
+    fcntl::{Flock, FlockArg},
     sys::signal::{self, Signal},
     unistd::Pid,
 };
@@ -68,6 +69,19 @@ impl Ran {
         );
         self.stdout
     }
+}
+
+/// An exclusive lock on the file at `path` (made when missing), held
+/// until dropped: how tests, each run in a process of its own, take a
+/// machine-wide resource in turn.
+pub fn machine_lock(path: &str) -> Flock<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path}: {e}"));
+    Flock::lock(file, FlockArg::LockExclusive).unwrap_or_else(|(_, e)| panic!("lock {path}: {e}"))
 }
 
 /// Runs `command` to its end, or until `limit`, when it is killed; from a

@@ -16,18 +16,13 @@
 //! label when the [`SwarmFarm`] guard drops; nothing else in the swarm is
 //! touched.
 
-use std::{
-    fs::{File, OpenOptions},
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{fs::File, path::Path, process::Command, time::Duration};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 
 use crate::{
     docker::{self, DockerCleanup},
-    process::run_within,
+    process::{machine_lock, run_within},
 };
 
 /// Where the tests' lock lives: one per machine.
@@ -37,14 +32,75 @@ const CREATED_LABEL: &str = "farm.test.swarm";
 /// How long one `docker` command may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs `docker args`, bounded in time; its output, or why it failed.
+/// Runs `docker args` on the machine's engine, bounded in time; its
+/// output, or why it failed.
 pub fn try_docker(args: &[&str]) -> Result<String, String> {
-    let ran = run_within(Command::new("docker").args(args), COMMAND_LIMIT)
-        .map_err(|e| format!("docker {args:?}: {e}"))?;
+    try_docker_on(None, args)
+}
+
+/// Runs `docker -H host args` (the machine's engine when `host` is
+/// `None`), bounded in time; its output, or why it failed.
+pub fn try_docker_on(host: Option<&str>, args: &[&str]) -> Result<String, String> {
+    let mut command = Command::new("docker");
+    if let Some(host) = host {
+        command.arg("-H").arg(host);
+    }
+    command.args(args);
+    let ran =
+        run_within(&mut command, COMMAND_LIMIT).map_err(|e| format!("docker {args:?}: {e}"))?;
     match ran.status {
         Some(status) if status.success() => Ok(ran.stdout),
         Some(status) => Err(format!("docker {args:?}: {status}: {}", ran.stderr.trim())),
         None => Err(format!("docker {args:?}: no end within {COMMAND_LIMIT:?}")),
+    }
+}
+
+/// `docker service inspect --format format service`, trimmed.
+pub fn inspect_service(service: &str, format: &str) -> Result<String, String> {
+    try_docker(&["service", "inspect", "--format", format, service])
+        .map(|out| out.trim().to_owned())
+}
+
+/// Names of what carries `label` (`key=value`) on the machine's engine,
+/// of one kind: `service`, `network`, `secret`, `volume`, `container`.
+pub fn labelled(label: &str, kind: &str) -> Vec<String> {
+    let filter = format!("label={label}");
+    let args: Vec<&str> = match kind {
+        "container" => vec!["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
+        kind => vec![kind, "ls", "--filter", &filter, "--format", "{{.Name}}"],
+    };
+    try_docker(&args)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits (a minute at most) until no container carrying `label` is left:
+/// a removed service's tasks take a moment to go.
+pub fn wait_until_no_containers(label: &str) {
+    for _ in 0..120 {
+        if labelled(label, "container").is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Removes, as far as it can, the services carrying `label`, and once
+/// their containers are gone, its secrets, networks and volumes; never
+/// fails.
+pub fn remove_labelled(label: &str) {
+    // The services first: their tasks' containers then go, and the
+    // networks, secrets and volumes can follow.
+    for service in labelled(label, "service") {
+        let _ = try_docker(&["service", "rm", &service]);
+    }
+    wait_until_no_containers(label);
+    for kind in ["secret", "network", "volume"] {
+        for name in labelled(label, kind) {
+            let _ = try_docker(&[kind, "rm", &name]);
+        }
     }
 }
 
@@ -78,14 +134,7 @@ impl SwarmLock {
         if !docker::available(test) {
             return None;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK_PATH)
-            .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .unwrap_or_else(|(_, e)| panic!("lock {LOCK_PATH}: {e}"));
+        let lock = machine_lock(LOCK_PATH);
         let mut held = Self {
             _lock: lock,
             created: false,
@@ -213,46 +262,28 @@ impl SwarmFarm {
 
     /// `docker service inspect` of the farm's service with `format`.
     pub fn inspect(&self, format: &str) -> String {
-        try_docker(&["service", "inspect", "--format", format, &self.service()])
-            .unwrap_or_else(|e| panic!("{e}"))
-            .trim()
-            .to_owned()
+        inspect_service(&self.service(), format).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Names of what carries this farm's label, of one kind (`service`,
     /// `network`, `secret`, `volume`, `container`).
     pub fn labelled(&self, kind: &str) -> Vec<String> {
-        let filter = format!("label={}", self.cleanup.label());
-        let args: Vec<&str> = match kind {
-            "container" => vec!["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"],
-            kind => vec![kind, "ls", "--filter", &filter, "--format", "{{.Name}}"],
-        };
-        try_docker(&args)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect()
+        labelled(&self.cleanup.label(), kind)
+    }
+
+    /// Asserts that nothing carrying the farm's label is left on the
+    /// machine's engine (after the control plane's shutdown).
+    pub fn assert_removed(&self) {
+        for kind in ["service", "container", "network", "secret", "volume"] {
+            let left = self.labelled(kind);
+            assert!(left.is_empty(), "shutdown leaves no {kind}: {left:?}");
+        }
     }
 }
 
 impl Drop for SwarmFarm {
     fn drop(&mut self) {
-        // The service first: its tasks' containers then go, and the
-        // network, secrets and volumes can follow.
-        for service in self.labelled("service") {
-            let _ = try_docker(&["service", "rm", &service]);
-        }
-        for _ in 0..120 {
-            if self.labelled("container").is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        for kind in ["secret", "network", "volume"] {
-            for name in self.labelled(kind) {
-                let _ = try_docker(&[kind, "rm", &name]);
-            }
-        }
+        remove_labelled(&self.cleanup.label());
         // DockerCleanup's own drop removes what is left of the containers.
     }
 }
