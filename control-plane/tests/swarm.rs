@@ -434,7 +434,7 @@ async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
         .args(["stack", "deploy", "--resolve-image", "never", "-c"])
         .arg(root.join("compose/stack.yaml"))
         .arg(&guard.name)
-        .env("FARM_NODES", "5")
+        .env("FARM_NODES", "10")
         .env("FARM_PORT", addr.port().to_string())
         .env("FARM_SECRETS", secrets.path())
         // By id: no engine tries to pull them by tag.
@@ -448,15 +448,27 @@ async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
         .expect_ok("docker stack deploy");
 
     let api = Api::at(addr).with_token(Some(VIEWER));
-    let nodes = api.wait_healthy(5, Duration::from_secs(180)).await;
+    let nodes = api.wait_healthy(10, Duration::from_secs(180)).await;
     eprintln!(
-        "{test}: 5 nodes healthy {:.1?} after deploy",
+        "{test}: 10 nodes healthy {:.1?} after deploy",
         started.elapsed()
     );
     assert!(
         nodes.iter().all(|n| !n.managed),
         "Swarm runs them, not the control plane"
     );
+    // Nodes start beside the control plane, before its name resolves: each
+    // waits for it, and registers its address on the stack's network, not
+    // loopback.
+    for node in &nodes {
+        let address: std::net::SocketAddr = node.address.parse().expect("an address");
+        assert!(
+            !address.ip().is_loopback(),
+            "{} registered {}, which nobody else can reach",
+            node.name,
+            node.address
+        );
+    }
     let refused = Api::at(addr)
         .farm()
         .list_nodes(farm_api::v1::ListNodesRequest::default())
@@ -468,7 +480,7 @@ async fn the_farm_deploys_as_a_stack_with_its_count_limits_and_secret_tokens() {
     let inspect =
         |format: &str| inspect_service(&node_service, format).unwrap_or_else(|e| panic!("{e}"));
     let template = ".Spec.TaskTemplate";
-    assert_eq!(inspect("{{.Spec.Mode.Replicated.Replicas}}"), "5");
+    assert_eq!(inspect("{{.Spec.Mode.Replicated.Replicas}}"), "10");
     assert_eq!(
         inspect(&format!(
             "{{{{{template}.Resources.Limits.NanoCPUs}}}} {{{{{template}.Resources.Limits.MemoryBytes}}}}"

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 pub use crate::config::{NodeArgs, NodeConfig};
 use crate::{
-    agent::{Agent, AgentError},
+    agent::{Agent, AgentError, Backoff},
     sampler::{CGROUP_ROOT, SAMPLE_INTERVAL, Sampler},
     workload::{NodeStatus, WorkloadService},
 };
@@ -78,15 +78,34 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// How long a node waits for the control plane's name to resolve before it
+/// registers loopback. In a stack (or any farm whose parts start together)
+/// a node may start before the control plane's task has a name; a node
+/// that registered loopback then would be listed at an address nobody can
+/// reach.
+const RESOLVE_WAIT: Duration = Duration::from_secs(60);
+
 /// The local address of the route to `authority` (`host:port`): where the
 /// control plane sees this node come from. A UDP `connect` sends nothing;
-/// it only makes the kernel pick the route.
+/// it only makes the kernel pick the route. A name that does not resolve
+/// is looked up again with backoff, for [`RESOLVE_WAIT`] at most.
 async fn route_to(authority: &str) -> Option<std::net::IpAddr> {
-    let target = match tokio::net::lookup_host(authority).await {
-        Ok(mut addrs) => addrs.next()?,
-        Err(err) => {
-            warn!(control_plane = authority, cause = %err, "cannot resolve the control plane to find this node's address; registering loopback (use --advertise)");
-            return None;
+    let deadline = tokio::time::Instant::now() + RESOLVE_WAIT;
+    let mut backoff = Backoff::new();
+    let mut waiting = false;
+    let target = loop {
+        match tokio::net::lookup_host(authority).await {
+            Ok(mut addrs) => break addrs.next()?,
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut waiting, true) {
+                    info!(control_plane = authority, cause = %err, wait = ?RESOLVE_WAIT, "the control plane's name does not resolve yet; waiting for it to find this node's address");
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(err) => {
+                warn!(control_plane = authority, cause = %err, "cannot resolve the control plane to find this node's address; registering loopback (use --advertise)");
+                return None;
+            }
         }
     };
     let any: std::net::SocketAddr = if target.is_ipv4() {
@@ -110,8 +129,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Ended, NodeError> {
     let bound = listener.local_addr().map_err(NodeError::Listener)?;
+    let mut shutdown = std::pin::pin!(shutdown);
     let route = if bound.ip().is_unspecified() && config.advertise.is_none() {
-        route_to(config.control_plane_authority()).await
+        tokio::select! {
+            route = route_to(config.control_plane_authority()) => route,
+            () = &mut shutdown => return Ok(Ended::Shutdown),
+        }
     } else {
         None
     };
@@ -171,7 +194,7 @@ pub async fn run(
     let agent = tokio::spawn(agent.run());
 
     let (ended, failed) = tokio::select! {
-        () = shutdown => (Ended::Shutdown, None),
+        () = &mut shutdown => (Ended::Shutdown, None),
         result = &mut server => (Ended::Shutdown, Some(result)),
         Ok(exit) = asked.wait_for(Option::is_some) => {
             let immediate = exit.as_ref().is_some_and(|e| e.immediate);
